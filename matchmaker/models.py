@@ -22,7 +22,7 @@ import operator
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 Scalar = str | int | float
@@ -89,7 +89,9 @@ class Constraint:
                     raise ValueError(f"constraint {attribute!r}: unknown operator {op!r} ({known})")
                 number = _number(bound)
                 if number is None or isinstance(bound, str):
-                    raise ValueError(f"constraint {attribute!r}: {op} needs a number, got {bound!r}")
+                    raise ValueError(
+                        f"constraint {attribute!r}: {op} needs a number, got {bound!r}"
+                    )
                 comparisons.append((op, number))
             return cls(attribute, "compare", comparisons=tuple(sorted(comparisons)))
         if isinstance(spec, list | tuple | set | frozenset):
@@ -182,7 +184,11 @@ class Task:
         if not math.isfinite(submitted):
             raise ValueError(f"task {id!r}: submitted_at must be a finite number")
         key = json.dumps(
-            [type, [[c.attribute, c.to_json()] for c in cons], [[p.attribute, p.to_json()] for p in prefs]],
+            [
+                type,
+                [[c.attribute, c.to_json()] for c in cons],
+                [[p.attribute, p.to_json()] for p in prefs],
+            ],
             separators=(",", ":"),
         )
         set_ = object.__setattr__
@@ -203,13 +209,17 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Worker:
-    """A live worker: it runs ``capabilities`` and has ``slots - running`` free slots."""
+    """A live worker: it runs ``capabilities`` and has ``slots - running`` free slots.
+
+    ``profile`` (derived) names what the worker offers, without its name and load.
+    """
 
     name: str
     capabilities: frozenset[str]
     slots: int
     running: int = 0
     attributes: Mapping[str, Scalar] = field(default_factory=dict)
+    profile: str = field(default="", compare=False, repr=False)
 
     def __init__(
         self,
@@ -226,13 +236,18 @@ class Worker:
         if isinstance(running, bool) or not isinstance(running, int) or running < 0:
             raise ValueError(f"worker {name!r}: running must be a non-negative integer")
         caps = frozenset([capabilities] if isinstance(capabilities, str) else capabilities)
-        attrs = {str(k): _scalar(v, f"worker {name!r} attribute {k!r}") for k, v in (attributes or {}).items()}
+        attrs = {
+            str(k): _scalar(v, f"worker {name!r} attribute {k!r}")
+            for k, v in (attributes or {}).items()
+        }
         set_ = object.__setattr__
         set_(self, "name", name)
         set_(self, "capabilities", caps)
         set_(self, "slots", slots)
         set_(self, "running", running)
         set_(self, "attributes", attrs)
+        profile = json.dumps([sorted(caps), sorted(attrs.items())], separators=(",", ":"))
+        set_(self, "profile", sys.intern(profile))
 
     def __hash__(self) -> int:
         return hash((self.name, self.capabilities, self.slots, self.running))
@@ -265,7 +280,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+            )
         if self.priority_weight < 1:
             raise ValueError("priority_weight must be at least 1")
         if self.preference_bonus < 0:
@@ -274,7 +291,7 @@ class Policy:
             raise ValueError("aging_interval must be a finite number of seconds >= 0")
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a task stayed unplaced: one code per cause a person can act on."""
 
     NO_WORKER_FOR_TYPE = "no_worker_for_type"

@@ -1,0 +1,190 @@
+"""Stage 1: equivalence classes of tasks and of workers.
+
+Tasks with the same type, constraints, preferences and priority band form a
+class: one flow node whose supply is its size. A task's band is its priority
+plus one for every ``Policy.aging_interval`` seconds it has waited (capped at
+``MAX_BAND``), so aging is just a move to a higher class.
+
+Workers that look the same to every class of the round (same capabilities
+among the round's task types, same values of the attributes some class
+mentions, same running and free counts) form a group: one flow node.
+
+Cost: O(m + n) dictionary operations for m tasks and n workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+import numpy as np
+import numpy.typing as npt
+
+from matchmaker.models import Policy, Scalar, Task, Worker, worker_value
+
+MAX_BAND = 99
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+ObjectArray = npt.NDArray[np.object_]
+
+_id = attrgetter("id")
+_class_key = attrgetter("class_key")
+_priority = attrgetter("priority")
+_submitted_at = attrgetter("submitted_at")
+
+
+@dataclass
+class TaskClass:
+    """Tasks interchangeable for the solver, kept as indices into the round's tasks.
+
+    Ordering is lazy: ``oldest(k)`` sorts only the k tasks a round places, so a
+    round's cost grows with what it places, not with the backlog.
+    """
+
+    key: str
+    band: int
+    sample: Task
+    members: IntArray
+    submitted: FloatArray
+    ids: ObjectArray
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def oldest(self, k: int) -> tuple[list[str], list[str]]:
+        """The ids of the k oldest tasks, oldest first (ties by id), and the ids of the rest."""
+        ids, members, submitted = self.ids, self.members, self.submitted
+        if k >= len(members):
+            chosen, rest = members, members[:0]
+        elif k == 0:
+            chosen, rest = members[:0], members
+        else:
+            cutoff = np.partition(submitted, k - 1)[k - 1]
+            below, at = submitted < cutoff, submitted == cutoff
+            ties = sorted(members[at].tolist(), key=ids.__getitem__)
+            need = k - int(below.sum())
+            chosen = np.concatenate([members[below], np.asarray(ties[:need], dtype=np.int64)])
+            rest = np.concatenate(
+                [members[submitted > cutoff], np.asarray(ties[need:], dtype=np.int64)]
+            )
+        stamps = self.stamp_of(chosen)
+        order = np.argsort(stamps, kind="stable")
+        chosen, stamps = chosen[order], stamps[order]
+        placed: list[str] = ids[chosen].tolist()
+        if len(stamps) > 1 and (np.diff(stamps) == 0).any():
+            placed = [i for _, i in sorted(zip(stamps.tolist(), placed, strict=True))]
+        return placed, ids[rest].tolist()
+
+    def stamp_of(self, chosen: IntArray) -> FloatArray:
+        position = np.searchsorted(self.members, chosen)
+        return self.submitted[position]
+
+
+@dataclass
+class WorkerGroup:
+    """Workers interchangeable for every class of the round, in name order."""
+
+    workers: list[Worker]
+    running: int
+    free: int
+    capabilities: frozenset[str]
+    values: dict[str, Scalar | None] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    @property
+    def total_free(self) -> int:
+        return self.free * len(self.workers)
+
+
+def task_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
+    """Group tasks into classes, highest band first, then by key.
+
+    Vectorised: one pass over the tasks reads id, key, priority and
+    submission time; numpy computes the bands and sorts by class.
+    """
+    m = len(tasks)
+    if m == 0:
+        return []
+    ids = np.fromiter(map(_id, tasks), object, m)
+    class_keys = list(map(_class_key, tasks))
+    key_ids = {k: i for i, k in enumerate(dict.fromkeys(class_keys))}
+    keys = list(key_ids)
+    key_rank = np.empty(len(keys), np.int64)
+    key_rank[sorted(range(len(keys)), key=keys.__getitem__)] = np.arange(len(keys))
+    rank = key_rank[np.fromiter(map(key_ids.__getitem__, class_keys), np.int64, m)]
+    band = np.fromiter(map(_priority, tasks), np.int64, m)
+    submitted = np.fromiter(map(_submitted_at, tasks), np.float64, m)
+    if policy.now is not None and policy.aging_interval > 0:
+        waited = np.floor(np.maximum(policy.now - submitted, 0.0) / policy.aging_interval)
+        band = np.minimum(band + np.minimum(waited, MAX_BAND).astype(np.int64), MAX_BAND)
+    combined = (MAX_BAND - band) * len(keys) + rank
+    order = np.argsort(combined, kind="stable")
+    combined = combined[order]
+    cut = np.flatnonzero(np.diff(combined)) + 1
+    classes = []
+    for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, m].tolist(), strict=True):
+        members = np.sort(order[a:b])
+        sample = tasks[int(members[0])]
+        key_band = int(band[members[0]])
+        classes.append(
+            TaskClass(sample.class_key, key_band, sample, members, submitted[members], ids)
+        )
+    return classes
+
+
+def duplicate_ids_message(tasks: Sequence[Task]) -> str:
+    """The error for a round whose tasks repeat an id (found by the plan's size)."""
+    seen: set[str] = set()
+    for t in tasks:
+        if t.id in seen:
+            return f"duplicate task id {t.id!r}: task ids must be unique in a round"
+        seen.add(t.id)
+    return "task ids must be unique in a round"
+
+
+def referenced_attributes(classes: Iterable[TaskClass]) -> list[str]:
+    """The worker attributes that some class constrains or prefers."""
+    names: set[str] = set()
+    for c in classes:
+        names.update(x.attribute for x in c.sample.constraints)
+        names.update(x.attribute for x in c.sample.preferences)
+    return sorted(names)
+
+
+def worker_groups(
+    workers: Sequence[Worker], types: frozenset[str], attributes: Sequence[str]
+) -> list[WorkerGroup]:
+    """Group workers by what the round can tell apart, in a deterministic order.
+
+    Two passes: workers by (profile, running, slots), a cheap key; then those
+    few buckets merged by what the round's classes look at.
+    """
+    buckets: dict[tuple[str, int, int], list[Worker]] = {}
+    for w in workers:
+        buckets.setdefault((w.profile, w.running, w.slots), []).append(w)
+    if sum(map(len, buckets.values())) != len({w.name for w in workers}):
+        seen: set[str] = set()
+        for w in workers:
+            if w.name in seen:
+                raise ValueError(f"duplicate worker name {w.name!r}: worker names must be unique")
+            seen.add(w.name)
+    by_name = "name" in attributes
+    groups: dict[str, WorkerGroup] = {}
+    for members in buckets.values():
+        for part in ([w] for w in members) if by_name else [members]:
+            w = part[0]
+            caps = w.capabilities & types
+            values = {a: worker_value(w, a) for a in attributes}
+            key = (sorted(caps), [repr(v) for v in values.values()], w.running, w.free)
+            group = groups.setdefault(repr(key), WorkerGroup([], w.running, w.free, caps, values))
+            group.workers.extend(part)
+    ordered = [groups[k] for k in sorted(groups)]
+    for g in ordered:
+        g.workers.sort(key=attrgetter("name"))
+    return ordered

@@ -1,0 +1,65 @@
+"""Stage 5: turn class-to-group flows back into task-to-worker assignments.
+
+A group's slot arcs say how many tasks each of its workers takes: for spread,
+worker i (in name order) takes one task per level whose flow exceeds i; for
+binpack, each worker's own arc carries its count. Classes then draw on those
+quotas in class order (highest band first), each class handing out its
+oldest tasks first. Any such matching is valid: the workers of a group are
+interchangeable for every class that sends flow to it.
+
+Cost: O(placed tasks + arcs).
+"""
+
+from __future__ import annotations
+
+from matchmaker.engine.classes import TaskClass, WorkerGroup
+from matchmaker.engine.network import IntArray, Network
+
+
+def worker_quotas(
+    group: WorkerGroup, arcs: list[tuple[int, int]], flows: IntArray, spread: bool
+) -> list[int]:
+    """How many tasks each worker of the group takes this round."""
+    quotas = [0] * group.size
+    if spread:
+        for arc, _level in arcs:
+            for i in range(int(flows[arc])):
+                quotas[i] += 1
+    else:
+        for arc, worker in arcs:
+            quotas[worker] += int(flows[arc])
+    return quotas
+
+
+def disaggregate(
+    classes: list[TaskClass],
+    groups: list[WorkerGroup],
+    network: Network,
+    flows: IntArray,
+    spread: bool,
+) -> tuple[dict[str, str], list[list[str]]]:
+    """Assignments (task id -> worker name) and, per class, the ids it left waiting."""
+    pools: list[list[str]] = []
+    for j, g in enumerate(groups):
+        names: list[str] = []
+        quotas = worker_quotas(g, network.slot_arcs[j], flows, spread)
+        for w, quota in zip(g.workers, quotas, strict=True):
+            names.extend([w.name] * quota)
+        pools.append(names)
+
+    flow_of = [0] * len(classes)
+    for arc, i, _ in network.placement_arcs:
+        flow_of[i] += int(flows[arc])
+    chosen = [c.oldest(k) for c, k in zip(classes, flow_of, strict=True)]
+
+    assignments: dict[str, str] = {}
+    handed = [0] * len(classes)
+    taken = [0] * len(groups)
+    for arc, i, j in network.placement_arcs:
+        amount = int(flows[arc])
+        if amount:
+            ids = chosen[i][0][handed[i] : handed[i] + amount]
+            assignments.update(zip(ids, pools[j][taken[j] : taken[j] + amount], strict=True))
+            handed[i] += amount
+            taken[j] += amount
+    return assignments, [rest for _, rest in chosen]
