@@ -41,7 +41,8 @@ def plan(tasks: Sequence[Task], workers: Sequence[Worker], policy: Policy | None
         classes, groups, network, flows, policy.strategy == "spread"
     )
     unplaced = explain(classes, groups, usable, network, flows, waiting)
-    if len(assignments) + len(unplaced) != len(tasks):
+    distinct = len(assignments) + len(unplaced) == len(tasks)
+    if not distinct or not unplaced.keys().isdisjoint(assignments):
         raise ValueError(duplicate_ids_message(tasks))
     return Plan(
         assignments=assignments,
