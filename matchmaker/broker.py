@@ -1,0 +1,110 @@
+"""RabbitMQ topology and connections, shared by the scheduler, workers and CLI.
+
+Queues are quorum queues: replicated, durable, and with a delivery limit;
+``mm.requests`` uses single-active-consumer so a standby scheduler waits and
+takes over. The dead-letter queue ``mm.dead`` carries rejected messages with
+the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
+(routing key ``task.<state>``); ``mm.control`` a topic exchange for
+cancellations (routing key ``cancel.<worker>``).
+
+Declaring is idempotent: whichever side needs a queue declares it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+log = logging.getLogger(__name__)
+
+REQUESTS = "mm.requests"
+RESULTS = "mm.results"
+DEAD = "mm.dead"
+EVENTS = "mm.events"
+CONTROL = "mm.control"
+DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
+QUEUE_TYPE = "quorum"
+
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot be reached or refused us; the text says which and where."""
+
+
+def worker_queue(name: str) -> str:
+    return f"mm.worker.{name}"
+
+
+def pull_queue(task_type: str) -> str:
+    return f"mm.pull.{task_type}"
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    params = pika.URLParameters(url)
+    return f"{params.host}:{params.port}{params.virtual_host if params.virtual_host != '/' else ''}"
+
+
+def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.BlockingConnection:
+    """A blocking connection; retries with backoff ``attempts`` times, then BrokerError."""
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": name}
+    params.heartbeat = 30
+    params.blocked_connection_timeout = 60
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.ProbableAuthenticationError:
+            raise BrokerError(f"the broker at {describe(url)} refused the credentials") from None
+        except pika.exceptions.ProbableAccessDeniedError:
+            raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
+        except pika.exceptions.AMQPError as error:
+            if attempt == attempts:
+                raise BrokerError(
+                    f"cannot reach the broker at {describe(url)}: {error.__class__.__name__} {error}"
+                ) from None
+            log.warning(
+                "broker %s unreachable (%s); retrying in %.1fs", describe(url), error, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **arguments})
+
+
+def declare_core(channel: BlockingChannel) -> None:
+    """The scheduler's queues and exchanges."""
+    _queue(channel, REQUESTS, **{"x-single-active-consumer": True})
+    _queue(channel, RESULTS)
+    _queue(channel, DEAD)
+    channel.exchange_declare(EVENTS, "topic", durable=True)
+    channel.exchange_declare(CONTROL, "topic", durable=True)
+
+
+def declare_worker(channel: BlockingChannel, name: str) -> str:
+    queue = worker_queue(name)
+    _queue(channel, queue)
+    return queue
+
+
+def declare_pull(channel: BlockingChannel, task_type: str) -> str:
+    queue = pull_queue(task_type)
+    _queue(channel, queue)
+    return queue
+
+
+def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:
+    """Park a rejected message on ``mm.dead`` with the reason in a header."""
+    headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
+    props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+    channel.basic_publish("", DEAD, body, props)
