@@ -67,9 +67,8 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
             raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
         except pika.exceptions.AMQPError as error:
             if attempt == attempts:
-                raise BrokerError(
-                    f"cannot reach the broker at {describe(url)}: {error.__class__.__name__} {error}"
-                ) from None
+                reason = f"{error.__class__.__name__} {error}".strip()
+                raise BrokerError(f"cannot reach the broker at {describe(url)}: {reason}") from None
             log.warning(
                 "broker %s unreachable (%s); retrying in %.1fs", describe(url), error, delay
             )

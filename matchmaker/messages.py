@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -195,7 +196,7 @@ def _drain(body: dict[str, Any]) -> Drain:
     return Drain(worker=_name(body, "worker"), on=on)
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "submit": _request,
     "cancel": lambda body: Cancel(id=_name(body, "id")),
     "drain": _drain,
