@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from workers.tasks import sleep
+from workers.tasks import data_staging, env_setup, job_submission, sleep
 from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
 REGISTRY: dict[str, TaskFunction] = {
     "sleep": sleep.run,
+    "job_submission": job_submission.run,
+    "data_staging": data_staging.run,
+    "env_setup": env_setup.run,
 }
 
 __all__ = ["REGISTRY", "TaskContext", "TaskError", "TaskFunction"]
