@@ -23,7 +23,12 @@ import re
 from typing import Any
 
 from aurora.client import AuroraClient, JobOutcome
-from aurora.errors import AuroraError, AuroraWaitCancelled, AuroraWaitTimeout
+from aurora.errors import (
+    AuroraError,
+    AuroraTransportError,
+    AuroraWaitCancelled,
+    AuroraWaitTimeout,
+)
 from workers.tasks.base import TaskContext, TaskError
 
 DEFAULT_TIMEOUT = 3600.0
@@ -56,6 +61,8 @@ def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     adopted = False
     try:
         client.create_job(role, environment, name, processes, instances=instances, **resources)
+    except AuroraTransportError as e:
+        raise TaskError(f"job_submission: could not submit job {key}: {e}") from None
     except AuroraError as e:
         if not (context.attempt > 1 and "already exists" in str(e)):
             raise TaskError(f"job_submission: Aurora refused job {key}: {e}") from None
