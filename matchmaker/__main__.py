@@ -1,0 +1,292 @@
+"""``python -m matchmaker``: run the scheduler, submit and inspect tasks, manage workers.
+
+Every failure a user can cause or meet (bad arguments, unreachable broker or
+agent, missing ledger, invalid task) ends with one sentence on stderr and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from matchmaker import broker, logs
+from matchmaker.config import Config, ConfigError, load
+from matchmaker.ledger import Ledger, LedgerError
+from matchmaker.messages import Cancel, Drain, Message, MessageError, TaskRequest, decode, encode
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one sentence."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    return load(args.config, flags)
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what} {item!r} must look like name=value")
+        out[key] = _value(value)
+    return out
+
+
+def _requests_from(args: argparse.Namespace) -> Iterator[TaskRequest]:
+    """The tasks to submit: from flags, a JSON file, or JSON lines on stdin."""
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            for number, line in enumerate(stream, 1):
+                if line.strip():
+                    yield _request(line, f"{args.file}:{number}")
+        return
+    if not args.type:
+        raise UserError("submit needs --type (or --file with JSON tasks)")
+    body = {
+        "v": 1,
+        "kind": "submit",
+        "id": args.id or uuid.uuid4().hex,
+        "type": args.type,
+        "payload": _value(args.payload) if args.payload else {},
+        "priority": args.priority,
+        "constraints": _pairs(args.constraint, "--constraint"),
+        "preferences": _pairs(args.prefer, "--prefer"),
+        "max_attempts": args.max_attempts,
+        "timeout": args.timeout,
+    }
+    yield _request(json.dumps(body), "the flags")
+
+
+def _request(text: str, where: str) -> TaskRequest:
+    try:
+        body = json.loads(text)
+        if isinstance(body, dict):
+            body.setdefault("v", 1)
+            body.setdefault("kind", "submit")
+            body.setdefault("id", uuid.uuid4().hex)
+        message = decode(json.dumps(body).encode(), expect=("submit",))
+    except (ValueError, MessageError) as error:
+        raise UserError(f"invalid task in {where}: {error}") from None
+    assert isinstance(message, TaskRequest)
+    return message
+
+
+def _send(config: Config, messages: list[Message]) -> None:
+    """Publish to mm.requests in transactions of 1000, so a success means they are stored."""
+    connection = broker.connect(config.broker_url, name="matchmaker-cli")
+    try:
+        channel = connection.channel()
+        broker.declare_core(channel)
+        channel.tx_select()
+        for start in range(0, len(messages), 1000):
+            for m in messages[start : start + 1000]:
+                channel.basic_publish("", broker.REQUESTS, encode(m), broker.PERSISTENT)
+            channel.tx_commit()
+    finally:
+        connection.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from matchmaker.service import Scheduler
+
+    config = _config(args)
+    logs.setup(config.log_format, config.log_level)
+    Scheduler(config).run()
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    config = _config(args)
+    requests = list(_requests_from(args))
+    _send(config, list(requests))
+    for r in requests:
+        print(r.id)
+    return 0
+
+
+def _ledger(config: Config) -> Ledger:
+    return Ledger(config.ledger_path, readonly=True)
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ledger = _ledger(_config(args))
+    row = ledger.get(args.task_id)
+    if row is None:
+        raise UserError(f"no task {args.task_id!r} in the ledger")
+    history = ledger.history(args.task_id)
+    if args.json:
+        print(json.dumps({**vars(row), "history": history}, indent=2))
+        return 0
+    print(f"task      {row.id} ({row.type}, priority {row.priority})")
+    print(f"state     {row.state}")
+    print(f"attempt   {row.attempt} of {row.max_attempts}")
+    print(f"worker    {row.worker or '-'}")
+    print(f"submitted {_when(row.submitted_at)}")
+    print(f"assigned  {_when(row.assigned_at)}")
+    print(f"started   {_when(row.started_at)}")
+    print(f"finished  {_when(row.finished_at)}")
+    if row.error:
+        print(f"error     {row.error}")
+    if row.output is not None:
+        print(f"output    {json.dumps(row.output)}")
+    for h in history:
+        note = f"  ({h['note']})" if h["note"] else ""
+        worker = h["worker"] or ""
+        print(f"  {_when(h['at'])}  attempt {h['attempt']}  {h['state']:<18} {worker}{note}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    row = _ledger(_config(args)).get(args.task_id)
+    if row is None:
+        raise UserError(f"no task {args.task_id!r} in the ledger")
+    if row.state != "pending":
+        where = f" on worker {row.worker}" if row.worker else ""
+        print(f"{row.id} is {row.state}{where}, not waiting")
+    elif row.not_before > time.time():
+        print(f"{row.id} waits for its retry backoff until {_when(row.not_before)}")
+    else:
+        print(f"{row.id} is pending: {row.reason or 'not yet considered by a round'}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from membership.table import fetch_workers, format_workers
+
+    config = _config(args)
+    running: dict[str, int] = {}
+    drained: set[str] = set()
+    try:
+        ledger = _ledger(config)
+        running, drained = ledger.in_flight_by_worker(), ledger.drained()
+    except LedgerError:
+        pass
+    rows = fetch_workers(config.serf_rpc, config.serf_auth_key or None)
+    for row in rows:
+        if getattr(row, "name", None) in drained and hasattr(row, "status"):
+            row.status = f"{row.status} (drained)"
+    print(format_workers(rows, args.json, running=running))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    _send(_config(args), [Drain(args.worker, on=not args.undo)])
+    print(f"{args.worker}: {'undrain' if args.undo else 'drain'} requested")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    _send(_config(args), [Cancel(args.task_id)])
+    print(f"{args.task_id}: cancel requested")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m matchmaker", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
+    common.add_argument(
+        "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"
+    )
+    common.add_argument("--serf-rpc", dest="serf_rpc", help="the local Serf agent's RPC address")
+    common.add_argument("--serf-auth-key", dest="serf_auth_key", help="Serf RPC auth key")
+    common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run the scheduler")
+    run.add_argument("--round-interval", dest="round_interval", type=float)
+    run.add_argument("--strategy", choices=["spread", "binpack"])
+    run.add_argument("--aging-interval", dest="aging_interval", type=float)
+    run.add_argument("--metrics-port", dest="metrics_port", type=int)
+    run.add_argument("--log-format", dest="log_format", choices=["text", "json"])
+    run.add_argument("--log-level", dest="log_level")
+    run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser("submit", parents=[common], help="submit tasks")
+    submit.add_argument("--id", help="task id (the idempotency key; default: a new uuid)")
+    submit.add_argument("--type", help="task type")
+    submit.add_argument("--payload", help="JSON payload")
+    submit.add_argument("--priority", type=int, default=0, help="0-9, higher first")
+    submit.add_argument("--constraint", action="append", help="attr=value (JSON values allowed)")
+    submit.add_argument("--prefer", action="append", help="attr=value, a soft preference")
+    submit.add_argument("--max-attempts", dest="max_attempts", type=int, default=3)
+    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds per attempt")
+    submit.add_argument("--file", help="JSON lines of tasks ('-' for stdin)")
+    submit.set_defaults(func=cmd_submit)
+
+    for name, func, text in (
+        ("status", cmd_status, "a task's state, attempts, worker, timestamps, error"),
+        ("explain", cmd_explain, "why a task is still pending"),
+        ("cancel", cmd_cancel, "cancel a task"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("task_id")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    workers = sub.add_parser("workers", parents=[common], help="the live worker inventory")
+    workers.add_argument("--json", action="store_true")
+    workers.set_defaults(func=cmd_workers)
+
+    drain = sub.add_parser("drain", parents=[common], help="stop giving a worker work")
+    drain.add_argument("worker")
+    drain.add_argument("--undo", action="store_true", help="put the worker back in service")
+    drain.set_defaults(func=cmd_drain)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (UserError, ConfigError, LedgerError, broker.BrokerError) as error:
+        print(f"matchmaker: {error}", file=sys.stderr)
+    except pika.exceptions.AMQPError as error:
+        print(f"matchmaker: broker error: {error.__class__.__name__} {error}", file=sys.stderr)
+    except OSError as error:
+        print(
+            f"matchmaker: {error.strerror or error}: {getattr(error, 'filename', '')}",
+            file=sys.stderr,
+        )
+    except Exception as error:
+        if error.__class__.__name__ in ("MembershipError", "SerfError"):
+            print(f"matchmaker: {error}", file=sys.stderr)
+        else:
+            raise
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The scheduler's book of open tasks: the state machine, kept in step with the ledger.
+
+Every open task is in exactly one place: ``pending`` (waiting for a round)
+or ``in_flight`` on one worker (assigned or running). Each method applies one
+kind of event, writes the change to the ledger (uncommitted: the service
+commits once per batch) and queues an event for ``mm.events``.
+
+Attempts: a task starts at attempt 1; a failed attempt, a lost worker or a
+missed deadline moves it to attempt + 1. A result carrying any other attempt
+than the current one is stale: logged, changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from matchmaker.ledger import Ledger, TaskRow
+from matchmaker.messages import TaskRequest, TaskResult
+from matchmaker.models import Task
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class OpenTask:
+    request: TaskRequest
+    task: Task
+    attempt: int = 1
+    state: str = "pending"
+    worker: str | None = None
+    not_before: float = 0.0
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    state: str
+    attempt: int
+    worker: str | None
+    at: float
+    note: str | None = None
+
+
+@dataclass
+class Book:
+    ledger: Ledger
+    retry_backoff: float = 1.0
+    result_grace: float = 30.0
+    pending: dict[str, OpenTask] = field(default_factory=dict)
+    in_flight: dict[str, OpenTask] = field(default_factory=dict)
+    by_worker: dict[str, set[str]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _event(self, t: OpenTask, state: str, at: float, note: str | None = None) -> None:
+        self.events.append(Event(t.request.id, state, t.attempt, t.worker, at, note))
+        self.ledger.transitions([(t.request.id, t.attempt, state, t.worker, at, note)])
+
+    def _fly(self, t: OpenTask, worker: str) -> None:
+        self.pending.pop(t.request.id, None)
+        t.worker = worker
+        self.in_flight[t.request.id] = t
+        self.by_worker.setdefault(worker, set()).add(t.request.id)
+
+    def _land(self, t: OpenTask) -> None:
+        self.in_flight.pop(t.request.id, None)
+        self.pending.pop(t.request.id, None)
+        if t.worker is not None:
+            self.by_worker.get(t.worker, set()).discard(t.request.id)
+
+    def _requeue(self, t: OpenTask, now: float, note: str, delay: float = 0.0) -> None:
+        """Back to pending with the next attempt (the caller checked max_attempts)."""
+        self._land(t)
+        t.attempt += 1
+        t.state, t.worker, t.not_before = "pending", None, now + delay
+        self.pending[t.request.id] = t
+        self.ledger.update(
+            t.request.id,
+            now,
+            state="pending",
+            attempt=t.attempt,
+            worker=None,
+            not_before=t.not_before,
+        )
+        self._event(t, "pending", now, note)
+
+    def running(self, worker: str) -> int:
+        return len(self.by_worker.get(worker, ()))
+
+    # -- events ---------------------------------------------------------------
+
+    def restore(self, rows: Iterable[TaskRow]) -> None:
+        """Rebuild the open tasks from the ledger after a restart."""
+        for row in rows:
+            t = OpenTask(
+                request=row.request(),
+                task=make_task(row.request(), row.submitted_at),
+                attempt=row.attempt,
+                state=row.state,
+                not_before=row.not_before,
+            )
+            if row.state == "pending" or row.worker is None:
+                t.state = "pending"
+                self.pending[row.id] = t
+            else:
+                t.deadline = (row.assigned_at or row.updated_at) + row.timeout + self.result_grace
+                self._fly(t, row.worker)
+
+    def submit(self, requests: list[TaskRequest], now: float) -> int:
+        """Record new tasks; duplicates of known ids are ignored. Returns how many were new."""
+        added = self.ledger.add(requests, now)
+        for r in added:
+            t = OpenTask(r, make_task(r, now))
+            self.pending[r.id] = t
+            self.events.append(Event(r.id, "pending", 1, None, now, "submitted"))
+        self._count("submitted", len(added))
+        self._count("duplicates", len(requests) - len(added))
+        return len(added)
+
+    def due(self, now: float) -> list[Task]:
+        return [t.task for t in self.pending.values() if t.not_before <= now]
+
+    def assigned(self, items: list[tuple[str, str]], now: float) -> None:
+        """The dispatches of (id, worker) pairs are in the broker."""
+        rows = []
+        for task_id, worker in items:
+            t = self.pending[task_id]
+            t.state = "assigned"
+            t.deadline = now + t.request.timeout + self.result_grace
+            self._fly(t, worker)
+            rows.append((task_id, t.attempt, worker))
+            self.events.append(Event(task_id, "assigned", t.attempt, worker, now))
+        self.ledger.assign(rows, now)
+        self._count("placements", len(rows))
+
+    def result(self, r: TaskResult, now: float) -> str:
+        """Apply a worker's report; returns what it did (for logs and tests)."""
+        t = self.in_flight.get(r.id) or self.pending.get(r.id)
+        if t is None or r.attempt != t.attempt:
+            known = self.ledger.get(r.id)
+            note = "unknown task" if known is None else f"stale: current is {known.state}"
+            if t is not None:
+                note = f"stale: attempt {r.attempt}, current attempt {t.attempt}"
+            self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, note)])
+            self._count("stale_results")
+            return "stale"
+        if (
+            t.worker != r.worker
+        ):  # the same attempt reached another worker (re-sent after a restart)
+            self._land(t)
+            self._fly(t, r.worker)
+        if r.state == "running":
+            t.state = "running"
+            self.ledger.update(r.id, now, state="running", worker=r.worker, started_at=r.started_at)
+            self._event(t, "running", now)
+            return "running"
+        self._land(t)
+        if r.state == "succeeded":
+            t.state = "succeeded"
+            self.ledger.update(
+                r.id,
+                now,
+                state="succeeded",
+                worker=r.worker,
+                started_at=r.started_at,
+                finished_at=r.finished_at or now,
+                output=r.output,
+                error=None,
+            )
+            self._event(t, "succeeded", now)
+            self._count("succeeded")
+            return "succeeded"
+        return self.fail(t, r.error or "failed without a message", now, finished_at=r.finished_at)
+
+    def fail(self, t: OpenTask, error: str, now: float, finished_at: float | None = None) -> str:
+        """An attempt failed: retry with exponential backoff, or dead after max_attempts."""
+        self._land(t)
+        self.ledger.update(t.request.id, now, error=error, finished_at=finished_at or now)
+        self._event(t, "failed", now, error)
+        if t.attempt >= t.request.max_attempts:
+            t.state = "dead"
+            self.ledger.update(t.request.id, now, state="dead")
+            self._event(t, "dead", now, f"gave up after {t.attempt} attempts: {error}")
+            self._count("dead")
+            return "dead"
+        delay = min(self.retry_backoff * 2 ** (t.attempt - 1), MAX_BACKOFF)
+        self._requeue(t, now, f"retry in {delay:g}s", delay)
+        self._count("retries")
+        return "retry"
+
+    def worker_lost(self, worker: str, now: float, why: str) -> int:
+        """A worker failed or left: its tasks go back to pending with attempt + 1."""
+        ids = sorted(self.by_worker.get(worker, ()))
+        for task_id in ids:
+            self._requeue(self.in_flight[task_id], now, f"worker {worker} {why}")
+        self.by_worker.pop(worker, None)
+        self._count("reschedules", len(ids))
+        return len(ids)
+
+    def cancel(self, task_id: str, now: float) -> tuple[bool, str | None]:
+        """Cancel an open task; returns (whether it was open, the worker running it)."""
+        t = self.in_flight.get(task_id) or self.pending.get(task_id)
+        if t is None:
+            return False, None
+        worker = t.worker if task_id in self.in_flight else None
+        self._land(t)
+        t.state = "cancelled"
+        self.ledger.update(task_id, now, state="cancelled", finished_at=now)
+        self._event(t, "cancelled", now)
+        return True, worker
+
+    def expire(self, now: float) -> int:
+        """Tasks in flight past deadline + grace with no result count as a failed attempt."""
+        late = [t for t in self.in_flight.values() if t.deadline and t.deadline < now]
+        for t in late:
+            self.fail(t, f"no result from worker {t.worker} by the deadline", now)
+        return len(late)
+
+
+def make_task(r: TaskRequest, submitted_at: float) -> Task:
+    """The engine's view of a request."""
+    return Task(
+        r.id,
+        r.type,
+        priority=r.priority,
+        constraints=r.constraints,
+        preferences=r.preferences,
+        submitted_at=submitted_at,
+    )

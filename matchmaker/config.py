@@ -1,0 +1,102 @@
+"""Scheduler configuration: defaults < TOML file < environment < command-line flags.
+
+The file is ``--config PATH`` (or ``MM_CONFIG``); its keys are the field names
+below, at the top level. Environment variables are ``MM_`` plus the field
+name in capitals (``MM_BROKER_URL``, ``MM_ROUND_INTERVAL``...). Flags are the
+field names with dashes (``--broker-url``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from matchmaker.broker import DEFAULT_URL
+from matchmaker.models import STRATEGIES
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the text names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    broker_url: str = DEFAULT_URL
+    serf_rpc: str = "127.0.0.1:7373"
+    serf_auth_key: str = ""
+    state_dir: Path = Path("state")
+    round_interval: float = 0.05
+    strategy: str = "spread"
+    aging_interval: float = 60.0
+    preference_bonus: int = 1
+    priority_weight: int = 1
+    metrics_port: int = 0
+    task_types: tuple[str, ...] = ("sleep", "job_submission", "data_staging", "env_setup")
+    retry_backoff: float = 1.0
+    result_grace: float = 30.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite"
+
+    def check(self) -> Config:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
+            )
+        if not self.round_interval >= 0:
+            raise ConfigError("round_interval must be >= 0 seconds")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port must be a TCP port (0 turns metrics off)")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+        if not self.task_types:
+            raise ConfigError("task_types must name at least one task type")
+        return self
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind == "Path" or kind is Path:
+            return Path(value)
+        if kind in ("float", float):
+            return float(value)
+        if kind in ("int", int):
+            return int(value)
+        if "tuple" in str(kind):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} ({kind})") from None
+
+
+def load(path: Path | str | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """Merge the file, the environment and the flags (None values are ignored)."""
+    known = {f.name: f.type for f in fields(Config) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    path = path or os.environ.get("MM_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as error:
+            raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"the config file {path} is not valid TOML: {error}") from None
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown keys in {path}: {', '.join(unknown)}")
+        values.update(data)
+    for name in known:
+        env = os.environ.get(f"MM_{name.upper()}")
+        if env is not None:
+            values[name] = env
+    values.update({k: v for k, v in (flags or {}).items() if v is not None and k in known})
+    converted = {k: _convert(k, known[k], v) for k, v in values.items()}
+    return replace(Config(), **converted).check()

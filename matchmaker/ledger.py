@@ -1,0 +1,269 @@
+"""The task ledger: durable task states in embedded SQLite (WAL).
+
+One row per task, keyed by the client's id (so a second submit is a no-op),
+plus an append-only ``transitions`` log (every state change, stale and
+duplicate results included) and the set of drained workers.
+
+States: ``pending`` -> ``assigned`` -> ``running`` -> ``succeeded``; a failed
+attempt goes back to ``pending`` with attempt + 1 (after a backoff) or ends
+``dead``; ``cancelled`` from any open state. Only the scheduler writes; the
+CLI opens the same file read-only. Writes are batched: callers group them and
+call ``commit()`` once per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matchmaker.messages import TaskRequest
+
+OPEN_STATES = ("pending", "assigned", "running")
+TERMINAL_STATES = ("succeeded", "dead", "cancelled")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    constraints TEXT NOT NULL,
+    preferences TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    timeout REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    submitted_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    assigned_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    output TEXT,
+    error TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state)
+    WHERE state IN ('pending', 'assigned', 'running');
+CREATE TABLE IF NOT EXISTS transitions (
+    id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    worker TEXT,
+    at REAL NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_id ON transitions(id);
+CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger file cannot be opened or is not a matchmaker ledger."""
+
+
+@dataclass
+class TaskRow:
+    """A task as the ledger holds it."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    priority: int
+    constraints: dict[str, Any]
+    preferences: dict[str, Any]
+    max_attempts: int
+    timeout: float
+    state: str
+    attempt: int
+    worker: str | None
+    submitted_at: float
+    updated_at: float
+    not_before: float
+    assigned_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    output: dict[str, Any] | None
+    error: str | None
+    reason: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRow:
+        values = dict(row)
+        for key in ("payload", "constraints", "preferences", "output"):
+            if values[key] is not None:
+                values[key] = json.loads(values[key])
+        return cls(**values)
+
+    def request(self) -> TaskRequest:
+        return TaskRequest(
+            id=self.id,
+            type=self.type,
+            payload=self.payload,
+            priority=self.priority,
+            constraints=self.constraints,
+            preferences=self.preferences,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+        )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Ledger:
+    """Durable task states in one SQLite file."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise LedgerError(f"no ledger at {self.path} (has the scheduler run here?)")
+                uri = f"file:{self.path}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("SELECT 1 FROM tasks LIMIT 1")
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"cannot open the ledger at {self.path}: {error}") from None
+        self._in_batch = False
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes (batched) ---------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_batch:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+
+    def commit(self) -> None:
+        if self._in_batch:
+            self.db.execute("COMMIT")
+            self._in_batch = False
+
+    def add(self, requests: Iterable[TaskRequest], now: float) -> list[TaskRequest]:
+        """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
+        self._begin()
+        added = []
+        for r in requests:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO tasks (id, type, payload, priority, constraints,"
+                " preferences, max_attempts, timeout, state, attempt, submitted_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)",
+                (
+                    r.id,
+                    r.type,
+                    _dumps(r.payload),
+                    r.priority,
+                    _dumps(r.constraints),
+                    _dumps(r.preferences),
+                    r.max_attempts,
+                    r.timeout,
+                    now,
+                    now,
+                ),
+            )
+            if cursor.rowcount:
+                added.append(r)
+        self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
+        return added
+
+    def update(self, task_id: str, now: float, **fields: Any) -> None:
+        """Set some columns of one task (JSON columns are encoded here)."""
+        self._begin()
+        for key in ("output",):
+            if fields.get(key) is not None:
+                fields[key] = _dumps(fields[key])
+        columns = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(
+            f"UPDATE tasks SET {columns}, updated_at = ? WHERE id = ?",
+            (*fields.values(), now, task_id),
+        )
+
+    def assign(self, items: Iterable[tuple[str, int, str]], now: float) -> None:
+        """Mark (id, attempt, worker) triples assigned after their dispatch is in the broker."""
+        self._begin()
+        rows = list(items)
+        self.db.executemany(
+            "UPDATE tasks SET state = 'assigned', worker = ?, assigned_at = ?, updated_at = ?,"
+            " reason = NULL WHERE id = ? AND attempt = ?",
+            [(w, now, now, i, a) for i, a, w in rows],
+        )
+        self.transitions((i, a, "assigned", w, now, None) for i, a, w in rows)
+
+    def set_reasons(self, reasons: Iterable[tuple[str, str]]) -> None:
+        self._begin()
+        self.db.executemany(
+            "UPDATE tasks SET reason = ? WHERE id = ?", [(r, i) for i, r in reasons]
+        )
+
+    def transitions(
+        self, rows: Iterable[tuple[str, int, str, str | None, float, str | None]]
+    ) -> None:
+        self._begin()
+        self.db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def set_drained(self, worker: str, on: bool, now: float) -> None:
+        self._begin()
+        if on:
+            self.db.execute("INSERT OR REPLACE INTO drained VALUES (?, ?)", (worker, now))
+        else:
+            self.db.execute("DELETE FROM drained WHERE worker = ?", (worker,))
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRow | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return TaskRow.from_row(row) if row else None
+
+    def open_tasks(self) -> Iterator[TaskRow]:
+        """Every pending, assigned or running task: what a restarted scheduler rebuilds from."""
+        query = "SELECT * FROM tasks WHERE state IN ('pending', 'assigned', 'running')"
+        for row in self.db.execute(query):
+            yield TaskRow.from_row(row)
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT attempt, state, worker, at, note FROM transitions WHERE id = ? ORDER BY rowid",
+            (task_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        return {state: count for state, count in rows}
+
+    def in_flight_by_worker(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT worker, COUNT(*) FROM tasks"
+            " WHERE state IN ('assigned', 'running') GROUP BY worker"
+        )
+        return {worker: count for worker, count in rows}
+
+    def drained(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT worker FROM drained")}
+
+    def tasks(self, states: Iterable[str] | None = None) -> list[TaskRow]:
+        if states is None:
+            rows = self.db.execute("SELECT * FROM tasks ORDER BY submitted_at")
+        else:
+            wanted = list(states)
+            marks = ", ".join("?" for _ in wanted)
+            rows = self.db.execute(
+                f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY submitted_at", wanted
+            )
+        return [TaskRow.from_row(r) for r in rows]

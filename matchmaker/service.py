@@ -1,0 +1,422 @@
+"""The scheduler service: intake, rounds, push, results, recovery.
+
+One thread runs the loop; Serf's inventory feeds it changes from its own
+thread through a queue. Each turn of the loop:
+
+1. lets pika deliver what arrived (requests, results) into buffers;
+2. applies inventory changes (a failed or departed worker's tasks go back to
+   pending with attempt + 1, and its queue is drained);
+3. intake: validates the buffered requests, records the new ones pending,
+   commits the ledger, then acks them (invalid ones go to ``mm.dead``);
+4. results: applies them to the book, commits, then acks;
+5. a round, when work is pending and something changed, at most once per
+   ``round_interval``: ``plan()``, publish every dispatch in one transaction,
+   then record them assigned.
+
+Leadership: only the scheduler holding the exclusive queue
+``mm.scheduler.leader`` consumes; a second one waits on it and takes over
+(rebuilding from the ledger) when the first one's connection dies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+from membership.inventory import Change, Inventory
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from matchmaker import broker
+from matchmaker.book import Book, Event
+from matchmaker.config import Config
+from matchmaker.engine import plan
+from matchmaker.ledger import Ledger
+from matchmaker.messages import (
+    Cancel,
+    Drain,
+    MessageError,
+    TaskDispatch,
+    TaskRequest,
+    TaskResult,
+    decode,
+    encode,
+)
+from matchmaker.metrics import Metrics
+from matchmaker.models import Policy, Worker
+
+log = logging.getLogger("matchmaker.service")
+
+LEADER_QUEUE = "mm.scheduler.leader"
+PREFETCH = 2000
+SWEEP_INTERVAL = 0.25
+LOST = {"failed": "failed", "left": "left", "reaped": "was reaped"}
+
+
+@dataclass
+class Delivery:
+    tag: int
+    body: bytes
+
+
+class Scheduler:
+    """``python -m matchmaker run``: the push pipeline's scheduler."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ledger = Ledger(config.ledger_path)
+        self.book = Book(self.ledger, config.retry_backoff, config.result_grace)
+        self.metrics = Metrics(config.metrics_port)
+        self.changes: queue.Queue[Change] = queue.Queue()
+        self.inventory: Inventory | None = None
+        self.live: dict[str, Worker] = {}
+        self.drained = self.ledger.drained()
+        self.reasons: dict[str, str] = {}
+        self.requests: list[Delivery] = []
+        self.results: list[Delivery] = []
+        self.declared: set[str] = set()
+        self.dirty = True
+        self.last_round = 0.0
+        self.next_sweep = 0.0
+        self.stopping = False
+        self.connection: pika.BlockingConnection | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.inventory = Inventory(
+            self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
+        )
+        self.inventory.start()
+        try:
+            while not self.stopping:
+                try:
+                    self._serve()
+                except (
+                    pika.exceptions.AMQPConnectionError,
+                    pika.exceptions.StreamLostError,
+                    pika.exceptions.ConnectionClosed,
+                    pika.exceptions.ChannelClosed,
+                ) as error:
+                    if self.stopping:
+                        break
+                    log.warning("lost the broker (%s); reconnecting", error.__class__.__name__)
+                    self.requests.clear()
+                    self.results.clear()
+                    self.declared.clear()
+                    time.sleep(0.5)
+        finally:
+            self.inventory.stop()
+            self.ledger.commit()
+            if self.connection and self.connection.is_open:
+                self.connection.close()
+            log.info("scheduler stopped")
+
+    def _lead(self, connection: pika.BlockingConnection) -> BlockingChannel:
+        """Wait until this scheduler holds the leader queue; returns a fresh channel."""
+        announced = False
+        while not self.stopping:
+            channel = connection.channel()
+            try:
+                channel.queue_declare(LEADER_QUEUE, exclusive=True, auto_delete=True)
+                log.info("this scheduler is active")
+                return channel
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code != 405:
+                    raise
+                if not announced:
+                    log.info("another scheduler is active; standing by")
+                    announced = True
+                connection.sleep(0.5)
+        raise SystemExit(0)
+
+    def _serve(self) -> None:
+        connection = broker.connect(
+            self.config.broker_url, attempts=30, name="matchmaker-scheduler"
+        )
+        self.connection = connection
+        control = self._lead(connection)
+        broker.declare_core(control)
+        # Leading now: the ledger is the truth (a previous leader may have written it).
+        self.book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
+        self.book.restore(self.ledger.open_tasks())
+        self.drained = self.ledger.drained()
+        self.reasons.clear()
+        log.info(
+            "restored %d pending and %d in-flight tasks from %s",
+            len(self.book.pending),
+            len(self.book.in_flight),
+            self.ledger.path,
+        )
+        self._reconcile_inventory()
+        intake = connection.channel()
+        intake.basic_qos(prefetch_count=PREFETCH)
+        intake.basic_consume(broker.REQUESTS, self._on_request)
+        results = connection.channel()
+        results.basic_qos(prefetch_count=PREFETCH)
+        results.basic_consume(broker.RESULTS, self._on_result)
+        push = connection.channel()
+        push.tx_select()
+        self.channels = (control, intake, results, push)
+        while not self.stopping:
+            connection.process_data_events(time_limit=self._wait())
+            self._apply_changes(push)
+            self._intake(intake, control)
+            self._apply_results(results)
+            if time.time() >= self.next_sweep:
+                self._sweep()
+            if self._round_due():
+                self._round(push)
+            self._publish_events(control)
+
+    # -- the turn of the loop ---------------------------------------------------
+
+    def _on_request(
+        self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
+    ) -> None:
+        self.requests.append(Delivery(method.delivery_tag, body))
+
+    def _on_result(
+        self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
+    ) -> None:
+        self.results.append(Delivery(method.delivery_tag, body))
+
+    def _wait(self) -> float:
+        if self.requests or self.results or not self.changes.empty():
+            return 0
+        if self.book.pending and self.dirty:
+            return max(0.0, self.last_round + self.config.round_interval - time.time())
+        return 0.05
+
+    def _reconcile_inventory(self) -> None:
+        assert self.inventory is not None
+        self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        now = time.time()
+        for worker in sorted(set(self.book.by_worker) - set(self.live)):
+            moved = self.book.worker_lost(worker, now, "is not in the inventory")
+            log.info("worker %s is gone; %d tasks back to pending", worker, moved)
+        self.ledger.commit()
+        self.dirty = True
+
+    def _apply_changes(self, push: BlockingChannel) -> None:
+        if self.changes.empty():
+            return
+        assert self.inventory is not None
+        now = time.time()
+        while not self.changes.empty():
+            change = self.changes.get_nowait()
+            if change.kind in LOST:
+                moved = self.book.worker_lost(change.name, now, LOST[change.kind])
+                drained = self._drain_queue(push, change.name)
+                log.info(
+                    "worker %s %s: %d tasks rescheduled, %d queued dispatches drained",
+                    change.name,
+                    LOST[change.kind],
+                    moved,
+                    drained,
+                )
+            elif change.kind == "rejected":
+                log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
+        self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        self.ledger.commit()
+        self.dirty = True
+
+    def _drain_queue(self, channel: BlockingChannel, worker: str) -> int:
+        """Empty a lost worker's queue: its tasks are already pending again in the book."""
+        name = broker.worker_queue(worker)
+        if name not in self.declared:
+            return 0
+        frame = channel.queue_purge(name)
+        channel.tx_commit()
+        return int(frame.method.message_count)
+
+    def _intake(self, intake: BlockingChannel, control: BlockingChannel) -> None:
+        if not self.requests:
+            return
+        now = time.time()
+        batch, self.requests = self.requests, []
+        new: dict[str, TaskRequest] = {}
+        for d in batch:
+            try:
+                message = decode(d.body, expect=("submit", "cancel", "drain"))
+                if isinstance(message, TaskRequest):
+                    if message.type not in self.config.task_types:
+                        raise MessageError(
+                            f"unknown task type {message.type!r} (this scheduler knows "
+                            f"{', '.join(self.config.task_types)})"
+                        )
+                    new.setdefault(message.id, message)
+                elif isinstance(message, Cancel):
+                    self._cancel(message.id, now, control)
+                elif isinstance(message, Drain):
+                    self._drain(message, now)
+            except MessageError as error:
+                log.warning("rejected a request: %s", error)
+                broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
+                self.book._count("rejected")
+        if new:
+            self.book.submit(list(new.values()), now)
+            self.dirty = True
+        self.ledger.commit()
+        intake.basic_ack(batch[-1].tag, multiple=True)
+
+    def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
+        was_open, worker = self.book.cancel(task_id, now)
+        if worker:
+            control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
+        self.reasons.pop(task_id, None)
+        log.info("cancel %s: %s", task_id, "cancelled" if was_open else "not open, nothing to do")
+        self.dirty = True
+
+    def _drain(self, message: Drain, now: float) -> None:
+        if message.on:
+            self.drained.add(message.worker)
+        else:
+            self.drained.discard(message.worker)
+        self.ledger.set_drained(message.worker, message.on, now)
+        log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
+        self.dirty = True
+
+    def _apply_results(self, channel: BlockingChannel) -> None:
+        if not self.results:
+            return
+        now = time.time()
+        batch, self.results = self.results, []
+        for d in batch:
+            try:
+                result = decode(d.body, expect=("result",))
+            except MessageError as error:
+                log.warning("rejected a result: %s", error)
+                broker.dead_letter(channel, d.body, str(error), broker.RESULTS)
+                self.book._count("rejected")
+                continue
+            assert isinstance(result, TaskResult)
+            outcome = self.book.result(result, now)
+            if outcome == "stale":
+                log.info(
+                    "stale result for %s attempt %d from %s ignored",
+                    result.id,
+                    result.attempt,
+                    result.worker,
+                )
+            else:
+                self.reasons.pop(result.id, None)
+        self.ledger.commit()
+        channel.basic_ack(batch[-1].tag, multiple=True)
+        self.dirty = True
+
+    def _sweep(self) -> None:
+        """Periodically: deadlines passed with no result, retries whose backoff ended, metrics."""
+        now = time.time()
+        self.next_sweep = now + SWEEP_INTERVAL
+        self._observe()
+        if self.book.expire(now):
+            self.ledger.commit()
+            self.dirty = True
+        if not self.dirty and any(
+            t.not_before and t.not_before <= now for t in self.book.pending.values()
+        ):
+            self.dirty = True
+
+    def _round_due(self) -> bool:
+        return (
+            self.dirty
+            and bool(self.book.pending)
+            and time.time() - self.last_round >= self.config.round_interval
+        )
+
+    def _policy(self, now: float) -> Policy:
+        c = self.config
+        return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
+
+    def _round(self, push: BlockingChannel) -> None:
+        started = time.time()
+        self.last_round, self.dirty = started, False
+        workers = [
+            Worker(w.name, w.capabilities, w.slots, self.book.running(w.name), w.attributes)
+            for name, w in self.live.items()
+            if name not in self.drained
+        ]
+        result = plan(self.book.due(started), workers, self._policy(started))
+        placed = []
+        for task_id, worker in result.assignments.items():
+            t = self.book.pending[task_id]
+            queue_name = broker.worker_queue(worker)
+            if queue_name not in self.declared:
+                broker.declare_worker(push, worker)
+                self.declared.add(queue_name)
+            dispatch = TaskDispatch(
+                task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
+            )
+            push.basic_publish("", queue_name, encode(dispatch), broker.PERSISTENT)
+            placed.append((task_id, worker))
+        if placed:
+            push.tx_commit()
+            self.book.assigned(placed, time.time())
+        changed = [
+            (i, u.message) for i, u in result.unplaced.items() if self.reasons.get(i) != u.message
+        ]
+        if changed:
+            self.reasons.update(changed)
+            self.ledger.set_reasons(changed)
+        for task_id, _ in placed:
+            self.reasons.pop(task_id, None)
+        self.ledger.commit()
+        self.metrics.round_seconds.observe(time.time() - started)
+        if placed or changed:
+            log.debug(
+                "round: %d placed, %d waiting, %.1f ms",
+                len(placed),
+                len(result.unplaced),
+                1000 * (time.time() - started),
+            )
+
+    def _publish_events(self, channel: BlockingChannel) -> None:
+        """Events go out batched per state: one message per routing key ``task.<state>``."""
+        if not self.book.events:
+            return
+        events, self.book.events = self.book.events, []
+        by_state: dict[str, list[Event]] = {}
+        for e in events:
+            by_state.setdefault(e.state, []).append(e)
+        for state, items in by_state.items():
+            body = json.dumps(
+                {
+                    "v": 1,
+                    "kind": "events",
+                    "events": [
+                        {
+                            "id": e.id,
+                            "state": e.state,
+                            "attempt": e.attempt,
+                            "worker": e.worker,
+                            "at": e.at,
+                            "note": e.note,
+                        }
+                        for e in items
+                    ],
+                }
+            )
+            channel.basic_publish(broker.EVENTS, f"task.{state}", body.encode())
+
+    def _observe(self) -> None:
+        m = self.metrics
+        m.pending.set(len(self.book.pending))
+        flying = self.book.in_flight.values()
+        running = sum(1 for t in flying if t.state == "running")
+        m.running.set(running)
+        m.assigned.set(len(self.book.in_flight) - running)
+        m.workers.set(len(self.live))
+        m.sync(self.book.counters)
