@@ -128,6 +128,8 @@ def _open_file(parsed: urllib.parse.SplitResult, url: str, max_bytes: int) -> It
         raise TaskError(f"data_staging: {url} does not name an absolute path")
     try:
         reader = open(path, "rb")  # noqa: SIM115 - closed below
+    except IsADirectoryError:
+        raise TaskError(f"data_staging: {url} is not a regular file") from None
     except OSError as e:
         raise TaskError(f"data_staging: cannot open {url}: {e.strerror or e}") from None
     with reader:

@@ -53,11 +53,11 @@ def _open_dir(parent_fd: int, name: str, shown: str, create: bool) -> int:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
         return _open_dir(parent_fd, name, shown, create=False)
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
             raise PathError(f"{shown!r} is a symbolic link; links are not followed") from None
-        if e.errno == errno.ENOTDIR:
-            raise PathError(f"{shown!r} is not a directory") from None
-        raise
+        raise PathError(f"{shown!r} is not a directory") from None
 
 
 @contextlib.contextmanager
