@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up, start the broker if none runs, run the whole system on a demo
+# workload (scripts/demo.py), stop what was started.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+state=$(bash scripts/broker.sh start)
+cleanup() { [ "$state" = started ] && bash scripts/broker.sh stop; }
+trap cleanup EXIT
+.venv/bin/python scripts/demo.py "$@"

@@ -1,0 +1,96 @@
+"""The scheduler's state machine against a real SQLite ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matchmaker.book import Book
+from matchmaker.ledger import Ledger
+from matchmaker.messages import TaskRequest, TaskResult
+
+
+def make(tmp_path: Path) -> Book:
+    return Book(Ledger(tmp_path / "ledger.sqlite"), retry_backoff=1.0, result_grace=5.0)
+
+
+def test_submit_is_idempotent(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    assert book.submit([TaskRequest("a", "sleep"), TaskRequest("a", "sleep")], 1.0) == 1
+    assert book.submit([TaskRequest("a", "sleep", priority=9)], 2.0) == 0
+    book.ledger.commit()
+    assert book.ledger.counts() == {"pending": 1}
+    assert book.pending["a"].request.priority == 0
+
+
+def test_success_path_and_stale_results(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep")], 1.0)
+    book.assigned([("a", "w1")], 2.0)
+    assert book.running("w1") == 1
+    assert book.result(TaskResult("a", 1, "w1", "running", 2.5), 3.0) == "running"
+    assert book.result(TaskResult("a", 2, "w1", "succeeded"), 3.5) == "stale"
+    assert (
+        book.result(TaskResult("a", 1, "w1", "succeeded", 2.5, 3.9, {"ok": 1}), 4.0) == "succeeded"
+    )
+    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 5.0) == "stale"
+    book.ledger.commit()
+    row = book.ledger.get("a")
+    assert row is not None and row.state == "succeeded" and row.output == {"ok": 1}
+    assert book.running("w1") == 0
+    states = [h["state"] for h in book.ledger.history("a")]
+    assert states.count("succeeded") == 1 and "ignored-succeeded" in states
+
+
+def test_failure_retries_with_backoff_then_dead(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep", max_attempts=2)], 0.0)
+    book.assigned([("a", "w1")], 1.0)
+    assert book.result(TaskResult("a", 1, "w1", "failed", error="boom"), 2.0) == "retry"
+    assert book.pending["a"].attempt == 2 and book.pending["a"].not_before == 3.0
+    assert book.due(2.5) == [] and [t.id for t in book.due(3.0)] == ["a"]
+    book.assigned([("a", "w2")], 3.0)
+    assert book.result(TaskResult("a", 2, "w2", "failed", error="again"), 4.0) == "dead"
+    book.ledger.commit()
+    row = book.ledger.get("a")
+    assert row is not None and row.state == "dead" and row.error == "again"
+
+
+def test_lost_worker_moves_its_tasks_with_the_next_attempt(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest(i, "sleep") for i in "abc"], 0.0)
+    book.assigned([("a", "w1"), ("b", "w1"), ("c", "w2")], 1.0)
+    assert book.worker_lost("w1", 2.0, "failed") == 2
+    assert sorted(book.pending) == ["a", "b"] and book.pending["a"].attempt == 2
+    assert book.running("w1") == 0 and book.running("w2") == 1
+    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.0) == "stale"
+
+
+def test_restore_rebuilds_open_tasks(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest(i, "sleep") for i in "abc"], 0.0)
+    book.assigned([("a", "w1")], 1.0)
+    book.result(TaskResult("b", 1, "w1", "succeeded"), 1.5)
+    book.ledger.commit()
+    again = make(tmp_path)
+    again.restore(again.ledger.open_tasks())
+    assert sorted(again.pending) == ["c"] and sorted(again.in_flight) == ["a"]
+    assert again.running("w1") == 1
+
+
+def test_deadline_without_result_is_a_failed_attempt(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep", timeout=10)], 0.0)
+    book.assigned([("a", "w1")], 0.0)
+    assert book.expire(14.0) == 0
+    assert book.expire(16.0) == 1
+    assert book.pending["a"].attempt == 2
+
+
+def test_cancel(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep"), TaskRequest("b", "sleep")], 0.0)
+    book.assigned([("b", "w1")], 0.0)
+    assert book.cancel("a", 1.0) == (True, None)
+    assert book.cancel("b", 1.0) == (True, "w1")
+    assert book.cancel("b", 1.0) == (False, None)
+    assert not book.pending and not book.in_flight

@@ -1,0 +1,77 @@
+"""Wire messages: round trips and the sentence each bad input gets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
+    Cancel,
+    Drain,
+    MessageError,
+    TaskDispatch,
+    TaskRequest,
+    TaskResult,
+    decode,
+    encode,
+)
+
+
+def raw(**body: object) -> bytes:
+    return json.dumps({"v": 1, **body}).encode()
+
+
+def test_round_trips() -> None:
+    for message in (
+        TaskRequest("t1", "sleep", {"seconds": 1}, 5, {"site": "iu"}, {"gpu": [1, 2]}, 2, 9.5),
+        Cancel("t1"),
+        Drain("w1", on=False),
+        TaskDispatch("t1", 2, "sleep", {}, 1e9),
+        TaskResult("t1", 1, "w1", "failed", 1.0, 2.0, None, "boom"),
+    ):
+        assert decode(encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"v": 2, "id": "a", "type": "sleep"}).encode(), "version"),
+        (raw(id="", type="sleep"), "'id'"),
+        (raw(id="a b", type="sleep"), "'id'"),
+        (raw(id="a", type="sleep", priority=10), "'priority'"),
+        (raw(id="a", type="sleep", priority=True), "'priority'"),
+        (raw(id="a", type="sleep", payload=[1]), "'payload'"),
+        (raw(id="a", type="sleep", constraints={"gpu": {"~": 1}}), "unknown operator"),
+        (raw(id="a", type="sleep", timeout=0), "'timeout'"),
+        (raw(id="a", type="sleep", max_attempts=0), "'max_attempts'"),
+        (raw(kind="result", id="a", attempt=1, worker="w", state="done"), "'state'"),
+        (raw(kind="explode", id="a"), "unexpected message kind"),
+    ],
+)
+def test_bad_messages_get_a_reason(body: bytes, fragment: str) -> None:
+    with pytest.raises(MessageError, match=fragment):
+        decode(body)
+
+
+def test_oversize_is_refused_before_parsing() -> None:
+    body = raw(id="a", type="sleep", payload={"x": "y" * MAX_MESSAGE_BYTES})
+    with pytest.raises(MessageError, match="over the"):
+        decode(body)
+
+
+def test_expect_limits_kinds() -> None:
+    with pytest.raises(MessageError, match="unexpected message kind 'cancel'"):
+        decode(encode(Cancel("t")), expect=("result",))
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
+    with contextlib.suppress(MessageError):
+        decode(data)
