@@ -1,0 +1,125 @@
+"""``python -m workers``: run one worker (push mode with its Serf agent, or pull mode).
+
+Exit status: 0 after a clean drain (SIGTERM/SIGINT), 1 if results could not be
+delivered before stopping, 2 for bad arguments, an unreachable broker or a
+Serf agent that cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from matchmaker.broker import DEFAULT_URL, BrokerError
+from workers.config import SerfConfig, WorkerConfig, parse_attribute
+from workers.presence import PresenceError, make_presence
+from workers.runtime import Worker
+from workers.tasks import REGISTRY
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True, help="worker name (its queue is mm.worker.<name>)")
+    p.add_argument("--caps", required=True, help="comma-separated task types this worker runs")
+    p.add_argument("--slots", type=int, default=1, help="tasks run at once (default 1)")
+    p.add_argument(
+        "--attr", action="append", default=[], metavar="KEY=VALUE", help="attribute (repeatable)"
+    )
+    p.add_argument("--mode", choices=("push", "pull"), default="push")
+    p.add_argument(
+        "--broker-url",
+        default=os.environ.get("MM_BROKER_URL", DEFAULT_URL),
+        help="AMQP URL (default: $MM_BROKER_URL or the local matchmaker vhost)",
+    )
+    p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
+    p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
+    p.add_argument("--aurora-url", default="http://127.0.0.1:8081")
+    p.add_argument("--log-level", default="INFO")
+    serf = p.add_argument_group("Serf (push mode)")
+    serf.add_argument(
+        "--serf-rpc", metavar="ADDR", help="tag an existing agent instead of starting one"
+    )
+    serf.add_argument("--serf-bind", metavar="ADDR", help="gossip address of the agent to start")
+    serf.add_argument("--serf-rpc-bind", metavar="ADDR", help="RPC address of the agent to start")
+    serf.add_argument("--serf-join", action="append", default=[], metavar="ADDR")
+    serf.add_argument("--serf-encrypt", metavar="KEY", help="gossip encryption key (base64)")
+    serf.add_argument("--serf-auth", metavar="KEY", help="RPC auth key")
+    serf.add_argument("--no-serf", action="store_true", help="do not advertise (benchmarks)")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> WorkerConfig:
+    """The worker's configuration; ValueError with one sentence if it makes no sense."""
+    caps = tuple(c.strip() for c in args.caps.split(",") if c.strip())
+    unknown = [c for c in caps if c not in REGISTRY]
+    if unknown:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown task type(s) in --caps: {', '.join(unknown)} (known: {known})")
+    attributes = dict(parse_attribute(a) for a in args.attr)
+    serf = None
+    if args.mode == "push" and not args.no_serf:
+        serf = SerfConfig(
+            rpc=args.serf_rpc,
+            bind=args.serf_bind,
+            rpc_bind=args.serf_rpc_bind,
+            join=tuple(args.serf_join),
+            encrypt=args.serf_encrypt,
+            auth=args.serf_auth,
+        )
+    extra = {"sandbox": args.sandbox} if args.sandbox else {}
+    return WorkerConfig(
+        name=args.name,
+        capabilities=caps,
+        slots=args.slots,
+        attributes=attributes,
+        mode=args.mode,
+        broker_url=args.broker_url,
+        serf=serf,
+        aurora_url=args.aurora_url,
+        grace=args.grace,
+        **extra,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    try:
+        config = config_from(args)
+        presence = make_presence(config)
+    except (ValueError, PresenceError) as error:
+        p.error(str(error))
+    worker = Worker(config, presence=presence)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("workers").info("signal %s: draining", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        status = worker.run()
+    except (BrokerError, PresenceError) as error:
+        print(f"worker {config.name}: {error}", file=sys.stderr)
+        return 2
+    if any(t.name.startswith("task-") and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()  # a task ignored cancellation: do not wait for its thread
+        os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""A worker's configuration: who it is, what it runs, where it connects.
+
+``WorkerConfig`` is plain data, validated once at construction so a bad value
+is a one-sentence ``ValueError`` before anything starts. ``SerfConfig`` says
+how the worker advertises itself: join an existing agent over RPC (``rpc``)
+or start its own agent (``bind``, ``rpc_bind``, ``join``, keys).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from matchmaker.broker import DEFAULT_URL
+from matchmaker.messages import NAME
+
+MODES = ("push", "pull")
+MAX_SLOTS = 1024
+_ATTR_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+RESERVED_ATTRS = frozenset({"role", "q", "caps", "slots", "name", "mode"})
+
+
+@dataclass(frozen=True)
+class SerfConfig:
+    """Either ``rpc`` (an existing agent to tag) or the settings of an agent to start."""
+
+    rpc: str | None = None
+    bind: str | None = None
+    rpc_bind: str | None = None
+    join: tuple[str, ...] = ()
+    encrypt: str | None = None
+    auth: str | None = None
+    profile: str = "local"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    capabilities: tuple[str, ...]
+    slots: int = 1
+    attributes: dict[str, str] = field(default_factory=dict)
+    mode: Literal["push", "pull"] = "push"
+    broker_url: str = DEFAULT_URL
+    serf: SerfConfig | None = None
+    sandbox: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mm-sandbox")
+    aurora_url: str = "http://127.0.0.1:8081"
+    grace: float = 30.0
+    requeue_delay: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not NAME.fullmatch(self.name):
+            raise ValueError(
+                f"worker name {self.name!r} must be 1-128 letters, digits and _ . : @ -"
+            )
+        if not self.capabilities:
+            raise ValueError("a worker needs at least one capability (--caps)")
+        for cap in self.capabilities:
+            if not NAME.fullmatch(cap):
+                raise ValueError(f"capability {cap!r} is not a valid task type name")
+        if not 1 <= self.slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be from 1 to {MAX_SLOTS} (got {self.slots})")
+        for key in self.attributes:
+            if not _ATTR_KEY.fullmatch(key) or key in RESERVED_ATTRS:
+                raise ValueError(
+                    f"attribute name {key!r} must be a letter then up to 31 letters, digits, "
+                    f"_ . - and not one of {', '.join(sorted(RESERVED_ATTRS))}"
+                )
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be push or pull (got {self.mode!r})")
+        if not self.grace >= 0:
+            raise ValueError("grace must be a number of seconds >= 0")
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """This worker's own sandbox: ``<sandbox>/<name>``."""
+        return self.sandbox / self.name
+
+
+def parse_attribute(text: str) -> tuple[str, str]:
+    """``key=value`` -> (key, value); ValueError with a sentence otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"attribute {text!r} must look like key=value")
+    return key.strip(), value.strip()

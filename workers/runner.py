@@ -1,0 +1,279 @@
+"""Run tasks on a bounded thread pool and keep what each one has to report.
+
+The model: every dispatch the worker holds is a ``Job``. A job is *waiting*
+(received, no thread yet), *running* (``started_at`` set) or *finished*
+(``final`` set, exactly once, by whoever gets there first: the task's thread
+when the function returns, the deadline watchdog, or the shutdown). Jobs with
+something new to report are *dirty*; the connection thread takes them in
+batches (``take``), publishes, and tells the runner what went out (``sent``).
+Only the connection thread touches the broker; task threads only change job
+state under the runner's lock and call ``wake`` so the loop flushes soon.
+
+A job may hold several deliveries (the same dispatch delivered again after a
+reconnect, or twice): all are acknowledged once its final result is out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from matchmaker.messages import TaskDispatch, TaskResult
+from workers.tasks.base import TaskContext, TaskError, TaskFunction
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+REMEMBER_DONE = 10_000
+
+
+@dataclass(eq=False)
+class Delivery:
+    """A broker delivery to acknowledge: its connection session and delivery tag."""
+
+    session: int
+    tag: int
+
+
+@dataclass(eq=False)
+class Job:
+    dispatch: TaskDispatch
+    context: TaskContext
+    deliveries: list[Delivery]
+    received_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    final: TaskResult | None = None
+    running_sent: bool = False
+    final_sent: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.dispatch.id, self.dispatch.attempt)
+
+    @property
+    def state(self) -> str:
+        if self.final is not None:
+            return "finished"
+        return "running" if self.started_at is not None else "waiting"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One message to publish for a job: its running report or its final result."""
+
+    job: Job
+    result: TaskResult
+
+    @property
+    def final(self) -> bool:
+        return self.result.state != "running"
+
+
+class Runner:
+    """Up to ``slots`` tasks at once; deadlines, cancellation, and the reports they produce."""
+
+    def __init__(
+        self,
+        worker: str,
+        slots: int,
+        registry: Mapping[str, TaskFunction],
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.worker = worker
+        self.registry = registry
+        self.wake = wake
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"task-{worker}")
+        self._lock = threading.Lock()
+        self._jobs: dict[Key, Job] = {}
+        self._dirty: dict[Key, Job] = {}
+        self._done: OrderedDict[Key, None] = OrderedDict()
+
+    # -- intake (connection thread) ------------------------------------------------------
+
+    def find(self, key: Key) -> Job | None:
+        with self._lock:
+            return self._jobs.get(key)
+
+    def seen(self, key: Key) -> bool:
+        """Whether this dispatch's final result already went out (a redelivery)."""
+        with self._lock:
+            return key in self._done
+
+    def start(self, job: Job) -> None:
+        """Hold ``job`` and run it on the pool; unknown types and late dispatches fail here."""
+        with self._lock:
+            self._jobs[job.key] = job
+        function = self.registry.get(job.dispatch.type)
+        late = time.time() - job.dispatch.deadline
+        if function is None:
+            self.finish(
+                job, error=f"worker {self.worker} does not run task type {job.dispatch.type}"
+            )
+        elif late >= 0:
+            self.finish(job, error=f"deadline passed {late:.1f}s before the task could start")
+        else:
+            self._pool.submit(self._run, job, function)
+
+    def _run(self, job: Job, function: TaskFunction) -> None:
+        with self._lock:
+            if self._jobs.get(job.key) is not job or job.final is not None:
+                return  # withdrawn, cancelled or expired while waiting
+            job.started_at = time.time()
+            self._dirty[job.key] = job
+        self.wake()
+        log.info("task started id=%s attempt=%d type=%s", *job.key, job.dispatch.type)
+        try:
+            output = function(dict(job.dispatch.payload), job.context)
+            if not isinstance(output, dict):
+                raise TypeError(f"task returned {type(output).__name__}, not a JSON object")
+        except TaskError as error:
+            self.finish(job, error=str(error) or "task failed")
+        except Exception as error:  # a bug in the task: report it, keep the worker up
+            log.exception("task crashed id=%s attempt=%d", *job.key)
+            self.finish(job, error=f"internal error in {job.dispatch.type}: {error!r}")
+        else:
+            self.finish(job, output=output)
+
+    # -- finishing (any thread) ----------------------------------------------------------
+
+    def finish(
+        self, job: Job, *, output: dict[str, Any] | None = None, error: str | None = None
+    ) -> bool:
+        """Set the job's final result unless it has one; True if this call set it."""
+        now = time.time()
+        with self._lock:
+            if job.final is not None:
+                return False
+            job.final = TaskResult(
+                id=job.dispatch.id,
+                attempt=job.dispatch.attempt,
+                worker=self.worker,
+                state="failed" if error is not None else "succeeded",
+                started_at=job.started_at if job.started_at is not None else now,
+                finished_at=now,
+                output=output if error is None else None,
+                error=error,
+            )
+            self._dirty[job.key] = job
+        log.info(
+            "task finished id=%s attempt=%d state=%s%s",
+            *job.key,
+            job.final.state,
+            f" error={error!r}" if error else "",
+        )
+        self.wake()
+        return True
+
+    def cancel(self, task_id: str) -> int:
+        """Set ``cancelled`` on every held attempt of ``task_id``; how many there were."""
+        with self._lock:
+            jobs = [job for key, job in self._jobs.items() if key[0] == task_id]
+        for job in jobs:
+            job.context.cancelled.set()
+            if job.state == "waiting":
+                self.finish(job, error="cancelled before it started")
+        return len(jobs)
+
+    def expire(self, now: float | None = None) -> float | None:
+        """Fail running jobs past their deadline; the seconds until the next deadline."""
+        now = time.time() if now is None else now
+        with self._lock:
+            live = [job for job in self._jobs.values() if job.final is None]
+        nearest: float | None = None
+        for job in live:
+            left = job.dispatch.deadline - now
+            if left <= 0:
+                job.context.cancelled.set()
+                began = job.started_at or job.received_at
+                self.finish(job, error=f"timed out after {now - began:.1f}s (deadline passed)")
+            elif nearest is None or left < nearest:
+                nearest = left
+        return nearest
+
+    def withdraw(self) -> list[Job]:
+        """Take back the jobs no thread has started (to requeue them); they will not run."""
+        with self._lock:
+            waiting = [job for job in self._jobs.values() if job.state == "waiting"]
+            for job in waiting:
+                del self._jobs[job.key]
+                self._dirty.pop(job.key, None)
+                job.context.cancelled.set()
+        return waiting
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.context.cancelled.set()
+
+    def abandon(self, reason: str) -> None:
+        """Give every unfinished job a failed result now (its thread may still be busy)."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if job.final is None]
+        for job in jobs:
+            job.context.cancelled.set()
+            self.finish(job, error=reason)
+
+    # -- reporting (connection thread) ---------------------------------------------------
+
+    def take(self) -> list[Report]:
+        """What to publish now; a job finished before its running report only sends the final."""
+        reports = []
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+            for job in dirty.values():
+                if job.final is not None and not job.final_sent:
+                    reports.append(Report(job, job.final))
+                elif job.started_at is not None and not (job.running_sent or job.final_sent):
+                    reports.append(Report(job, self._running(job)))
+        return reports
+
+    def _running(self, job: Job) -> TaskResult:
+        return TaskResult(
+            id=job.dispatch.id,
+            attempt=job.dispatch.attempt,
+            worker=self.worker,
+            state="running",
+            started_at=job.started_at,
+        )
+
+    def sent(self, reports: list[Report]) -> list[Job]:
+        """Record that ``reports`` are in the broker; the jobs now done (to acknowledge)."""
+        done = []
+        with self._lock:
+            for report in reports:
+                job = report.job
+                if report.final:
+                    job.final_sent = True
+                    self._jobs.pop(job.key, None)
+                    self._done[job.key] = None
+                    if len(self._done) > REMEMBER_DONE:
+                        self._done.popitem(last=False)
+                    done.append(job)
+                else:
+                    job.running_sent = True
+        return done
+
+    def unsent(self, reports: list[Report]) -> None:
+        """Publishing failed: report these again at the next flush."""
+        with self._lock:
+            for report in reports:
+                self._dirty.setdefault(report.job.key, report.job)
+
+    def held(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def busy(self) -> int:
+        """Jobs not yet fully reported (running, waiting, or finished but unsent)."""
+        with self._lock:
+            return len(self._jobs)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,450 @@
+"""The worker runtime: consume dispatches, run them, report results, ack after the report.
+
+One thread owns the broker connection (pika's BlockingConnection is not
+thread-safe) and runs a loop: process broker events for a short tick, fail
+jobs past their deadline, then flush. A flush publishes every report ready
+(running reports and final results, coalesced by the ``Runner``) and every
+dead letter in ONE transaction on a dedicated publishing channel, and only
+after ``tx_commit`` acknowledges the dispatches those finals answer. So a
+dispatch is never acked before its result is in the broker; a crash in
+between means a redelivery (at-least-once), which the runner recognises by
+``(id, attempt)`` and does not run twice.
+
+Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and a private
+queue bound to ``mm.control`` with ``cancel.<name>``. Pull mode consumes the
+``mm.pull.<type>`` queues of its capabilities (prefetch = slots across them)
+and hands back, with ``basic_nack(requeue=True)``, requests whose constraints
+it cannot meet.
+
+``stop()`` (SIGTERM/SIGINT in the CLI) drains: stop consuming, requeue what has
+not started, let running tasks finish for ``grace`` seconds, then cancel them,
+flush, leave the gossip pool, close. A lost connection is re-established with
+backoff; results of tasks that ran meanwhile are published after reconnecting.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from matchmaker.broker import (
+    CONTROL,
+    PERSISTENT,
+    RESULTS,
+    BrokerError,
+    connect,
+    dead_letter,
+    declare_core,
+    declare_pull,
+    declare_worker,
+    describe,
+)
+from matchmaker.messages import Cancel, MessageError, TaskDispatch, TaskRequest, decode, encode
+from matchmaker.models import Worker as WorkerModel
+from workers.config import WorkerConfig
+from workers.pull import as_dispatch, refusal
+from workers.runner import Delivery, Job, Runner
+from workers.tasks import REGISTRY
+from workers.tasks.base import TaskContext, TaskFunction
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5  # longest the loop waits for broker events before checking deadlines and flags
+CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to stop
+RECONNECT_MAX_DELAY = 5.0
+
+
+class Presence(Protocol):
+    """How the worker is seen by the scheduler (Serf tags); started after the queue exists."""
+
+    def start(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+@dataclass
+class Letter:
+    """A message to park on ``mm.dead``, and the delivery to ack once it is there."""
+
+    body: bytes
+    reason: str
+    source: str
+    delivery: Delivery | None
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    redelivered: int = 0
+    requeues_by_task: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """A worker process's runtime; ``run()`` blocks until ``stop()`` has drained it."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        registry: Mapping[str, TaskFunction] = REGISTRY,
+        presence: Presence | None = None,
+    ) -> None:
+        self.config = config
+        self.presence = presence
+        self.stats = Stats()
+        self.runner = Runner(config.name, config.slots, registry, wake=self._wake)
+        self._model = WorkerModel(
+            config.name, config.capabilities, config.slots, attributes=config.attributes
+        )
+        self._stopping = threading.Event()
+        self._conn: pika.BlockingConnection | None = None
+        self._wake_pending = False
+        self._session = 0
+        self._letters: list[Letter] = []
+        self._drain_until: float | None = None
+        self._cancelled_all = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin draining (thread- and signal-safe); a second call ends the grace period."""
+        if self._stopping.is_set() and self._drain_until is not None:
+            self._drain_until = time.monotonic()
+        self._stopping.set()
+
+    def run(self) -> int:
+        """Serve until stopped: 0 after a clean drain, 1 if results could not be delivered.
+
+        Raises ``BrokerError`` if the broker cannot be reached or refuses the
+        topology at start-up.
+        """
+        conn = connect(self.config.broker_url, attempts=1, name=f"worker {self.config.name}")
+        try:
+            channels = self._open(conn)
+        except pika.exceptions.AMQPError as error:
+            _close(conn)
+            where = describe(self.config.broker_url)
+            raise BrokerError(
+                f"the broker at {where} refused the worker's queues: {error}"
+            ) from None
+        status = 1
+        try:
+            if self.presence is not None:
+                self.presence.start()
+            while True:
+                try:
+                    self._serve(conn, channels)
+                    status = 0
+                    break
+                except pika.exceptions.AMQPError as error:
+                    log.warning("broker connection lost (%s); reconnecting", _reason(error))
+                    _close(conn)
+                    self._conn = None
+                    reconnected = self._reconnect()
+                    if reconnected is None:
+                        break
+                    conn, channels = reconnected
+        finally:
+            self._finish(conn)
+        return status
+
+    def _finish(self, conn: pika.BlockingConnection) -> None:
+        lost = self.runner.busy()
+        if lost:
+            log.warning("stopping with %d task(s) whose results were not delivered", lost)
+        if self.presence is not None:
+            try:
+                self.presence.leave()
+            except Exception as error:
+                log.warning("leaving the gossip pool failed: %s", error)
+        _close(conn)
+        self._conn = None
+        self.runner.shutdown()
+        s = self.stats
+        log.info(
+            "worker stopped name=%s received=%d succeeded=%d failed=%d dead_lettered=%d "
+            "requeued=%d redelivered=%d",
+            self.config.name,
+            s.received,
+            s.succeeded,
+            s.failed,
+            s.dead_lettered,
+            s.requeued,
+            s.redelivered,
+        )
+
+    def _reconnect(self) -> tuple[pika.BlockingConnection, _Channels] | None:
+        delay = 0.2
+        while True:
+            self.runner.expire()
+            if self._stopping.is_set():
+                self._start_grace()
+                if self.runner.busy() == 0 or time.monotonic() >= (self._drain_until or 0):
+                    log.warning("stopping without a broker connection")
+                    return None
+            try:
+                conn = connect(
+                    self.config.broker_url, attempts=1, name=f"worker {self.config.name}"
+                )
+                channels = self._open(conn)
+            except (BrokerError, pika.exceptions.AMQPError) as error:
+                log.warning("reconnect failed (%s); retrying in %.1fs", _reason(error), delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            log.info("reconnected to %s", describe(self.config.broker_url))
+            return conn, channels
+
+    # -- one connection -----------------------------------------------------------------
+
+    def _open(self, conn: pika.BlockingConnection) -> _Channels:
+        """Channels, topology and consumers for a new connection (a new session)."""
+        self._session += 1
+        session = self._session
+        consume, publish = conn.channel(), conn.channel()
+        publish.tx_select()
+        declare_core(consume)
+        cfg = self.config
+        if cfg.mode == "push":
+            queues = [declare_worker(consume, cfg.name)]
+        else:
+            queues = [declare_pull(consume, task_type) for task_type in cfg.capabilities]
+        consume.basic_qos(prefetch_count=cfg.slots)  # per consumer (quorum: no global qos)
+        channels = _Channels(session, consume, publish)
+        if cfg.mode == "push":
+            control = consume.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            consume.queue_bind(control, CONTROL, routing_key=f"cancel.{cfg.name}")
+            consume.basic_consume(control, self._on_control, auto_ack=True)
+        if not self._stopping.is_set():
+            for queue in queues:
+                callback = functools.partial(self._on_message, channels, queue)
+                channels.consumers.append(consume.basic_consume(queue, callback))
+        self._conn = conn
+        log.info(
+            "consuming mode=%s queues=%s slots=%d broker=%s session=%d",
+            cfg.mode,
+            ",".join(queues),
+            cfg.slots,
+            describe(cfg.broker_url),
+            session,
+        )
+        return channels
+
+    def _serve(self, conn: pika.BlockingConnection, ch: _Channels) -> None:
+        """The loop: events, deadlines, flush; returns when drained."""
+        while True:
+            if self._stopping.is_set():
+                self._drain_step(ch)
+                if self.runner.busy() == 0 and not self._letters:
+                    return
+            nearest = self.runner.expire()
+            tick = TICK if nearest is None else max(0.0, min(TICK, nearest))
+            conn.process_data_events(time_limit=tick)
+            self.runner.expire()
+            self._flush(ch)
+
+    def _drain_step(self, ch: _Channels) -> None:
+        if ch.consumers:
+            for tag in ch.consumers:
+                ch.consume.basic_cancel(tag)
+            ch.consumers.clear()
+            returned = self.runner.withdraw()
+            for job in returned:
+                for delivery in job.deliveries:
+                    if delivery.session == ch.session:
+                        ch.consume.basic_nack(delivery.tag, requeue=True)
+            log.info(
+                "draining name=%s requeued_unstarted=%d running=%d grace=%.0fs",
+                self.config.name,
+                len(returned),
+                self.runner.busy(),
+                self.config.grace,
+            )
+        self._start_grace()
+        past = time.monotonic() - (self._drain_until or 0)
+        if past >= 0 and not self._cancelled_all:
+            self._cancelled_all = True
+            if self.runner.busy():
+                log.info("grace period over; cancelling %d task(s)", self.runner.busy())
+            self.runner.cancel_all()
+        if past >= CANCEL_WAIT:
+            self.runner.abandon(f"worker {self.config.name} shut down before the task finished")
+
+    def _start_grace(self) -> None:
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + self.config.grace
+
+    # -- intake -------------------------------------------------------------------------
+
+    def _on_message(
+        self,
+        ch: _Channels,
+        queue: str,
+        _channel: BlockingChannel,
+        method: Basic.Deliver,
+        _props: BasicProperties,
+        body: bytes,
+    ) -> None:
+        delivery = Delivery(ch.session, method.delivery_tag)
+        self.stats.received += 1
+        kind = "dispatch" if self.config.mode == "push" else "submit"
+        try:
+            message = decode(body, expect=(kind,))
+        except MessageError as error:
+            self._reject(body, str(error), queue, delivery)
+            return
+        if isinstance(message, TaskRequest):
+            reason = refusal(message, self._model)
+            if reason is not None:
+                self._requeue(ch, message, reason, method.delivery_tag)
+                return
+            dispatch = as_dispatch(message)
+        else:
+            assert isinstance(message, TaskDispatch)
+            dispatch = message
+        self._accept(ch, dispatch, delivery)
+
+    def _accept(self, ch: _Channels, dispatch: TaskDispatch, delivery: Delivery) -> None:
+        key = (dispatch.id, dispatch.attempt)
+        if self.runner.seen(key):
+            self.stats.redelivered += 1
+            log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
+            ch.consume.basic_ack(delivery.tag)
+            return
+        held = self.runner.find(key)
+        if held is not None:
+            self.stats.redelivered += 1
+            log.info("redelivery joins the held task id=%s attempt=%d", *key)
+            held.deliveries.append(delivery)
+            return
+        context = TaskContext(
+            task_id=dispatch.id,
+            attempt=dispatch.attempt,
+            worker=self.config.name,
+            sandbox=self.config.sandbox_dir,
+            deadline=dispatch.deadline,
+            aurora_url=self.config.aurora_url,
+        )
+        self.runner.start(Job(dispatch, context, [delivery]))
+
+    def _reject(self, body: bytes, reason: str, source: str, delivery: Delivery | None) -> None:
+        log.warning("message rejected to the dead-letter queue source=%s reason=%r", source, reason)
+        self._letters.append(Letter(body, reason, source, delivery))
+
+    def _requeue(self, ch: _Channels, request: TaskRequest, reason: str, tag: int) -> None:
+        stats = self.stats
+        stats.requeued += 1
+        count = stats.requeues_by_task.get(request.id, 0) + 1
+        if len(stats.requeues_by_task) > 10_000:
+            stats.requeues_by_task.clear()
+        stats.requeues_by_task[request.id] = count
+        if count == 1 or count % 100 == 0:
+            log.info(
+                "task requeued id=%s reason=%r times=%d total_requeues=%d",
+                request.id,
+                reason,
+                count,
+                stats.requeued,
+            )
+        # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
+        nack = functools.partial(_nack, ch.consume, tag)
+        if self._conn is not None and self.config.requeue_delay > 0:
+            self._conn.call_later(self.config.requeue_delay, nack)
+        else:
+            nack()
+
+    def _on_control(
+        self, _channel: BlockingChannel, _method: Basic.Deliver, _props: Any, body: bytes
+    ) -> None:
+        try:
+            message = decode(body, expect=("cancel",))
+        except MessageError as error:
+            self._reject(body, str(error), CONTROL, None)
+            return
+        assert isinstance(message, Cancel)
+        held = self.runner.cancel(message.id)
+        log.info("cancel received id=%s held=%d", message.id, held)
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _flush(self, ch: _Channels) -> None:
+        """Publish all ready reports and dead letters in one transaction, then ack."""
+        reports = self.runner.take()
+        letters, self._letters = self._letters, []
+        if not reports and not letters:
+            return
+        try:
+            for report in reports:
+                ch.publish.basic_publish("", RESULTS, encode(report.result), PERSISTENT)
+            for letter in letters:
+                dead_letter(ch.publish, letter.body, letter.reason, letter.source)
+            ch.publish.tx_commit()
+        except BaseException:
+            self.runner.unsent(reports)
+            self._letters = letters + self._letters
+            raise
+        for job in self.runner.sent(reports):
+            if job.final is not None and job.final.state == "succeeded":
+                self.stats.succeeded += 1
+            else:
+                self.stats.failed += 1
+            for delivery in job.deliveries:
+                if delivery.session == ch.session:
+                    ch.consume.basic_ack(delivery.tag)
+        for letter in letters:
+            self.stats.dead_lettered += 1
+            if letter.delivery is not None and letter.delivery.session == ch.session:
+                ch.consume.basic_ack(letter.delivery.tag)
+
+    def _wake(self) -> None:
+        """From a task thread: make the connection loop flush soon."""
+        conn = self._conn
+        if conn is None or self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            conn.add_callback_threadsafe(self._woken)
+        except Exception:  # closed or closing: the loop's tick will catch up
+            self._wake_pending = False
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+
+
+@dataclass
+class _Channels:
+    session: int
+    consume: BlockingChannel
+    publish: BlockingChannel
+    consumers: list[str] = field(default_factory=list)
+
+
+def _nack(channel: BlockingChannel, tag: int) -> None:
+    if channel.is_open:
+        channel.basic_nack(tag, requeue=True)
+
+
+def _close(conn: pika.BlockingConnection) -> None:
+    try:
+        if conn.is_open:
+            conn.close()
+    except Exception as error:  # already broken: nothing left to release
+        log.debug("closing the connection: %s", error)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{error.__class__.__name__} {error}".strip()
