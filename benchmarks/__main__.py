@@ -1,0 +1,147 @@
+"""``python -m benchmarks <solver|sim|live> [options]``: the project's benchmarks.
+
+- ``solver``: round time of ``plan()`` vs problem size, against networkx and greedy;
+- ``sim``: push vs pull in a seeded discrete-event simulation (scenarios and an SWF trace);
+- ``live``: the same comparison on the real broker and workers (``benchmarks.live``).
+
+Each writes a table to stdout, a JSON report and PNG plots under ``results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "NASA-iPSC-1993-3.1-cln.swf"
+
+
+def _write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def _solver(args: argparse.Namespace) -> int:
+    from benchmarks import solver
+
+    sizes = tuple(solver.parse_size(s) for s in args.sizes) if args.sizes else solver.DEFAULT_SIZES
+    config = solver.SolverConfig(
+        sizes=sizes,
+        rounds=args.rounds,
+        reference_budget=args.reference_budget,
+        reference_max_arcs=args.reference_max_arcs,
+        out=args.out,
+        plot=None if args.no_plot else args.plot,
+    )
+    report = solver.run(config)
+    print(solver.table(report))
+    _write_json(report, config.out)
+    if config.plot:
+        from benchmarks.plots import solver_plot
+
+        print(f"wrote {solver_plot(report, config.plot)}")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from benchmarks import sim
+
+    config = sim.SimConfig.from_args(args)
+    report = sim.run(config)
+    print(sim.table(report))
+    _write_json(report, args.out)
+    if not args.no_plot:
+        from benchmarks.plots import utilisation_plot, wait_cdf_plot
+
+        print(f"wrote {wait_cdf_plot(report, args.plot_dir / 'sim_wait_cdf.png')}")
+        print(f"wrote {utilisation_plot(report, args.plot_dir / 'sim_utilisation.png')}")
+    return 0
+
+
+def _live(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    if importlib.util.find_spec("benchmarks.live") is None:
+        print("benchmarks live: not available yet (benchmarks/live.py does not exist)")
+        return 2
+    live = importlib.import_module("benchmarks.live")
+    result: int = live.main(list(rest))
+    return result
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("solver", help="round time of plan() vs problem size")
+    s.add_argument(
+        "--sizes", nargs="+", metavar="TxW", help="e.g. 1000x100 10kx1k (default: 1k, 10k, 100k)"
+    )
+    s.add_argument("--rounds", type=_positive_int, default=5, help="rounds per size (median)")
+    s.add_argument(
+        "--reference-budget",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="kill the networkx reference after this long",
+    )
+    s.add_argument(
+        "--reference-max-arcs",
+        type=_positive_int,
+        default=20_000_000,
+        help="skip the reference when its graph has more arcs",
+    )
+    s.add_argument("--out", type=Path, default=Path("results/solver.json"))
+    s.add_argument("--plot", type=Path, default=Path("results/solver.png"))
+    s.add_argument("--no-plot", action="store_true")
+    s.set_defaults(handler=_solver)
+
+    m = sub.add_parser("sim", help="push vs pull, discrete-event simulation")
+    from benchmarks.sim import add_arguments
+
+    add_arguments(m, DEFAULT_TRACE)
+    m.add_argument("--out", type=Path, default=Path("results/sim.json"))
+    m.add_argument("--plot-dir", type=Path, default=Path("results"))
+    m.add_argument("--no-plot", action="store_true")
+    m.set_defaults(handler=_sim)
+
+    live = sub.add_parser("live", help="push vs pull on the real broker and workers", add_help=False)
+    live.set_defaults(handler=None)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+    if args.command == "live":
+        return _live(args, rest)
+    if rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        code: int = args.handler(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

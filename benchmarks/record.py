@@ -1,0 +1,154 @@
+"""What one simulated run leaves behind, and the metrics computed from it.
+
+Both modes fill a ``RunRecord``: per task the start and finish of the run
+that completed it (the first completion; later ones are counted as
+duplicates), the worker, whether that worker matched the task's
+preferences and constraints; the busy-slot and live-capacity step functions
+over time; and the counters of the mode (requeues, rounds, plan() seconds).
+
+Metrics: makespan (last finish - first arrival), throughput (tasks /
+makespan), wait = start - arrival (p50/p95/p99 overall and per priority),
+utilisation (busy slot-seconds / live slot-seconds over the makespan, so work
+lost on a crashed worker counts as busy), locality hits (tasks with a
+preference that ran where they preferred / tasks with a preference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.scenarios import Scenario
+
+FloatArray = npt.NDArray[np.float64]
+CDF_POINTS = 200
+SERIES_POINTS = 200
+
+
+@dataclass
+class RunRecord:
+    mode: str
+    size: int
+    start: FloatArray = field(init=False)
+    finish: FloatArray = field(init=False)
+    worker: npt.NDArray[np.int64] = field(init=False)
+    local: npt.NDArray[np.bool_] = field(init=False)
+    violation: npt.NDArray[np.bool_] = field(init=False)
+    busy_t: list[float] = field(default_factory=list)
+    busy_d: list[int] = field(default_factory=list)
+    cap_t: list[float] = field(default_factory=list)
+    cap_d: list[int] = field(default_factory=list)
+    completions: int = 0
+    duplicates: int = 0
+    lost_runs: int = 0
+    requeues: int = 0
+    rounds: int = 0
+    plan_seconds: float = 0.0
+    round_seconds: list[float] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = np.full(self.size, np.nan)
+        self.finish = np.full(self.size, np.nan)
+        self.worker = np.full(self.size, -1, dtype=np.int64)
+        self.local = np.zeros(self.size, dtype=np.bool_)
+        self.violation = np.zeros(self.size, dtype=np.bool_)
+
+    def busy(self, t: float, delta: int) -> None:
+        self.busy_t.append(t)
+        self.busy_d.append(delta)
+
+    def capacity(self, t: float, delta: int) -> None:
+        self.cap_t.append(t)
+        self.cap_d.append(delta)
+
+    def complete(
+        self, i: int, started: float, t: float, worker: int, local: bool, violation: bool
+    ) -> None:
+        if not np.isnan(self.finish[i]):
+            self.duplicates += 1
+            return
+        self.completions += 1
+        self.start[i] = started
+        self.finish[i] = t
+        self.worker[i] = worker
+        self.local[i] = local
+        self.violation[i] = violation
+
+
+def _integral(times: list[float], deltas: list[int], edges: FloatArray) -> FloatArray:
+    """The integral of the step function (sum of deltas so far) at each edge."""
+    if not times:
+        return np.zeros(len(edges))
+    order = np.argsort(np.asarray(times), kind="stable")
+    t = np.asarray(times)[order]
+    level = np.cumsum(np.asarray(deltas, dtype=np.float64)[order])
+    area = np.concatenate([[0.0], np.cumsum(level[:-1] * np.diff(t))])
+    at = np.searchsorted(t, edges, side="right") - 1
+    before = at < 0
+    at = np.maximum(at, 0)
+    out = area[at] + level[at] * (edges - t[at])
+    out[before] = 0.0
+    return np.asarray(out, dtype=np.float64)
+
+
+def _percentiles(values: FloatArray) -> dict[str, float]:
+    if len(values) == 0:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "mean": 0.0}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(values.mean())}
+
+
+def metrics(record: RunRecord, scenario: Scenario) -> dict[str, Any]:
+    """The per-run figures reported in the table and the JSON."""
+    load = scenario.workload
+    done = ~np.isnan(record.finish)
+    arrival = load.arrival
+    first = float(arrival.min()) if len(arrival) else 0.0
+    makespan = float(np.nanmax(record.finish) - first) if done.any() else 0.0
+    wait = (record.start - arrival)[done]
+    priority = np.array([t.priority for t in load.tasks])
+    per_priority = {
+        str(p): _percentiles(wait[priority[done] == p]) for p in sorted(set(priority.tolist()))
+    }
+    wants = np.array([bool(t.preferences) for t in load.tasks])
+    with_pref = int(wants[done].sum())
+    edges = np.linspace(first, first + makespan, SERIES_POINTS + 1)
+    busy = _integral(record.busy_t, record.busy_d, edges)
+    cap = _integral(record.cap_t, record.cap_d, edges)
+    d_busy, d_cap = np.diff(busy), np.diff(cap)
+    series = np.divide(d_busy, d_cap, out=np.zeros_like(d_busy), where=d_cap > 0)
+    sorted_wait = np.sort(wait)
+    q = np.linspace(0, 1, CDF_POINTS)
+    cdf_x = np.quantile(sorted_wait, q) if len(sorted_wait) else q * 0
+    return {
+        "tasks": len(load),
+        "completed": record.completions,
+        "lost": len(load) - record.completions,
+        "duplicates": record.duplicates,
+        "lost_runs": record.lost_runs,
+        "makespan": makespan,
+        "throughput": record.completions / makespan if makespan > 0 else 0.0,
+        "wait": _percentiles(wait),
+        "wait_by_priority": per_priority if len(per_priority) > 1 else {},
+        "utilisation": float(busy[-1] / cap[-1]) if cap[-1] > 0 else 0.0,
+        "requeues": record.requeues,
+        "constraint_violations": int(record.violation[done].sum()),
+        "locality_hits": int(record.local[done & wants].sum()),
+        "with_preference": with_pref,
+        "locality_rate": float(record.local[done & wants].sum() / with_pref) if with_pref else None,
+        "rounds": record.rounds,
+        "scheduler_cpu_per_task_us": 1e6 * record.plan_seconds / max(record.completions, 1),
+        "round_ms": _percentiles(np.asarray(record.round_seconds) * 1e3)
+        if record.round_seconds
+        else None,
+        "wall_seconds": record.wall_seconds,
+        "wait_cdf": {"seconds": cdf_x.tolist(), "fraction": q.tolist()},
+        "utilisation_series": {
+            "t": ((edges[:-1] + edges[1:]) / 2).tolist(),
+            "busy": series.tolist(),
+        },
+    }

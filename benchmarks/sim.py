@@ -1,0 +1,251 @@
+"""``python -m benchmarks sim``: push vs pull on the same work, simulated.
+
+Each scenario (``benchmarks.scenarios``, ``benchmarks.trace``) runs in push
+mode (``benchmarks.push``: the real ``plan()`` in rounds) and in pull mode
+(``benchmarks.pull``: RabbitMQ competing consumers); scenarios with hard
+constraints also run the naive pull variant that ignores them. Everything is
+seeded: the same options give the same figures (apart from the measured
+wall and plan() times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.progress import Progress
+from benchmarks.pull import PullParams, simulate_pull
+from benchmarks.push import PushParams, simulate_push
+from benchmarks.record import metrics
+from benchmarks.scenarios import BUILDERS, NAMES, Scenario, ScenarioParams
+from benchmarks.trace import trace_scenario
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    scenarios: tuple[str, ...] = NAMES
+    params: ScenarioParams = ScenarioParams()
+    push: PushParams = PushParams()
+    pull: PullParams = PullParams()
+    trace: Path | None = None
+    trace_load: float = 0.9
+    trace_time_scale: float = 0.01
+    trace_jobs: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SimConfig:
+        names = NAMES if "all" in args.scenario else tuple(dict.fromkeys(args.scenario))
+        return cls(
+            scenarios=names,
+            params=ScenarioParams(args.tasks, args.workers, args.seed, args.mean_duration),
+            push=PushParams(
+                interval=args.interval,
+                latency=args.latency,
+                detection=args.detection,
+                strategy=args.strategy,
+            ),
+            pull=PullParams(
+                latency=args.latency,
+                prefetch=args.prefetch,
+                priority_queues=args.pull_queues == "priority",
+                detection=args.pull_detection,
+            ),
+            trace=args.trace,
+            trace_load=args.trace_load,
+            trace_time_scale=args.trace_time_scale,
+            trace_jobs=args.trace_jobs,
+        )
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
+    add = parser.add_argument
+    add(
+        "--scenario",
+        nargs="+",
+        default=["all"],
+        choices=("all", *NAMES),
+        help="scenarios to run (default: all)",
+    )
+    add("--tasks", type=_positive(int), default=20_000, help="tasks per synthetic scenario")
+    add("--workers", type=_positive(int), default=200, help="workers (4 slots each)")
+    add("--seed", type=int, default=1)
+    add("--mean-duration", type=_positive(float), default=1.0, help="mean task run time (s)")
+    add("--interval", type=_positive(float), default=0.05, help="push: least time between rounds")
+    add("--latency", type=_non_negative, default=0.001, help="one network hop (s), both modes")
+    add("--detection", type=_non_negative, default=5.0, help="push: failure detection delay (s)")
+    add("--strategy", choices=("spread", "binpack"), default="spread", help="push: policy")
+    add("--prefetch", type=_positive(int), default=None, help="pull: prefetch (default: slots)")
+    add(
+        "--pull-queues",
+        choices=("priority", "fifo"),
+        default="priority",
+        help="pull: x-max-priority queues or plain FIFO",
+    )
+    add(
+        "--pull-detection",
+        type=_non_negative,
+        default=0.0,
+        help="pull: extra delay before a crashed consumer's messages are requeued (s)",
+    )
+    add("--trace", type=Path, default=default_trace, help="SWF log, plain or .gz")
+    add("--trace-load", type=_positive(float), default=0.9, help="trace: offered load")
+    add(
+        "--trace-time-scale",
+        type=_positive(float),
+        default=0.01,
+        help="trace: simulated seconds per logged second",
+    )
+    add("--trace-jobs", type=_positive(int), default=None, help="trace: replay the first N jobs")
+
+
+def build_scenario(name: str, config: SimConfig) -> Scenario:
+    if name == "trace":
+        if config.trace is None:
+            raise ValueError("the trace scenario needs --trace PATH")
+        return trace_scenario(
+            config.trace, config.trace_load, config.trace_time_scale, config.trace_jobs
+        )
+    return BUILDERS[name](config.params)
+
+
+def run_scenario(scenario: Scenario, config: SimConfig) -> dict[str, Any]:
+    """Push, pull (and naive pull where constraints exist) on one scenario."""
+    has_constraints = any(t.constraints for t in scenario.workload.tasks)
+    modes: dict[str, Any] = {}
+    size = len(scenario.workload)
+    label = f"{scenario.name}: push"
+    with Progress(size, label) as bar:
+        modes["push"] = metrics(simulate_push(scenario, config.push, bar), scenario)
+    runs = [("pull", config.pull)]
+    if has_constraints:
+        runs.append(("pull-naive", PullParams(**{**config.pull.__dict__, "naive": True})))
+    for mode, params in runs:
+        with Progress(size, f"{scenario.name}: {mode}") as bar:
+            modes[mode] = metrics(simulate_pull(scenario, params, bar), scenario)
+    return {
+        "name": scenario.name,
+        "description": scenario.description,
+        "workers": len(scenario.workers),
+        "slots": sum(w.slots for w in scenario.workers),
+        "tasks": size,
+        "notes": scenario.notes,
+        "modes": modes,
+        "verdict": verdict(scenario.name, modes),
+    }
+
+
+def verdict(name: str, modes: dict[str, Any]) -> list[str]:
+    """Plain sentences on who wins what in this scenario."""
+    push, pull = modes["push"], modes["pull"]
+    lines = []
+
+    def compare(label: str, a: float, b: float, lower_is_better: bool = True) -> None:
+        if a == b or (math.isnan(a) and math.isnan(b)):
+            lines.append(f"{label}: tie ({a:.3g})")
+            return
+        push_wins = (a < b) == lower_is_better
+        winner, loser = ("push", "pull") if push_wins else ("pull", "push")
+        lines.append(f"{label}: {winner} wins ({a:.3g} push vs {b:.3g} pull, {loser} loses)")
+
+    compare("p50 wait (s)", push["wait"]["p50"], pull["wait"]["p50"])
+    compare("p99 wait (s)", push["wait"]["p99"], pull["wait"]["p99"])
+    compare("makespan (s)", push["makespan"], pull["makespan"])
+    if push["wait_by_priority"]:
+        top = max(push["wait_by_priority"], key=int)
+        compare(
+            f"p95 wait of priority {top} (s)",
+            push["wait_by_priority"][top]["p95"],
+            pull["wait_by_priority"][top]["p95"],
+        )
+    if pull["requeues"]:
+        lines.append(f"pull needed {pull['requeues']:,} requeues; push needs none")
+    if "pull-naive" in modes:
+        lines.append(
+            f"naive pull broke {modes['pull-naive']['constraint_violations']:,} constraints; "
+            f"push broke {push['constraint_violations']}"
+        )
+    if push["locality_rate"] is not None and pull["locality_rate"] is not None:
+        compare("locality hit rate", push["locality_rate"], pull["locality_rate"], False)
+    return lines
+
+
+def run(config: SimConfig) -> dict[str, Any]:
+    results = [run_scenario(build_scenario(name, config), config) for name in config.scenarios]
+    return {
+        "benchmark": "sim",
+        "config": {
+            "tasks": config.params.tasks,
+            "workers": config.params.workers,
+            "seed": config.params.seed,
+            "mean_duration": config.params.mean_duration,
+            "push": config.push.__dict__,
+            "pull": config.pull.__dict__,
+            "trace": str(config.trace) if config.trace else None,
+            "trace_load": config.trace_load,
+            "trace_time_scale": config.trace_time_scale,
+        },
+        "scenarios": results,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def table(report: dict[str, Any]) -> str:
+    head = (
+        f"{'scenario':<14} {'mode':<10} {'done':>7} {'makespan':>9} {'tasks/s':>8} "
+        f"{'wait p50':>9} {'p95':>8} {'p99':>8} {'util':>5} {'requeue':>8} {'violate':>8} "
+        f"{'local':>6} {'dup':>5} {'rounds':>7} {'cpu us/task':>11} {'wall s':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for s in report["scenarios"]:
+        for mode, m in s["modes"].items():
+            w = m["wait"]
+            local = _fmt(m["locality_rate"], ".0%")
+            lines.append(
+                f"{s['name']:<14} {mode:<10} {m['completed']:>7} {m['makespan']:>9.2f} "
+                f"{m['throughput']:>8.0f} {_fmt(w['p50']):>9} {_fmt(w['p95']):>8} "
+                f"{_fmt(w['p99']):>8} {m['utilisation']:>5.0%} {m['requeues']:>8} "
+                f"{m['constraint_violations']:>8} {local:>6} {m['duplicates']:>5} "
+                f"{m['rounds']:>7} {m['scheduler_cpu_per_task_us']:>11.1f} "
+                f"{m['wall_seconds']:>7.1f}"
+            )
+        by_priority = s["modes"]["push"]["wait_by_priority"]
+        if by_priority:
+            for mode, m in s["modes"].items():
+                cells = " ".join(
+                    f"p{p}:{_fmt(v['p95'])}" for p, v in m["wait_by_priority"].items()
+                )
+                lines.append(f"{'':<14} {mode:<10} p95 wait by priority  {cells}")
+        for sentence in s["verdict"]:
+            lines.append(f"{'':<14} -> {sentence}")
+        lines.append("")
+    lines.append(
+        "wait in seconds; util = busy / live slot-seconds; local = tasks that ran on a preferred "
+        "site / tasks with a preference; dup = tasks run twice (at-least-once); cpu us/task = "
+        "time in plan() per task (pull has no scheduler; broker CPU is not modelled)."
+    )
+    return "\n".join(lines)
