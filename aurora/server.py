@@ -60,7 +60,9 @@ class ApiServer(ThreadingHTTPServer):
 
     def start(self) -> str:
         """Serve in a background thread; return the base URL."""
-        self._thread = threading.Thread(target=self.serve_forever, name="aurora-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, args=(0.1,), name="aurora-api", daemon=True
+        )
         self._thread.start()
         return self.url
 

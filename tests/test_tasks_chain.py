@@ -29,7 +29,7 @@ def storage(tmp_path: Path) -> Iterator[str]:
     site.mkdir()
     (site / "squares.csv").write_bytes(ROWS)
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     yield f"http://{host!s}:{port}"

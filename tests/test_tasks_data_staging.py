@@ -50,7 +50,7 @@ class _Server(ThreadingHTTPServer):
 def http_url(source: Path) -> Iterator[str]:
     handler = functools.partial(_Quiet, directory=str(source.parent))
     server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     yield f"http://{host!s}:{port}"
