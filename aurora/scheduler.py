@@ -235,8 +235,8 @@ class LocalScheduler:
             reasons = set()
             for task in self._query(query, with_configs=False):
                 need = self._tasks[task.assignedTask.taskId].need
-                lacking = free.lacking(need) or ["waiting for its turn"]
-                reason = ",".join(x if " " in x else f"Insufficient: {x}" for x in lacking)
+                lacking = free.lacking(need)
+                reason = ",".join(f"Insufficient: {r}" for r in lacking) or "Waiting to be placed"
                 reasons.add(PendingReason(taskId=task.assignedTask.taskId, reason=reason))
         return self._response(
             ResponseCode.OK, result=Result(getPendingReasonResult=GetPendingReasonResult(reasons))
