@@ -1,0 +1,186 @@
+"""Push-mode worker: real RabbitMQ (a vhost per test), real ``python -m workers`` processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from matchmaker.broker import CONTROL, worker_queue
+from matchmaker.messages import Cancel, encode
+from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.broker
+
+NO_SERF = ("--no-serf",)
+
+
+def test_sleep_task_reports_running_then_succeeded(spawn, client: Client) -> None:  # noqa: F811
+    spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    client.dispatch("w1", "t1", {"seconds": 0.5})
+    final = client.final("t1")
+    states = [r.state for r in client.of("t1")]
+    assert states == ["running", "succeeded"]
+    assert final.worker == "w1" and final.attempt == 1
+    assert final.output == {"slept": 0.5}
+    assert final.started_at is not None and final.finished_at is not None
+    assert final.started_at <= final.finished_at
+    wait_for(lambda: client.depth(worker_queue("w1")) == 0, what="the dispatch to be acked")
+
+
+def test_failures_are_reported_and_bad_messages_dead_lettered(spawn, client: Client) -> None:  # noqa: F811
+    worker = spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
+    client.dispatch("w1", "boom", {"fail": True, "message": "disk on fire"})
+    client.dispatch("w1", "alien", {}, type="quantum_leap")
+    client.dispatch("w1", "late", {}, deadline=time.time() - 5)
+    client.publish(worker_queue("w1"), b'{"v": 1, "kind": "dispatch", "id": "x"')
+    client.dispatch("w1", "after", {"seconds": 0})
+
+    boom = client.final("boom")
+    assert boom.state == "failed" and boom.error == "disk on fire"
+    alien = client.final("alien")
+    assert alien.state == "failed"
+    assert alien.error == "worker w1 does not run task type quantum_leap"
+    late = client.final("late")
+    assert late.state == "failed" and late.error and "deadline passed" in late.error
+    headers, body = client.dead()
+    assert body == b'{"v": 1, "kind": "dispatch", "id": "x"'
+    assert "not valid JSON" in headers["x-mm-reason"]
+    assert headers["x-mm-source"] == "mm.worker.w1"
+    assert client.final("after").state == "succeeded"  # still up after all that
+    assert worker.process.poll() is None
+    wait_for(lambda: client.depth(worker_queue("w1")) == 0, what="every message to be acked")
+
+
+def test_at_most_slots_tasks_run_at_once(spawn, client: Client) -> None:  # noqa: F811
+    spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    ids = [f"t{i}" for i in range(6)]
+    for task_id in ids:
+        client.dispatch("w1", task_id, {"seconds": 0.6})
+    finals = [client.final(task_id, timeout=20) for task_id in ids]
+    assert all(r.state == "succeeded" for r in finals)
+    edges = sorted(
+        [(r.started_at, 1) for r in finals] + [(r.finished_at, -1) for r in finals],
+        key=lambda edge: (edge[0], edge[1]),  # at a tie, an end counts before a start
+    )
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_deadline_and_cancel_stop_long_tasks(spawn, client: Client) -> None:  # noqa: F811
+    spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    client.dispatch("w1", "slow", {"seconds": 60}, deadline=time.time() + 1.0)
+    client.dispatch("w1", "doomed", {"seconds": 60})
+    client.running("doomed")
+    client.channel.basic_publish(CONTROL, "cancel.w1", encode(Cancel("doomed")))
+    doomed = client.final("doomed")
+    assert doomed.state == "failed" and doomed.error == "sleep: cancelled"
+    slow = client.final("slow")
+    assert slow.state == "failed"
+    assert slow.error and slow.error.startswith("timed out after")
+
+
+def test_a_redelivered_dispatch_runs_once(spawn, client: Client) -> None:  # noqa: F811
+    spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
+    client.dispatch("w1", "twice", {"seconds": 0.3})
+    client.dispatch("w1", "twice", {"seconds": 0.3})
+    client.dispatch("w1", "marker", {"seconds": 0})
+    client.final("marker")
+    wait_for(lambda: client.depth(worker_queue("w1")) == 0, what="both copies to be acked")
+    client.final("twice")
+    assert [r.state for r in client.of("twice")] == ["running", "succeeded"]
+
+
+def test_reconnects_and_delivers_results_of_tasks_run_meanwhile(
+    spawn,  # noqa: F811
+    client: Client,  # noqa: F811
+    broker_url: str,
+) -> None:
+    worker = spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
+    client.dispatch("w1", "survivor", {"seconds": 1.5})
+    client.running("survivor")
+    vhost = broker_url.rsplit("/", 1)[1]
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "test: cut the worker off"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    client.close()
+    fresh = Client(broker_url)
+    try:
+        survivor = fresh.final("survivor", timeout=30)
+        assert survivor.state == "succeeded"
+        wait_for(lambda: "reconnected" in worker.text(), what="the worker to reconnect")
+        fresh.dispatch("w1", "next", {"seconds": 0})
+        assert fresh.final("next").state == "succeeded"
+        wait_for(lambda: fresh.depth(worker_queue("w1")) == 0, what="the redelivery to be acked")
+        assert [r.state for r in fresh.of("survivor")] == ["succeeded"]
+    finally:
+        fresh.close()
+
+
+def test_sigterm_drains_a_running_task(spawn, client: Client) -> None:  # noqa: F811
+    worker = spawn("--name", "w1", "--caps", "sleep", "--grace", "20", *NO_SERF)
+    client.dispatch("w1", "finishing", {"seconds": 1.0})
+    client.running("finishing")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert client.final("finishing", timeout=1).state == "succeeded"
+    assert "draining" in worker.text()
+
+
+def test_grace_period_over_cancels_running_tasks(spawn, client: Client) -> None:  # noqa: F811
+    worker = spawn("--name", "w1", "--caps", "sleep", "--grace", "0.5", *NO_SERF)
+    client.dispatch("w1", "endless", {"seconds": 600})
+    client.running("endless")
+    worker.signal(signal.SIGINT)
+    assert worker.wait() == 0
+    endless = client.final("endless", timeout=1)
+    assert endless.state == "failed" and endless.error == "sleep: cancelled"
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_unreachable_broker_is_one_sentence_and_exit_2() -> None:
+    from workers.presence import free_port
+
+    url = f"amqp://matchmaker:matchmaker@127.0.0.1:{free_port()}/matchmaker"
+    done = _cli("--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "cannot reach the broker at 127.0.0.1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--caps", "sleep"], "--name"),
+        (["--name", "w1", "--caps", "sleep", "--slots", "0"], "slots must be from 1"),
+        (["--name", "w 1", "--caps", "sleep"], "worker name"),
+        (["--name", "w1", "--caps", "teleport"], "unknown task type(s) in --caps: teleport"),
+        (["--name", "w1", "--caps", "sleep", "--attr", "site"], "key=value"),
+        (["--name", "w1", "--caps", "sleep", "--attr", "x=" + "y" * 600], "512-byte limit"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    done = _cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
