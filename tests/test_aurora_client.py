@@ -148,3 +148,23 @@ def test_wait_times_out_and_can_be_cancelled(client: AuroraClient) -> None:
 def test_job_key_strings_are_checked(client: AuroraClient) -> None:
     with pytest.raises(AuroraError, match="role/environment/name"):
         client.status("not-a-key")
+
+
+def test_concurrent_clients(aurora: LocalAurora) -> None:
+    names = [unique("many") for _ in range(12)]
+    outcomes: dict[str, str] = {}
+
+    def submit(name: str, protocol: str) -> None:
+        client = AuroraClient(aurora.url, protocol=protocol)
+        key = client.create_job("www", "test", name, [("p", "echo $AURORA_TASK_ID")], **SMALL)
+        outcomes[name] = client.wait(key, timeout=30, poll=0.05).status
+
+    threads = [
+        threading.Thread(target=submit, args=(n, "json" if i % 2 else "binary"))
+        for i, n in enumerate(names)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert outcomes == dict.fromkeys(names, "FINISHED")
