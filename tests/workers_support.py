@@ -168,10 +168,10 @@ class SerfAgent:
     def __init__(self, name: str, log: Path) -> None:
         self.bind = f"127.0.0.1:{free_port()}"
         self.rpc = f"127.0.0.1:{free_port()}"
+        argv = ["serf", "agent", f"-node={name}", f"-bind={self.bind}", f"-rpc-addr={self.rpc}"]
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                ["serf", "agent", f"-node={name}", f"-bind={self.bind}", f"-rpc-addr={self.rpc}"]
-                + ["-profile=local", "-log-level=warn"],
+                [*argv, "-profile=local", "-log-level=warn"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
