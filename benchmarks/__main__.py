@@ -124,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--no-plot", action="store_true")
     m.set_defaults(handler=_sim)
 
-    live = sub.add_parser("live", help="push vs pull on the real broker and workers", add_help=False)
+    live = sub.add_parser(
+        "live", help="push vs pull on the real broker and workers", add_help=False
+    )
     live.set_defaults(handler=None)
     return root
 

@@ -15,9 +15,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-COLOURS = {"push": "#1f77b4", "pull": "#d62728", "pull-naive": "#ff7f0e"}
+COLOURS = {"push": "#1f77b4", "pull": "#d62728", "pull-naive": "#ff7f0e", "pull-fifo": "#9467bd"}
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -62,7 +62,7 @@ def simulate_pull(
     tasks, arrival, duration = load.tasks, load.arrival, load.duration
     sims = scenario.workers
     n = len(sims)
-    mode = "pull-naive" if params.naive else "pull"
+    mode = "pull-naive" if params.naive else "pull" if params.priority_queues else "pull-fifo"
     record = RunRecord(mode, len(tasks))
     base = [Worker(w.name, w.capabilities, w.slots, 0, w.attributes) for w in sims]
     checks: dict[tuple[str, int], tuple[bool, bool]] = {}

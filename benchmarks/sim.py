@@ -3,7 +3,8 @@
 Each scenario (``benchmarks.scenarios``, ``benchmarks.trace``) runs in push
 mode (``benchmarks.push``: the real ``plan()`` in rounds) and in pull mode
 (``benchmarks.pull``: RabbitMQ competing consumers); scenarios with hard
-constraints also run the naive pull variant that ignores them. Everything is
+constraints also run the naive pull variant that ignores them, and the
+priorities scenario also runs pull with plain FIFO queues. Everything is
 seeded: the same options give the same figures (apart from the measured
 wall and plan() times).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,9 @@ from benchmarks.trace import trace_scenario
 @dataclass(frozen=True)
 class SimConfig:
     scenarios: tuple[str, ...] = NAMES
-    params: ScenarioParams = ScenarioParams()
-    push: PushParams = PushParams()
-    pull: PullParams = PullParams()
+    params: ScenarioParams = field(default_factory=ScenarioParams)
+    push: PushParams = field(default_factory=PushParams)
+    pull: PullParams = field(default_factory=PullParams)
     trace: Path | None = None
     trace_load: float = 0.9
     trace_time_scale: float = 0.01
@@ -138,7 +139,9 @@ def run_scenario(scenario: Scenario, config: SimConfig) -> dict[str, Any]:
         modes["push"] = metrics(simulate_push(scenario, config.push, bar), scenario)
     runs = [("pull", config.pull)]
     if has_constraints:
-        runs.append(("pull-naive", PullParams(**{**config.pull.__dict__, "naive": True})))
+        runs.append(("pull-naive", replace(config.pull, naive=True)))
+    if scenario.name == "priorities" and config.pull.priority_queues:
+        runs.append(("pull-fifo", replace(config.pull, priority_queues=False)))
     for mode, params in runs:
         with Progress(size, f"{scenario.name}: {mode}") as bar:
             modes[mode] = metrics(simulate_pull(scenario, params, bar), scenario)
@@ -160,8 +163,8 @@ def verdict(name: str, modes: dict[str, Any]) -> list[str]:
     lines = []
 
     def compare(label: str, a: float, b: float, lower_is_better: bool = True) -> None:
-        if a == b or (math.isnan(a) and math.isnan(b)):
-            lines.append(f"{label}: tie ({a:.3g})")
+        if math.isnan(a) or math.isnan(b) or abs(a - b) <= 0.01 * max(abs(a), abs(b)):
+            lines.append(f"{label}: tie ({a:.3g} push vs {b:.3g} pull)")
             return
         push_wins = (a < b) == lower_is_better
         winner, loser = ("push", "pull") if push_wins else ("pull", "push")
@@ -169,6 +172,7 @@ def verdict(name: str, modes: dict[str, Any]) -> list[str]:
 
     compare("p50 wait (s)", push["wait"]["p50"], pull["wait"]["p50"])
     compare("p99 wait (s)", push["wait"]["p99"], pull["wait"]["p99"])
+    compare("99% done at (s)", push["t99"], pull["t99"])
     compare("makespan (s)", push["makespan"], pull["makespan"])
     if push["wait_by_priority"]:
         top = max(push["wait_by_priority"], key=int)
@@ -217,7 +221,8 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 def table(report: dict[str, Any]) -> str:
     head = (
         f"{'scenario':<14} {'mode':<10} {'done':>7} {'makespan':>9} {'tasks/s':>8} "
-        f"{'wait p50':>9} {'p95':>8} {'p99':>8} {'util':>5} {'requeue':>8} {'violate':>8} "
+        f"{'wait p50':>9} {'p95':>8} {'p99':>8} {'max':>8} {'t99':>7} {'util':>5} "
+        f"{'requeue':>8} {'violate':>8} "
         f"{'local':>6} {'dup':>5} {'rounds':>7} {'cpu us/task':>11} {'wall s':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -228,7 +233,8 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{s['name']:<14} {mode:<10} {m['completed']:>7} {m['makespan']:>9.2f} "
                 f"{m['throughput']:>8.0f} {_fmt(w['p50']):>9} {_fmt(w['p95']):>8} "
-                f"{_fmt(w['p99']):>8} {m['utilisation']:>5.0%} {m['requeues']:>8} "
+                f"{_fmt(w['p99']):>8} {_fmt(w['max']):>8} {m['t99']:>7.2f} "
+                f"{m['utilisation']:>5.0%} {m['requeues']:>8} "
                 f"{m['constraint_violations']:>8} {local:>6} {m['duplicates']:>5} "
                 f"{m['rounds']:>7} {m['scheduler_cpu_per_task_us']:>11.1f} "
                 f"{m['wall_seconds']:>7.1f}"
@@ -236,16 +242,15 @@ def table(report: dict[str, Any]) -> str:
         by_priority = s["modes"]["push"]["wait_by_priority"]
         if by_priority:
             for mode, m in s["modes"].items():
-                cells = " ".join(
-                    f"p{p}:{_fmt(v['p95'])}" for p, v in m["wait_by_priority"].items()
-                )
+                cells = " ".join(f"p{p}:{_fmt(v['p95'])}" for p, v in m["wait_by_priority"].items())
                 lines.append(f"{'':<14} {mode:<10} p95 wait by priority  {cells}")
         for sentence in s["verdict"]:
             lines.append(f"{'':<14} -> {sentence}")
         lines.append("")
     lines.append(
-        "wait in seconds; util = busy / live slot-seconds; local = tasks that ran on a preferred "
-        "site / tasks with a preference; dup = tasks run twice (at-least-once); cpu us/task = "
+        "wait in seconds; t99 = when 99% of tasks had finished; util = busy / live "
+        "slot-seconds; local = tasks that ran on a preferred site / tasks with a preference;\n"
+        "dup = tasks run twice (at-least-once); cpu us/task = "
         "time in plan() per task (pull has no scheduler; broker CPU is not modelled)."
     )
     return "\n".join(lines)

@@ -168,9 +168,7 @@ def bench_size(
         progress.advance()
     assert result is not None
     stage_ms = {s: 1e3 * statistics.median(r[s] for r in stages) for s in STAGES}
-    core_ms = 1e3 * statistics.median(
-        r["solve"] + r["disaggregate"] + r["explain"] for r in stages
-    )
+    core_ms = 1e3 * statistics.median(r["solve"] + r["disaggregate"] + r["explain"] for r in stages)
     greedy_s = 0.0
     greedy = 0
 
@@ -288,7 +286,7 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "networkx = unaggregated max flow, build+solve; speedup = networkx solve / plan() median"
-        " (\">\" = lower bound from a timeout); B/task = tracemalloc peak in plan() per task;"
+        ' (">" = lower bound from a timeout); B/task = tracemalloc peak in plan() per task;'
         " Task B = the Task objects per task."
     )
     for name, t in report["targets"].items():

@@ -1,7 +1,8 @@
 """A reader for the Standard Workload Format (SWF) of the Parallel Workloads Archive.
 
 An SWF file is text: header lines start with ``;`` and hold ``Key: value``
-pairs (an indented line without a key continues the previous value) (``MaxJobs``, ``MaxProcs``, ``UnixStartTime``, ``Queue``, ``Note`` ...);
+pairs (``MaxJobs``, ``MaxProcs``, ``UnixStartTime``, ``Queue``, ``Note`` ...;
+a line without a key continues the previous value);
 every other non-blank line is one job of 18 whitespace-separated numbers.
 ``-1`` means unknown and is read as ``None``. Files ending in ``.gz`` (or
 starting with the gzip magic bytes) are decompressed on the fly.

@@ -3,8 +3,8 @@
 Task classes (``CLASSES``): 10 task types x 5 variants of (constraints,
 preferences), each with a fixed priority 0..9. The variants are: none;
 ``{"site": <site>}``; ``{"gpu": {">=": 1}}``; ``{"site": [two sites]}`` with a
-preferred site; no constraint but a preferred site. Tasks are drawn uniformly
-from the classes and submitted within the last ``SUBMIT_SPREAD`` seconds before
+preferred site; no constraint but a preferred site. Tasks are dealt round-robin
+over the classes and submitted within the last ``SUBMIT_SPREAD`` seconds before
 ``NOW`` (less than one aging interval, so aging does not split classes).
 
 Worker profiles (``PROFILES``): 3 to 5 capabilities, 2 to 8 slots, one of four
@@ -90,11 +90,11 @@ PROFILES = _profiles()
 
 
 def make_tasks(count: int, seed: int = 1) -> list[Task]:
-    """``count`` tasks drawn uniformly from ``CLASSES``."""
+    """``count`` tasks, dealt round-robin over ``CLASSES`` (each class gets its share)."""
     rng = random.Random(seed)
     tasks = []
     for k in range(count):
-        spec = CLASSES[rng.randrange(len(CLASSES))]
+        spec = CLASSES[k % len(CLASSES)]
         tasks.append(
             Task(
                 f"task-{k}",

@@ -1,0 +1,90 @@
+"""``python -m benchmarks`` as a user runs it: subprocesses, JSON and PNG on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE = REPO.parent / "shared" / "traces" / "NASA-iPSC-1993-3.1-cln.swf"
+
+
+def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_solver_small_size_writes_valid_json(tmp_path: Path) -> None:
+    out, png = tmp_path / "solver.json", tmp_path / "solver.png"
+    done = bench(
+        "solver", "--sizes", "200x20", "--rounds", "1", "--out", str(out), "--plot", str(png)
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["sizes"]
+    assert (row["tasks"], row["workers"]) == (200, 20)
+    assert row["classes"] == 50 and len(row["plan_ms"]["all"]) == 1
+    assert set(row["stages_ms"]) == {
+        "classes",
+        "feasibility",
+        "network",
+        "solve",
+        "disaggregate",
+        "explain",
+    }
+    assert row["reference"]["status"] == "ok"
+    assert row["reference"]["placed"] == row["placed"]  # plan() places the max flow
+    assert row["greedy"]["placed"] <= row["placed"]
+    assert row["memory"]["plan_peak_bytes_per_task"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "200 x 20" in done.stdout
+
+
+def test_sim_writes_json_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    done = bench(
+        "sim",
+        "--scenario",
+        "constraints",
+        "trace",
+        "--tasks",
+        "400",
+        "--workers",
+        "12",
+        "--trace",
+        str(TRACE),
+        "--trace-jobs",
+        "300",
+        "--out",
+        str(out),
+        "--plot-dir",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["constraints", "trace"]
+    constraints = report["scenarios"][0]["modes"]
+    assert set(constraints) == {"push", "pull", "pull-naive"}
+    assert constraints["push"]["completed"] == 400
+    assert report["scenarios"][1]["modes"]["pull"]["completed"] == 300
+    for name in ("sim_wait_cdf.png", "sim_utilisation.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    done = bench("sim", "--scenario", "trace", "--trace", str(tmp_path / "nope.swf"))
+    assert done.returncode == 2
+    assert "SWF trace not found" in done.stderr and "Traceback" not in done.stderr
+    done = bench("solver", "--sizes", "lots")
+    assert done.returncode == 2
+    assert "bad size 'lots'" in done.stderr and "Traceback" not in done.stderr
+    done = bench("sim", "--tasks", "-3")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
