@@ -7,6 +7,7 @@ Tasks are drawn from a few templates so that equivalence classes really form.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ GPUS = (0, 1, 2)
 NAMES = tuple(f"w{i}" for i in range(8))
 NOW = 1000.0
 
+# MM_EXAMPLES=2000 for a deeper search; the default keeps the file well under a minute.
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("MM_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -68,7 +70,9 @@ preference_maps = st.lists(preference_items, max_size=2).map(dict)
 def worker_lists(draw: st.DrawFn, max_workers: int = 8) -> list[Worker]:
     workers = []
     for name in NAMES[: draw(st.integers(0, max_workers))]:
-        caps = draw(st.sets(st.sampled_from(TYPES), max_size=3))
+        caps = draw(
+            st.sets(st.sampled_from(TYPES), min_size=min(1, draw(st.integers(0, 5))), max_size=3)
+        )
         slots = draw(st.integers(0, 4))
         running = draw(st.integers(0, slots))
         attributes: dict[str, Any] = {}
