@@ -193,11 +193,11 @@ class ExistingAgent:
         except (OSError, subprocess.TimeoutExpired) as error:
             raise PresenceError(f"cannot reach the Serf agent at {self.rpc}: {error}") from None
         if done.returncode != 0:
-            reason = (done.stderr or done.stdout).strip().splitlines()
-            raise PresenceError(
-                f"the Serf agent at {self.rpc} refused the worker's tags: "
-                f"{reason[-1] if reason else 'exit ' + str(done.returncode)}"
-            )
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            reason = lines[-1] if lines else f"exit {done.returncode}"
+            if reason.startswith("Error connecting to Serf agent"):
+                raise PresenceError(f"cannot reach the Serf agent at {self.rpc}: {reason}")
+            raise PresenceError(f"the Serf agent at {self.rpc} refused the worker's tags: {reason}")
 
     def start(self) -> None:
         args = [arg for key, value in self.tags.items() for arg in ("-set", f"{key}={value}")]

@@ -133,18 +133,15 @@ class Worker:
         topology at start-up.
         """
         conn = connect(self.config.broker_url, attempts=1, name=f"worker {self.config.name}")
-        try:
-            channels = self._open(conn)
-        except pika.exceptions.AMQPError as error:
-            _close(conn)
-            where = describe(self.config.broker_url)
-            raise BrokerError(
-                f"the broker at {where} refused the worker's queues: {error}"
-            ) from None
         status = 1
         try:
             if self.presence is not None:
                 self.presence.start()
+            try:
+                channels = self._open(conn)
+            except pika.exceptions.AMQPError as error:
+                where = describe(self.config.broker_url)
+                raise BrokerError(f"the broker at {where} refused its queues: {error}") from None
             while True:
                 try:
                     self._serve(conn, channels)
