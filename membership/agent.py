@@ -1,0 +1,245 @@
+"""Start and stop a real ``serf agent`` process on loopback.
+
+Everything the agent needs goes into one JSON config file (``-config-file``):
+node name, gossip bind and RPC addresses, tags, timing profile, join
+addresses, the gossip encryption key and the RPC auth key (the agent has no
+flag for the latter, and a file keeps both keys out of ``ps``).
+
+Signals, as the agent handles them: SIGINT makes it leave the cluster
+gracefully and exit; SIGKILL is a crash the others detect by probing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from membership.errors import AgentError, SerfAuthError, SerfError
+from membership.rpc import SerfRPC
+
+LOOPBACK = "127.0.0.1"
+PROFILES = ("lan", "wan", "local")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port that is free for both TCP and UDP right now (gossip uses both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise AgentError(f"no free TCP+UDP port found on {host}")
+
+
+def generate_key(size: int = 32) -> str:
+    """A gossip encryption key for ``-encrypt``: ``size`` (16, 24 or 32) random bytes, base64."""
+    if size not in (16, 24, 32):
+        raise ValueError("a Serf encryption key is 16, 24 or 32 bytes")
+    return base64.b64encode(secrets.token_bytes(size)).decode("ascii")
+
+
+def _check_key(key: str) -> None:
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raise AgentError("the gossip encryption key is not valid base64") from None
+    if len(raw) not in (16, 24, 32):
+        raise AgentError(f"the gossip encryption key decodes to {len(raw)} bytes, not 16/24/32")
+
+
+class SerfAgent:
+    """One ``serf agent`` process; ports default to free loopback ports.
+
+    ``start()`` returns once the agent's RPC answers a members request;
+    ``stop()`` leaves gracefully (SIGINT) and kills after ``stop_timeout``;
+    ``kill()`` is ``kill -9``.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        tags: Mapping[str, str] | None = None,
+        bind_port: int | None = None,
+        rpc_port: int | None = None,
+        profile: str = "local",
+        encrypt_key: str | None = None,
+        rpc_auth: str | None = None,
+        join: Iterable[str] = (),
+        workdir: str | Path | None = None,
+        log_level: str = "info",
+        serf_bin: str = "serf",
+        start_timeout: float = 10.0,
+        stop_timeout: float = 8.0,
+    ) -> None:
+        if profile not in PROFILES:
+            raise AgentError(
+                f"unknown Serf profile {profile!r}: choose one of {', '.join(PROFILES)}"
+            )
+        if encrypt_key is not None:
+            _check_key(encrypt_key)
+        self.node = node
+        self.tags = dict(tags or {})
+        self.bind_port = bind_port or free_port()
+        self.rpc_port = rpc_port or free_port()
+        self.profile = profile
+        self.encrypt_key = encrypt_key
+        self.rpc_auth = rpc_auth
+        self.join = list(join)
+        self.log_level = log_level
+        self.serf_bin = serf_bin
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"serf-{node}-"))
+        self.config_path = self.workdir / f"{node}.json"
+        self.log_path = self.workdir / f"{node}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bind_addr(self) -> str:
+        return f"{LOOPBACK}:{self.bind_port}"
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{LOOPBACK}:{self.rpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def config(self) -> dict[str, object]:
+        """The agent's JSON configuration."""
+        config: dict[str, object] = {
+            "node_name": self.node,
+            "bind": self.bind_addr,
+            "rpc_addr": self.rpc_addr,
+            "profile": self.profile,
+            "log_level": self.log_level,
+            "tags": self.tags,
+        }
+        if self.join:
+            config["start_join"] = self.join
+        if self.encrypt_key:
+            config["encrypt_key"] = self.encrypt_key
+        if self.rpc_auth:
+            config["rpc_auth"] = self.rpc_auth
+        return config
+
+    def start(self) -> SerfAgent:
+        if self.running:
+            return self
+        if shutil.which(self.serf_bin) is None:
+            raise AgentError(
+                f"the {self.serf_bin!r} program is not installed (apt-get install serf)"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        self.config_path.chmod(0o600)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [self.serf_bin, "agent", f"-config-file={self.config_path}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise AgentError(
+                    f"serf agent {self.node!r} exited with code {code} before its RPC answered; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            try:
+                with SerfRPC(self.rpc_addr, self.rpc_auth, timeout=2.0) as rpc:
+                    rpc.members()
+                return
+            except SerfAuthError:
+                raise
+            except SerfError as error:
+                last = str(error)
+            time.sleep(0.05)
+        raise AgentError(
+            f"serf agent {self.node!r} did not answer on {self.rpc_addr} within "
+            f"{self.start_timeout:g} s ({last}); log tail:\n{self.log_tail()}"
+        )
+
+    def rpc(self, timeout: float = 10.0) -> SerfRPC:
+        """A connected RPC client for this agent (close it, or use it in ``with``)."""
+        return SerfRPC(self.rpc_addr, self.rpc_auth, timeout=timeout).connect()
+
+    def stop(self) -> None:
+        """Leave gracefully (SIGINT) and wait; SIGKILL if it does not exit in time."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """``kill -9``: the agent vanishes without telling anyone."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def cleanup(self) -> None:
+        """Stop the agent and remove its working directory if this object made it."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> SerfAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"SerfAgent({self.node!r}, bind={self.bind_addr}, rpc={self.rpc_addr})"
