@@ -9,8 +9,10 @@ over time; and the counters of the mode (requeues, rounds, plan() seconds).
 Metrics: makespan (last finish - first arrival), t99 (when 99 % of the tasks
 had finished: the makespan without the luck of where the longest task ran),
 throughput (tasks / makespan), wait = start - arrival (p50/p95/p99 overall and per priority),
-utilisation (busy slot-seconds / live slot-seconds over the makespan, so work
-lost on a crashed worker counts as busy), locality hits (tasks with a
+utilisation (busy slot-seconds / live slot-seconds from the first arrival to
+t99, so the drain of the last few long tasks does not hide how well the slots
+were used; work lost on a crashed worker counts as busy; the same ratio over
+the whole makespan is ``utilisation_makespan``), locality hits (tasks with a
 preference that ran where they preferred / tasks with a preference).
 """
 
@@ -125,9 +127,13 @@ def metrics(record: RunRecord, scenario: Scenario) -> dict[str, Any]:
     }
     wants = np.array([bool(t.preferences) for t in load.tasks])
     with_pref = int(wants[done].sum())
+    t99 = float(np.percentile(record.finish[done], 99) - first) if done.any() else 0.0
     edges = np.linspace(first, first + makespan, SERIES_POINTS + 1)
     busy = _integral(record.busy_t, record.busy_d, edges)
     cap = _integral(record.cap_t, record.cap_d, edges)
+    until = np.array([first, first + t99])
+    busy99 = np.diff(_integral(record.busy_t, record.busy_d, until))[0]
+    cap99 = np.diff(_integral(record.cap_t, record.cap_d, until))[0]
     d_busy, d_cap = np.diff(busy), np.diff(cap)
     series = np.divide(d_busy, d_cap, out=np.zeros_like(d_busy), where=d_cap > 0)
     sorted_wait = np.sort(wait)
@@ -140,11 +146,12 @@ def metrics(record: RunRecord, scenario: Scenario) -> dict[str, Any]:
         "duplicates": record.duplicates,
         "lost_runs": record.lost_runs,
         "makespan": makespan,
-        "t99": float(np.percentile(record.finish[done], 99) - first) if done.any() else 0.0,
+        "t99": t99,
         "throughput": record.completions / makespan if makespan > 0 else 0.0,
         "wait": _percentiles(wait),
         "wait_by_priority": per_priority if len(per_priority) > 1 else {},
-        "utilisation": float(busy[-1] / cap[-1]) if cap[-1] > 0 else 0.0,
+        "utilisation": float(busy99 / cap99) if cap99 > 0 else 0.0,
+        "utilisation_makespan": float(busy[-1] / cap[-1]) if cap[-1] > 0 else 0.0,
         "requeues": record.requeues,
         "constraint_violations": int(record.violation[done].sum()),
         "locality_hits": int(record.local[done & wants].sum()),

@@ -172,6 +172,7 @@ def verdict(name: str, modes: dict[str, Any]) -> list[str]:
 
     compare("p50 wait (s)", push["wait"]["p50"], pull["wait"]["p50"])
     compare("p99 wait (s)", push["wait"]["p99"], pull["wait"]["p99"])
+    compare("max wait (s)", push["wait"]["max"], pull["wait"]["max"])
     compare("99% done at (s)", push["t99"], pull["t99"])
     compare("makespan (s)", push["makespan"], pull["makespan"])
     if push["wait_by_priority"]:
@@ -249,8 +250,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append("")
     lines.append(
         "wait in seconds; t99 = when 99% of tasks had finished; util = busy / live "
-        "slot-seconds; local = tasks that ran on a preferred site / tasks with a preference;\n"
-        "dup = tasks run twice (at-least-once); cpu us/task = "
+        "slot-seconds until t99;\nlocal = tasks that ran on a preferred site / tasks with a "
+        "preference; dup = tasks run twice (at-least-once); cpu us/task = "
         "time in plan() per task (pull has no scheduler; broker CPU is not modelled)."
     )
     return "\n".join(lines)

@@ -233,11 +233,19 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "lower_bound": mid["speedup_is_lower_bound"],
             "met": mid["speedup"] >= TARGET_SPEEDUP,
         }
-    worst = max(rows, key=lambda r: r["memory"]["plan_peak_bytes_per_task"])
+
+    def total(r: dict[str, Any]) -> float:
+        m = r["memory"]
+        return float(m["plan_peak_bytes_per_task"] + m["task_bytes_per_task"])
+
+    worst = max(rows, key=total)
     out["bytes_per_task"] = {
         "target": TARGET_BYTES_PER_TASK,
-        "plan_peak_worst": worst["memory"]["plan_peak_bytes_per_task"],
-        "met": worst["memory"]["plan_peak_bytes_per_task"] <= TARGET_BYTES_PER_TASK,
+        "worst_size": f"{worst['tasks']}x{worst['workers']}",
+        "task_objects": worst["memory"]["task_bytes_per_task"],
+        "plan_peak": worst["memory"]["plan_peak_bytes_per_task"],
+        "total": total(worst),
+        "met": total(worst) <= TARGET_BYTES_PER_TASK,
     }
     return out
 
