@@ -20,9 +20,9 @@ Scalar = str | int | float
 COLUMNS = ("NAME", "CAPABILITIES", "SLOTS", "RUNNING", "ATTRIBUTES", "STATUS")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkerRow:
-    """One line of the listing."""
+    """One line of the listing (mutable: the CLI may annotate ``status``)."""
 
     name: str
     capabilities: tuple[str, ...] = ()
