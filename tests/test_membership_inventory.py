@@ -9,10 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from membership.agent import SerfAgent
+from membership.agent import SerfAgent, generate_key
 from membership.errors import AgentError, SerfAuthError
 from membership.inventory import Change, Inventory, LiveWorker
-from membership.agent import generate_key
 from tests.serf_fixtures import Cluster, cluster, make_cluster, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.serf

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -110,7 +112,7 @@ def test_encoded_size_counts_like_serf() -> None:
         (("w1", ["sleep"], 1, None, "mm.requests"), "queue"),
     ],
 )
-def test_encode_refuses_bad_input(args: tuple, reason: str) -> None:  # type: ignore[type-arg]
+def test_encode_refuses_bad_input(args: tuple[Any, ...], reason: str) -> None:
     with pytest.raises(TagError, match=reason):
         encode_worker_tags(*args)
 
