@@ -15,7 +15,13 @@ class Progress:
     """``[#####.....]  53%  label  12.3 s`` on one stderr line."""
 
     def __init__(
-        self, total: float, label: str, *, stream: TextIO | None = None, width: int = 30
+        self,
+        total: float,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        width: int = 30,
+        force: bool = False,
     ) -> None:
         self.total = max(float(total), 1e-12)
         self.label = label
@@ -23,8 +29,8 @@ class Progress:
         self.width = width
         self.done = 0.0
         self.started = time.monotonic()
-        self._drawn = 0.0
-        self.enabled = self.stream.isatty()
+        self._drawn = -1.0
+        self.enabled = force or self.stream.isatty()
 
     def advance(self, amount: float = 1.0) -> None:
         self.update(self.done + amount)
