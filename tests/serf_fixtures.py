@@ -15,7 +15,7 @@ from membership.tags import encode_worker_tags
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+def wait_until(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
