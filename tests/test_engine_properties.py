@@ -341,6 +341,45 @@ def test_nothing_starves_under_a_stream_of_fresh_top_priority_work(arrivals: int
         raise AssertionError(f"the priority-0 task still waits after {10 * arrivals + 1} rounds")
 
 
+@pytest.mark.parametrize(
+    ("high", "low"),
+    [({}, {"site": "iu"}), ({"site": "iu"}, {})],
+    ids=["constrained-low", "constrained-high"],
+)
+def test_nothing_starves_under_permanent_overload(
+    high: dict[str, Any], low: dict[str, Any]
+) -> None:
+    """One slot per round, four priority-9 tasks arrive every round for ever (a backlog
+    that only grows), and a priority-0 task of another class arrives at round 50.
+
+    Aging one band per interval, it outranks every priority-9 task submitted after
+    round 59 (and ties those of round 59), so at most 4 * 60 tasks can go before it:
+    it must be placed by round 240, however long everything has waited by then.
+    """
+    start, arrivals = 50, 4
+    bound = arrivals * (start + 10)
+    workers = [Worker("w", {"a"}, 1, attributes={"site": "iu"})]
+    pending: list[Task] = []
+    for round_ in range(bound + 1):
+        if round_ == start:
+            pending.append(Task("low", "a", 0, low, submitted_at=float(start)))
+        pending += [
+            Task(f"h{round_}.{i}", "a", 9, high, submitted_at=float(round_))
+            for i in range(arrivals)
+        ]
+        result = plan(pending, workers, Policy(aging_interval=1.0, now=float(round_)))
+        assert result.placed == 1
+        if "low" in result.assignments:
+            break
+        pending = [t for t in pending if t.id not in result.assignments]
+    else:
+        younger = sum(1 for t in pending if t.id != "low" and t.submitted_at > start)
+        raise AssertionError(
+            f"the priority-0 task submitted at round {start} still waits at round {bound}; "
+            f"{arrivals * (bound - start + 1) - younger} tasks submitted after it were placed"
+        )
+
+
 # ---------------------------------------------------------------- determinism
 
 
