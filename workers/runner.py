@@ -7,7 +7,8 @@ when the function returns, the deadline watchdog, or the shutdown). Jobs with
 something new to report are *dirty*; the connection thread takes them in
 batches (``take``), publishes, and tells the runner what went out (``sent``).
 Only the connection thread touches the broker; task threads only change job
-state under the runner's lock and call ``wake`` so the loop flushes soon.
+state under the runner's lock and, when a job finishes, call ``wake`` so the
+loop flushes soon (a running report waits for the next flush or loop tick).
 
 A job may hold several deliveries (the same dispatch delivered again after a
 reconnect, or twice): all are acknowledged once its final result is out.
@@ -125,8 +126,7 @@ class Runner:
             if self._jobs.get(job.key) is not job or job.final is not None:
                 return  # withdrawn, cancelled or expired while waiting
             job.started_at = time.time()
-            self._dirty[job.key] = job
-        self.wake()
+            self._dirty[job.key] = job  # no wake: the running report rides on the next flush
         log.info("task started id=%s attempt=%d type=%s", *job.key, job.dispatch.type)
         try:
             output = function(dict(job.dispatch.payload), job.context)
@@ -222,17 +222,28 @@ class Runner:
 
     # -- reporting (connection thread) ---------------------------------------------------
 
-    def take(self) -> list[Report]:
-        """What to publish now; a job finished before its running report only sends the final."""
-        reports = []
+    def take(self, hold: float = 0.0) -> tuple[list[Report], float | None]:
+        """What to publish now, and in how many seconds a held running report falls due.
+
+        A running report is held until its task has run ``hold`` seconds, so a
+        short task that finishes meanwhile sends only its final result.
+        """
+        reports: list[Report] = []
+        due: float | None = None
+        now = time.time()
         with self._lock:
             dirty, self._dirty = self._dirty, {}
             for job in dirty.values():
                 if job.final is not None and not job.final_sent:
                     reports.append(Report(job, job.final))
                 elif job.started_at is not None and not (job.running_sent or job.final_sent):
-                    reports.append(Report(job, self._running(job)))
-        return reports
+                    wait = job.started_at + hold - now
+                    if wait > 0:
+                        self._dirty[job.key] = job
+                        due = wait if due is None else min(due, wait)
+                    else:
+                        reports.append(Report(job, self._running(job)))
+        return reports, due
 
     def _running(self, job: Job) -> TaskResult:
         return TaskResult(

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 TICK = 0.5  # longest the loop waits for broker events before checking deadlines and flags
 CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to stop
 RECONNECT_MAX_DELAY = 5.0
+RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 
 
 class Presence(Protocol):
@@ -117,6 +118,7 @@ class Worker:
         self._letters: list[Letter] = []
         self._drain_until: float | None = None
         self._cancelled_all = False
+        self._running_due: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -249,8 +251,8 @@ class Worker:
                 if self.runner.busy() == 0 and not self._letters:
                     return
             nearest = self.runner.expire()
-            tick = TICK if nearest is None else max(0.0, min(TICK, nearest))
-            conn.process_data_events(time_limit=tick)
+            due = [t for t in (TICK, nearest, self._running_due) if t is not None]
+            conn.process_data_events(time_limit=max(0.0, min(due)))
             self.runner.expire()
             self._flush(ch)
 
@@ -263,7 +265,7 @@ class Worker:
             for job in returned:
                 for delivery in job.deliveries:
                     if delivery.session == ch.session:
-                        ch.consume.basic_nack(delivery.tag, requeue=True)
+                        ch.nack(delivery.tag)
             log.info(
                 "draining name=%s requeued_unstarted=%d running=%d grace=%.0fs",
                 self.config.name,
@@ -297,6 +299,7 @@ class Worker:
         body: bytes,
     ) -> None:
         delivery = Delivery(ch.session, method.delivery_tag)
+        ch.unacked.add(method.delivery_tag)
         self.stats.received += 1
         kind = "dispatch" if self.config.mode == "push" else "submit"
         try:
@@ -320,7 +323,7 @@ class Worker:
         if self.runner.seen(key):
             self.stats.redelivered += 1
             log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
-            ch.consume.basic_ack(delivery.tag)
+            ch.ack([delivery.tag])
             return
         held = self.runner.find(key)
         if held is not None:
@@ -358,7 +361,7 @@ class Worker:
                 stats.requeued,
             )
         # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
-        nack = functools.partial(_nack, ch.consume, tag)
+        nack = functools.partial(ch.nack, tag)
         if self._conn is not None and self.config.requeue_delay > 0:
             self._conn.call_later(self.config.requeue_delay, nack)
         else:
@@ -380,7 +383,7 @@ class Worker:
 
     def _flush(self, ch: _Channels) -> None:
         """Publish all ready reports and dead letters in one transaction, then ack."""
-        reports = self.runner.take()
+        reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
         letters, self._letters = self._letters, []
         if not reports and not letters:
             return
@@ -394,18 +397,18 @@ class Worker:
             self.runner.unsent(reports)
             self._letters = letters + self._letters
             raise
+        acks = []
         for job in self.runner.sent(reports):
             if job.final is not None and job.final.state == "succeeded":
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
-            for delivery in job.deliveries:
-                if delivery.session == ch.session:
-                    ch.consume.basic_ack(delivery.tag)
+            acks += [d.tag for d in job.deliveries if d.session == ch.session]
         for letter in letters:
             self.stats.dead_lettered += 1
             if letter.delivery is not None and letter.delivery.session == ch.session:
-                ch.consume.basic_ack(letter.delivery.tag)
+                acks.append(letter.delivery.tag)
+        ch.ack(acks)
 
     def _wake(self) -> None:
         """From a task thread: make the connection loop flush soon."""
@@ -428,11 +431,28 @@ class _Channels:
     consume: BlockingChannel
     publish: BlockingChannel
     consumers: list[str] = field(default_factory=list)
+    unacked: set[int] = field(default_factory=set)
 
+    def ack(self, tags: list[int]) -> None:
+        """Acknowledge ``tags``: the prefix below every other unacked tag in one frame."""
+        if not tags:
+            return
+        done = set(tags)
+        others = self.unacked - done
+        lowest_other = min(others) if others else None
+        below = [t for t in tags if lowest_other is None or t < lowest_other]
+        if below:
+            self.consume.basic_ack(max(below), multiple=True)
+        for tag in tags:
+            if lowest_other is not None and tag > lowest_other:
+                self.consume.basic_ack(tag)
+        self.unacked = others
 
-def _nack(channel: BlockingChannel, tag: int) -> None:
-    if channel.is_open:
-        channel.basic_nack(tag, requeue=True)
+    def nack(self, tag: int) -> None:
+        """Hand a delivery back to its queue."""
+        if self.consume.is_open and tag in self.unacked:
+            self.unacked.discard(tag)
+            self.consume.basic_nack(tag, requeue=True)
 
 
 def _close(conn: pika.BlockingConnection) -> None:

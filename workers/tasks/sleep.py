@@ -12,7 +12,11 @@ from workers.tasks.base import TaskContext, TaskError
 
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     seconds = payload.get("seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86400:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= 86400
+    ):
         raise TaskError("sleep: 'seconds' must be a number from 0 to 86400")
     if seconds and context.cancelled.wait(seconds):
         raise TaskError("sleep: cancelled")
