@@ -62,7 +62,7 @@ def solver_plot(report: dict[str, Any], path: Path) -> Path:
         if r["reference"]["status"] == "skipped":
             ax.annotate(
                 f"networkx skipped:\n{r['reference']['arcs']:,} arcs",
-                (r["tasks"], r["plan_ms"]["median"] * 8),
+                (r["tasks"], r["plan_ms"]["median"] * 60),
                 fontsize=8,
                 ha="center",
             )
