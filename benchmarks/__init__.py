@@ -1,1 +1,1 @@
-"""benchmarks package."""
+"""Benchmarks: ``python -m benchmarks <solver|sim|live>`` (see benchmarks/README.md)."""

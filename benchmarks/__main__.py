@@ -89,7 +89,10 @@ def _positive_float(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    root = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="The project's benchmarks: solver, sim (push vs pull), live.",
+    )
     sub = root.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("solver", help="round time of plan() vs problem size")

@@ -37,8 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from benchmarks.progress import Progress
-from benchmarks.push import _matches
-from benchmarks.record import RunRecord
+from benchmarks.record import RunRecord, check_placement
 from benchmarks.scenarios import Scenario
 from matchmaker import Worker
 
@@ -153,7 +152,7 @@ def simulate_pull(
             key = (tasks[a].class_key, b)
             check = checks.get(key)
             if check is None:
-                check = checks[key] = _matches(tasks[a], base[b])
+                check = checks[key] = check_placement(tasks[a], base[b])
             if check[1] and not params.naive:
                 record.requeues += 1
                 push(t + params.latency, REJECT, a, b)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.progress import Progress
-from benchmarks.record import RunRecord
+from benchmarks.record import RunRecord, check_placement
 from benchmarks.scenarios import Scenario
 from matchmaker import Policy, Task, Worker, plan
 
@@ -41,14 +41,6 @@ class PushParams:
     detection: float = 5.0
     strategy: str = "spread"
     aging_interval: float = 60.0
-
-
-def _matches(task: Task, worker: Worker) -> tuple[bool, bool]:
-    """(matches every preference, violates a constraint)."""
-    local = bool(task.preferences) and all(
-        p.allows(worker.attributes.get(p.attribute)) for p in task.preferences
-    )
-    return local, not task.feasible_on(worker)
 
 
 def simulate_push(
@@ -150,7 +142,7 @@ def simulate_push(
             key = (tasks[a].class_key, b)
             check = checks.get(key)
             if check is None:
-                check = checks[key] = _matches(tasks[a], base[b])
+                check = checks[key] = check_placement(tasks[a], base[b])
             record.complete(a, c, t, b, *check)
             push(t + params.latency, RESULT, a, b)
         elif kind == RESULT:

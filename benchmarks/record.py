@@ -25,10 +25,19 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.scenarios import Scenario
+from matchmaker.models import Task, Worker
 
 FloatArray = npt.NDArray[np.float64]
 CDF_POINTS = 200
 SERIES_POINTS = 200
+
+
+def check_placement(task: Task, worker: Worker) -> tuple[bool, bool]:
+    """(matches every preference, violates a constraint)."""
+    local = bool(task.preferences) and all(
+        p.allows(worker.attributes.get(p.attribute)) for p in task.preferences
+    )
+    return local, not task.feasible_on(worker)
 
 
 @dataclass
