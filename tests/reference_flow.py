@@ -14,12 +14,13 @@ Only used on small instances: networkx is exact but slow.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
 
-from matchmaker.models import Task, Worker
+from matchmaker.models import Policy, Task, Worker
 
 Node = tuple[str, ...]
 SOURCE: Node = ("source",)
@@ -68,11 +69,23 @@ def max_placeable(
     return value
 
 
-def max_placeable_by_band(tasks: Sequence[Task], workers: Sequence[Worker]) -> dict[int, int]:
-    """For each priority p present: the most tasks of priority >= p any plan can place."""
+def band(task: Task, policy: Policy) -> int:
+    """A task's effective priority: one band more per ``aging_interval`` seconds waited."""
+    if policy.now is None or policy.aging_interval <= 0:
+        return task.priority
+    return task.priority + math.floor(
+        max(0.0, policy.now - task.submitted_at) / policy.aging_interval
+    )
+
+
+def max_placeable_by_band(
+    tasks: Sequence[Task], workers: Sequence[Worker], policy: Policy
+) -> dict[int, int]:
+    """For each band b present: the most tasks of band >= b any plan can place."""
+    bands = {t.id: band(t, policy) for t in tasks}
     return {
-        p: max_placeable([t for t in tasks if t.priority >= p], workers)
-        for p in sorted({t.priority for t in tasks})
+        b: max_placeable([t for t in tasks if bands[t.id] >= b], workers)
+        for b in sorted(set(bands.values()))
     }
 
 

@@ -235,19 +235,39 @@ def test_no_lower_priority_task_holds_a_worker_a_waiting_higher_one_could_use(
 
 
 @SETTINGS
-@given(instances(preferences=False, ages=False), strategies)
-def test_each_priority_band_places_as_many_as_it_could_alone(
-    instance: tuple[list[Task], list[Worker]], strategy: str
+@given(instances(), aging_policies)
+def test_no_lower_band_task_holds_a_worker_a_waiting_higher_band_one_could_use(
+    instance: tuple[list[Task], list[Worker]], policy: Policy
 ) -> None:
-    """Penalties rise with priority and a slot holds one task, so placement is
-    lexicographic: for every p, the tasks of priority >= p place as many as the
+    """The same with aging: a task's band is its priority plus one per interval waited."""
+    tasks, workers = instance
+    result = plan(tasks, workers, policy)
+    bands = {t.id: ref.band(t, policy) for t in tasks}
+    by_id = {t.id: t for t in tasks}
+    by_name = {w.name: w for w in workers}
+    for waiting_id in result.unplaced:
+        for placed_id, name in result.assignments.items():
+            if bands[placed_id] < bands[waiting_id]:
+                assert not by_id[waiting_id].feasible_on(by_name[name]), (
+                    f"{placed_id} (band {bands[placed_id]}) holds {name} "
+                    f"while {waiting_id} (band {bands[waiting_id]}) waits"
+                )
+
+
+@SETTINGS
+@given(instances(preferences=False), aging_policies)
+def test_each_band_places_as_many_as_it_could_alone(
+    instance: tuple[list[Task], list[Worker]], policy: Policy
+) -> None:
+    """Penalties rise with the band and a slot holds one task, so placement is
+    lexicographic: for every band b, the tasks of band >= b place as many as the
     max flow of those tasks alone (and the total is the overall max flow)."""
     tasks, workers = instance
-    result = plan(tasks, workers, Policy(strategy=strategy))
-    by_id = {t.id: t for t in tasks}
-    for band, best in ref.max_placeable_by_band(tasks, workers).items():
-        got = sum(1 for t in result.assignments if by_id[t].priority >= band)
-        assert got == best, f"priority >= {band}: placed {got}, could place {best}"
+    result = plan(tasks, workers, policy)
+    bands = {t.id: ref.band(t, policy) for t in tasks}
+    for band, best in ref.max_placeable_by_band(tasks, workers, policy).items():
+        got = sum(1 for t in result.assignments if bands[t] >= band)
+        assert got == best, f"band >= {band}: placed {got}, could place {best}"
 
 
 # ---------------------------------------------------------------- oldest first, aging
@@ -481,14 +501,17 @@ def test_binpack_fills_workers_before_opening_new_ones(
 
 
 @SETTINGS
-@given(instances(), static_policies)
+@given(instances(), aging_policies)
 def test_every_unplaced_task_has_one_true_reason(
     instance: tuple[list[Task], list[Worker]], policy: Policy
 ) -> None:
+    """OUTRANKED: some worker it could use went to work of a strictly higher band
+    (priority, plus aging); CONTENDED: all of them went to work of its band or lower."""
     tasks, workers = instance
     result = plan(tasks, workers, policy)
     check_well_formed(tasks, workers, result)
     by_id = {t.id: t for t in tasks}
+    bands = {t.id: ref.band(t, policy) for t in tasks}
     for task_id, why in result.unplaced.items():
         task = by_id[task_id]
         typed = [w for w in workers if task.type in w.capabilities]
@@ -506,7 +529,7 @@ def test_every_unplaced_task_has_one_true_reason(
             assert all(remaining(w, result) == 0 for w in feasible), (
                 f"{task_id} waits ({why.code}) though a feasible worker has room"
             )
-            takers = [by_id[t].priority for t, name in result.assignments.items() if name in names]
-            higher = any(p > task.priority for p in takers)
+            takers = [bands[t] for t, name in result.assignments.items() if name in names]
+            higher = any(b > bands[task_id] for b in takers)
             expected = Reason.OUTRANKED if higher else Reason.CONTENDED
         assert why.code == expected, f"{task_id}: {why.code} ({why.message}), expected {expected}"
