@@ -300,3 +300,39 @@ def test_each_task_gets_its_own_reason() -> None:
         "missing": Reason.NO_WORKER_FOR_TYPE,
     }
     assert isinstance(result.cost, int)
+
+
+# ---------------------------------------------------------------- aggregation and scale
+
+
+def test_tasks_of_one_class_form_one_node_and_identical_workers_one_group() -> None:
+    templates = [
+        ("a", 0, {}, {}),
+        ("a", 5, {"site": "iu"}, {}),
+        ("b", 5, {"gpu": {">=": 1}}, {"site": "tacc"}),
+    ]
+    tasks = [
+        Task(f"t{i:05d}", kind, priority, cons, prefs, submitted_at=i % 7)
+        for i in range(3_000)
+        for kind, priority, cons, prefs in [templates[i % 3]]
+    ]
+    workers = [
+        Worker(f"w{i:03d}", {"a", "b"}, 4, attributes={"site": ("iu", "tacc")[i % 2], "gpu": 1})
+        for i in range(100)
+    ]
+    result = plan(tasks, workers)
+    assert result.classes == 3
+    assert 1 <= result.worker_groups <= 2
+    assert result.placed == 400
+
+
+def test_a_big_worker_next_to_a_small_one_under_spread() -> None:
+    workers = [Worker("big", {"a"}, 1_000_000), Worker("small", {"a"}, 2)]
+    result = plan([Task(f"t{i}", "a") for i in range(10)], workers)
+    assert Counter(result.assignments.values()) == {"big": 8, "small": 2}
+
+
+def test_very_old_tasks_are_placed() -> None:
+    tasks = [Task("ancient", "a", submitted_at=-1e15), Task("fresh", "a", priority=9)]
+    result = plan(tasks, [Worker("w", {"a"}, 2)], Policy(aging_interval=1.0, now=0.0))
+    assert result.assignments == {"ancient": "w", "fresh": "w"}
