@@ -306,7 +306,7 @@ def test_each_task_gets_its_own_reason() -> None:
 
 
 def test_tasks_of_one_class_form_one_node_and_identical_workers_one_group() -> None:
-    templates = [
+    templates: list[tuple[str, int, dict[str, Any], dict[str, Any]]] = [
         ("a", 0, {}, {}),
         ("a", 5, {"site": "iu"}, {}),
         ("b", 5, {"gpu": {">=": 1}}, {"site": "tacc"}),
