@@ -11,11 +11,13 @@ import pytest
 
 from matchmaker.broker import CONTROL, worker_queue
 from matchmaker.messages import Cancel, encode
+from membership.agent import free_port
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.broker
 
 NO_SERF = ("--no-serf",)
+BIG_ATTRS = [arg for i in range(6) for arg in ("--attr", f"a{i}={'y' * 100}")]
 
 
 def test_sleep_task_reports_running_then_succeeded(spawn, client: Client) -> None:  # noqa: F811
@@ -158,8 +160,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_unreachable_broker_is_one_sentence_and_exit_2() -> None:
-    from workers.presence import free_port
-
     url = f"amqp://matchmaker:matchmaker@127.0.0.1:{free_port()}/matchmaker"
     done = _cli("--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url)
     assert done.returncode == 2
@@ -176,7 +176,8 @@ def test_unreachable_broker_is_one_sentence_and_exit_2() -> None:
         (["--name", "w 1", "--caps", "sleep"], "worker name"),
         (["--name", "w1", "--caps", "teleport"], "unknown task type(s) in --caps: teleport"),
         (["--name", "w1", "--caps", "sleep", "--attr", "site"], "key=value"),
-        (["--name", "w1", "--caps", "sleep", "--attr", "x=" + "y" * 600], "512-byte limit"),
+        (["--name", "w1", "--caps", "sleep", *BIG_ATTRS], "512-byte limit"),
+        (["--name", "w1", "--caps", "sleep", "--attr", "site=i u"], "unsafe characters"),
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], message: str) -> None:

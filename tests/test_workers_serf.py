@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from membership.agent import free_port, generate_key
+from membership.rpc import SerfRPC
 from tests.workers_support import (  # noqa: F401
     Client,
-    SerfAgent,
+    Observer,
     client,
     observer,
     spawn,
@@ -22,7 +25,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.serf]
 def test_worker_gossips_its_tags_and_leaves_after_draining(
     spawn,  # noqa: F811
     client: Client,  # noqa: F811
-    observer: SerfAgent,  # noqa: F811
+    observer: Observer,  # noqa: F811
 ) -> None:
     worker = spawn(
         "--name", "w1", "--caps", "sleep", "--slots", "3", "--attr", "site=iu",
@@ -47,12 +50,38 @@ def test_worker_gossips_its_tags_and_leaves_after_draining(
     )
 
 
+def test_encrypted_pool_with_rpc_auth_and_an_agent_that_dies_with_its_worker(
+    spawn,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    key = generate_key()
+    watcher = Observer("watcher", tmp_path / "watcher", encrypt_key=key)
+    try:
+        rpc = f"127.0.0.1:{free_port()}"
+        worker = spawn(
+            "--name", "w4", "--caps", "sleep", "--serf-join", watcher.bind,
+            "--serf-encrypt", key, "--serf-auth", "s3cret", "--serf-rpc-bind", rpc,
+        )  # fmt: skip
+        wait_for(lambda: "w4" in watcher.members(), what="w4 to join the encrypted pool")
+        with SerfRPC(rpc, "s3cret") as own:  # the worker's own agent wants the auth key
+            assert own.members()[0].tags["q"] == "mm.worker.w4"
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        wait_for(
+            lambda: watcher.members()["w4"]["status"] == "failed",
+            timeout=20,
+            what="the agent of a killed worker to be seen failed",
+        )
+    finally:
+        watcher.stop()
+
+
 def test_worker_tags_an_existing_agent_over_rpc(
     spawn,  # noqa: F811
     client: Client,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    sidecar = SerfAgent("w2", tmp_path / "w2-agent.log")
+    sidecar = Observer("w2", tmp_path / "w2")
     try:
         worker = spawn(
             "--name", "w2", "--caps", "sleep", "--attr", "gpu=1", "--serf-rpc", sidecar.rpc
@@ -67,20 +96,15 @@ def test_worker_tags_an_existing_agent_over_rpc(
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0
         assert "role" not in sidecar.members()["w2"]["tags"]
-        assert sidecar.process.poll() is None  # not the worker's agent to stop
+        assert sidecar.agent.running  # not the worker's agent to stop
     finally:
         sidecar.stop()
 
 
-def test_unreachable_agent_is_a_clear_start_up_error(
-    spawn,  # noqa: F811
-) -> None:
-    from workers.presence import free_port
-
-    worker = spawn(
-        "--name", "w3", "--caps", "sleep", "--serf-rpc", f"127.0.0.1:{free_port()}", ready=False
-    )
+def test_unreachable_agent_is_a_clear_start_up_error(spawn) -> None:  # noqa: F811
+    rpc = f"127.0.0.1:{free_port()}"
+    worker = spawn("--name", "w3", "--caps", "sleep", "--serf-rpc", rpc, ready=False)
     assert worker.wait() == 2
     text = worker.text()
     assert "Traceback" not in text
-    assert "w3: cannot reach the Serf agent at 127.0.0.1:" in text
+    assert f"w3: cannot reach the Serf agent at {rpc}" in text

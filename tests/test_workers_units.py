@@ -165,10 +165,10 @@ def test_tags_fit_serf_limit_or_refuse() -> None:
     assert worker_tags(config) == {
         "role": "worker",
         "q": "mm.worker.w1",
-        "caps": "sleep,env_setup",
+        "caps": "env_setup,sleep",
         "slots": "4",
         "site": "iu",
     }
-    big = WorkerConfig("w1", ("sleep",), 4, attributes={f"a{i}": "x" * 40 for i in range(12)})
+    big = WorkerConfig("w1", ("sleep",), 4, attributes={f"a{i}": "x" * 100 for i in range(6)})
     with pytest.raises(PresenceError, match="512-byte limit"):
         worker_tags(big)

@@ -19,7 +19,7 @@ import pytest
 
 from matchmaker.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
 from matchmaker.messages import TaskDispatch, TaskResult, decode, encode
-from workers.presence import free_port
+from membership.agent import SerfAgent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,27 +162,13 @@ def client(broker_url: str) -> Iterator[Client]:
     c.close()
 
 
-class SerfAgent:
-    """An observer ``serf agent`` for the tests to join and to ask about members."""
+class Observer:
+    """Another member of the gossip pool (a real agent), asked about members with the CLI."""
 
-    def __init__(self, name: str, log: Path) -> None:
-        self.bind = f"127.0.0.1:{free_port()}"
-        self.rpc = f"127.0.0.1:{free_port()}"
-        argv = ["serf", "agent", f"-node={name}", f"-bind={self.bind}", f"-rpc-addr={self.rpc}"]
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*argv, "-profile=local", "-log-level=warn"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._answers, 10, "the observer Serf agent")
-
-    def _answers(self) -> bool:
-        done = subprocess.run(
-            ["serf", "members", f"-rpc-addr={self.rpc}"], capture_output=True, timeout=5
-        )
-        return done.returncode == 0
+    def __init__(self, name: str, workdir: Path, encrypt_key: str | None = None) -> None:
+        self.agent = SerfAgent(name, encrypt_key=encrypt_key, workdir=workdir, log_level="warn")
+        self.agent.start()
+        self.bind, self.rpc = self.agent.bind_addr, self.agent.rpc_addr
 
     def members(self) -> dict[str, dict[str, Any]]:
         done = subprocess.run(
@@ -195,13 +181,11 @@ class SerfAgent:
         return {m["name"]: m for m in json.loads(done.stdout)["members"]}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.agent.kill()
 
 
 @pytest.fixture
-def observer(tmp_path: Path) -> Iterator[SerfAgent]:
-    agent = SerfAgent("observer", tmp_path / "observer.log")
+def observer(tmp_path: Path) -> Iterator[Observer]:
+    agent = Observer("observer", tmp_path / "observer")
     yield agent
     agent.stop()
