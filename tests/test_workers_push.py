@@ -37,6 +37,7 @@ def test_failures_are_reported_and_bad_messages_dead_lettered(spawn, client: Cli
     worker = spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
     client.dispatch("w1", "boom", {"fail": True, "message": "disk on fire"})
     client.dispatch("w1", "alien", {}, type="quantum_leap")
+    client.dispatch("w1", "not-mine", {}, type="data_staging")
     client.dispatch("w1", "late", {}, deadline=time.time() - 5)
     client.publish(worker_queue("w1"), b'{"v": 1, "kind": "dispatch", "id": "x"')
     client.dispatch("w1", "after", {"seconds": 0})
@@ -46,6 +47,8 @@ def test_failures_are_reported_and_bad_messages_dead_lettered(spawn, client: Cli
     alien = client.final("alien")
     assert alien.state == "failed"
     assert alien.error == "worker w1 does not run task type quantum_leap"
+    not_mine = client.final("not-mine")
+    assert not_mine.error == "worker w1 does not run task type data_staging"
     late = client.final("late")
     assert late.state == "failed" and late.error and "deadline passed" in late.error
     headers, body = client.dead()

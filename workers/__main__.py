@@ -48,9 +48,21 @@ def parser() -> argparse.ArgumentParser:
     )
     serf.add_argument("--serf-bind", metavar="ADDR", help="gossip address of the agent to start")
     serf.add_argument("--serf-rpc-bind", metavar="ADDR", help="RPC address of the agent to start")
-    serf.add_argument("--serf-join", action="append", default=[], metavar="ADDR")
-    serf.add_argument("--serf-encrypt", metavar="KEY", help="gossip encryption key (base64)")
-    serf.add_argument("--serf-auth", metavar="KEY", help="RPC auth key")
+    serf.add_argument(
+        "--serf-join", action="append", default=[], metavar="ADDR", help="join (repeatable)"
+    )
+    serf.add_argument(
+        "--serf-encrypt",
+        metavar="KEY",
+        default=os.environ.get("MM_SERF_ENCRYPT"),
+        help="gossip encryption key, base64 (default: $MM_SERF_ENCRYPT)",
+    )
+    serf.add_argument(
+        "--serf-auth",
+        metavar="KEY",
+        default=os.environ.get("MM_SERF_AUTH"),
+        help="RPC auth key (default: $MM_SERF_AUTH)",
+    )
     serf.add_argument("--no-serf", action="store_true", help="do not advertise (benchmarks)")
     return p
 

@@ -107,7 +107,8 @@ class Worker:
         self.config = config
         self.presence = presence
         self.stats = Stats()
-        self.runner = Runner(config.name, config.slots, registry, wake=self._wake)
+        runs = {t: registry[t] for t in config.capabilities if t in registry}  # its caps only
+        self.runner = Runner(config.name, config.slots, runs, wake=self._wake)
         self._model = WorkerModel(
             config.name, config.capabilities, config.slots, attributes=config.attributes
         )
