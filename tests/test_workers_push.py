@@ -79,13 +79,18 @@ def test_at_most_slots_tasks_run_at_once(spawn, client: Client) -> None:  # noqa
 
 
 def test_deadline_and_cancel_stop_long_tasks(spawn, client: Client) -> None:  # noqa: F811
-    spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    worker = spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
     client.dispatch("w1", "slow", {"seconds": 60}, deadline=time.time() + 1.0)
     client.dispatch("w1", "doomed", {"seconds": 60})
     client.running("doomed")
     client.channel.basic_publish(CONTROL, "cancel.w1", encode(Cancel("doomed")))
     doomed = client.final("doomed")
     assert doomed.state == "failed" and doomed.error == "sleep: cancelled"
+    client.channel.basic_publish(CONTROL, "cancel.w1", encode(Cancel("not-yet")))
+    wait_for(lambda: "cancel received id=not-yet held=0" in worker.text(), what="the early cancel")
+    client.dispatch("w1", "not-yet", {"seconds": 60})
+    not_yet = client.final("not-yet")
+    assert not_yet.state == "failed" and not_yet.error == "cancelled before it started"
     slow = client.final("slow")
     assert slow.state == "failed"
     assert slow.error and slow.error.startswith("timed out after")

@@ -112,7 +112,9 @@ class Runner:
             self._jobs[job.key] = job
         function = self.registry.get(job.dispatch.type)
         late = time.time() - job.dispatch.deadline
-        if function is None:
+        if job.context.cancelled.is_set():
+            self.finish(job, error="cancelled before it started")
+        elif function is None:
             self.finish(
                 job, error=f"worker {self.worker} does not run task type {job.dispatch.type}"
             )

@@ -28,6 +28,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 TICK = 0.5  # longest the loop waits for broker events before checking deadlines and flags
 CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to stop
 RECONNECT_MAX_DELAY = 5.0
+REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they arrive
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 
 
@@ -120,6 +122,7 @@ class Worker:
         self._drain_until: float | None = None
         self._cancelled_all = False
         self._running_due: float | None = None
+        self._cancels: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -340,6 +343,8 @@ class Worker:
             deadline=dispatch.deadline,
             aurora_url=self.config.aurora_url,
         )
+        if dispatch.id in self._cancels:
+            context.cancelled.set()
         self.runner.start(Job(dispatch, context, [delivery]))
 
     def _reject(self, body: bytes, reason: str, source: str, delivery: Delivery | None) -> None:
@@ -378,6 +383,10 @@ class Worker:
             return
         assert isinstance(message, Cancel)
         held = self.runner.cancel(message.id)
+        if not held:  # its dispatch may still be on the way: cancel it on arrival
+            self._cancels[message.id] = None
+            if len(self._cancels) > REMEMBER_CANCELS:
+                self._cancels.popitem(last=False)
         log.info("cancel received id=%s held=%d", message.id, held)
 
     # -- reporting ----------------------------------------------------------------------
