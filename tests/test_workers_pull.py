@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from matchmaker.broker import pull_queue
@@ -55,3 +57,19 @@ def test_unmet_constraint_is_requeued_until_a_matching_worker_runs_it(
     assert (picky.state, picky.worker) == ("succeeded", "p-ok")
     assert {r.worker for r in client.of("picky")} == {"p-ok"}  # never run by p-iu nor p-tacc
     assert "task started id=picky" not in iu.text()
+
+
+def test_drain_requeues_what_has_not_started(spawn, client: Client) -> None:  # noqa: F811
+    worker = spawn("--name", "p1", "--caps", "sleep,env_setup", "--mode", "pull", "--grace", "20")
+    submit(client, "busy", payload={"seconds": 1.0})
+    client.running("busy")
+    setup = TaskRequest(id="queued", type="env_setup", payload={"directory": "x"})
+    client.publish(pull_queue("env_setup"), encode(setup))
+    # one slot, busy: the env_setup request is prefetched by its consumer but cannot start
+    wait_for(lambda: client.depth(pull_queue("env_setup")) == 0, what="the request to be held")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert client.final("busy", timeout=1).state == "succeeded"
+    assert client.depth(pull_queue("env_setup")) == 1  # handed back, not run
+    assert client.of("queued") == []
+    assert "requeued_unstarted=1" in worker.text()

@@ -123,6 +123,7 @@ class Worker:
         self._cancelled_all = False
         self._running_due: float | None = None
         self._cancels: OrderedDict[str, None] = OrderedDict()
+        self._advertised = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Worker:
         try:
             if self.presence is not None:
                 self.presence.start()
+                self._advertised = True
             try:
                 channels = self._open(conn)
             except pika.exceptions.AMQPError as error:
@@ -169,7 +171,7 @@ class Worker:
         lost = self.runner.busy()
         if lost:
             log.warning("stopping with %d task(s) whose results were not delivered", lost)
-        if self.presence is not None:
+        if self.presence is not None and self._advertised:
             try:
                 self.presence.leave()
             except Exception as error:
