@@ -120,8 +120,15 @@ aging_policies = st.builds(
     strategy=strategies,
     aging_interval=st.sampled_from([0.0, 10.0, 25.0, 60.0]),
     now=st.sampled_from([None, NOW]),
+    priority_weight=st.sampled_from([1, 3]),
+    preference_bonus=st.sampled_from([0, 1, 5, 100]),
 )
-static_policies = st.builds(Policy, strategy=strategies, now=st.just(None))
+static_policies = st.builds(
+    Policy,
+    strategy=strategies,
+    now=st.just(None),
+    preference_bonus=st.sampled_from([0, 1, 100]),
+)
 
 # ---------------------------------------------------------------- helpers
 
