@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from matchmaker import logs
 from matchmaker.broker import DEFAULT_URL, BrokerError
 from workers.config import SerfConfig, WorkerConfig, parse_attribute
 from workers.presence import PresenceError, make_presence
 from workers.runtime import Worker
 from workers.tasks import REGISTRY
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
     p.add_argument("--aurora-url", default="http://127.0.0.1:8081")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS)
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
     serf = p.add_argument_group("Serf (push mode)")
     serf.add_argument(
         "--serf-rpc", metavar="ADDR", help="tag an existing agent instead of starting one"
@@ -103,12 +107,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log what matters
+    logs.setup(args.log_format, args.log_level)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
         presence = make_presence(config)
