@@ -136,7 +136,7 @@ class Runner:
                 raise TypeError(f"task returned {type(output).__name__}, not a JSON object")
         except TaskError as error:
             self.finish(job, error=str(error) or "task failed")
-        except Exception as error:  # a bug in the task: report it, keep the worker up
+        except BaseException as error:  # a bug in the task (even sys.exit): report it, keep going
             log.exception("task crashed id=%s attempt=%d", *job.key)
             self.finish(job, error=f"internal error in {job.dispatch.type}: {error!r}")
         else:
