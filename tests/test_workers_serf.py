@@ -27,9 +27,10 @@ def test_worker_gossips_its_tags_and_leaves_after_draining(
     client: Client,  # noqa: F811
     observer: Observer,  # noqa: F811
 ) -> None:
+    rpc = f"127.0.0.1:{free_port()}"
     worker = spawn(
         "--name", "w1", "--caps", "sleep", "--slots", "3", "--attr", "site=iu",
-        "--serf-join", observer.bind, "--grace", "20",
+        "--serf-join", observer.bind, "--serf-rpc-bind", rpc, "--grace", "20",
     )  # fmt: skip
     member = wait_for(lambda: observer.members().get("w1"), what="w1 in the observer's view")
     assert member["status"] == "alive"
@@ -40,9 +41,12 @@ def test_worker_gossips_its_tags_and_leaves_after_draining(
         "slots": "3",
         "site": "iu",
     }
-    client.dispatch("w1", "last-words", {"seconds": 1.0})
+    client.dispatch("w1", "last-words", {"seconds": 3.0})
     client.running("last-words")
     worker.signal(signal.SIGTERM)
+    wait_for(lambda: "advertised slots=0" in worker.text(), what="the drain to be advertised")
+    with SerfRPC(rpc) as own:  # while it finishes its task, it asks for no more
+        assert own.members()[0].tags["slots"] == "0"
     assert worker.wait() == 0
     assert client.final("last-words", timeout=1).state == "succeeded"
     wait_for(

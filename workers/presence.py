@@ -5,7 +5,8 @@ The tags follow membership's schema (``membership.tags.encode_worker_tags``)::
     role=worker  q=mm.worker.<name>  caps=a,b  slots=4  <attr>=<value> ...
 
 and must fit Serf's 512 bytes; a worker whose tags do not fit or are unsafe
-is refused at start-up. ``OwnAgent`` starts a ``serf agent``
+is refused at start-up. When the worker starts draining it advertises
+``slots=0``, so the scheduler sends it no more work. ``OwnAgent`` starts a ``serf agent``
 (``membership.agent.SerfAgent``) carrying the tags and, on ``leave()``, makes
 it leave the pool gracefully. That agent also dies with the worker process
 (PDEATHSIG): a worker killed outright is then seen as failed, never as alive.
@@ -26,7 +27,7 @@ from matchmaker.broker import worker_queue
 from membership.agent import LOOPBACK, SerfAgent
 from membership.errors import MembershipError
 from membership.rpc import SerfRPC, split_addr
-from membership.tags import encode_worker_tags
+from membership.tags import SLOTS, encode_worker_tags
 from workers.config import SerfConfig, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ class OwnAgent:
             ",".join(self.agent.join) or "-",
         )
 
+    def draining(self) -> None:
+        _set_tags(self.agent.rpc_addr, self.agent.rpc_auth, {SLOTS: "0"}, [])
+
     def leave(self) -> None:
         """Leave the pool gracefully (the agent broadcasts its leave and exits)."""
         if self.agent.running:
@@ -157,20 +161,24 @@ class ExistingAgent:
         _address(rpc, "--serf-rpc")
         self.rpc, self.auth, self.tags = rpc, auth, dict(tags)
 
-    def _call(self, set_tags: Mapping[str, str], delete: list[str]) -> None:
-        try:
-            with SerfRPC(self.rpc, self.auth, timeout=RPC_TIMEOUT) as client:
-                client.tags(set_tags, delete)
-        except MembershipError as error:
-            raise PresenceError(str(error)) from None
-
     def start(self) -> None:
-        self._call(self.tags, [])
+        _set_tags(self.rpc, self.auth, self.tags, [])
         log.info("tags set on the serf agent at %s", self.rpc)
 
+    def draining(self) -> None:
+        _set_tags(self.rpc, self.auth, {SLOTS: "0"}, [])
+
     def leave(self) -> None:
-        self._call({}, list(self.tags))
+        _set_tags(self.rpc, self.auth, {}, list(self.tags))
         log.info("tags removed from the serf agent at %s", self.rpc)
+
+
+def _set_tags(rpc: str, auth: str | None, tags: Mapping[str, str], delete: list[str]) -> None:
+    try:
+        with SerfRPC(rpc, auth, timeout=RPC_TIMEOUT) as client:
+            client.tags(tags, delete)
+    except MembershipError as error:
+        raise PresenceError(str(error)) from None
 
 
 def make_presence(config: WorkerConfig) -> OwnAgent | ExistingAgent | None:

@@ -72,6 +72,9 @@ class Presence(Protocol):
 
     def start(self) -> None: ...
 
+    def draining(self) -> None:
+        """Advertise that no more work should come (``slots=0``)."""
+
     def leave(self) -> None: ...
 
 
@@ -267,6 +270,7 @@ class Worker:
             for tag in ch.consumers:
                 ch.consume.basic_cancel(tag)
             ch.consumers.clear()
+            self._advertise_draining()
             returned = self.runner.withdraw()
             for job in returned:
                 for delivery in job.deliveries:
@@ -288,6 +292,15 @@ class Worker:
             self.runner.cancel_all()
         if past >= CANCEL_WAIT:
             self.runner.abandon(f"worker {self.config.name} shut down before the task finished")
+
+    def _advertise_draining(self) -> None:
+        if self.presence is None or not self._advertised:
+            return
+        try:
+            self.presence.draining()
+            log.info("advertised slots=0 while draining")
+        except Exception as error:  # the leave at the end still tells the scheduler
+            log.warning("could not advertise the drain: %s", error)
 
     def _start_grace(self) -> None:
         if self._drain_until is None:
