@@ -14,6 +14,12 @@ distinct tag set) and kept out. When the connection drops, the inventory
 reconnects with exponential backoff, takes a fresh snapshot and diffs it
 against what it held, so a worker that died meanwhile is reported.
 
+The agent coalesces member events (it holds them until a second passes
+without another, up to three seconds) and drops events for a client that
+reads too slowly. So the inventory also reconciles with a fresh members list
+every ``resync`` seconds (0 disables): changes show up within about
+``resync`` seconds, and a dropped event cannot leave it wrong for longer.
+
 All state changes and ``on_change`` calls happen on one thread at a time
 (the inventory's own thread after ``start()`` returns); readers take a lock.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,6 +93,7 @@ class Inventory:
         *,
         timeout: float = 5.0,
         backoff: tuple[float, float] = (0.1, 5.0),
+        resync: float = 0.5,
     ) -> None:
         self.rpc_addr = rpc_addr
         self.auth_key = auth_key
@@ -93,6 +101,7 @@ class Inventory:
         self.log = logger or logging.getLogger(__name__)
         self.timeout = timeout
         self.backoff = backoff
+        self.resync = resync
         self._live: dict[str, LiveWorker] = {}
         self._rejected: dict[str, tuple[frozenset[tuple[str, str]], str]] = {}
         self._version = 0
@@ -205,8 +214,16 @@ class Inventory:
             return
 
     def _run(self) -> None:
+        next_resync = time.monotonic() + self.resync
         while not self._stopping.is_set():
-            generation, item = self._events.get()
+            if self.resync > 0 and time.monotonic() >= next_resync:
+                self._resync()
+                next_resync = time.monotonic() + self.resync
+            try:
+                wait = max(0.0, next_resync - time.monotonic()) if self.resync > 0 else None
+                generation, item = self._events.get(timeout=wait)
+            except queue.Empty:
+                continue
             if self._stopping.is_set():
                 return
             if generation != self._generation:
@@ -220,6 +237,19 @@ class Inventory:
                 self.log.exception("could not apply a Serf event: %r", item.get("Event"))
                 continue
             self._publish(changes)
+
+    def _resync(self) -> None:
+        """Reconcile with a fresh members list: the agent coalesces member events for about
+        a second (and drops them for a slow client); its members list is current."""
+        rpc = self._rpc
+        if rpc is None or not self._connected:
+            return
+        try:
+            members = rpc.members()
+        except MembershipError as error:  # a lost connection is handled through the queue
+            self.log.debug("Serf members resync failed: %s", error)
+            return
+        self._publish(self._reconcile(members))
 
     # -- state --------------------------------------------------------------
 
@@ -286,11 +316,11 @@ class Inventory:
                 return []
             del self._live[name]
             return [Change("left", name, before.worker, "no longer advertises role=worker")]
-        for note in info.notes:
-            self.log.warning("Serf member %r: %s", name, note)
         now = LiveWorker(info.worker, info.queue, "alive", member.addr)
         if before == now:
             return []
+        for note in info.notes:
+            self.log.warning("Serf member %r: %s", name, note)
         self._live[name] = now
         return [Change("joined" if before is None else "updated", name, info.worker)]
 

@@ -15,8 +15,13 @@ from membership.tags import encode_worker_tags
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_until(check: Callable[[], T | None], timeout: float = 45.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``.
+
+    The default deadline is generous on purpose: with ``-profile=local`` Serf now and
+    then misses a gossip broadcast, and the state then arrives with the next push/pull
+    sync, 10-25 s later.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = check()
