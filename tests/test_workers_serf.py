@@ -22,6 +22,10 @@ from tests.workers_support import (  # noqa: F401
 pytestmark = [pytest.mark.broker, pytest.mark.serf]
 
 
+def tags_of(rpc: SerfRPC, name: str) -> dict[str, str]:
+    return next(m.tags for m in rpc.members() if m.name == name)
+
+
 def test_worker_gossips_its_tags_and_leaves_after_draining(
     spawn,  # noqa: F811
     client: Client,  # noqa: F811
@@ -46,7 +50,7 @@ def test_worker_gossips_its_tags_and_leaves_after_draining(
     worker.signal(signal.SIGTERM)
     wait_for(lambda: "advertised slots=0" in worker.text(), what="the drain to be advertised")
     with SerfRPC(rpc) as own:  # while it finishes its task, it asks for no more
-        assert own.members()[0].tags["slots"] == "0"
+        assert tags_of(own, "w1")["slots"] == "0"
     assert worker.wait() == 0
     assert client.final("last-words", timeout=1).state == "succeeded"
     wait_for(
@@ -68,7 +72,7 @@ def test_encrypted_pool_with_rpc_auth_and_an_agent_that_dies_with_its_worker(
         )  # fmt: skip
         wait_for(lambda: "w4" in watcher.members(), what="w4 to join the encrypted pool")
         with SerfRPC(rpc, "s3cret") as own:  # the worker's own agent wants the auth key
-            assert own.members()[0].tags["q"] == "mm.worker.w4"
+            assert tags_of(own, "w4")["q"] == "mm.worker.w4"
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
         wait_for(
