@@ -57,7 +57,6 @@ log = logging.getLogger("matchmaker.service")
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
-LOST = {"failed": "failed", "left": "left", "reaped": "was reaped"}
 
 
 @dataclass
@@ -217,18 +216,18 @@ class Scheduler:
         now = time.time()
         while not self.changes.empty():
             change = self.changes.get_nowait()
-            if change.kind in LOST:
-                moved = self.book.worker_lost(change.name, now, LOST[change.kind])
+            if change.kind == "rejected":
+                log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
+            if change.gone:
+                moved = self.book.worker_lost(change.name, now, change.kind)
                 drained = self._drain_queue(push, change.name)
                 log.info(
                     "worker %s %s: %d tasks rescheduled, %d queued dispatches drained",
                     change.name,
-                    LOST[change.kind],
+                    change.kind,
                     moved,
                     drained,
                 )
-            elif change.kind == "rejected":
-                log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
         self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
         self.ledger.commit()
         self.dirty = True

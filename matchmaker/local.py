@@ -1,0 +1,295 @@
+"""A whole matchmaker system on this machine, as real processes.
+
+``LocalCluster`` starts, in a working directory of its own: the scheduler's
+Serf agent (gossip encrypted), the scheduler (``python -m matchmaker run``),
+workers (``python -m workers``, each with its own Serf agent joined to the
+scheduler's) and, on request, the local Aurora server. It talks to an
+existing RabbitMQ through ``broker_url``. The demo, the live benchmark and
+the integration tests all use it; ``stop()`` ends everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matchmaker import broker
+from matchmaker.ledger import Ledger, LedgerError, TaskRow
+from matchmaker.messages import Message, TaskRequest, encode
+from membership.agent import SerfAgent, free_port, generate_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ClusterError(RuntimeError):
+    """A process of the local cluster did not come up; the text says which and why."""
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalCluster:
+    broker_url: str = broker.DEFAULT_URL
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-cluster-")))
+    round_interval: float = 0.02
+    encrypt_key: str = field(default_factory=generate_key)
+    scheduler_args: tuple[str, ...] = ()
+    agent: SerfAgent | None = None
+    scheduler: Process | None = None
+    standby: Process | None = None
+    workers: dict[str, Process] = field(default_factory=dict)
+    aurora: Process | None = None
+    aurora_url: str = ""
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    # -- processes ------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Process:
+        log = self.workdir / f"{name}.log"
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        return Process(name, popen, log)
+
+    def start_agent(self) -> SerfAgent:
+        if self.agent is None:
+            self.agent = SerfAgent(
+                "scheduler",
+                tags={"role": "scheduler"},
+                encrypt_key=self.encrypt_key,
+                workdir=self.workdir / "serf-scheduler",
+            ).start()
+        return self.agent
+
+    def start_scheduler(self, *, standby: bool = False, wait: bool = True) -> Process:
+        agent = self.start_agent()
+        args = [
+            "-m", "matchmaker", "run",
+            "--broker-url", self.broker_url,
+            "--serf-rpc", agent.rpc_addr,
+            "--state-dir", str(self.state_dir),
+            "--round-interval", str(self.round_interval),
+            *self.scheduler_args,
+        ]  # fmt: skip
+        process = self._spawn("scheduler-standby" if standby else "scheduler", args)
+        if standby:
+            self.standby = process
+        else:
+            self.scheduler = process
+        if wait:
+            self.wait_log(process, "this scheduler is active", 30)
+        return process
+
+    def start_worker(
+        self,
+        name: str,
+        caps: Iterable[str],
+        slots: int = 2,
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        mode: str = "push",
+        wait: bool = True,
+        extra: Iterable[str] = (),
+    ) -> Process:
+        args = [
+            "-m", "workers",
+            "--name", name,
+            "--caps", ",".join(caps),
+            "--slots", str(slots),
+            "--mode", mode,
+            "--broker-url", self.broker_url,
+            "--sandbox", str(self.workdir / "sandbox"),
+            *extra,
+        ]  # fmt: skip
+        for key, value in (attributes or {}).items():
+            args += ["--attr", f"{key}={value}"]
+        if self.aurora_url:
+            args += ["--aurora-url", self.aurora_url]
+        if mode == "push":
+            agent = self.start_agent()
+            args += ["--serf-join", agent.bind_addr, "--serf-encrypt", self.encrypt_key]
+        process = self._spawn(f"worker-{name}", args)
+        self.workers[name] = process
+        if wait and mode == "push":
+            self.wait_for_worker(name, present=True)
+        return process
+
+    def start_aurora(self) -> str:
+        port = free_port()
+        self.aurora = self._spawn(
+            "aurora",
+            [
+                "-m", "aurora.local", "--port", str(port),
+                "--sandbox-root", str(self.workdir / "aurora"),
+            ],
+        )  # fmt: skip
+        self.aurora_url = f"http://127.0.0.1:{port}"
+        self.wait_log(self.aurora, "ready at", 20)
+        return self.aurora_url
+
+    def stop(self) -> None:
+        for process in [*self.workers.values(), self.standby, self.scheduler, self.aurora]:
+            if process is not None:
+                process.stop()
+        if self.agent is not None:
+            self.agent.cleanup()
+            self.agent = None
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait_log(self, process: Process, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in process.log.read_text(errors="replace"):
+                return
+            if not process.alive():
+                raise ClusterError(f"{process.name} exited early:\n{process.tail()}")
+            time.sleep(0.05)
+        raise ClusterError(
+            f"{process.name} did not log {text!r} in {timeout:g}s:\n{process.tail()}"
+        )
+
+    def wait_for_worker(self, name: str, present: bool, timeout: float = 20.0) -> None:
+        from membership.table import fetch_workers
+
+        agent = self.start_agent()
+        wait_until(
+            lambda: (
+                any(r.name == name and r.status == "alive" for r in fetch_workers(agent.rpc_addr))
+                == present
+            ),
+            timeout,
+            f"worker {name} {'joining' if present else 'leaving'} the Serf pool",
+        )
+
+    # -- the system's interfaces --------------------------------------------------------
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Publish to mm.requests in transactions, as the CLI does."""
+        connection = broker.connect(self.broker_url)
+        try:
+            channel = connection.channel()
+            broker.declare_core(channel)
+            channel.tx_select()
+            for m in messages:
+                channel.basic_publish("", broker.REQUESTS, encode(m), broker.PERSISTENT)
+            channel.tx_commit()
+        finally:
+            connection.close()
+
+    def submit(self, *requests: TaskRequest) -> list[str]:
+        self.send(requests)
+        return [r.id for r in requests]
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.state_dir / "ledger.sqlite", readonly=True)
+
+    def task(self, task_id: str) -> TaskRow | None:
+        try:
+            ledger = self.ledger()
+        except LedgerError:
+            return None
+        try:
+            return ledger.get(task_id)
+        finally:
+            ledger.close()
+
+    def wait_states(
+        self, ids: Iterable[str], states: Iterable[str] = ("succeeded",), timeout: float = 60.0
+    ) -> dict[str, TaskRow]:
+        """Wait until every task is in one of ``states``; returns their rows."""
+        wanted, ids = set(states), list(ids)
+        rows: dict[str, TaskRow] = {}
+
+        def done() -> bool:
+            for task_id in ids:
+                row = self.task(task_id)
+                if row is None or row.state not in wanted:
+                    return False
+                rows[task_id] = row
+            return True
+
+        wait_until(done, timeout, f"tasks reaching {sorted(wanted)}", self._diagnose(ids))
+        return rows
+
+    def _diagnose(self, ids: list[str]) -> Callable[[], str]:
+        def text() -> str:
+            states = {
+                i: (r.state, r.worker, r.reason) if (r := self.task(i)) else None for i in ids
+            }
+            logs = self.scheduler.tail() if self.scheduler else ""
+            return f"states: {json.dumps(states, default=str)[:2000]}\nscheduler log:\n{logs}"
+
+        return text
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    diagnose: Callable[[], str] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise ClusterError(
+        f"timed out after {timeout:g}s waiting for {what}" + (f"\n{diagnose()}" if diagnose else "")
+    )
