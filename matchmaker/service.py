@@ -30,7 +30,6 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from membership.inventory import Change, Inventory
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
@@ -51,6 +50,7 @@ from matchmaker.messages import (
 )
 from matchmaker.metrics import Metrics
 from matchmaker.models import Policy, Worker
+from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")
 
