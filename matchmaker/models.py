@@ -53,10 +53,11 @@ def _scalar(value: Any, what: str) -> Scalar:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number from a number or a numeric string; None otherwise."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
-        return float(value)
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         try:
             number = float(value)

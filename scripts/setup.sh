@@ -26,9 +26,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing Python packages"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  echo "setup: installing Python packages (log: .venv/pip.log)"
+  .venv/bin/pip install -q --upgrade pip >.venv/pip.log 2>&1
+  .venv/bin/pip install -e ".[dev]" >>.venv/pip.log 2>&1 || { tail -30 .venv/pip.log; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

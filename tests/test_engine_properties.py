@@ -372,16 +372,7 @@ def test_nothing_starves_under_a_stream_of_fresh_top_priority_work(arrivals: int
     ("high", "low"),
     [
         pytest.param({}, {"site": "iu"}, id="constrained-low"),
-        pytest.param(
-            {"site": "iu"},
-            {},
-            id="constrained-high",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: bands are capped at MAX_BAND and ties between classes at "
-                "the cap are not broken by age, so an older task of the losing class starves",
-            ),
-        ),
+        pytest.param({"site": "iu"}, {}, id="constrained-high"),
     ],
 )
 def test_nothing_starves_under_permanent_overload(

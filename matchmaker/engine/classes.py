@@ -2,8 +2,9 @@
 
 Tasks with the same type, constraints, preferences and priority band form a
 class: one flow node whose supply is its size. A task's band is its priority
-plus one for every ``Policy.aging_interval`` seconds it has waited (capped at
-``MAX_BAND``), so aging is just a move to a higher class.
+plus one for every ``Policy.aging_interval`` seconds it has waited, so aging
+is just a move to a higher class. Bands stop at ``MAX_BAND`` (a million
+intervals of waiting), which keeps costs far inside int64.
 
 Workers that look the same to every class of the round (same capabilities
 among the round's task types, same values of the attributes some class
@@ -23,7 +24,7 @@ import numpy.typing as npt
 
 from matchmaker.models import Policy, Scalar, Task, Worker, worker_value
 
-MAX_BAND = 99
+MAX_BAND = 1_000_000
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -121,7 +122,9 @@ def task_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
     band = np.fromiter(map(_priority, tasks), np.int64, m)
     submitted = np.fromiter(map(_submitted_at, tasks), np.float64, m)
     if policy.now is not None and policy.aging_interval > 0:
-        waited = np.floor(np.maximum(policy.now - submitted, 0.0) / policy.aging_interval)
+        with np.errstate(over="ignore", invalid="ignore"):
+            waited = np.floor(np.maximum(policy.now - submitted, 0.0) / policy.aging_interval)
+        waited = np.nan_to_num(waited, nan=0.0, posinf=MAX_BAND)
         band = np.minimum(band + np.minimum(waited, MAX_BAND).astype(np.int64), MAX_BAND)
     combined = (MAX_BAND - band) * len(keys) + rank
     order = np.argsort(combined, kind="stable")

@@ -62,7 +62,7 @@ def explain_class(
     return Unplaced(
         Reason.CONTENDED,
         f"waiting: the {free} free slots on its {_workers(size)} went to "
-        "other work of the same priority, placed oldest first",
+        "other work of equal rank (priority plus waiting time)",
     )
 
 

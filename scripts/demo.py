@@ -1,0 +1,196 @@
+"""The whole system on a demo workload, with real components.
+
+Starts (in a temporary directory) the scheduler's Serf agent with a gossip
+key, the scheduler, the local Aurora server and three different workers,
+then acts as a science gateway's orchestrator:
+
+1. an experiment chain, each step submitted when the one before succeeded:
+   env_setup -> data_staging in (over HTTP) -> job_submission (Aurora) ->
+   data_staging out;
+2. a burst of sleep tasks with mixed priorities, some bound to the GPU worker;
+3. one task no worker can take, to show ``explain``.
+
+Prints the outcome and stops everything it started. Run it with
+``bash scripts/demo.sh`` (which also starts RabbitMQ when needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from matchmaker import broker
+from matchmaker.local import ClusterError, LocalCluster
+from matchmaker.messages import TaskRequest
+
+ROWS = b"".join(b"%d,%d\n" % (i, i * i) for i in range(5000))
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve(directory: Path) -> tuple[ThreadingHTTPServer, str]:
+    """A storage site over plain HTTP on loopback."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory))
+    )
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def step(cluster: LocalCluster, request: TaskRequest) -> dict[str, Any]:
+    cluster.submit(request)
+    row = cluster.wait_states([request.id], ("succeeded", "dead"), timeout=120)[request.id]
+    if row.state != "succeeded":
+        raise ClusterError(f"{request.id} ended {row.state}: {row.error}")
+    print(f"  {request.id:<16} {request.type:<15} on {row.worker:<10} succeeded")
+    return row.output or {}
+
+
+def experiment(cluster: LocalCluster, storage: str) -> None:
+    print("experiment chain (an orchestrator submits each step when the last succeeded):")
+    site = {"site": "iu"}
+    env = step(
+        cluster,
+        TaskRequest(
+            "exp1-env",
+            "env_setup",
+            {
+                "directory": "exp-1",
+                "steps": [
+                    {"step": "mkdir", "path": "inputs"},
+                    {"step": "mkdir", "path": "outputs"},
+                    {
+                        "step": "write_file",
+                        "path": "count.sh",
+                        "content": '#!/bin/sh\nwc -l < "$1" | tr -d " " > "$2"\n',
+                        "executable": True,
+                    },
+                ],
+            },
+            constraints=site,
+        ),
+    )
+    exp = Path(env["directory"])
+    staged = step(
+        cluster,
+        TaskRequest(
+            "exp1-stage-in",
+            "data_staging",
+            {
+                "source": f"{storage}/squares.csv",
+                "destination": "exp-1/inputs/squares.csv",
+                "sha256": hashlib.sha256(ROWS).hexdigest(),
+            },
+            constraints=site,
+        ),
+    )
+    job = step(
+        cluster,
+        TaskRequest(
+            "exp1-job",
+            "job_submission",
+            {
+                "job": {"role": "gateway", "environment": "demo", "name": "exp-1"},
+                "processes": [
+                    {"name": "count", "cmdline": f"{exp}/count.sh {staged['path']} {exp}/outputs/n"}
+                ],
+                "resources": {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16},
+                "timeout": 60,
+            },
+        ),
+    )
+    print(f"  Aurora says {job['job']} {job['status']}")
+    out = step(
+        cluster,
+        TaskRequest(
+            "exp1-stage-out",
+            "data_staging",
+            {"source": (exp / "outputs" / "n").as_uri(), "destination": "results/exp-1/n.txt"},
+            constraints=site,
+        ),
+    )
+    print(f"  result: {Path(out['path']).read_text().strip()} rows counted by the Aurora job")
+
+
+def burst(cluster: LocalCluster) -> list[str]:
+    tasks = [
+        TaskRequest(f"sleep-{i:02d}", "sleep", {"seconds": 0.3}, priority=i % 10) for i in range(30)
+    ]
+    tasks += [
+        TaskRequest(f"gpu-{i}", "sleep", {"seconds": 0.3}, constraints={"gpu": {">=": 1}})
+        for i in range(4)
+    ]
+    return cluster.submit(*tasks)
+
+
+def main() -> int:
+    options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    options.add_argument("--broker-url", default=broker.DEFAULT_URL)
+    args = options.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mm-demo-"))
+    (workdir / "storage").mkdir()
+    (workdir / "storage" / "squares.csv").write_bytes(ROWS)
+    server, storage = serve(workdir / "storage")
+    cluster = LocalCluster(broker_url=args.broker_url, workdir=workdir)
+    try:
+        started = time.time()
+        cluster.start_aurora()
+        cluster.start_scheduler()
+        cluster.start_worker("stager", ["data_staging", "env_setup"], 4, {"site": "iu"})
+        cluster.start_worker("submitter", ["job_submission", "sleep"], 4, {"site": "iu"})
+        cluster.start_worker("gpu-node", ["sleep"], 4, {"site": "tacc", "gpu": 1})
+        print(
+            f"system up in {time.time() - started:.1f}s: RabbitMQ, Serf (encrypted gossip), "
+            f"scheduler, Aurora at {cluster.aurora_url}, 3 workers\n"
+        )
+        cli = [sys.executable, "-m", "matchmaker"]
+        common = [
+            "--serf-rpc",
+            cluster.start_agent().rpc_addr,
+            "--state-dir",
+            str(cluster.state_dir),
+        ]
+        subprocess.run([*cli, "workers", *common], check=False)
+        print()
+        experiment(cluster, storage)
+        print("\na burst of 34 sleep tasks, priorities 0-9, four of them need a GPU:")
+        ids = burst(cluster)
+        cluster.submit(TaskRequest("impossible", "sleep", constraints={"gpu": {">=": 4}}))
+        rows = cluster.wait_states(ids, timeout=120)
+        by_worker: dict[str, int] = {}
+        for row in rows.values():
+            by_worker[row.worker or "-"] = by_worker.get(row.worker or "-", 0) + 1
+        print(f"  all {len(rows)} succeeded; per worker: {by_worker}")
+        gpu = {rows[i].worker for i in ids if i.startswith("gpu-")}
+        print(f"  GPU tasks ran on: {', '.join(sorted(gpu))}")
+        time.sleep(0.5)
+        print("\nwhy is 'impossible' still waiting?")
+        subprocess.run([*cli, "explain", "impossible", *common], check=False)
+        print("\nstatus of the Aurora step:")
+        subprocess.run([*cli, "status", "exp1-job", *common], check=False)
+        counts = cluster.ledger().counts()
+        print(f"\nledger: {counts}")
+        return 0
+    except ClusterError as error:
+        print(f"demo failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.stop()
+        server.shutdown()
+        print("stopped everything the demo started")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
