@@ -193,3 +193,16 @@ def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_killed_worker_leaves_its_dispatch_in_the_queue(spawn, client: Client) -> None:  # noqa: F811
+    first = spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
+    client.dispatch("w1", "orphan", {"seconds": 1.0})
+    client.running("orphan")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    wait_for(lambda: client.depth(worker_queue("w1")) == 1, what="the unacked dispatch to return")
+    spawn("--name", "w1", "--caps", "sleep", *NO_SERF)  # the same worker, restarted
+    orphan = client.final("orphan")
+    assert orphan.state == "succeeded" and orphan.attempt == 1
+    assert [r.state for r in client.of("orphan")] == ["running", "running", "succeeded"]
