@@ -287,27 +287,13 @@ class Inventory:
         name = member.name
         before = self._live.get(name)
         if state != "alive":
-            if state == "reaped":
-                self._rejected.pop(name, None)
+            self._rejected.pop(name, None)
             if before is None:
                 return []
             del self._live[name]
             return [Change(_GONE_KIND[state], name, before.worker, f"member {state}")]
         try:
             info = decode_worker(name, member.tags)
-            if info is not None:
-                owner = next(
-                    (
-                        w.worker.name
-                        for w in self._live.values()
-                        if w.queue == info.queue and w.worker.name != name
-                    ),
-                    None,
-                )
-                if owner is not None:
-                    raise TagError(
-                        f"queue {info.queue!r} is already advertised by worker {owner!r}"
-                    )
         except TagError as error:
             return self._reject(member, before, str(error))
         self._rejected.pop(name, None)

@@ -6,8 +6,9 @@ A worker's agent carries compact tags, for example::
 
 - ``role=worker`` marks a worker; members with any other role (the
   scheduler's own agent has ``role=scheduler``) are simply not workers.
-- ``q`` is the worker's own queue, ``mm.worker.<something safe>`` (default
-  ``mm.worker.<name>``).
+- ``q`` is the worker's own queue and must be ``mm.worker.<name>`` (the
+  default when absent): member names are unique, so no worker can point the
+  scheduler's pushes at another worker's queue or at a system queue.
 - ``caps`` lists the task types it runs, comma-separated; ``slots`` how many
   tasks it runs at once.
 - Every other tag is an attribute that constraints and preferences match:
@@ -49,7 +50,6 @@ MAX_NUMBER_DIGITS = 18
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
-_QUEUE = re.compile(re.escape(QUEUE_PREFIX) + r"[A-Za-z0-9_.-]{1,64}")
 _INT = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -134,9 +134,10 @@ def encode_worker_tags(
         raise TagError(f"worker {name!r}: needs at least one capability")
     if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= MAX_SLOTS:
         raise TagError(f"worker {name!r}: slots must be an integer 0..{MAX_SLOTS}, got {slots!r}")
-    queue = queue or QUEUE_PREFIX + name
-    if not _QUEUE.fullmatch(queue):
-        raise TagError(f"worker {name!r}: queue {queue!r} must be {QUEUE_PREFIX}<safe name>")
+    own = QUEUE_PREFIX + name
+    if queue not in (None, own):
+        raise TagError(f"worker {name!r}: queue {queue!r} must be its own queue {own!r}")
+    queue = own
     attributes = dict(attributes or {})
     if len(attributes) > MAX_ATTRIBUTES:
         raise TagError(f"worker {name!r}: {len(attributes)} attributes, at most {MAX_ATTRIBUTES}")
@@ -184,9 +185,9 @@ def decode_worker(member_name: str, tags: Mapping[str, str]) -> WorkerInfo | Non
         notes.append(f"slots {slots} clamped to {clamped}")
         slots = clamped
 
-    queue = tags.get(QUEUE) or QUEUE_PREFIX + name
-    if not _QUEUE.fullmatch(queue):
-        raise TagError(f"queue {queue[:80]!r} is not {QUEUE_PREFIX}<safe name>")
+    queue = QUEUE_PREFIX + name
+    if tags.get(QUEUE, queue) != queue:
+        raise TagError(f"queue {tags[QUEUE][:80]!r} is not this worker's own queue {queue!r}")
 
     attributes: dict[str, Scalar] = {}
     for key, value in tags.items():

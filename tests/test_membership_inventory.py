@@ -156,9 +156,11 @@ def test_hostile_and_malformed_tags_are_ignored_and_logged(
     cluster.agent("posing", {"role": "worker", "caps": "sleep", "slots": "1", "name": "good"})
     cluster.agent("bad.name!", {"role": "worker", "caps": "sleep", "slots": "1"})
     cluster.agent("huge", {"role": "worker", "caps": "sleep", "slots": "99999999"})
+    copycat = {"role": "worker", "caps": "sleep", "slots": "1", "q": "mm.worker.good"}
+    cluster.agent("copycat", copycat)
     inventory, recorder = watch(cluster.scheduler.rpc_addr)
     settle(inventory, lambda s: {"good", "huge"} <= set(s), "the acceptable workers")
-    wait_until(lambda: len(inventory.rejected()) == 5, what="five rejected members")
+    wait_until(lambda: len(inventory.rejected()) == 6, what="six rejected members")
 
     assert set(inventory.snapshot()) == {"good", "huge"}
     assert inventory.snapshot()["huge"].worker.slots == 1024  # clamped
@@ -168,6 +170,7 @@ def test_hostile_and_malformed_tags_are_ignored_and_logged(
     assert "slots 'lots'" in reasons["slotty"]
     assert "reserved" in reasons["posing"]
     assert "member name" in reasons["bad.name!"]
+    assert "queue 'mm.worker.good' is not this worker's own" in reasons["copycat"]
     for name, reason in reasons.items():
         assert any(name in r.getMessage() and reason in r.getMessage() for r in caplog.records)
     assert any("clamped" in r.getMessage() for r in caplog.records)

@@ -17,11 +17,13 @@ from membership.tags import (
     encoded_size,
 )
 
-GOOD = {"role": "worker", "q": "mm.worker.w7", "caps": "data_staging,env_setup", "slots": "4"}
+GOOD = {"role": "worker", "caps": "data_staging,env_setup", "slots": "4"}
 
 
 def test_example_from_the_design_decodes() -> None:
-    info = decode_worker("w7", {**GOOD, "site": "iu", "gpu": "0", "speed": "1.5"})
+    info = decode_worker(
+        "w7", {**GOOD, "q": "mm.worker.w7", "site": "iu", "gpu": "0", "speed": "1.5"}
+    )
     assert info is not None
     assert info.queue == "mm.worker.w7"
     assert info.worker.name == "w7"
@@ -33,7 +35,7 @@ def test_example_from_the_design_decodes() -> None:
 
 def test_encode_produces_the_compact_schema() -> None:
     tags = encode_worker_tags("w7", ["env_setup", "data_staging"], 4, {"site": "iu", "gpu": 0})
-    assert tags == {**GOOD, "site": "iu", "gpu": "0"}
+    assert tags == {**GOOD, "q": "mm.worker.w7", "site": "iu", "gpu": "0"}
 
 
 @pytest.mark.parametrize("tags", [{}, {"role": "scheduler"}, {"role": "Worker", "caps": "x"}])
@@ -58,6 +60,7 @@ def test_non_workers_are_not_workers(tags: dict[str, str]) -> None:
         ("w1", {k: v for k, v in GOOD.items() if k != "slots"}, "slots"),
         ("w1", {**GOOD, "q": "mm.requests"}, "queue"),
         ("w1", {**GOOD, "q": "mm.worker."}, "queue"),
+        ("w1", {**GOOD, "q": "mm.worker.w7"}, "own queue"),
         ("w1", {**GOOD, "name": "w2"}, "reserved"),
         ("w1", {**GOOD, "running": "0"}, "reserved"),
         ("w1", {**GOOD, "bad key": "x"}, "tag key"),
@@ -110,6 +113,7 @@ def test_encoded_size_counts_like_serf() -> None:
         (("w1", ["sleep"], 1, {"x": float("nan")}), "finite"),
         (("w1", ["sleep"], 1, {"x": [1]}), "string or a number"),
         (("w1", ["sleep"], 1, None, "mm.requests"), "queue"),
+        (("w1", ["sleep"], 1, None, "mm.worker.w2"), "own queue"),
     ],
 )
 def test_encode_refuses_bad_input(args: tuple[Any, ...], reason: str) -> None:
