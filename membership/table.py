@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from membership.errors import TagError
+from membership.errors import MembershipError, TagError
 from membership.rpc import Member, SerfRPC
 from membership.tags import decode_worker, is_worker
 
@@ -75,9 +75,18 @@ def rows_from_members(members: Iterable[Member]) -> list[WorkerRow]:
 def fetch_workers(
     rpc_addr: str, auth_key: str | None = None, timeout: float = 5.0
 ) -> list[WorkerRow]:
-    """Ask the agent at ``rpc_addr`` for its members once; MembershipError if it cannot."""
-    with SerfRPC(rpc_addr, auth_key, timeout=timeout) as rpc:
-        return rows_from_members(rpc.members())
+    """Ask the agent at ``rpc_addr`` for its members once; MembershipError if it cannot.
+
+    Every failure (unreachable, auth refused, no answer) is a plain MembershipError
+    whose message is one sentence for the user.
+    """
+    try:
+        with SerfRPC(rpc_addr, auth_key, timeout=timeout) as rpc:
+            return rows_from_members(rpc.members())
+    except MembershipError as error:
+        raise MembershipError(str(error)) from None
+    except ValueError as error:  # a malformed address
+        raise MembershipError(str(error)) from None
 
 
 def _shown(text: str, limit: int = 80) -> str:

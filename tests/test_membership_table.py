@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -52,9 +54,30 @@ def test_unreachable_agent_is_a_clear_error() -> None:
     port = free_port()
     with pytest.raises(MembershipError) as caught:
         fetch_workers(f"127.0.0.1:{port}", timeout=2)
+    assert type(caught.value) is MembershipError  # the CLI reports it as one sentence
     assert (
         str(caught.value) == f"cannot reach the Serf agent at 127.0.0.1:{port}: connection refused"
     )
+    with pytest.raises(MembershipError, match="bad RPC address"):
+        fetch_workers("localhost")
+
+
+@pytest.mark.serf
+def test_cli_reports_agent_errors_in_one_sentence(make_cluster) -> None:  # noqa: F811
+    guarded = make_cluster(rpc_auth="s3cret")
+    guarded.worker("w7", ("sleep",), 2, site="iu")
+    addr = guarded.scheduler.rpc_addr
+    rows = wait_until(lambda: fetch_workers(addr, "s3cret"), what="w7 listed")
+    assert [(r.name, r.status) for r in rows] == [("w7", "alive")]
+    for key, message in ((None, "requires an RPC auth key"), ("wrong", "refused the RPC auth key")):
+        result = subprocess.run(
+            [sys.executable, "-m", "matchmaker", "workers", "--serf-rpc", addr,
+             *(["--serf-auth-key", key] if key else [])],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_format_escapes_control_characters_and_handles_empty() -> None:
