@@ -40,9 +40,13 @@ def watch() -> Iterator[Callable[..., tuple[Inventory, Recorder]]]:
     """Start inventories (with a change recorder) that are stopped afterwards."""
     started: list[Inventory] = []
 
-    def start(rpc_addr: str, auth_key: str | None = None) -> tuple[Inventory, Recorder]:
+    def start(
+        rpc_addr: str, auth_key: str | None = None, resync: float = 0.5
+    ) -> tuple[Inventory, Recorder]:
         recorder = Recorder()
-        inventory = Inventory(rpc_addr, auth_key, on_change=recorder, backoff=(0.05, 0.5))
+        inventory = Inventory(
+            rpc_addr, auth_key, on_change=recorder, backoff=(0.05, 0.5), resync=resync
+        )
         inventory.start()
         started.append(inventory)
         return inventory, recorder
@@ -57,11 +61,13 @@ def settle(inventory: Inventory, check: Callable[[Snapshot], bool], what: str) -
     return inventory.snapshot()
 
 
-def test_snapshot_join_and_tag_changes(cluster: Cluster, watch) -> None:  # noqa: F811
+# resync=0: the event stream alone; 0.5: events plus the periodic members resync.
+@pytest.mark.parametrize("resync", [0, 0.5])
+def test_snapshot_join_and_tag_changes(cluster: Cluster, watch, resync: float) -> None:  # noqa: F811
     cluster.worker("w1", ("data_staging", "env_setup"), 4, site="iu", gpu=0)
     with cluster.scheduler.rpc() as rpc:
         wait_until(lambda: len(rpc.members()) == 2, what="w1 in the gossip pool")
-    inventory, recorder = watch(cluster.scheduler.rpc_addr)
+    inventory, recorder = watch(cluster.scheduler.rpc_addr, resync=resync)
 
     snap = inventory.snapshot()
     assert set(snap) == {"w1"}, "the scheduler's own agent (role=scheduler) is not a worker"
@@ -95,11 +101,16 @@ def test_snapshot_join_and_tag_changes(cluster: Cluster, watch) -> None:  # noqa
     assert snap["w1"].worker.attributes == {"site": "tacc"}
 
 
-def test_kill_9_and_graceful_leave_remove_workers(cluster: Cluster, watch) -> None:  # noqa: F811
+@pytest.mark.parametrize("resync", [0, 0.5])
+def test_kill_9_and_graceful_leave_remove_workers(
+    cluster: Cluster,  # noqa: F811
+    watch,
+    resync: float,
+) -> None:
     doomed = cluster.worker("doomed")
     leaver = cluster.worker("leaver")
     cluster.worker("stayer")
-    inventory, recorder = watch(cluster.scheduler.rpc_addr)
+    inventory, recorder = watch(cluster.scheduler.rpc_addr, resync=resync)
     settle(inventory, lambda s: set(s) == {"doomed", "leaver", "stayer"}, "three workers")
 
     leaver.stop()  # SIGINT: a graceful leave
@@ -193,7 +204,8 @@ def test_connection_cut_mid_stream_recovers_a_correct_inventory(
 ) -> None:
     w1 = cluster.worker("w1")
     w2 = cluster.worker("w2")
-    inventory, recorder = watch(cluster.scheduler.rpc_addr)
+    # No periodic resync: the snapshot diff on reconnect must find what changed by itself.
+    inventory, recorder = watch(cluster.scheduler.rpc_addr, resync=0)
     settle(inventory, lambda s: set(s) == {"w1", "w2"}, "both workers")
 
     sched = cluster.scheduler
