@@ -48,7 +48,22 @@ def pull_queue(task_type: str) -> str:
 def describe(url: str) -> str:
     """The URL without its password, for messages."""
     params = pika.URLParameters(url)
-    return f"{params.host}:{params.port}{params.virtual_host if params.virtual_host != '/' else ''}"
+    vhost = "" if params.virtual_host == "/" else f"/{params.virtual_host}"
+    return f"{params.host}:{params.port}{vhost}"
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost useful text of a pika connection error (it nests the socket error)."""
+    while True:
+        inner = getattr(error, "exception", None)
+        if inner is None and error.args and isinstance(error.args[0], BaseException):
+            inner = error.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error).strip() or error.__class__.__name__
 
 
 def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.BlockingConnection:
@@ -67,10 +82,14 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
             raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
         except pika.exceptions.AMQPError as error:
             if attempt == attempts:
-                reason = f"{error.__class__.__name__} {error}".strip()
-                raise BrokerError(f"cannot reach the broker at {describe(url)}: {reason}") from None
+                raise BrokerError(
+                    f"cannot reach the broker at {describe(url)}: {_reason(error)}"
+                ) from None
             log.warning(
-                "broker %s unreachable (%s); retrying in %.1fs", describe(url), error, delay
+                "broker %s unreachable (%s); retrying in %.1fs",
+                describe(url),
+                _reason(error),
+                delay,
             )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

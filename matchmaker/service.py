@@ -325,9 +325,9 @@ class Scheduler:
             self.ledger.commit()
             self.dirty = True
         if not self.dirty and any(
-            t.not_before and t.not_before <= now for t in self.book.pending.values()
+            self.last_round < t.not_before <= now for t in self.book.pending.values()
         ):
-            self.dirty = True
+            self.dirty = True  # a retry's backoff ended since the last round
 
     def _round_due(self) -> bool:
         return (
