@@ -80,7 +80,7 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
             raise BrokerError(f"the broker at {describe(url)} refused the credentials") from None
         except pika.exceptions.ProbableAccessDeniedError:
             raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
-        except pika.exceptions.AMQPError as error:
+        except (pika.exceptions.AMQPError, OSError) as error:
             if attempt == attempts:
                 raise BrokerError(
                     f"cannot reach the broker at {describe(url)}: {_reason(error)}"
