@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from matchmaker.models import Worker
 from membership.errors import MembershipError, TagError
-from membership.rpc import MEMBER_EVENTS, Member, SerfRPC
+from membership.rpc import MEMBER_EVENTS, Member, SerfRPC, parse_members
 from membership.tags import decode_worker
 
 ChangeKind = Literal["joined", "updated", "left", "failed", "reaped", "rejected"]
@@ -199,7 +199,7 @@ class Inventory:
             attempts += 1
             try:
                 self._connect()
-            except MembershipError as error:
+            except Exception as error:
                 log = self.log.warning if attempts == 1 else self.log.debug
                 log(
                     "Serf RPC reconnect to %s failed (attempt %d): %s",
@@ -217,7 +217,10 @@ class Inventory:
         next_resync = time.monotonic() + self.resync
         while not self._stopping.is_set():
             if self.resync > 0 and time.monotonic() >= next_resync:
-                self._resync()
+                try:
+                    self._resync()
+                except Exception:
+                    self.log.exception("Serf members resync failed")
                 next_resync = time.monotonic() + self.resync
             try:
                 wait = max(0.0, next_resync - time.monotonic()) if self.resync > 0 else None
@@ -255,14 +258,12 @@ class Inventory:
 
     def _apply_record(self, record: dict[str, Any]) -> list[Change]:
         state = _EVENT_STATE.get(str(record.get("Event")))
-        members = record.get("Members")
-        if state is None or not isinstance(members, list):
+        if state is None:
             return []
         changes: list[Change] = []
         with self._cond:
-            for raw in members:
-                if isinstance(raw, dict):
-                    changes += self._apply(Member.from_wire(raw), state)
+            for member in parse_members(record):
+                changes += self._apply(member, state)
             self._bump(changes)
         return changes
 

@@ -136,6 +136,18 @@ class Member:
         )
 
 
+def parse_members(body: Any) -> list[Member]:
+    """The members of a response body; malformed entries are logged and skipped."""
+    raw = body.get("Members") if isinstance(body, dict) else None
+    members = []
+    for entry in raw if isinstance(raw, list) else []:
+        try:
+            members.append(Member.from_wire(entry))
+        except (AttributeError, TypeError, ValueError) as error:
+            log.warning("skipping a malformed member record from the Serf agent: %s", error)
+    return members
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     """What a query collected before it finished: who acked and who answered what."""
@@ -286,8 +298,7 @@ class SerfRPC:
         self._call("auth", {"AuthKey": key})
 
     def members(self) -> list[Member]:
-        body = self._call("members")
-        return [Member.from_wire(m) for m in (body or {}).get("Members") or []]
+        return parse_members(self._call("members"))
 
     def members_filtered(
         self, tags: Mapping[str, str] | None = None, status: str = "", name: str = ""
@@ -305,7 +316,7 @@ class SerfRPC:
                 "(is every filter a valid regular expression?)",
                 "members-filtered",
             ) from None
-        return [Member.from_wire(m) for m in (body or {}).get("Members") or []]
+        return parse_members(body)
 
     def tags(
         self, set_tags: Mapping[str, str | bytes] | None = None, delete: Iterable[str] = ()

@@ -11,7 +11,7 @@ import pytest
 
 from membership.agent import SerfAgent, free_port, generate_key
 from membership.errors import AgentError, SerfConnectionError, SerfError
-from membership.rpc import SerfRPC, split_addr
+from membership.rpc import SerfRPC, _Reply, parse_members, split_addr
 from membership.tags import SERF_TAG_LIMIT, encoded_size
 from tests.serf_fixtures import Cluster, cluster, make_cluster, wait_until  # noqa: F401
 
@@ -152,3 +152,23 @@ def test_encrypted_agent_with_a_16_byte_key(tmp_path: Path) -> None:
             assert rpc.stats()["serf"]["encrypted"] == "true"
         assert "encrypt_key" in agent.config()
     assert not agent.running
+
+
+def test_reader_stays_in_step_without_an_agent() -> None:
+    """Pure dispatch logic: bodies pair with headers even for a Seq nobody waits for."""
+    rpc = SerfRPC("127.0.0.1:1")
+    members, auth = _Reply("members", with_body=True), _Reply("members", with_body=True)
+    rpc._handlers.update({5: members, 6: auth})
+    rpc._dispatch({"Seq": 9, "Error": ""})  # a stopped stream's record...
+    rpc._dispatch({"Event": "member-join", "Members": []})  # ...and its body: dropped
+    rpc._dispatch({"Seq": 5, "Error": ""})
+    assert not members.done.is_set(), "the members body has not arrived yet"
+    raw = {"Name": "w1", "Addr": b"\x7f\x00\x00\x01", "Port": 7946, "Tags": {"role": "worker"}}
+    rpc._dispatch({"Members": [raw, {"Name": "bad", "Port": "x"}]})
+    assert members.done.is_set() and members.header == {"Seq": 5, "Error": ""}
+    assert [(m.name, m.addr, m.port) for m in parse_members(members.body)] == [
+        ("w1", "127.0.0.1", 7946)
+    ]
+    rpc._dispatch({"Seq": 6, "Error": "Authentication required"})  # no body follows
+    assert auth.done.is_set() and auth.body is None
+    assert rpc._handlers == {}
