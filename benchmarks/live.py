@@ -1,0 +1,199 @@
+"""``python -m benchmarks live``: matchmaker on the real broker, Serf agents and workers.
+
+Scenarios (``--scenario``, repeatable, or ``all``):
+
+- ``push``: scheduler throughput from ``mm.requests`` onto worker queues vs raw pika
+  (``benchmarks.live_push``);
+- ``e2e``: no-op completions/s with two worker processes, side by side with Celery
+  (``benchmarks.live_e2e``);
+- ``latency``: submit -> worker queue latency at a paced offered load
+  (``benchmarks.live_latency``);
+- ``failover``: kill -9 a busy worker: Serf detection vs its tasks running elsewhere
+  (``benchmarks.live_failover``);
+- ``compare``: push vs pull on the same heterogeneous work (``benchmarks.live_compare``).
+
+Each scenario starts what it needs on its own vhost and stops it afterwards,
+also on errors and Ctrl-C. The run prints a table per scenario (with a plain
+MET / MISSED line per target), writes one JSON report and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchmarks.live_env import AMQP, Env, LiveError
+
+NAMES = ("push", "e2e", "latency", "failover", "compare")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks live",
+        description="Live benchmarks on the real broker, Serf agents and worker processes.",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=(*NAMES, "all"),
+        help="scenario to run (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--tasks", type=_positive_int, help="tasks for push and e2e (default 20,000 each)"
+    )
+    p.add_argument(
+        "--amqp", default=AMQP, help="broker base URL without vhost (default: %(default)s)"
+    )
+    p.add_argument("--out", type=Path, default=Path("results/live.json"))
+    p.add_argument("--plot-dir", type=Path, default=Path("results"))
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--workdir", type=Path, default=Path("results/live-work"), help="logs, ledgers")
+    p.add_argument("--progress", action="store_true", help="draw progress bars even when piped")
+    g = p.add_argument_group("push")
+    g.add_argument("--push-workers", type=_positive_int, default=4, help="at least this many")
+    g.add_argument("--push-slots", type=_positive_int, default=1024, help="slots per bare worker")
+    g = p.add_argument_group("e2e")
+    g.add_argument("--e2e-slots", type=_positive_int, default=32, help="slots per worker")
+    g.add_argument("--no-celery", action="store_true", help="skip the Celery side")
+    g = p.add_argument_group("latency")
+    g.add_argument("--rate", type=_positive_float, default=2000.0, help="offered tasks/s")
+    g.add_argument("--duration", type=_positive_float, default=10.0, help="seconds of load")
+    g = p.add_argument_group("failover")
+    g.add_argument("--repeats", type=_positive_int, default=3)
+    g = p.add_argument_group("compare")
+    g.add_argument("--compare-tasks", type=_positive_int, default=600)
+    g.add_argument("--compare-workers", type=_positive_int, default=4)
+    g.add_argument("--mean-duration", type=_positive_float, default=0.5, help="mean task seconds")
+    g.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _runner(name: str, args: argparse.Namespace) -> Callable[[Env], dict[str, Any]]:
+    tasks = args.tasks or 20_000
+    if name == "push":
+        from benchmarks import live_push
+
+        return lambda env: live_push.run(env, tasks, args.push_workers, args.push_slots)
+    if name == "e2e":
+        from benchmarks import live_e2e
+
+        return lambda env: live_e2e.run(env, tasks, args.e2e_slots, not args.no_celery)
+    if name == "latency":
+        from benchmarks import live_latency
+
+        return lambda env: live_latency.run(env, args.rate, args.duration)
+    if name == "failover":
+        from benchmarks import live_failover
+
+        return lambda env: live_failover.run(env, args.repeats)
+    from benchmarks import live_compare
+
+    return lambda env: live_compare.run(
+        env, args.compare_tasks, args.compare_workers, args.mean_duration, args.seed
+    )
+
+
+def _table(name: str, result: dict[str, Any]) -> str:
+    module = __import__(f"benchmarks.live_{name}", fromlist=["table"])
+    lines = [f"== live {name} ==", *module.table(result)]
+    for key, target in result.get("targets", {}).items():
+        state = "MET" if target["met"] else "MISSED"
+        lines.append(f"target {key}: {target['target']}: {state}")
+    return "\n".join(lines)
+
+
+def _plots(report: dict[str, Any], plot_dir: Path) -> list[Path]:
+    from benchmarks.live_plots import plots
+
+    return plots(report, plot_dir)
+
+
+def _on_term(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    names = NAMES if not args.scenario or "all" in args.scenario else tuple(args.scenario)
+    names = tuple(dict.fromkeys(names))
+    signal.signal(signal.SIGTERM, _on_term)
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m benchmarks live " + " ".join(argv),
+        "scenarios": {},
+    }
+    status = 0
+    for name in names:
+        env = Env(amqp=args.amqp.rstrip("/"), workdir=args.workdir, progress=args.progress)
+        print(f"-- live {name}: running", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            result = _runner(name, args)(env)
+            result["wall_s"] = round(time.monotonic() - started, 2)
+            report["scenarios"][name] = result
+            print(_table(name, result), flush=True)
+            print(flush=True)
+        except KeyboardInterrupt:
+            print(f"live {name}: interrupted; stopping what it started", file=sys.stderr)
+            env.close()
+            return 130
+        except LiveError as error:
+            print(f"live {name}: {error}", file=sys.stderr)
+            report["scenarios"][name] = {"error": str(error)}
+            status = 1
+        except Exception as error:  # report, clean up, go on with the next scenario
+            traceback.print_exc()
+            print(f"live {name}: failed: {error}", file=sys.stderr)
+            report["scenarios"][name] = {"error": f"{type(error).__name__}: {error}"}
+            status = 1
+        finally:
+            env.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    print(f"wrote {args.out}")
+    if not args.no_plot:
+        for path in _plots(report, args.plot_dir):
+            print(f"wrote {path}")
+    missed = [
+        f"{n}.{k}"
+        for n, r in report["scenarios"].items()
+        for k, t in r.get("targets", {}).items()
+        if not t["met"]
+    ]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+    return status
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,276 @@
+"""What every live scenario needs: a private vhost, clean-up on any exit, ledger reads.
+
+``Env`` owns an ``ExitStack``: each scenario registers what it starts
+(vhosts, clusters, bare Serf agents, Celery) and ``Env.close()`` undoes it
+in reverse order, whether the run ended normally, with an error or with
+Ctrl-C. Vhosts are made with ``rabbitmqctl`` for the matchmaker user and
+deleted afterwards, so runs never see each other's queues.
+
+Ledger reads go straight to the scheduler's SQLite file, read-only, while
+the scheduler writes it (WAL allows that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pika
+
+from benchmarks.progress import Progress
+from matchmaker import broker
+from matchmaker.local import LocalCluster
+from matchmaker.messages import TaskRequest, encode
+
+AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
+USER = "matchmaker"
+BATCH = 1000
+
+
+class LiveError(RuntimeError):
+    """A live benchmark could not run; the text says what to fix."""
+
+
+def rabbitmqctl(*args: str) -> None:
+    try:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    except FileNotFoundError:
+        raise LiveError("rabbitmqctl is not installed (apt-get install rabbitmq-server)") from None
+    except subprocess.CalledProcessError as error:
+        text = (error.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise LiveError(
+            f"rabbitmqctl {' '.join(args)} failed: {text[-1] if text else error} "
+            "(is RabbitMQ running? bash scripts/broker.sh start)"
+        ) from None
+
+
+@dataclass
+class Env:
+    """Shared settings and the stack of things to stop."""
+
+    amqp: str = AMQP
+    workdir: Path = Path("results/live-work")
+    progress: bool = False
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def vhost(self, label: str) -> str:
+        """A fresh vhost for the matchmaker user; returns its AMQP URL. Deleted on close."""
+        name = f"mm-live-{label}-{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", name)
+        self.stack.callback(_delete_vhost, name)
+        rabbitmqctl("set_permissions", "-p", name, USER, ".*", ".*", ".*")
+        return f"{self.amqp}/{name}"
+
+    def cluster(self, label: str, round_interval: float = 0.02) -> LocalCluster:
+        """A LocalCluster on its own vhost, stopped on close."""
+        url = self.vhost(label)
+        workdir = self.workdir / f"{label}-{uuid.uuid4().hex[:6]}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        cluster = LocalCluster(broker_url=url, workdir=workdir, round_interval=round_interval)
+        self.stack.callback(cluster.stop)
+        return cluster
+
+    def bar(self, total: float, label: str) -> Progress:
+        return Progress(total, label, force=self.progress)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def _delete_vhost(name: str) -> None:
+    with contextlib.suppress(LiveError):
+        rabbitmqctl("delete_vhost", name)
+
+
+# -- publishing -----------------------------------------------------------------------
+
+
+def sleep_request(task_id: str, seconds: float = 0.0, **fields: Any) -> TaskRequest:
+    payload = {"seconds": seconds, **fields.pop("payload", {})}
+    return TaskRequest(task_id, "sleep", payload, **fields)
+
+
+def publish_requests(url: str, bodies: Iterable[bytes], queue: str = broker.REQUESTS) -> float:
+    """Publish persistent messages in transactions of ``BATCH``; returns the first send time."""
+    connection = broker.connect(url, name="live-benchmark")
+    first = 0.0
+    try:
+        channel = connection.channel()
+        broker.declare_core(channel)
+        channel.tx_select()
+        count = 0
+        for body in bodies:
+            if not first:
+                first = time.time()
+            channel.basic_publish("", queue, body, broker.PERSISTENT)
+            count += 1
+            if count % BATCH == 0:
+                channel.tx_commit()
+        channel.tx_commit()
+    finally:
+        connection.close()
+    return first
+
+
+def paced(
+    url: str,
+    rate: float,
+    count: int,
+    make: Callable[[int, float], bytes],
+    queue: str = broker.REQUESTS,
+    *,
+    offsets: Iterable[float] | None = None,
+    bar: Progress | None = None,
+) -> list[float]:
+    """Publish ``count`` messages at ``rate``/s (or at ``offsets`` seconds from the start).
+
+    ``make(i, now)`` builds message i at its send time; persistent, no
+    confirms (one client, as an orchestrator would send). Returns the send
+    times.
+    """
+    connection = broker.connect(url, name="live-paced")
+    times: list[float] = []
+    try:
+        channel = connection.channel()
+        broker.declare_core(channel)
+        when = list(offsets) if offsets is not None else [i / rate for i in range(count)]
+        start = time.time()
+        i = 0
+        while i < count:
+            now = time.time()
+            while i < count and start + when[i] <= now:
+                body = make(i, now)
+                channel.basic_publish("", queue, body, broker.PERSISTENT)
+                times.append(now)
+                i += 1
+                now = time.time()
+            if bar is not None:
+                bar.update(i)
+            if i < count:
+                pause = start + when[i] - time.time()
+                connection.sleep(min(max(pause, 0.0002), 0.05))
+        channel.queue_declare(queue, passive=True)  # a round trip: everything was routed
+    finally:
+        connection.close()
+    return times
+
+
+def request_body(request: TaskRequest) -> bytes:
+    return encode(request)
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+
+class LedgerView:
+    """Read-only SQL on a scheduler's ledger file."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.path = cluster.state_dir / "ledger.sqlite"
+        self.db: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self.db is None and self.path.exists():
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        return self.db
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = self._db()
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return []
+
+    def counts(self) -> dict[str, int]:
+        return {s: n for s, n in self.rows("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+
+    def transitions(self, state: str, attempt: int | None = None) -> list[tuple[Any, ...]]:
+        """(id, attempt, worker, at, note) of every transition into ``state``."""
+        sql = "SELECT id, attempt, worker, at, note FROM transitions WHERE state = ?"
+        if attempt is None:
+            return self.rows(sql, state)
+        return self.rows(sql + " AND attempt = ?", state, attempt)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def wait_for(
+    done: Callable[[], int],
+    total: int,
+    timeout: float,
+    what: str,
+    bar: Progress | None = None,
+    poll: float = 0.1,
+) -> float:
+    """Poll ``done()`` until it reaches ``total``; returns the time it did. LiveError on timeout."""
+    deadline = time.monotonic() + timeout
+    value = 0
+    while time.monotonic() < deadline:
+        value = done()
+        if bar is not None:
+            bar.update(value)
+        if value >= total:
+            if bar is not None:
+                bar.close()
+            return time.time()
+        time.sleep(poll)
+    if bar is not None:
+        bar.close()
+    raise LiveError(f"timed out after {timeout:g} s waiting for {what} ({value} of {total})")
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float | int]:
+    """count, p50, p95, p99, max, mean of the values (NaN when empty)."""
+    array = np.asarray(list(values), dtype=np.float64)
+    if len(array) == 0:
+        nan = float("nan")
+        return {"count": 0, "p50": nan, "p95": nan, "p99": nan, "max": nan, "mean": nan}
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return {
+        "count": len(array),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(array.max()),
+        "mean": float(array.mean()),
+    }
+
+
+def median(values: Iterable[float]) -> float:
+    array = [v for v in values if v == v]
+    return float(np.median(array)) if array else float("nan")
+
+
+def verdict(met: bool, text: str) -> dict[str, Any]:
+    return {"met": met, "target": text}
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+@contextlib.contextmanager
+def channel(url: str) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    connection = broker.connect(url, name="live-benchmark")
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
