@@ -23,6 +23,7 @@ from matchmaker import broker, logs
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, Message, MessageError, TaskRequest, decode, encode
+from membership.errors import MembershipError
 
 EXIT_USAGE = 2
 
@@ -271,18 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (UserError, ConfigError, LedgerError, broker.BrokerError) as error:
         print(f"matchmaker: {error}", file=sys.stderr)
+    except MembershipError as error:
+        print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)
     except pika.exceptions.AMQPError as error:
         print(f"matchmaker: broker error: {error.__class__.__name__} {error}", file=sys.stderr)
+    except BrokenPipeError:
+        return 0
     except OSError as error:
-        print(
-            f"matchmaker: {error.strerror or error}: {getattr(error, 'filename', '')}",
-            file=sys.stderr,
-        )
-    except Exception as error:
-        if error.__class__.__name__ in ("MembershipError", "SerfError"):
-            print(f"matchmaker: {error}", file=sys.stderr)
-        else:
-            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"matchmaker: {error.strerror or error}{where}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -63,12 +64,20 @@ def _check_key(key: str) -> None:
         raise AgentError(f"the gossip encryption key decodes to {len(raw)} bytes, not 16/24/32")
 
 
+def _die_with_parent() -> None:
+    """In the agent's process before exec: get SIGKILL when the parent process dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class SerfAgent:
     """One ``serf agent`` process; ports default to free loopback ports.
 
     ``start()`` returns once the agent's RPC answers a members request;
     ``stop()`` leaves gracefully (SIGINT) and kills after ``stop_timeout``;
-    ``kill()`` is ``kill -9``.
+    ``kill()`` is ``kill -9``. With ``die_with_parent`` the agent gets SIGKILL
+    when the process that started it dies (a worker killed outright must not
+    keep looking alive).
     """
 
     def __init__(
@@ -87,6 +96,9 @@ class SerfAgent:
         serf_bin: str = "serf",
         start_timeout: float = 10.0,
         stop_timeout: float = 8.0,
+        bind_host: str = LOOPBACK,
+        rpc_host: str = LOOPBACK,
+        die_with_parent: bool = False,
     ) -> None:
         if profile not in PROFILES:
             raise AgentError(
@@ -95,6 +107,9 @@ class SerfAgent:
         if encrypt_key is not None:
             _check_key(encrypt_key)
         self.node = node
+        self.bind_host = bind_host
+        self.rpc_host = rpc_host
+        self.die_with_parent = die_with_parent
         self.tags = dict(tags or {})
         self.bind_port = bind_port or free_port()
         self.rpc_port = rpc_port or free_port()
@@ -114,11 +129,11 @@ class SerfAgent:
 
     @property
     def bind_addr(self) -> str:
-        return f"{LOOPBACK}:{self.bind_port}"
+        return f"{self.bind_host}:{self.bind_port}"
 
     @property
     def rpc_addr(self) -> str:
-        return f"{LOOPBACK}:{self.rpc_port}"
+        return f"{self.rpc_host}:{self.rpc_port}"
 
     @property
     def pid(self) -> int | None:
@@ -157,13 +172,19 @@ class SerfAgent:
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         self.config_path.chmod(0o600)
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [self.serf_bin, "agent", f"-config-file={self.config_path}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                self.process = subprocess.Popen(
+                    [self.serf_bin, "agent", f"-config-file={self.config_path}"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                )
+            except OSError as error:
+                raise AgentError(
+                    f"cannot start the Serf agent ({self.serf_bin}): {error}"
+                ) from None
         try:
             self._wait_until_ready()
         except BaseException:

@@ -16,11 +16,7 @@ agent the worker does not own and removes them on ``leave()``.
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
-import signal
-import subprocess
 from collections.abc import Mapping
 
 from matchmaker.broker import worker_queue
@@ -28,7 +24,7 @@ from membership.agent import LOOPBACK, SerfAgent
 from membership.errors import MembershipError
 from membership.rpc import SerfRPC, split_addr
 from membership.tags import SLOTS, encode_worker_tags
-from workers.config import SerfConfig, WorkerConfig
+from workers.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,71 +58,29 @@ def _address(text: str | None, what: str) -> tuple[str, int | None]:
         raise PresenceError(f"{what} {text!r} must be host:port, e.g. 127.0.0.1:7946") from None
 
 
-def _die_with_parent() -> None:
-    """In the agent's process before exec: get SIGKILL when the worker process dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class _WorkerAgent(SerfAgent):
-    """A SerfAgent on given host:port addresses whose process dies with the worker."""
-
-    def __init__(self, node: str, serf: SerfConfig, tags: Mapping[str, str]) -> None:
-        self._bind_host, bind_port = _address(serf.bind, "--serf-bind")
-        self._rpc_host, rpc_port = _address(serf.rpc_bind, "--serf-rpc-bind")
-        super().__init__(
-            node,
-            tags=tags,
-            bind_port=bind_port,
-            rpc_port=rpc_port,
-            profile=serf.profile,
-            encrypt_key=serf.encrypt,
-            rpc_auth=serf.auth,
-            join=serf.join,
-            log_level="warn",
-        )
-
-    @property
-    def bind_addr(self) -> str:
-        return f"{self._bind_host}:{self.bind_port}"
-
-    @property
-    def rpc_addr(self) -> str:
-        return f"{self._rpc_host}:{self.rpc_port}"
-
-    def start(self) -> _WorkerAgent:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config()))
-        self.config_path.chmod(0o600)  # it holds the keys
-        with open(self.log_path, "ab") as log_file:
-            try:
-                self.process = subprocess.Popen(
-                    [self.serf_bin, "agent", f"-config-file={self.config_path}"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
-            except OSError as error:
-                raise PresenceError(
-                    f"cannot start the Serf agent ({self.serf_bin}): {error}"
-                ) from None
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-
 class OwnAgent:
     """The worker's own ``serf agent`` carrying its tags."""
 
     def __init__(self, config: WorkerConfig, tags: Mapping[str, str]) -> None:
         assert config.serf is not None
+        serf = config.serf
+        bind_host, bind_port = _address(serf.bind, "--serf-bind")
+        rpc_host, rpc_port = _address(serf.rpc_bind, "--serf-rpc-bind")
         try:
-            self.agent = _WorkerAgent(config.name, config.serf, tags)
+            self.agent = SerfAgent(
+                config.name,
+                tags=tags,
+                bind_port=bind_port,
+                rpc_port=rpc_port,
+                profile=serf.profile,
+                encrypt_key=serf.encrypt,
+                rpc_auth=serf.auth,
+                join=serf.join,
+                log_level="warn",
+                bind_host=bind_host,
+                rpc_host=rpc_host,
+                die_with_parent=True,
+            )
         except MembershipError as error:
             raise PresenceError(str(error)) from None
 
