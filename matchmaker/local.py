@@ -78,6 +78,9 @@ class LocalCluster:
     aurora: Process | None = None
     aurora_url: str = ""
 
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
     @property
     def state_dir(self) -> Path:
         return self.workdir / "state"

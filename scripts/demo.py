@@ -173,7 +173,7 @@ def main() -> int:
         for row in rows.values():
             by_worker[row.worker or "-"] = by_worker.get(row.worker or "-", 0) + 1
         print(f"  all {len(rows)} succeeded; per worker: {by_worker}")
-        gpu = {rows[i].worker for i in ids if i.startswith("gpu-")}
+        gpu = {rows[i].worker or "-" for i in ids if i.startswith("gpu-")}
         print(f"  GPU tasks ran on: {', '.join(sorted(gpu))}")
         time.sleep(0.5)
         print("\nwhy is 'impossible' still waiting?")
