@@ -59,7 +59,7 @@ class Book:
 
     # -- bookkeeping ----------------------------------------------------------
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def _event(self, t: OpenTask, state: str, at: float, note: str | None = None) -> None:
@@ -123,8 +123,8 @@ class Book:
             t = OpenTask(r, make_task(r, now))
             self.pending[r.id] = t
             self.events.append(Event(r.id, "pending", 1, None, now, "submitted"))
-        self._count("submitted", len(added))
-        self._count("duplicates", len(requests) - len(added))
+        self.count("submitted", len(added))
+        self.count("duplicates", len(requests) - len(added))
         return len(added)
 
     def due(self, now: float) -> list[Task]:
@@ -141,7 +141,7 @@ class Book:
             rows.append((task_id, t.attempt, worker))
             self.events.append(Event(task_id, "assigned", t.attempt, worker, now))
         self.ledger.assign(rows, now)
-        self._count("placements", len(rows))
+        self.count("placements", len(rows))
 
     def result(self, r: TaskResult, now: float) -> str:
         """Apply a worker's report; returns what it did (for logs and tests)."""
@@ -152,7 +152,7 @@ class Book:
             if t is not None:
                 note = f"stale: attempt {r.attempt}, current attempt {t.attempt}"
             self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, note)])
-            self._count("stale_results")
+            self.count("stale_results")
             return "stale"
         if (
             t.worker != r.worker
@@ -178,7 +178,7 @@ class Book:
                 error=None,
             )
             self._event(t, "succeeded", now)
-            self._count("succeeded")
+            self.count("succeeded")
             return "succeeded"
         return self.fail(t, r.error or "failed without a message", now, finished_at=r.finished_at)
 
@@ -191,11 +191,11 @@ class Book:
             t.state = "dead"
             self.ledger.update(t.request.id, now, state="dead")
             self._event(t, "dead", now, f"gave up after {t.attempt} attempts: {error}")
-            self._count("dead")
+            self.count("dead")
             return "dead"
         delay = min(self.retry_backoff * 2 ** (t.attempt - 1), MAX_BACKOFF)
         self._requeue(t, now, f"retry in {delay:g}s", delay)
-        self._count("retries")
+        self.count("retries")
         return "retry"
 
     def worker_lost(self, worker: str, now: float, why: str) -> int:
@@ -204,7 +204,7 @@ class Book:
         for task_id in ids:
             self._requeue(self.in_flight[task_id], now, f"worker {worker} {why}")
         self.by_worker.pop(worker, None)
-        self._count("reschedules", len(ids))
+        self.count("reschedules", len(ids))
         return len(ids)
 
     def cancel(self, task_id: str, now: float) -> tuple[bool, str | None]:

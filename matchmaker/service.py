@@ -168,7 +168,6 @@ class Scheduler:
         results.basic_consume(broker.RESULTS, self._on_result)
         push = connection.channel()
         push.tx_select()
-        self.channels = (control, intake, results, push)
         while not self.stopping:
             connection.process_data_events(time_limit=self._wait())
             self._apply_changes(push)
@@ -264,7 +263,7 @@ class Scheduler:
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
                 broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
-                self.book._count("rejected")
+                self.book.count("rejected")
         if new:
             self.book.submit(list(new.values()), now)
             self.dirty = True
@@ -299,7 +298,7 @@ class Scheduler:
             except MessageError as error:
                 log.warning("rejected a result: %s", error)
                 broker.dead_letter(channel, d.body, str(error), broker.RESULTS)
-                self.book._count("rejected")
+                self.book.count("rejected")
                 continue
             assert isinstance(result, TaskResult)
             outcome = self.book.result(result, now)
