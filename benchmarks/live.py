@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
@@ -56,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", type=Path, default=Path("results"))
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path("results/live-work"), help="logs, ledgers")
+    p.add_argument(
+        "--round-interval",
+        type=_positive_float,
+        default=0.02,
+        help="the scheduler's round interval in seconds (default: %(default)s, LocalCluster's)",
+    )
     p.add_argument("--progress", action="store_true", help="draw progress bars even when piped")
     g = p.add_argument_group("push")
     g.add_argument("--push-workers", type=_positive_int, default=4, help="at least this many")
@@ -66,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("latency")
     g.add_argument("--rate", type=_positive_float, default=2000.0, help="offered tasks/s")
     g.add_argument("--duration", type=_positive_float, default=10.0, help="seconds of load")
+    g.add_argument("--latency-slots", type=_positive_int, default=1024, help="slots per worker")
     g = p.add_argument_group("failover")
     g.add_argument("--repeats", type=_positive_int, default=3)
     g = p.add_argument_group("compare")
@@ -99,35 +107,33 @@ def _positive_float(text: str) -> float:
 def _runner(name: str, args: argparse.Namespace) -> Callable[[Env], dict[str, Any]]:
     tasks = args.tasks or 20_000
     if name == "push":
-        from benchmarks import live_push
-
         return lambda env: live_push.run(env, tasks, args.push_workers, args.push_slots)
     if name == "e2e":
-        from benchmarks import live_e2e
-
         return lambda env: live_e2e.run(env, tasks, args.e2e_slots, not args.no_celery)
     if name == "latency":
-        from benchmarks import live_latency
-
-        return lambda env: live_latency.run(env, args.rate, args.duration)
+        return lambda env: live_latency.run(env, args.rate, args.duration, args.latency_slots)
     if name == "failover":
-        from benchmarks import live_failover
-
         return lambda env: live_failover.run(env, args.repeats)
-    from benchmarks import live_compare
-
     return lambda env: live_compare.run(
         env, args.compare_tasks, args.compare_workers, args.mean_duration, args.seed
     )
 
 
 def _table(name: str, result: dict[str, Any]) -> str:
-    module = __import__(f"benchmarks.live_{name}", fromlist=["table"])
-    lines = [f"== live {name} ==", *module.table(result)]
+    lines = [f"== live {name} ==", *TABLES[name](result)]
     for key, target in result.get("targets", {}).items():
         state = "MET" if target["met"] else "MISSED"
         lines.append(f"target {key}: {target['target']}: {state}")
     return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "push": live_push.table,
+    "e2e": live_e2e.table,
+    "latency": live_latency.table,
+    "failover": live_failover.table,
+    "compare": live_compare.table,
+}
 
 
 def _plots(report: dict[str, Any], plot_dir: Path) -> list[Path]:
@@ -152,7 +158,7 @@ def main(argv: list[str] | Sequence[str]) -> int:
     }
     status = 0
     for name in names:
-        env = Env(amqp=args.amqp.rstrip("/"), workdir=args.workdir, progress=args.progress)
+        env = Env(args.amqp.rstrip("/"), args.workdir, args.progress, args.round_interval)
         print(f"-- live {name}: running", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:

@@ -55,7 +55,7 @@ def run(env: Env, tasks: int, slots: int, celery: bool = True) -> dict[str, Any]
 
 
 def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
-    cluster = env.cluster("e2e", round_interval=0.02)
+    cluster = env.cluster("e2e")
     cluster.start_scheduler()
     for name in ("e2e-a", "e2e-b"):
         cluster.start_worker(name, ["sleep"], slots)
@@ -86,6 +86,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
     ledger.close()
     cluster.stop()
     return {
+        "round_interval": env.round_interval,
         "succeeded": n,
         "workers_used": workers,
         "max_attempt": attempts,

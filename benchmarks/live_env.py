@@ -60,6 +60,7 @@ class Env:
     amqp: str = AMQP
     workdir: Path = Path("results/live-work")
     progress: bool = False
+    round_interval: float = 0.02
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def vhost(self, label: str) -> str:
@@ -70,12 +71,12 @@ class Env:
         rabbitmqctl("set_permissions", "-p", name, USER, ".*", ".*", ".*")
         return f"{self.amqp}/{name}"
 
-    def cluster(self, label: str, round_interval: float = 0.02) -> LocalCluster:
-        """A LocalCluster on its own vhost, stopped on close."""
+    def cluster(self, label: str) -> LocalCluster:
+        """A LocalCluster on its own vhost (rounds every ``round_interval``), stopped on close."""
         url = self.vhost(label)
         workdir = self.workdir / f"{label}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True, exist_ok=True)
-        cluster = LocalCluster(broker_url=url, workdir=workdir, round_interval=round_interval)
+        cluster = LocalCluster(broker_url=url, workdir=workdir, round_interval=self.round_interval)
         self.stack.callback(cluster.stop)
         return cluster
 
@@ -107,12 +108,10 @@ def publish_requests(url: str, bodies: Iterable[bytes], queue: str = broker.REQU
         channel = connection.channel()
         broker.declare_core(channel)
         channel.tx_select()
-        count = 0
-        for body in bodies:
+        for count, body in enumerate(bodies, 1):
             if not first:
                 first = time.time()
             channel.basic_publish("", queue, body, broker.PERSISTENT)
-            count += 1
             if count % BATCH == 0:
                 channel.tx_commit()
         channel.tx_commit()

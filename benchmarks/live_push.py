@@ -44,7 +44,7 @@ TARGET_RATIO = 0.75
 
 
 def raw_publish(url: str, count: int, tx_batch: int | None) -> float:
-    """Messages/s of ``count`` persistent dispatch-sized publishes (``tx_batch``: commit every n)."""
+    """Messages/s of ``count`` persistent dispatch-sized publishes; ``tx_batch``: commit each n."""
     bodies = [
         encode(TaskDispatch(f"raw-{i:07d}", 1, "sleep", {"seconds": 0}, time.time() + 3600))
         for i in range(count)
@@ -73,7 +73,7 @@ def raw_publish(url: str, count: int, tx_batch: int | None) -> float:
 def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     slots = min(slots, MAX_SLOTS)
     workers = max(workers, math.ceil(tasks / slots))
-    cluster = env.cluster("push", round_interval=0.02)
+    cluster = env.cluster("push")
     url = cluster.broker_url
 
     t0 = time.perf_counter()
@@ -136,6 +136,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "workers": workers,
         "slots": slots,
         "queue_type": broker.QUEUE_TYPE,
+        "round_interval": env.round_interval,
         "assigned": len({row[0] for row in assigned}),
         "in_worker_queues": queued,
         "push_rate": rate,

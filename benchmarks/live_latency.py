@@ -1,0 +1,115 @@
+"""``latency``: submit -> worker queue at a paced offered load.
+
+The client publishes ``rate`` no-op ``sleep`` tasks per second for
+``duration`` seconds (persistent, no confirms), each carrying its send time
+in the payload (``{"seconds": 0, "sent_at": t}``). Two real workers consume.
+Latency = the task's ``assigned`` transition in the ledger (recorded after
+the dispatch's transaction committed: it is in the worker's queue then) -
+``sent_at``. Split into intake (``submitted_at`` - sent) and placement
+(assigned - ``submitted_at``), and by second of the run, so a growing
+backlog shows.
+
+Workers get enough slots (default 1,024) that a free slot is not what the
+tasks wait for: this measures the scheduler's path, not the workers' speed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from benchmarks.live_cpu import Meter, broker_pid
+from benchmarks.live_env import (
+    Env,
+    LedgerView,
+    paced,
+    percentiles,
+    request_body,
+    sleep_request,
+    verdict,
+    wait_for,
+)
+
+TARGET_P99 = 0.025
+CDF_POINTS = 200
+
+
+def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, Any]:
+    count = max(1, round(rate * duration))
+    cluster = env.cluster("latency")
+    cluster.start_scheduler()
+    for name in ("lat-a", "lat-b"):
+        cluster.start_worker(name, ["sleep"], slots)
+    ledger = LedgerView(cluster)
+    env.stack.callback(ledger.close)
+    assert cluster.scheduler is not None
+    pids = {"scheduler": cluster.scheduler.popen.pid, "rabbitmq": broker_pid()}
+    pids.update({n: p.popen.pid for n, p in cluster.workers.items()})
+    meter = Meter(pids).start()
+
+    def make(i: int, now: float) -> bytes:
+        return request_body(sleep_request(f"l{i:07d}", payload={"sent_at": now}))
+
+    sent = paced(cluster.broker_url, rate, count, make, bar=env.bar(count, "latency: sending"))
+    cpu = meter.stop()
+    wait_for(
+        lambda: ledger.counts().get("succeeded", 0),
+        count,
+        max(60.0, count / 200),
+        "every task to succeed",
+        env.bar(count, "latency: succeeded"),
+    )
+    rows = ledger.rows(
+        "SELECT t.payload, t.submitted_at, tr.at FROM tasks t JOIN transitions tr"
+        " ON tr.id = t.id AND tr.state = 'assigned' AND tr.attempt = 1"
+    )
+    sent_at = np.array([json.loads(p)["sent_at"] for p, _, _ in rows])
+    submitted = np.array([s for _, s, _ in rows])
+    assigned = np.array([a for _, _, a in rows])
+    latency = assigned - sent_at
+    order = np.argsort(sent_at)
+    second = ((sent_at - sent_at.min()) // 1).astype(int)
+    by_second = [
+        {"second": int(s), **percentiles(latency[second == s])} for s in sorted(set(second))
+    ]
+    q = np.linspace(0, 1, CDF_POINTS)
+    stats = percentiles(latency)
+    return {
+        "offered_rate": rate,
+        "duration_s": duration,
+        "sent": len(sent),
+        "achieved_rate": (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0,
+        "assigned": len(rows),
+        "slots": slots,
+        "round_interval": env.round_interval,
+        "latency": stats,
+        "intake": percentiles(submitted - sent_at),
+        "placement": percentiles(assigned - submitted),
+        "by_second": by_second,
+        "rounds": len(set(assigned.tolist())),
+        "cpu_cores": cpu,
+        "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
+        "targets": {
+            "p99": verdict(stats["p99"] <= TARGET_P99, f"p99 <= {TARGET_P99 * 1e3:.0f} ms"),
+        },
+    }
+
+
+def _ms(stats: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {stats[k] * 1e3:6.1f}" for k in ("p50", "p95", "p99", "max"))
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    worst = max(r["by_second"], key=lambda s: s["p99"])
+    return [
+        f"offered {r['offered_rate']:,.0f}/s for {r['duration_s']:g} s (achieved "
+        f"{r['achieved_rate']:,.0f}/s), {r['assigned']:,} of {r['sent']:,} assigned; "
+        f"round interval {r['round_interval'] * 1e3:g} ms, 2 workers x {r['slots']} slots",
+        f"{'submit -> worker queue (ms)':<30} {_ms(r['latency'])}",
+        f"{'  intake: sent -> pending (ms)':<30} {_ms(r['intake'])}",
+        f"{'  placement: pending -> queued':<30} {_ms(r['placement'])}",
+        f"{r['rounds']} rounds; worst second: #{worst['second']} p99 {worst['p99'] * 1e3:.1f} ms; "
+        f"CPU cores used while sending: {r['cpu_cores']}",
+    ]

@@ -1,0 +1,83 @@
+"""``python -m benchmarks live`` as a user runs it: a subprocess on the real broker and agents.
+
+Tiny runs: every task must be accounted for and the JSON report well-formed;
+no timing is asserted. The run makes and deletes its own vhosts; the test
+checks that none is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.live import parser
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+
+def _vhosts() -> set[str]:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
+    )
+    return {v for v in out.stdout.split() if v.startswith("mm-live-")}
+
+
+def _live(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "live.json"
+    before = _vhosts()
+    files = ["--out", str(out), "--plot-dir", str(tmp_path), "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "live", *args, *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _vhosts() <= before, "the run left a vhost behind"
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks live")
+    return report
+
+
+def test_push_and_e2e_account_for_every_task(tmp_path: Path) -> None:
+    report = _live(
+        tmp_path, "--scenario", "push", "--scenario", "e2e", "--tasks", "200", "--no-celery"
+    )
+    push = report["scenarios"]["push"]
+    assert push["assigned"] == 200 and push["in_worker_queues"] == 200
+    assert push["push_rate"] > 0 and push["raw_rate"] > 0 and push["raw_tx1000_rate"] > 0
+    assert set(push["targets"]) == {"rate", "ratio"}
+    assert all(isinstance(t["met"], bool) for t in push["targets"].values())
+    e2e = report["scenarios"]["e2e"]["matchmaker"]
+    assert e2e["succeeded"] == 200 and e2e["max_attempt"] == 1 and e2e["rate"] > 0
+
+
+def test_compare_runs_every_task_in_both_modes(tmp_path: Path) -> None:
+    report = _live(tmp_path, "--scenario", "compare", "--compare-tasks", "40")
+    compare = report["scenarios"]["compare"]
+    for mode in ("push", "pull"):
+        m = compare["modes"][mode]
+        assert m["completed"] == m["tasks"] == 40
+        assert m["constraint_violations"] == 0
+    assert (tmp_path / "live_compare_wait_cdf.png").stat().st_size > 0
+
+
+def test_bad_arguments_are_one_sentence() -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--tasks", "0"])
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "live", "--scenario", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert "Traceback" not in done.stderr
