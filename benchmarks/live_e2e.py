@@ -31,6 +31,7 @@ from benchmarks.live_env import (
     LiveError,
     publish_requests,
     request_body,
+    rounds,
     sleep_request,
     verdict,
     wait_for,
@@ -83,6 +84,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
         " COUNT(DISTINCT worker) FROM tasks WHERE state = 'succeeded'"
     )[0]
     attempts = ledger.rows("SELECT MAX(attempt) FROM tasks")[0][0]
+    spent = rounds(cluster, first, last)
     ledger.close()
     cluster.stop()
     return {
@@ -96,6 +98,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
         "window_s": last - first,
         "last_finish_to_recorded_s": last - finished,
         "cpu_cores": cpu,
+        "round_time": spent,
     }
 
 
@@ -196,5 +199,10 @@ def table(r: dict[str, Any]) -> list[str]:
         )
     if "ratio" in r:
         lines.append(f"matchmaker / best celery = {r['ratio']:.2f}x")
-    lines.append(f"matchmaker CPU cores used: {mm['cpu_cores']}")
+    spent = mm["round_time"]
+    lines.append(
+        f"matchmaker: {spent['rounds']} rounds, {spent['total_ms'] / 1e3:.2f} s of the "
+        f"{mm['window_s']:.2f} s window in rounds (p50 {spent['p50_ms']:.1f} ms, "
+        f"max {spent['max_ms']:.0f} ms); CPU cores used: {mm['cpu_cores']}"
+    )
     return lines

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -32,6 +33,8 @@ from matchmaker.local import LocalCluster
 from matchmaker.messages import TaskRequest, encode
 
 AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
+ROUND_LOG = ("--log-level", "DEBUG", "--log-format", "json")  # one line per round, timestamped
+ROUND_LINE = re.compile(r"round: (\d+) placed, (\d+) waiting, ([0-9.]+) ms")
 USER = "matchmaker"
 BATCH = 1000
 
@@ -76,7 +79,12 @@ class Env:
         url = self.vhost(label)
         workdir = self.workdir / f"{label}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True, exist_ok=True)
-        cluster = LocalCluster(broker_url=url, workdir=workdir, round_interval=self.round_interval)
+        cluster = LocalCluster(
+            broker_url=url,
+            workdir=workdir,
+            round_interval=self.round_interval,
+            scheduler_args=ROUND_LOG,
+        )
         self.stack.callback(cluster.stop)
         return cluster
 
@@ -230,6 +238,34 @@ def wait_for(
     if bar is not None:
         bar.close()
     raise LiveError(f"timed out after {timeout:g} s waiting for {what} ({value} of {total})")
+
+
+def rounds(cluster: LocalCluster, start: float = 0.0, end: float = float("inf")) -> dict[str, Any]:
+    """The scheduler's rounds that ended in [start, end], from its debug log line per round.
+
+    Returns their count, tasks placed, and the time spent in rounds (total and
+    p50/max per round, ms): what the window spent planning and pushing, the
+    rest being intake, results and waiting.
+    """
+    placed, spent = 0, []
+    if cluster.scheduler is not None:
+        for line in cluster.scheduler.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            match = ROUND_LINE.match(str(entry.get("msg", "")))
+            if match and start <= entry.get("at", 0) <= end:
+                placed += int(match.group(1))
+                spent.append(float(match.group(3)))
+    stats = percentiles(spent)
+    return {
+        "rounds": len(spent),
+        "placed": placed,
+        "total_ms": float(sum(spent)),
+        "p50_ms": stats["p50"],
+        "max_ms": stats["max"],
+    }
 
 
 # -- figures ------------------------------------------------------------------------------

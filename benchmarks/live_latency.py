@@ -16,6 +16,7 @@ tasks wait for: this measures the scheduler's path, not the workers' speed.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from benchmarks.live_env import (
     paced,
     percentiles,
     request_body,
+    rounds,
     sleep_request,
     verdict,
     wait_for,
@@ -45,7 +47,11 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     ledger = LedgerView(cluster)
     env.stack.callback(ledger.close)
     assert cluster.scheduler is not None
-    pids = {"scheduler": cluster.scheduler.popen.pid, "rabbitmq": broker_pid()}
+    pids = {
+        "scheduler": cluster.scheduler.popen.pid,
+        "rabbitmq": broker_pid(),
+        "client": os.getpid(),
+    }
     pids.update({n: p.popen.pid for n, p in cluster.workers.items()})
     meter = Meter(pids).start()
 
@@ -88,7 +94,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "intake": percentiles(submitted - sent_at),
         "placement": percentiles(assigned - submitted),
         "by_second": by_second,
-        "rounds": len(set(assigned.tolist())),
+        "round_time": rounds(cluster, float(sent_at.min()), float(assigned.max())),
         "cpu_cores": cpu,
         "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
         "targets": {
@@ -110,6 +116,8 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{'submit -> worker queue (ms)':<30} {_ms(r['latency'])}",
         f"{'  intake: sent -> pending (ms)':<30} {_ms(r['intake'])}",
         f"{'  placement: pending -> queued':<30} {_ms(r['placement'])}",
-        f"{r['rounds']} rounds; worst second: #{worst['second']} p99 {worst['p99'] * 1e3:.1f} ms; "
+        f"{r['round_time']['rounds']} rounds (p50 {r['round_time']['p50_ms']:.1f} ms, max "
+        f"{r['round_time']['max_ms']:.0f} ms, {r['round_time']['total_ms'] / 1e3:.2f} s in all); "
+        f"worst second: #{worst['second']} p99 {worst['p99'] * 1e3:.1f} ms; "
         f"CPU cores used while sending: {r['cpu_cores']}",
     ]
