@@ -1,11 +1,14 @@
-"""PNG figures of a live report: latency CDF, and push vs pull (``benchmarks.plots``)."""
+"""PNG figures of a live report: the latency CDF, and push vs pull (wait CDF, utilisation).
+
+Colours and saving are ``benchmarks.plots``'s, so live and simulated figures read alike.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from benchmarks.plots import _save, plt, utilisation_plot, wait_cdf_plot
+from benchmarks.plots import COLOURS, _save, plt
 
 
 def latency_plot(result: dict[str, Any], path: Path) -> Path:
@@ -24,6 +27,40 @@ def latency_plot(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def compare_plot(result: dict[str, Any], path: Path) -> Path:
+    """Wait-time CDF and utilisation over time, push vs pull, side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode, m in result["modes"].items():
+        xs = [max(x, 1e-4) for x in m["wait_cdf"]["seconds"]]
+        label = f"{mode} (p50 {m['wait']['p50']:.3g} s, p99 {m['wait']['p99']:.3g} s)"
+        left.plot(xs, m["wait_cdf"]["fraction"], color=COLOURS.get(mode), label=label)
+        series = m["utilisation_series"]
+        right.plot(
+            series["t"],
+            series["busy"],
+            color=COLOURS.get(mode),
+            linewidth=1.1,
+            label=f"{mode} (mean {m['utilisation']:.0%} until t99)",
+        )
+    left.set_xscale("log")
+    left.set_xlabel("wait: start - send (s, log)")
+    left.set_ylabel("fraction of tasks")
+    left.set_ylim(0, 1.01)
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    left.set_title("wait time CDF")
+    right.set_ylim(0, 1.05)
+    right.set_xlabel("time since the first send (s)")
+    right.set_ylabel("busy / live slots")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize=8, loc="lower center")
+    right.set_title("utilisation")
+    fig.suptitle(
+        f"Live push vs pull: {result['tasks']} sleep tasks on {len(result['workers'])} workers"
+    )
+    return _save(fig, path)
+
+
 def plots(report: dict[str, Any], plot_dir: Path) -> list[Path]:
     out = []
     scenarios = report["scenarios"]
@@ -32,7 +69,5 @@ def plots(report: dict[str, Any], plot_dir: Path) -> list[Path]:
         out.append(latency_plot(latency, plot_dir / "live_latency_cdf.png"))
     compare = scenarios.get("compare", {})
     if "modes" in compare:
-        shaped = {"scenarios": [{"name": "live compare", "modes": compare["modes"]}]}
-        out.append(wait_cdf_plot(shaped, plot_dir / "live_compare_wait_cdf.png"))
-        out.append(utilisation_plot(shaped, plot_dir / "live_compare_utilisation.png"))
+        out.append(compare_plot(compare, plot_dir / "live_compare.png"))
     return out

@@ -119,7 +119,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     submitted = sorted(at for *_, at, note in ledger.transitions("pending") if note == "submitted")
     assigned = ledger.transitions("assigned")
     at = sorted(row[3] for row in assigned)
-    spent = rounds(cluster, submitted[0], at[-1] + 0.01)
+    spent = rounds(cluster, submitted[0], at[-1] + 1.0)  # a round logs after its commit
     per_worker: dict[str, int] = {}
     for row in assigned:
         per_worker[row[2]] = per_worker.get(row[2], 0) + 1

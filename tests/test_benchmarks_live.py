@@ -66,7 +66,7 @@ def test_compare_runs_every_task_in_both_modes(tmp_path: Path) -> None:
         m = compare["modes"][mode]
         assert m["completed"] == m["tasks"] == 40
         assert m["constraint_violations"] == 0
-    assert (tmp_path / "live_compare_wait_cdf.png").stat().st_size > 0
+    assert (tmp_path / "live_compare.png").stat().st_size > 0
 
 
 def test_bad_arguments_are_one_sentence() -> None:
