@@ -151,6 +151,7 @@ def main(argv: list[str] | Sequence[str]) -> int:
     names = NAMES if not args.scenario or "all" in args.scenario else tuple(args.scenario)
     names = tuple(dict.fromkeys(names))
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m benchmarks live " + " ".join(argv),
