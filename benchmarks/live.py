@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -184,7 +185,7 @@ def main(argv: list[str] | Sequence[str]) -> int:
         finally:
             env.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    args.out.write_text(json.dumps(_finite(report), indent=1, default=_jsonable) + "\n")
     print(f"wrote {args.out}")
     if not args.no_plot:
         for path in _plots(report, args.plot_dir):
@@ -198,6 +199,17 @@ def main(argv: list[str] | Sequence[str]) -> int:
     if missed:
         print(f"targets missed: {', '.join(missed)}")
     return status
+
+
+def _finite(value: Any) -> Any:
+    """The report with NaN and infinities as null, so that it is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

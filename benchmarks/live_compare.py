@@ -175,6 +175,7 @@ def _push(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord,
         120,
         "every push task to succeed",
         env.bar(count, "compare push: succeeded"),
+        watch=[cluster.scheduler, *cluster.workers.values()],
     )
     wall = time.monotonic() - started
     cpu = (cpu_seconds(cluster.scheduler.popen.pid) or 0.0) - cpu0
@@ -269,6 +270,7 @@ def _pull(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord,
         120,
         "every pull task to succeed",
         env.bar(count, "compare pull: succeeded"),
+        watch=cluster.workers.values(),
     )
     wall = time.monotonic() - started
     results.stop()

@@ -77,6 +77,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
         "every task to succeed",
         env.bar(tasks, "e2e matchmaker: succeeded"),
         poll=0.2,
+        watch=[cluster.scheduler, *cluster.workers.values()],
     )
     cpu = meter.stop()
     (first, last, finished, n, workers) = ledger.rows(

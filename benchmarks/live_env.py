@@ -29,7 +29,7 @@ import pika
 
 from benchmarks.progress import Progress
 from matchmaker import broker
-from matchmaker.local import LocalCluster
+from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
 
 AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
@@ -222,11 +222,23 @@ def wait_for(
     what: str,
     bar: Progress | None = None,
     poll: float = 0.1,
+    watch: Iterable[Process | None] = (),
 ) -> float:
-    """Poll ``done()`` until it reaches ``total``; returns the time it did. LiveError on timeout."""
+    """Poll ``done()`` until it reaches ``total``; returns the time it did.
+
+    LiveError on timeout, or as soon as a ``watch``ed process has exited.
+    """
     deadline = time.monotonic() + timeout
     value = 0
+    watched = [p for p in watch if p is not None]
     while time.monotonic() < deadline:
+        for process in watched:
+            if not process.alive():
+                if bar is not None:
+                    bar.close()
+                raise LiveError(
+                    f"{process.name} exited while waiting for {what}:\n{process.tail()}"
+                )
         value = done()
         if bar is not None:
             bar.update(value)

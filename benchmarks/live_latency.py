@@ -66,6 +66,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         max(60.0, count / 200),
         "every task to succeed",
         env.bar(count, "latency: succeeded"),
+        watch=[cluster.scheduler, *cluster.workers.values()],
     )
     rows = ledger.rows(
         "SELECT t.payload, t.submitted_at, tr.at FROM tasks t JOIN transitions tr"

@@ -113,6 +113,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         max(120.0, tasks / 200),
         "every task to be assigned",
         env.bar(tasks, "push: assigned"),
+        watch=[scheduler],
     )
     cpu = meter.stop()
 

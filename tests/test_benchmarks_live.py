@@ -18,7 +18,7 @@ import pytest
 from benchmarks.live import parser
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 def _vhosts() -> set[str]:
@@ -28,20 +28,27 @@ def _vhosts() -> set[str]:
     return {v for v in out.stdout.split() if v.startswith("mm-live-")}
 
 
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in the JSON report")
+
+
 def _live(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "live.json"
     before = _vhosts()
     files = ["--out", str(out), "--plot-dir", str(tmp_path), "--workdir", str(tmp_path / "work")]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "live", *args, *files],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    command = [sys.executable, "-m", "benchmarks", "live", *args, *files]
+    run = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        output, _ = run.communicate(timeout=100)
+    except subprocess.TimeoutExpired:
+        run.terminate()  # the benchmark stops what it started on SIGTERM
+        output, _ = run.communicate(timeout=60)
+        pytest.fail(f"the live benchmark did not finish in 100 s:\n{output}")
+    assert run.returncode == 0, output
     assert _vhosts() <= before, "the run left a vhost behind"
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(), parse_constant=_refuse)  # strict JSON: no NaN
     assert report["command"].startswith("python -m benchmarks live")
     return report
 
