@@ -66,8 +66,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--progress", action="store_true", help="draw progress bars even when piped")
     g = p.add_argument_group("push")
-    g.add_argument("--push-workers", type=_positive_int, default=4, help="at least this many")
-    g.add_argument("--push-slots", type=_positive_int, default=1024, help="slots per bare worker")
+    g.add_argument(
+        "--push-workers", type=_positive_int, default=4, help="bare worker agents (at least)"
+    )
+    g.add_argument(
+        "--push-slots",
+        type=_positive_int,
+        default=1024,
+        help="slots per bare worker (at most 1024, the tag schema's limit; workers are added "
+        "until every task fits)",
+    )
     g = p.add_argument_group("e2e")
     g.add_argument("--e2e-slots", type=_positive_int, default=32, help="slots per worker")
     g.add_argument("--no-celery", action="store_true", help="skip the Celery side")
