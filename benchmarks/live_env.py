@@ -280,6 +280,15 @@ def rounds(cluster: LocalCluster, start: float = 0.0, end: float = float("inf"))
     }
 
 
+def describe_rounds(spent: dict[str, Any]) -> str:
+    if not spent["rounds"]:
+        return "no round timings (the scheduler logged no round lines)"
+    return (
+        f"{spent['rounds']} rounds placed {spent['placed']:,}, {spent['total_ms'] / 1e3:.2f} s "
+        f"in rounds (p50 {spent['p50_ms']:.1f} ms, max {spent['max_ms']:.0f} ms)"
+    )
+
+
 # -- figures ------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from benchmarks.live_cpu import Meter, broker_pid
 from benchmarks.live_env import (
     Env,
     LedgerView,
+    describe_rounds,
     paced,
     percentiles,
     request_body,
@@ -95,7 +96,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "intake": percentiles(submitted - sent_at),
         "placement": percentiles(assigned - submitted),
         "by_second": by_second,
-        "round_time": rounds(cluster, float(sent_at.min()), float(assigned.max())),
+        "round_time": rounds(cluster, float(sent_at.min()), float(assigned.max()) + 1.0),
         "cpu_cores": cpu,
         "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
         "targets": {
@@ -117,8 +118,7 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{'submit -> worker queue (ms)':<30} {_ms(r['latency'])}",
         f"{'  intake: sent -> pending (ms)':<30} {_ms(r['intake'])}",
         f"{'  placement: pending -> queued':<30} {_ms(r['placement'])}",
-        f"{r['round_time']['rounds']} rounds (p50 {r['round_time']['p50_ms']:.1f} ms, max "
-        f"{r['round_time']['max_ms']:.0f} ms, {r['round_time']['total_ms'] / 1e3:.2f} s in all); "
-        f"worst second: #{worst['second']} p99 {worst['p99'] * 1e3:.1f} ms; "
+        f"{describe_rounds(r['round_time'])}; worst second: #{worst['second']} "
+        f"p99 {worst['p99'] * 1e3:.1f} ms",
         f"CPU cores used while sending: {r['cpu_cores']}",
     ]

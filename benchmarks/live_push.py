@@ -26,6 +26,7 @@ from benchmarks.live_env import (
     Env,
     LedgerView,
     channel,
+    describe_rounds,
     publish_requests,
     request_body,
     rounds,
@@ -171,13 +172,6 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{r['preload_tx1000_rate']:>10,.0f} /s",
         f"push / raw = {r['ratio_raw']:.2f}x   push / raw-tx = {r['ratio_raw_tx1000']:.2f}x",
         f"window {r['window_s']:.2f} s: intake {r['intake_span_s']:.2f} s, first assigned at "
-        f"{r['first_assigned_after_s']:.3f} s; {_rounds(r['round_time'], r['window_s'])}",
+        f"{r['first_assigned_after_s']:.3f} s; {describe_rounds(r['round_time'])}",
         f"CPU cores used: {r['cpu_cores']}",
     ]
-
-
-def _rounds(spent: dict[str, Any], window: float) -> str:
-    return (
-        f"{spent['rounds']} rounds placed {spent['placed']:,}, {spent['total_ms'] / 1e3:.2f} s "
-        f"of the window in rounds (p50 {spent['p50_ms']:.0f} ms, max {spent['max_ms']:.0f} ms)"
-    )
