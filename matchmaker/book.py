@@ -130,18 +130,35 @@ class Book:
     def due(self, now: float) -> list[Task]:
         return [t.task for t in self.pending.values() if t.not_before <= now]
 
-    def assigned(self, items: list[tuple[str, str]], now: float) -> None:
-        """The dispatches of (id, worker) pairs are in the broker."""
-        rows = []
+    def dispatching(self, items: list[tuple[str, str]], now: float) -> None:
+        """Dispatches of (id, worker) pairs are on their way: the slots are taken."""
         for task_id, worker in items:
             t = self.pending[task_id]
-            t.state = "assigned"
+            t.state = "dispatching"
             t.deadline = now + t.request.timeout + self.result_grace
             self._fly(t, worker)
-            rows.append((task_id, t.attempt, worker))
-            self.events.append(Event(task_id, "assigned", t.attempt, worker, now))
-        self.ledger.assign(rows, now)
+
+    def assigned(self, items: list[tuple[str, str, float]]) -> None:
+        """The broker confirmed these dispatches (id, worker, when): record them assigned."""
+        rows = []
+        for task_id, worker, at in items:
+            t = self.in_flight.get(task_id)
+            if t is None or t.state != "dispatching" or t.worker != worker:
+                continue  # already reported on, cancelled or moved
+            t.state = "assigned"
+            rows.append((task_id, t.attempt, worker, at))
+            self.events.append(Event(task_id, "assigned", t.attempt, worker, at))
+        self.ledger.assign(rows)
         self.count("placements", len(rows))
+
+    def undispatched(self, items: list[tuple[str, str]]) -> None:
+        """Dispatches the broker refused or may not have received: pending again."""
+        for task_id, worker in items:
+            t = self.in_flight.get(task_id)
+            if t is not None and t.state == "dispatching" and t.worker == worker:
+                self._land(t)
+                t.state, t.worker = "pending", None
+                self.pending[task_id] = t
 
     def result(self, r: TaskResult, now: float) -> str:
         """Apply a worker's report; returns what it did (for logs and tests)."""

@@ -114,7 +114,7 @@ class TaskRow:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return "{}" if value == {} else json.dumps(value, separators=(",", ":"))
 
 
 class Ledger:
@@ -158,12 +158,21 @@ class Ledger:
     def add(self, requests: Iterable[TaskRequest], now: float) -> list[TaskRequest]:
         """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
         self._begin()
-        added = []
+        fresh: dict[str, TaskRequest] = {}
         for r in requests:
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO tasks (id, type, payload, priority, constraints,"
-                " preferences, max_attempts, timeout, state, attempt, submitted_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)",
+            fresh.setdefault(r.id, r)
+        ids = list(fresh)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
+                del fresh[known]
+        added = list(fresh.values())
+        self.db.executemany(
+            "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
+            " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)",
+            [
                 (
                     r.id,
                     r.type,
@@ -175,10 +184,10 @@ class Ledger:
                     r.timeout,
                     now,
                     now,
-                ),
-            )
-            if cursor.rowcount:
-                added.append(r)
+                )
+                for r in added
+            ],
+        )
         self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
         return added
 
@@ -194,16 +203,15 @@ class Ledger:
             (*fields.values(), now, task_id),
         )
 
-    def assign(self, items: Iterable[tuple[str, int, str]], now: float) -> None:
-        """Mark (id, attempt, worker) triples assigned after their dispatch is in the broker."""
+    def assign(self, rows: list[tuple[str, int, str, float]]) -> None:
+        """Mark (id, attempt, worker, when) assigned once their dispatch is in the broker."""
         self._begin()
-        rows = list(items)
         self.db.executemany(
             "UPDATE tasks SET state = 'assigned', worker = ?, assigned_at = ?, updated_at = ?,"
             " reason = NULL WHERE id = ? AND attempt = ?",
-            [(w, now, now, i, a) for i, a, w in rows],
+            [(w, at, at, i, a) for i, a, w, at in rows],
         )
-        self.transitions((i, a, "assigned", w, now, None) for i, a, w in rows)
+        self.transitions((i, a, "assigned", w, at, None) for i, a, w, at in rows)
 
     def set_reasons(self, reasons: Iterable[tuple[str, str]]) -> None:
         self._begin()

@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from matchmaker.models import MAX_PRIORITY, parse_constraints
@@ -93,7 +93,7 @@ Message = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
 
 
 def encode(message: Message) -> bytes:
-    return json.dumps({"v": VERSION, **asdict(message)}, separators=(",", ":")).encode()
+    return json.dumps({"v": VERSION, **vars(message)}, separators=(",", ":")).encode()
 
 
 def _name(body: dict[str, Any], key: str) -> str:

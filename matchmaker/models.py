@@ -128,6 +128,8 @@ class Constraint:
 
 def parse_constraints(spec: Mapping[str, Any] | Iterable[Constraint]) -> tuple[Constraint, ...]:
     """Constraints in canonical order, from a mapping or already parsed."""
+    if not spec:
+        return ()
     if isinstance(spec, Mapping):
         parsed = [Constraint.parse(k, v) for k, v in spec.items()]
     else:
@@ -184,14 +186,16 @@ class Task:
         submitted = float(submitted_at)
         if not math.isfinite(submitted):
             raise ValueError(f"task {id!r}: submitted_at must be a finite number")
-        key = json.dumps(
-            [
-                type,
-                [[c.attribute, c.to_json()] for c in cons],
-                [[p.attribute, p.to_json()] for p in prefs],
-            ],
-            separators=(",", ":"),
-        )
+        key = type  # the common case: no constraints, no preferences
+        if cons or prefs or type.startswith("["):
+            key = json.dumps(
+                [
+                    type,
+                    [[c.attribute, c.to_json()] for c in cons],
+                    [[p.attribute, p.to_json()] for p in prefs],
+                ],
+                separators=(",", ":"),
+            )
         set_ = object.__setattr__
         set_(self, "id", id)
         set_(self, "type", type)

@@ -36,6 +36,7 @@ from pika.spec import Basic, BasicProperties
 from matchmaker import broker
 from matchmaker.book import Book, Event
 from matchmaker.config import Config
+from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
@@ -57,6 +58,8 @@ log = logging.getLogger("matchmaker.service")
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
+CONFIRM_POLL = 0.002
+EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Delivery:
 
 class Scheduler:
     """``python -m matchmaker run``: the push pipeline's scheduler."""
+
+    dispatcher: Dispatcher
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,7 +85,6 @@ class Scheduler:
         self.reasons: dict[str, str] = {}
         self.requests: list[Delivery] = []
         self.results: list[Delivery] = []
-        self.declared: set[str] = set()
         self.dirty = True
         self.last_round = 0.0
         self.next_sweep = 0.0
@@ -114,7 +118,6 @@ class Scheduler:
                     log.warning("lost the broker (%s); reconnecting", error.__class__.__name__)
                     self.requests.clear()
                     self.results.clear()
-                    self.declared.clear()
                     time.sleep(0.5)
         finally:
             self.inventory.stop()
@@ -166,17 +169,17 @@ class Scheduler:
         results = connection.channel()
         results.basic_qos(prefetch_count=PREFETCH)
         results.basic_consume(broker.RESULTS, self._on_result)
-        push = connection.channel()
-        push.tx_select()
+        self.dispatcher = Dispatcher(connection.channel())
         while not self.stopping:
             connection.process_data_events(time_limit=self._wait())
-            self._apply_changes(push)
+            self._apply_changes()
             self._intake(intake, control)
             self._apply_results(results)
             if time.time() >= self.next_sweep:
                 self._sweep()
+            self._apply_confirms()
             if self._round_due():
-                self._round(push)
+                self._round()
             self._publish_events(control)
 
     # -- the turn of the loop ---------------------------------------------------
@@ -194,6 +197,8 @@ class Scheduler:
     def _wait(self) -> float:
         if self.requests or self.results or not self.changes.empty():
             return 0
+        if self.dispatcher.unconfirmed:
+            return CONFIRM_POLL
         if self.book.pending and self.dirty:
             return max(0.0, self.last_round + self.config.round_interval - time.time())
         return 0.05
@@ -208,7 +213,7 @@ class Scheduler:
         self.ledger.commit()
         self.dirty = True
 
-    def _apply_changes(self, push: BlockingChannel) -> None:
+    def _apply_changes(self) -> None:
         if self.changes.empty():
             return
         assert self.inventory is not None
@@ -219,7 +224,7 @@ class Scheduler:
                 log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
             if change.gone:
                 moved = self.book.worker_lost(change.name, now, change.kind)
-                drained = self._drain_queue(push, change.name)
+                drained = self.dispatcher.purge(change.name)
                 log.info(
                     "worker %s %s: %d tasks rescheduled, %d queued dispatches drained",
                     change.name,
@@ -230,15 +235,6 @@ class Scheduler:
         self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
         self.ledger.commit()
         self.dirty = True
-
-    def _drain_queue(self, channel: BlockingChannel, worker: str) -> int:
-        """Empty a lost worker's queue: its tasks are already pending again in the book."""
-        name = broker.worker_queue(worker)
-        if name not in self.declared:
-            return 0
-        frame = channel.queue_purge(name)
-        channel.tx_commit()
-        return int(frame.method.message_count)
 
     def _intake(self, intake: BlockingChannel, control: BlockingChannel) -> None:
         if not self.requests:
@@ -315,6 +311,18 @@ class Scheduler:
         channel.basic_ack(batch[-1].tag, multiple=True)
         self.dirty = True
 
+    def _apply_confirms(self) -> None:
+        acked, nacked = self.dispatcher.confirmed()
+        if nacked:
+            log.warning(
+                "the broker refused %d dispatches; they wait for the next round", len(nacked)
+            )
+            self.book.undispatched(nacked)
+            self.dirty = True
+        if acked:
+            self.book.assigned(acked)
+            self.ledger.commit()
+
     def _sweep(self) -> None:
         """Periodically: deadlines passed with no result, retries whose backoff ended, metrics."""
         now = time.time()
@@ -339,7 +347,7 @@ class Scheduler:
         c = self.config
         return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
 
-    def _round(self, push: BlockingChannel) -> None:
+    def _round(self) -> None:
         started = time.time()
         self.last_round, self.dirty = started, False
         workers = [
@@ -348,21 +356,17 @@ class Scheduler:
             if name not in self.drained
         ]
         result = plan(self.book.due(started), workers, self._policy(started))
+        planned = time.time()
         placed = []
         for task_id, worker in result.assignments.items():
             t = self.book.pending[task_id]
-            queue_name = broker.worker_queue(worker)
-            if queue_name not in self.declared:
-                broker.declare_worker(push, worker)
-                self.declared.add(queue_name)
             dispatch = TaskDispatch(
                 task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
             )
-            push.basic_publish("", queue_name, encode(dispatch), broker.PERSISTENT)
+            self.dispatcher.publish(worker, encode(dispatch), task_id)
             placed.append((task_id, worker))
-        if placed:
-            push.tx_commit()
-            self.book.assigned(placed, time.time())
+        self.book.dispatching(placed, started)
+        published = time.time()
         changed = [
             (i, u.message) for i, u in result.unplaced.items() if self.reasons.get(i) != u.message
         ]
@@ -375,10 +379,12 @@ class Scheduler:
         self.metrics.round_seconds.observe(time.time() - started)
         if placed or changed:
             log.debug(
-                "round: %d placed, %d waiting, %.1f ms",
+                "round: %d placed, %d waiting, %.1f ms (plan %.1f, publish %.1f)",
                 len(placed),
                 len(result.unplaced),
                 1000 * (time.time() - started),
+                1000 * (planned - started),
+                1000 * (published - planned),
             )
 
     def _publish_events(self, channel: BlockingChannel) -> None:
@@ -386,6 +392,7 @@ class Scheduler:
         if not self.book.events:
             return
         events, self.book.events = self.book.events, []
+        publish = broker.queued_publish(channel)
         by_state: dict[str, list[Event]] = {}
         for e in events:
             by_state.setdefault(e.state, []).append(e)
@@ -407,7 +414,7 @@ class Scheduler:
                     ],
                 }
             )
-            channel.basic_publish(broker.EVENTS, f"task.{state}", body.encode())
+            publish(broker.EVENTS, f"task.{state}", body.encode(), EVENT_PROPERTIES)
 
     def _observe(self) -> None:
         m = self.metrics

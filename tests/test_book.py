@@ -9,6 +9,12 @@ from matchmaker.ledger import Ledger
 from matchmaker.messages import TaskRequest, TaskResult
 
 
+def assign(book: Book, pairs: list[tuple[str, str]], now: float) -> None:
+    """A round placed these and the broker confirmed their dispatches."""
+    book.dispatching(pairs, now)
+    book.assigned([(task_id, worker, now) for task_id, worker in pairs])
+
+
 def make(tmp_path: Path) -> Book:
     return Book(Ledger(tmp_path / "ledger.sqlite"), retry_backoff=1.0, result_grace=5.0)
 
@@ -25,7 +31,7 @@ def test_submit_is_idempotent(tmp_path: Path) -> None:
 def test_success_path_and_stale_results(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest("a", "sleep")], 1.0)
-    book.assigned([("a", "w1")], 2.0)
+    assign(book, [("a", "w1")], 2.0)
     assert book.running("w1") == 1
     assert book.result(TaskResult("a", 1, "w1", "running", 2.5), 3.0) == "running"
     assert book.result(TaskResult("a", 2, "w1", "succeeded"), 3.5) == "stale"
@@ -44,11 +50,11 @@ def test_success_path_and_stale_results(tmp_path: Path) -> None:
 def test_failure_retries_with_backoff_then_dead(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest("a", "sleep", max_attempts=2)], 0.0)
-    book.assigned([("a", "w1")], 1.0)
+    assign(book, [("a", "w1")], 1.0)
     assert book.result(TaskResult("a", 1, "w1", "failed", error="boom"), 2.0) == "retry"
     assert book.pending["a"].attempt == 2 and book.pending["a"].not_before == 3.0
     assert book.due(2.5) == [] and [t.id for t in book.due(3.0)] == ["a"]
-    book.assigned([("a", "w2")], 3.0)
+    assign(book, [("a", "w2")], 3.0)
     assert book.result(TaskResult("a", 2, "w2", "failed", error="again"), 4.0) == "dead"
     book.ledger.commit()
     row = book.ledger.get("a")
@@ -58,7 +64,7 @@ def test_failure_retries_with_backoff_then_dead(tmp_path: Path) -> None:
 def test_lost_worker_moves_its_tasks_with_the_next_attempt(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest(i, "sleep") for i in "abc"], 0.0)
-    book.assigned([("a", "w1"), ("b", "w1"), ("c", "w2")], 1.0)
+    assign(book, [("a", "w1"), ("b", "w1"), ("c", "w2")], 1.0)
     assert book.worker_lost("w1", 2.0, "failed") == 2
     assert sorted(book.pending) == ["a", "b"] and book.pending["a"].attempt == 2
     assert book.running("w1") == 0 and book.running("w2") == 1
@@ -68,7 +74,7 @@ def test_lost_worker_moves_its_tasks_with_the_next_attempt(tmp_path: Path) -> No
 def test_restore_rebuilds_open_tasks(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest(i, "sleep") for i in "abc"], 0.0)
-    book.assigned([("a", "w1")], 1.0)
+    assign(book, [("a", "w1")], 1.0)
     book.result(TaskResult("b", 1, "w1", "succeeded"), 1.5)
     book.ledger.commit()
     again = make(tmp_path)
@@ -80,7 +86,7 @@ def test_restore_rebuilds_open_tasks(tmp_path: Path) -> None:
 def test_deadline_without_result_is_a_failed_attempt(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest("a", "sleep", timeout=10)], 0.0)
-    book.assigned([("a", "w1")], 0.0)
+    assign(book, [("a", "w1")], 0.0)
     assert book.expire(14.0) == 0
     assert book.expire(16.0) == 1
     assert book.pending["a"].attempt == 2
@@ -89,8 +95,20 @@ def test_deadline_without_result_is_a_failed_attempt(tmp_path: Path) -> None:
 def test_cancel(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest("a", "sleep"), TaskRequest("b", "sleep")], 0.0)
-    book.assigned([("b", "w1")], 0.0)
+    assign(book, [("b", "w1")], 0.0)
     assert book.cancel("a", 1.0) == (True, None)
     assert book.cancel("b", 1.0) == (True, "w1")
     assert book.cancel("b", 1.0) == (False, None)
     assert not book.pending and not book.in_flight
+
+
+def test_unconfirmed_dispatches_go_back_to_pending(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep"), TaskRequest("b", "sleep")], 0.0)
+    book.dispatching([("a", "w1"), ("b", "w1")], 1.0)
+    assert book.running("w1") == 2 and not book.pending
+    book.undispatched([("a", "w1")])
+    book.assigned([("a", "w1", 1.5), ("b", "w1", 1.5)])
+    book.ledger.commit()
+    assert sorted(book.pending) == ["a"] and book.pending["a"].attempt == 1
+    assert book.ledger.counts() == {"pending": 1, "assigned": 1}

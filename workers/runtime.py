@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ from matchmaker.broker import (
     declare_pull,
     declare_worker,
     describe,
+    queued_publish,
 )
 from matchmaker.messages import Cancel, MessageError, TaskDispatch, TaskRequest, decode, encode
 from matchmaker.models import Worker as WorkerModel
@@ -413,7 +414,7 @@ class Worker:
         if not reports and not letters:
             return
         try:
-            publish = _queued_publish(ch.publish)
+            publish = queued_publish(ch.publish)
             for report in reports:
                 publish("", RESULTS, encode(report.result), PERSISTENT)
             for letter in letters:
@@ -479,18 +480,6 @@ class _Channels:
         if self.consume.is_open and tag in self.unacked:
             self.unacked.discard(tag)
             self.consume.basic_nack(tag, requeue=True)
-
-
-def _queued_publish(channel: BlockingChannel) -> Callable[[str, str, bytes, BasicProperties], None]:
-    """``basic_publish`` that only queues the frames; the ``tx_commit`` after it sends them.
-
-    BlockingChannel.basic_publish writes to the socket on every call; inside a
-    transaction that buys nothing, and skipping it is ~25% more results per
-    second. Falls back to the blocking call if pika's layout changes.
-    """
-    impl = getattr(channel, "_impl", None)
-    publish = getattr(impl, "basic_publish", None)
-    return publish if callable(publish) else channel.basic_publish
 
 
 def _close(conn: pika.BlockingConnection) -> None:
