@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,46 @@ def test_bad_arguments_are_one_sentence() -> None:
     )
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def test_sigterm_mid_run_stops_everything_it_started(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    before = _vhosts()
+    run = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "benchmarks", "live", "--scenario", "e2e", "--no-celery"),
+            *("--tasks", "20000", "--out", str(tmp_path / "live.json"), "--workdir", str(work)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(work.glob("e2e-*/worker-e2e-b.log")) and time.monotonic() < deadline:
+            assert run.poll() is None, run.communicate()[0]
+            time.sleep(0.1)
+        assert _processes_mentioning(str(work)), "the run started nothing to stop"
+        run.terminate()
+        output, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, output
+    assert "interrupted; stopping what it started" in output
+    assert _processes_mentioning(str(work)) == []
+    assert _vhosts() <= before
