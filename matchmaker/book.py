@@ -171,11 +171,11 @@ class Book:
             self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, note)])
             self.count("stale_results")
             return "stale"
-        if (
-            t.worker != r.worker
-        ):  # the same attempt reached another worker (re-sent after a restart)
+        if t.worker != r.worker:  # the same attempt reached another worker after a restart
             self._land(t)
             self._fly(t, r.worker)
+        if t.state == "dispatching":  # the worker's report overtook the broker's confirm
+            self.assigned([(r.id, r.worker, r.started_at or now)])
         if r.state == "running":
             t.state = "running"
             self.ledger.update(r.id, now, state="running", worker=r.worker, started_at=r.started_at)

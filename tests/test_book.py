@@ -112,3 +112,16 @@ def test_unconfirmed_dispatches_go_back_to_pending(tmp_path: Path) -> None:
     book.ledger.commit()
     assert sorted(book.pending) == ["a"] and book.pending["a"].attempt == 1
     assert book.ledger.counts() == {"pending": 1, "assigned": 1}
+
+
+def test_a_result_that_overtakes_the_confirm_records_the_assignment(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep")], 0.0)
+    book.dispatching([("a", "w1")], 1.0)
+    assert book.result(TaskResult("a", 1, "w1", "succeeded", 1.2, 1.3), 1.4) == "succeeded"
+    book.assigned([("a", "w1", 1.5)])  # the confirm, late: changes nothing
+    book.ledger.commit()
+    row = book.ledger.get("a")
+    assert row is not None and row.state == "succeeded" and row.assigned_at == 1.2
+    states = [h["state"] for h in book.ledger.history("a")]
+    assert states == ["pending", "assigned", "succeeded"]

@@ -10,6 +10,10 @@ Checked in this order for the task's class; the first that holds is the reason:
    (priority plus aging) took some of them;
 5. ``CONTENDED``: eligible slots were free, and work of the same band took
    them all (the optimum leaves no eligible slot free while a task waits).
+
+Messages name no counts that change from round to round (free slots), so a
+waiting task's reason changes only when its situation does: the service
+stores reasons, and rewriting every waiting task's every round is costly.
 """
 
 from __future__ import annotations
@@ -56,12 +60,12 @@ def explain_class(
     if max(top_band_on_group[j] for j in usable) > c.band:
         return Unplaced(
             Reason.OUTRANKED,
-            f"outranked: the {free} free slots on its {_workers(size)} went to "
+            f"outranked: the free slots of the {_workers(size)} that can run it went to "
             "higher-priority or longer-waiting work",
         )
     return Unplaced(
         Reason.CONTENDED,
-        f"waiting: the {free} free slots on its {_workers(size)} went to "
+        f"waiting: the free slots of the {_workers(size)} that can run it went to "
         "other work of equal rank (priority plus waiting time)",
     )
 
