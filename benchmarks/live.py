@@ -22,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -31,8 +34,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import pika.exceptions
+
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError
+from matchmaker.broker import BrokerError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
 
@@ -57,7 +63,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/live.json"))
     p.add_argument("--plot-dir", type=Path, default=Path("results"))
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--workdir", type=Path, default=Path("results/live-work"), help="logs, ledgers")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("results/live-work"),
+        help=f"logs and ledgers, one run-* directory per run (the last {KEEP_RUNS} are kept)",
+    )
     p.add_argument(
         "--round-interval",
         type=_positive_float,
@@ -167,8 +178,10 @@ def main(argv: list[str] | Sequence[str]) -> int:
         "scenarios": {},
     }
     status = 0
+    workdir = _run_dir(args.workdir)
+    print(f"logs and ledgers of this run: {workdir}", file=sys.stderr)
     for name in names:
-        env = Env(args.amqp.rstrip("/"), args.workdir, args.progress, args.round_interval)
+        env = Env(args.amqp.rstrip("/"), workdir, args.progress, args.round_interval)
         print(f"-- live {name}: running", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
@@ -181,9 +194,12 @@ def main(argv: list[str] | Sequence[str]) -> int:
             print(f"live {name}: interrupted; stopping what it started", file=sys.stderr)
             env.close()
             return 130
-        except LiveError as error:
-            print(f"live {name}: {error}", file=sys.stderr)
-            report["scenarios"][name] = {"error": str(error)}
+        except (LiveError, BrokerError, pika.exceptions.AMQPError) as error:
+            text = str(error)
+            if isinstance(error, pika.exceptions.AMQPError):
+                text = f"lost the broker ({type(error).__name__}: {error})"
+            print(f"live {name}: {text}", file=sys.stderr)
+            report["scenarios"][name] = {"error": text}
             status = 1
         except Exception as error:  # report, clean up, go on with the next scenario
             traceback.print_exc()
@@ -207,6 +223,21 @@ def main(argv: list[str] | Sequence[str]) -> int:
     if missed:
         print(f"targets missed: {', '.join(missed)}")
     return status
+
+
+RUN_DIR = re.compile(r"run-\d{8}-\d{6}-\d+")
+KEEP_RUNS = 3
+
+
+def _run_dir(root: Path) -> Path:
+    """A fresh directory for this run under ``root``; older runs beyond the last few go."""
+    root.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p for p in root.iterdir() if p.is_dir() and RUN_DIR.fullmatch(p.name))
+    for old in runs[: max(0, len(runs) - (KEEP_RUNS - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    path = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir()
+    return path
 
 
 def _finite(value: Any) -> Any:

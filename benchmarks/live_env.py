@@ -17,6 +17,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -95,9 +96,27 @@ class Env:
         self.stack.close()
 
 
-def _delete_vhost(name: str) -> None:
-    with contextlib.suppress(LiveError):
-        rabbitmqctl("delete_vhost", name)
+def _delete_vhost(name: str, timeout: float = 60.0) -> None:
+    """Delete a vhost; a busy broker may refuse or time out at first, so retry until it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rabbitmqctl("delete_vhost", name)
+            return
+        except LiveError as error:
+            if not _vhost_exists(name):
+                return
+            if time.monotonic() > deadline:
+                print(f"warning: vhost {name} not deleted: {error}", file=sys.stderr)
+                return
+            time.sleep(1.0)
+
+
+def _vhost_exists(name: str) -> bool:
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
+    )
+    return name in listing.stdout.split()
 
 
 # -- publishing -----------------------------------------------------------------------
@@ -124,7 +143,7 @@ def publish_requests(url: str, bodies: Iterable[bytes], queue: str = broker.REQU
                 channel.tx_commit()
         channel.tx_commit()
     finally:
-        connection.close()
+        _close(connection)
     return first
 
 
@@ -167,8 +186,14 @@ def paced(
                 connection.sleep(min(max(pause, 0.0002), 0.05))
         channel.queue_declare(queue, passive=True)  # a round trip: everything was routed
     finally:
-        connection.close()
+        _close(connection)
     return times
+
+
+def _close(connection: pika.BlockingConnection) -> None:
+    """Close unless the broker already did (its error is the one worth reporting)."""
+    if connection.is_open:
+        connection.close()
 
 
 def request_body(request: TaskRequest) -> bytes:
