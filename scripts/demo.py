@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from matchmaker import broker
+from matchmaker.experiment import run_experiment
 from matchmaker.local import ClusterError, LocalCluster
 from matchmaker.messages import TaskRequest
 
@@ -49,79 +50,22 @@ def serve(directory: Path) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def step(cluster: LocalCluster, request: TaskRequest) -> dict[str, Any]:
-    cluster.submit(request)
-    row = cluster.wait_states([request.id], ("succeeded", "dead"), timeout=120)[request.id]
-    if row.state != "succeeded":
-        raise ClusterError(f"{request.id} ended {row.state}: {row.error}")
-    print(f"  {request.id:<16} {request.type:<15} on {row.worker:<10} succeeded")
-    return row.output or {}
-
-
 def experiment(cluster: LocalCluster, storage: str) -> None:
     print("experiment chain (an orchestrator submits each step when the last succeeded):")
-    site = {"site": "iu"}
-    env = step(
-        cluster,
-        TaskRequest(
-            "exp1-env",
-            "env_setup",
-            {
-                "directory": "exp-1",
-                "steps": [
-                    {"step": "mkdir", "path": "inputs"},
-                    {"step": "mkdir", "path": "outputs"},
-                    {
-                        "step": "write_file",
-                        "path": "count.sh",
-                        "content": '#!/bin/sh\nwc -l < "$1" | tr -d " " > "$2"\n',
-                        "executable": True,
-                    },
-                ],
-            },
-            constraints=site,
-        ),
-    )
-    exp = Path(env["directory"])
-    staged = step(
-        cluster,
-        TaskRequest(
-            "exp1-stage-in",
-            "data_staging",
-            {
-                "source": f"{storage}/squares.csv",
-                "destination": "exp-1/inputs/squares.csv",
-                "sha256": hashlib.sha256(ROWS).hexdigest(),
-            },
-            constraints=site,
-        ),
-    )
-    job = step(
-        cluster,
-        TaskRequest(
-            "exp1-job",
-            "job_submission",
-            {
-                "job": {"role": "gateway", "environment": "demo", "name": "exp-1"},
-                "processes": [
-                    {"name": "count", "cmdline": f"{exp}/count.sh {staged['path']} {exp}/outputs/n"}
-                ],
-                "resources": {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16},
-                "timeout": 60,
-            },
-        ),
-    )
-    print(f"  Aurora says {job['job']} {job['status']}")
-    out = step(
-        cluster,
-        TaskRequest(
-            "exp1-stage-out",
-            "data_staging",
-            {"source": (exp / "outputs" / "n").as_uri(), "destination": "results/exp-1/n.txt"},
-            constraints=site,
-        ),
-    )
-    print(f"  result: {Path(out['path']).read_text().strip()} rows counted by the Aurora job")
+
+    def submit(request: TaskRequest) -> dict[str, Any]:
+        cluster.submit(request)
+        row = cluster.wait_states([request.id], ("succeeded", "dead"), timeout=120)[request.id]
+        if row.state != "succeeded":
+            raise ClusterError(f"{request.id} ended {row.state}: {row.error}")
+        print(f"  {request.id:<16} {request.type:<15} on {row.worker:<10} succeeded")
+        return row.output or {}
+
+    sha = hashlib.sha256(ROWS).hexdigest()
+    steps = run_experiment("exp-1", f"{storage}/squares.csv", sha, submit, {"site": "iu"})
+    print(f"  Aurora says {steps['job']['job']} {steps['job']['status']}")
+    count = Path(steps["stage_out"]["path"]).read_text().strip()
+    print(f"  result: {count} rows counted by the Aurora job, staged out to the gateway")
 
 
 def burst(cluster: LocalCluster) -> list[str]:
@@ -179,7 +123,7 @@ def main() -> int:
         print("\nwhy is 'impossible' still waiting?")
         subprocess.run([*cli, "explain", "impossible", *common], check=False)
         print("\nstatus of the Aurora step:")
-        subprocess.run([*cli, "status", "exp1-job", *common], check=False)
+        subprocess.run([*cli, "status", "exp-1-job", *common], check=False)
         counts = cluster.ledger().counts()
         print(f"\nledger: {counts}")
         return 0

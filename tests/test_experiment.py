@@ -13,14 +13,16 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from matchmaker.experiment import run_experiment
 from matchmaker.local import LocalCluster
+from matchmaker.messages import TaskRequest
 
 pytestmark = pytest.mark.timeout(240)
 ROWS = b"".join(b"%d\n" % i for i in range(777))
@@ -52,66 +54,27 @@ def test_experiment_chain_through_the_cli(broker_url: str, tmp_path: Path, stora
         cluster.start_worker("elsewhere", ["data_staging", "env_setup"], 2, {"site": "tacc"})
         common = ["--broker-url", broker_url, "--state-dir", str(cluster.state_dir)]
 
-        def step(task_id: str, task_type: str, payload: dict[str, Any]) -> dict[str, Any]:
-            submitted = subprocess.run(
-                [sys.executable, "-m", "matchmaker", "submit", "--id", task_id, "--type", task_type,
-                 "--payload", json.dumps(payload), "--constraint", "site=iu", *common],
-                capture_output=True, text=True, timeout=60,
+        def submit(r: TaskRequest) -> Mapping[str, Any]:
+            line = json.dumps({"id": r.id, "type": r.type, "payload": r.payload,
+                               "constraints": r.constraints})  # fmt: skip
+            sent = subprocess.run(
+                [sys.executable, "-m", "matchmaker", "submit", "--file", "-", *common],
+                input=line, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
-            assert submitted.returncode == 0, submitted.stderr
-            row = cluster.wait_states([task_id], ("succeeded", "dead"), timeout=90)[task_id]
+            assert sent.returncode == 0 and sent.stdout.strip() == r.id, sent.stderr
+            row = cluster.wait_states([r.id], ("succeeded", "dead"), timeout=90)[r.id]
             assert row.state == "succeeded", row.error
             assert row.worker in ("stager", "submitter")
             return row.output or {}
 
-        env = step(
-            "e-env",
-            "env_setup",
-            {
-                "directory": "exp-9",
-                "steps": [
-                    {"step": "mkdir", "path": "outputs"},
-                    {
-                        "step": "write_file",
-                        "path": "count.sh",
-                        "content": '#!/bin/sh\nwc -l < "$1" | tr -d " " > "$2"\n',
-                        "executable": True,
-                    },
-                ],
-            },
-        )
-        exp = Path(env["directory"])
-        staged = step(
-            "e-in",
-            "data_staging",
-            {
-                "source": f"{storage}/rows.txt",
-                "destination": "exp-9/rows.txt",
-                "sha256": hashlib.sha256(ROWS).hexdigest(),
-            },
-        )
-        job = step(
-            "e-job",
-            "job_submission",
-            {
-                "job": {"role": "gateway", "environment": "test", "name": "exp-9"},
-                "processes": [
-                    {"name": "count", "cmdline": f"{exp}/count.sh {staged['path']} {exp}/outputs/n"}
-                ],
-                "resources": {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16},
-                "timeout": 60,
-            },
-        )
-        assert job["status"] == "FINISHED"
-        assert [e["status"] for e in job["tasks"][0]["events"]][-1] == "FINISHED"
-        out = step(
-            "e-out",
-            "data_staging",
-            {"source": (exp / "outputs" / "n").as_uri(), "destination": "results/exp-9/n.txt"},
-        )
-        assert Path(out["path"]).read_text() == "777\n"
+        source = f"{storage}/rows.txt"
+        steps = run_experiment("exp-9", source, hashlib.sha256(ROWS).hexdigest(), submit,
+                               {"site": "iu"})  # fmt: skip
+        assert steps["job"]["status"] == "FINISHED"
+        assert [e["status"] for e in steps["job"]["tasks"][0]["events"]][-1] == "FINISHED"
+        assert Path(steps["stage_out"]["path"]).read_text() == "777\n"
         status = subprocess.run(
-            [sys.executable, "-m", "matchmaker", "status", "e-job", *common],
+            [sys.executable, "-m", "matchmaker", "status", "exp-9-job", *common],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert "succeeded" in status.stdout and "submitter" in status.stdout

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from aurora.local import LocalAurora
+from matchmaker.experiment import run_experiment
+from matchmaker.messages import TaskRequest
 from workers.tasks import REGISTRY, TaskContext
 
 ROWS = b"".join(b"%d,%d\n" % (i, i * i) for i in range(1000))
@@ -42,51 +44,13 @@ def test_experiment_chain(tmp_path: Path, storage: str) -> None:
     sandbox = tmp_path / "worker-sandbox"
     with LocalAurora(port=0, sandbox_root=tmp_path / "aurora") as aurora:
 
-        def task(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-            return REGISTRY[kind](
-                payload, TaskContext(kind, 1, "w1", sandbox, aurora_url=aurora.url)
-            )
+        def submit(r: TaskRequest) -> dict[str, Any]:
+            context = TaskContext(r.id, 1, "w1", sandbox, aurora_url=aurora.url)
+            return REGISTRY[r.type](r.payload, context)
 
-        env = task(
-            "env_setup",
-            {
-                "directory": "exp-7",
-                "steps": [
-                    {"step": "mkdir", "path": "inputs"},
-                    {"step": "mkdir", "path": "outputs"},
-                    {
-                        "step": "write_file",
-                        "path": "solve.sh",
-                        "content": '#!/bin/sh\nwc -l < "$1" | tr -d " " > "$2"\n',
-                        "executable": True,
-                    },
-                ],
-            },
+        steps = run_experiment(
+            "exp-7", f"{storage}/squares.csv", hashlib.sha256(ROWS).hexdigest(), submit
         )
-        exp = Path(env["directory"])
-        staged = task(
-            "data_staging",
-            {
-                "source": f"{storage}/squares.csv",
-                "destination": "exp-7/inputs/squares.csv",
-                "sha256": hashlib.sha256(ROWS).hexdigest(),
-            },
-        )
-        job = task(
-            "job_submission",
-            {
-                "job": {"role": "gateway", "environment": "test", "name": "exp-7"},
-                "processes": [
-                    {"name": "solve", "cmdline": f"{exp}/solve.sh {staged['path']} {exp}/outputs/n"}
-                ],
-                "resources": {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16},
-                "timeout": 30,
-            },
-        )
-        assert job["status"] == "FINISHED"
-        out = task(
-            "data_staging",
-            {"source": (exp / "outputs" / "n").as_uri(), "destination": "results/exp-7/n.txt"},
-        )
-    assert (sandbox / "results/exp-7/n.txt").read_text() == "1000\n"
-    assert out["bytes"] == 5
+    assert steps["job"]["status"] == "FINISHED"
+    assert (sandbox / "results/exp-7/count.txt").read_text() == "1000\n"
+    assert steps["stage_out"]["bytes"] == 5
