@@ -41,11 +41,16 @@ class Dispatcher:
         self.impl: Any = self.channel._impl
         self.impl.confirm_delivery(self._on_confirm)
 
-    def publish(self, worker: str, body: bytes, task_id: str) -> None:
+    def declare(self, worker: str) -> str:
+        """The worker's queue, declared once per connection (on join, before any dispatch)."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
             broker.declare_worker(self.channel, worker)
             self.declared.add(queue)
+        return queue
+
+    def publish(self, worker: str, body: bytes, task_id: str) -> None:
+        queue = self.declare(worker)
         self.impl.basic_publish("", queue, body, broker.PERSISTENT)
         self.sequence += 1
         self.unconfirmed[self.sequence] = (task_id, worker)

@@ -162,6 +162,7 @@ class Scheduler:
             len(self.book.in_flight),
             self.ledger.path,
         )
+        self.dispatcher = Dispatcher(connection.channel())
         self._reconcile_inventory()
         intake = connection.channel()
         intake.basic_qos(prefetch_count=PREFETCH)
@@ -169,7 +170,6 @@ class Scheduler:
         results = connection.channel()
         results.basic_qos(prefetch_count=PREFETCH)
         results.basic_consume(broker.RESULTS, self._on_result)
-        self.dispatcher = Dispatcher(connection.channel())
         while not self.stopping:
             connection.process_data_events(time_limit=self._wait())
             self._apply_changes()
@@ -203,9 +203,15 @@ class Scheduler:
             return max(0.0, self.last_round + self.config.round_interval - time.time())
         return 0.05
 
-    def _reconcile_inventory(self) -> None:
+    def _refresh_live(self) -> None:
+        """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
         self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        for name in self.live:
+            self.dispatcher.declare(name)
+
+    def _reconcile_inventory(self) -> None:
+        self._refresh_live()
         now = time.time()
         for worker in sorted(set(self.book.by_worker) - set(self.live)):
             moved = self.book.worker_lost(worker, now, "is not in the inventory")
@@ -232,7 +238,7 @@ class Scheduler:
                     moved,
                     drained,
                 )
-        self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        self._refresh_live()
         self.ledger.commit()
         self.dirty = True
 
