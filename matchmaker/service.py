@@ -258,7 +258,9 @@ class Scheduler:
                             f"{', '.join(self.config.task_types)})"
                         )
                     new.setdefault(message.id, message)
-                elif isinstance(message, Cancel):
+                    continue
+                self._submit(new, now)  # a cancel may name a task submitted just before it
+                if isinstance(message, Cancel):
                     self._cancel(message.id, now, control)
                 elif isinstance(message, Drain):
                     self._drain(message, now)
@@ -266,11 +268,15 @@ class Scheduler:
                 log.warning("rejected a request: %s", error)
                 broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
                 self.book.count("rejected")
-        if new:
-            self.book.submit(list(new.values()), now)
-            self.dirty = True
+        self._submit(new, now)
         self.ledger.commit()
         intake.basic_ack(batch[-1].tag, multiple=True)
+
+    def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
+        if new:
+            self.book.submit(list(new.values()), now)
+            new.clear()
+            self.dirty = True
 
     def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
         was_open, worker = self.book.cancel(task_id, now)
@@ -320,9 +326,7 @@ class Scheduler:
     def _apply_confirms(self) -> None:
         acked, nacked = self.dispatcher.confirmed()
         if nacked:
-            log.warning(
-                "the broker refused %d dispatches; they wait for the next round", len(nacked)
-            )
+            log.warning("the broker refused %d dispatches; they go back to pending", len(nacked))
             self.book.undispatched(nacked)
             self.dirty = True
         if acked:

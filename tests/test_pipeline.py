@@ -18,7 +18,7 @@ import pytest
 
 from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
-from matchmaker.messages import TaskRequest
+from matchmaker.messages import Cancel, TaskRequest
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -250,3 +250,11 @@ def test_cli_submit_status_explain_cancel(cluster: LocalCluster) -> None:
     )
     assert down.returncode == 2 and "cannot reach the broker" in down.stderr
     assert "Traceback" not in down.stderr
+
+
+def test_a_cancel_right_behind_its_submit_cancels_it(cluster: LocalCluster) -> None:
+    cluster.start_scheduler()
+    cluster.send([sleep_task("soon-gone", 30.0), Cancel("soon-gone"), Cancel("never-was")])
+    rows = cluster.wait_states(["soon-gone"], ("cancelled",), timeout=30)
+    assert rows["soon-gone"].assigned_at is None
+    assert cluster.task("never-was") is None
