@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Config:
     result_grace: float = 30.0
     log_format: str = "text"
     log_level: str = "INFO"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ledger_path(self) -> Path:
@@ -79,7 +78,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
 
 def load(path: Path | str | None = None, flags: dict[str, Any] | None = None) -> Config:
     """Merge the file, the environment and the flags (None values are ignored)."""
-    known = {f.name: f.type for f in fields(Config) if f.name != "extra"}
+    known = {f.name: f.type for f in fields(Config)}
     values: dict[str, Any] = {}
     path = path or os.environ.get("MM_CONFIG")
     if path:

@@ -22,9 +22,6 @@ from typing import Any
 
 from matchmaker.messages import TaskRequest
 
-OPEN_STATES = ("pending", "assigned", "running")
-TERMINAL_STATES = ("succeeded", "dead", "cancelled")
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -264,14 +261,3 @@ class Ledger:
 
     def drained(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT worker FROM drained")}
-
-    def tasks(self, states: Iterable[str] | None = None) -> list[TaskRow]:
-        if states is None:
-            rows = self.db.execute("SELECT * FROM tasks ORDER BY submitted_at")
-        else:
-            wanted = list(states)
-            marks = ", ".join("?" for _ in wanted)
-            rows = self.db.execute(
-                f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY submitted_at", wanted
-            )
-        return [TaskRow.from_row(r) for r in rows]
