@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from matchmaker.backlog import Backlog
 from matchmaker.ledger import Ledger, TaskRow
 from matchmaker.messages import TaskRequest, TaskResult
 from matchmaker.models import Task
@@ -51,7 +52,7 @@ class Book:
     ledger: Ledger
     retry_backoff: float = 1.0
     result_grace: float = 30.0
-    pending: dict[str, OpenTask] = field(default_factory=dict)
+    pending: Backlog = field(default_factory=Backlog)
     in_flight: dict[str, OpenTask] = field(default_factory=dict)
     by_worker: dict[str, set[str]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -67,14 +68,14 @@ class Book:
         self.ledger.transitions([(t.request.id, t.attempt, state, t.worker, at, note)])
 
     def _fly(self, t: OpenTask, worker: str) -> None:
-        self.pending.pop(t.request.id, None)
+        self.pending.pop(t.request.id)
         t.worker = worker
         self.in_flight[t.request.id] = t
         self.by_worker.setdefault(worker, set()).add(t.request.id)
 
     def _land(self, t: OpenTask) -> None:
         self.in_flight.pop(t.request.id, None)
-        self.pending.pop(t.request.id, None)
+        self.pending.pop(t.request.id)
         if t.worker is not None:
             self.by_worker.get(t.worker, set()).discard(t.request.id)
 
@@ -83,7 +84,7 @@ class Book:
         self._land(t)
         t.attempt += 1
         t.state, t.worker, t.not_before = "pending", None, now + delay
-        self.pending[t.request.id] = t
+        self.pending.add(t)
         self.ledger.update(
             t.request.id,
             now,
@@ -111,7 +112,7 @@ class Book:
             )
             if row.state == "pending" or row.worker is None:
                 t.state = "pending"
-                self.pending[row.id] = t
+                self.pending.add(t)
             else:
                 t.deadline = (row.assigned_at or row.updated_at) + row.timeout + self.result_grace
                 self._fly(t, row.worker)
@@ -121,14 +122,15 @@ class Book:
         added = self.ledger.add(requests, now)
         for r in added:
             t = OpenTask(r, make_task(r, now))
-            self.pending[r.id] = t
+            self.pending.add(t)
             self.events.append(Event(r.id, "pending", 1, None, now, "submitted"))
         self.count("submitted", len(added))
         self.count("duplicates", len(requests) - len(added))
         return len(added)
 
-    def due(self, now: float) -> list[Task]:
-        return [t.task for t in self.pending.values() if t.not_before <= now]
+    def due(self, now: float, limit: int | None = None) -> list[Task]:
+        """Pending tasks whose backoff is over; with ``limit``, the oldest that many per group."""
+        return self.pending.oldest(now, limit)
 
     def dispatching(self, items: list[tuple[str, str]], now: float) -> None:
         """Dispatches of (id, worker) pairs are on their way: the slots are taken."""
@@ -158,7 +160,7 @@ class Book:
             if t is not None and t.state == "dispatching" and t.worker == worker:
                 self._land(t)
                 t.state, t.worker = "pending", None
-                self.pending[task_id] = t
+                self.pending.add(t)
 
     def result(self, r: TaskResult, now: float) -> str:
         """Apply a worker's report; returns what it did (for logs and tests)."""

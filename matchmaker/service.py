@@ -59,6 +59,7 @@ LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
 CONFIRM_POLL = 0.002
+MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
 
 
@@ -365,7 +366,9 @@ class Scheduler:
             for name, w in self.live.items()
             if name not in self.drained
         ]
-        result = plan(self.book.due(started), workers, self._policy(started))
+        free = sum(w.free for w in workers)
+        tasks = self.book.due(started, limit=max(free, MIN_CONSIDERED))
+        result = plan(tasks, workers, self._policy(started))
         planned = time.time()
         placed = []
         for task_id, worker in result.assignments.items():
