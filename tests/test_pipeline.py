@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest
+from membership.agent import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -258,3 +260,29 @@ def test_a_cancel_right_behind_its_submit_cancels_it(cluster: LocalCluster) -> N
     rows = cluster.wait_states(["soon-gone"], ("cancelled",), timeout=30)
     assert rows["soon-gone"].assigned_at is None
     assert cluster.task("never-was") is None
+
+
+def test_prometheus_metrics(broker_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    with LocalCluster(
+        broker_url=broker_url, workdir=tmp_path, scheduler_args=("--metrics-port", str(port))
+    ) as c:
+        c.start_scheduler()
+        c.start_worker("w1", ["sleep"], 2)
+        c.wait_states(c.submit(sleep_task("m1"), sleep_task("m2")))
+        c.submit(sleep_task("stuck", constraints={"site": "nowhere"}))
+
+        def scrape() -> dict[str, float]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            return {
+                line.split()[0]: float(line.split()[1])
+                for line in text.decode().splitlines()
+                if line.startswith("mm_") and " " in line
+            }
+
+        wait_until(lambda: scrape().get("mm_pending_tasks") == 1.0, 20, "metrics to show the wait")
+        metrics = scrape()
+        assert metrics["mm_placements_total"] >= 2
+        assert metrics["mm_submitted_total"] == 3
+        assert metrics["mm_live_workers"] == 1
+        assert metrics["mm_round_seconds_count"] >= 1
