@@ -11,15 +11,18 @@ the integration tests all use it; ``stop()`` ends everything it started.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +280,31 @@ class LocalCluster:
             return f"states: {json.dumps(states, default=str)[:2000]}\nscheduler log:\n{logs}"
 
         return text
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _FileServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (a stager refusing an oversize file) is no error
+
+
+@contextlib.contextmanager
+def storage_site(directory: Path) -> Iterator[str]:
+    """A directory served over plain HTTP on loopback (a storage site); yields its URL."""
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = _FileServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def wait_until(

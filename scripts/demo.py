@@ -17,37 +17,20 @@ Prints the outcome and stops everything it started. Run it with
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from matchmaker import broker
 from matchmaker.experiment import run_experiment
-from matchmaker.local import ClusterError, LocalCluster
+from matchmaker.local import ClusterError, LocalCluster, storage_site
 from matchmaker.messages import TaskRequest
 
 ROWS = b"".join(b"%d,%d\n" % (i, i * i) for i in range(5000))
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def serve(directory: Path) -> tuple[ThreadingHTTPServer, str]:
-    """A storage site over plain HTTP on loopback."""
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory))
-    )
-    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def experiment(cluster: LocalCluster, storage: str) -> None:
@@ -79,6 +62,40 @@ def burst(cluster: LocalCluster) -> list[str]:
     return cluster.submit(*tasks)
 
 
+def demo(cluster: LocalCluster, storage: str) -> None:
+    started = time.time()
+    cluster.start_aurora()
+    cluster.start_scheduler()
+    cluster.start_worker("stager", ["data_staging", "env_setup"], 4, {"site": "iu"})
+    cluster.start_worker("submitter", ["job_submission", "sleep"], 4, {"site": "iu"})
+    cluster.start_worker("gpu-node", ["sleep"], 4, {"site": "tacc", "gpu": 1})
+    print(
+        f"system up in {time.time() - started:.1f}s: RabbitMQ, Serf (encrypted gossip), "
+        f"scheduler, Aurora at {cluster.aurora_url}, 3 workers\n"
+    )
+    cli = [sys.executable, "-m", "matchmaker"]
+    common = ["--serf-rpc", cluster.start_agent().rpc_addr, "--state-dir", str(cluster.state_dir)]
+    subprocess.run([*cli, "workers", *common], check=False)
+    print()
+    experiment(cluster, storage)
+    print("\na burst of 34 sleep tasks, priorities 0-9, four of them need a GPU:")
+    ids = burst(cluster)
+    cluster.submit(TaskRequest("impossible", "sleep", constraints={"gpu": {">=": 4}}))
+    rows = cluster.wait_states(ids, timeout=120)
+    by_worker: dict[str, int] = {}
+    for row in rows.values():
+        by_worker[row.worker or "-"] = by_worker.get(row.worker or "-", 0) + 1
+    print(f"  all {len(rows)} succeeded; per worker: {by_worker}")
+    gpu = {rows[i].worker or "-" for i in ids if i.startswith("gpu-")}
+    print(f"  GPU tasks ran on: {', '.join(sorted(gpu))}")
+    time.sleep(0.5)
+    print("\nwhy is 'impossible' still waiting?")
+    subprocess.run([*cli, "explain", "impossible", *common], check=False)
+    print("\nstatus of the Aurora step:")
+    subprocess.run([*cli, "status", "exp-1-job", *common], check=False)
+    print(f"\nledger: {cluster.ledger().counts()}")
+
+
 def main() -> int:
     options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     options.add_argument("--broker-url", default=broker.DEFAULT_URL)
@@ -86,53 +103,17 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mm-demo-"))
     (workdir / "storage").mkdir()
     (workdir / "storage" / "squares.csv").write_bytes(ROWS)
-    server, storage = serve(workdir / "storage")
-    cluster = LocalCluster(broker_url=args.broker_url, workdir=workdir)
     try:
-        started = time.time()
-        cluster.start_aurora()
-        cluster.start_scheduler()
-        cluster.start_worker("stager", ["data_staging", "env_setup"], 4, {"site": "iu"})
-        cluster.start_worker("submitter", ["job_submission", "sleep"], 4, {"site": "iu"})
-        cluster.start_worker("gpu-node", ["sleep"], 4, {"site": "tacc", "gpu": 1})
-        print(
-            f"system up in {time.time() - started:.1f}s: RabbitMQ, Serf (encrypted gossip), "
-            f"scheduler, Aurora at {cluster.aurora_url}, 3 workers\n"
-        )
-        cli = [sys.executable, "-m", "matchmaker"]
-        common = [
-            "--serf-rpc",
-            cluster.start_agent().rpc_addr,
-            "--state-dir",
-            str(cluster.state_dir),
-        ]
-        subprocess.run([*cli, "workers", *common], check=False)
-        print()
-        experiment(cluster, storage)
-        print("\na burst of 34 sleep tasks, priorities 0-9, four of them need a GPU:")
-        ids = burst(cluster)
-        cluster.submit(TaskRequest("impossible", "sleep", constraints={"gpu": {">=": 4}}))
-        rows = cluster.wait_states(ids, timeout=120)
-        by_worker: dict[str, int] = {}
-        for row in rows.values():
-            by_worker[row.worker or "-"] = by_worker.get(row.worker or "-", 0) + 1
-        print(f"  all {len(rows)} succeeded; per worker: {by_worker}")
-        gpu = {rows[i].worker or "-" for i in ids if i.startswith("gpu-")}
-        print(f"  GPU tasks ran on: {', '.join(sorted(gpu))}")
-        time.sleep(0.5)
-        print("\nwhy is 'impossible' still waiting?")
-        subprocess.run([*cli, "explain", "impossible", *common], check=False)
-        print("\nstatus of the Aurora step:")
-        subprocess.run([*cli, "status", "exp-1-job", *common], check=False)
-        counts = cluster.ledger().counts()
-        print(f"\nledger: {counts}")
+        with (
+            storage_site(workdir / "storage") as storage,
+            LocalCluster(broker_url=args.broker_url, workdir=workdir) as cluster,
+        ):
+            demo(cluster, storage)
         return 0
     except ClusterError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
     finally:
-        cluster.stop()
-        server.shutdown()
         print("stopped everything the demo started")
 
 

@@ -7,30 +7,22 @@ once the previous one succeeded, as a gateway's orchestrator would.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from matchmaker.experiment import run_experiment
-from matchmaker.local import LocalCluster
+from matchmaker.local import LocalCluster, storage_site
 from matchmaker.messages import TaskRequest
 
 pytestmark = pytest.mark.timeout(240)
 ROWS = b"".join(b"%d\n" % i for i in range(777))
-
-
-class Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -38,11 +30,8 @@ def storage(tmp_path: Path) -> Iterator[str]:
     site = tmp_path / "storage"
     site.mkdir()
     (site / "rows.txt").write_bytes(ROWS)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with storage_site(site) as url:
+        yield url
 
 
 def test_experiment_chain_through_the_cli(broker_url: str, tmp_path: Path, storage: str) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +11,11 @@ import pytest
 
 from aurora.local import LocalAurora
 from matchmaker.experiment import run_experiment
+from matchmaker.local import storage_site
 from matchmaker.messages import TaskRequest
 from workers.tasks import REGISTRY, TaskContext
 
 ROWS = b"".join(b"%d,%d\n" % (i, i * i) for i in range(1000))
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -30,14 +23,8 @@ def storage(tmp_path: Path) -> Iterator[str]:
     site = tmp_path / "storage"
     site.mkdir()
     (site / "squares.csv").write_bytes(ROWS)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host!s}:{port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with storage_site(site) as url:
+        yield url
 
 
 def test_experiment_chain(tmp_path: Path, storage: str) -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from matchmaker.local import storage_site
 from workers.tasks import REGISTRY, TaskContext, TaskError
 from workers.tasks.data_staging import run
 
@@ -36,27 +33,10 @@ def ctx(sandbox: Path) -> TaskContext:
     return TaskContext("t1", 1, "w1", sandbox)
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the stager hangs up early on oversize sources; that is the point
-
-
 @pytest.fixture
 def http_url(source: Path) -> Iterator[str]:
-    handler = functools.partial(_Quiet, directory=str(source.parent))
-    server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host!s}:{port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with storage_site(source.parent) as url:
+        yield url
 
 
 def leftovers(root: Path) -> list[str]:
