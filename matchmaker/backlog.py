@@ -9,10 +9,12 @@ with the free slots instead of the backlog.
 
 A group stays in arrival order while tasks arrive in order; a task that comes
 back (a retry, a lost worker) marks its group for one sort at the next round.
+Retry times wait in a heap, so noticing a backoff's end costs nothing per task.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -34,6 +36,7 @@ class Backlog:
         self.by_id: dict[str, OpenTask] = {}
         self.groups: dict[Key, dict[str, OpenTask]] = {}
         self.unsorted: set[Key] = set()
+        self.backoffs: list[float] = []  # heap of retry times still to come
 
     @staticmethod
     def _key(t: OpenTask) -> Key:
@@ -46,6 +49,16 @@ class Backlog:
             self.unsorted.add(key)
         group[t.task.id] = t
         self.by_id[t.task.id] = t
+        if t.not_before:
+            heapq.heappush(self.backoffs, t.not_before)
+
+    def backoff_ended(self, now: float) -> bool:
+        """Whether some retry became due since the last call (a round may place it now)."""
+        ended = False
+        while self.backoffs and self.backoffs[0] <= now:
+            heapq.heappop(self.backoffs)
+            ended = True
+        return ended
 
     def pop(self, task_id: str) -> OpenTask | None:
         t = self.by_id.pop(task_id, None)

@@ -342,10 +342,8 @@ class Scheduler:
         if self.book.expire(now):
             self.ledger.commit()
             self.dirty = True
-        if not self.dirty and any(
-            self.last_round < t.not_before <= now for t in self.book.pending.values()
-        ):
-            self.dirty = True  # a retry's backoff ended since the last round
+        if self.book.pending.backoff_ended(now):
+            self.dirty = True
 
     def _round_due(self) -> bool:
         return (

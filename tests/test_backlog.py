@@ -28,9 +28,13 @@ def test_groups_stay_oldest_first_when_old_work_comes_back() -> None:
         backlog.add(t)
     assert [t.id for t in backlog.oldest(100.0, limit=4)] == ["t000", "t001", "t002", "t003"]
     backlog.pop("t001")
-    tasks[2].not_before = 200.0  # backing off
+    backlog.pop("t002")
+    tasks[2].not_before = 200.0  # back, with a backoff
+    backlog.add(tasks[2])
     assert [t.id for t in backlog.oldest(100.0, limit=3)] == ["t000", "t003", "t004"]
     assert len(backlog) == 9 and "t001" not in backlog
+    assert not backlog.backoff_ended(199.0)
+    assert backlog.backoff_ended(200.0) and not backlog.backoff_ended(300.0)
 
 
 @settings(max_examples=60, deadline=None)

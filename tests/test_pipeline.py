@@ -286,3 +286,15 @@ def test_prometheus_metrics(broker_url: str, tmp_path: Path) -> None:
         assert metrics["mm_submitted_total"] == 3
         assert metrics["mm_live_workers"] == 1
         assert metrics["mm_round_seconds_count"] >= 1
+
+
+def test_a_failing_task_is_retried_after_its_backoff_then_dead(cluster: LocalCluster) -> None:
+    cluster.start_scheduler()
+    cluster.start_worker("w1", ["sleep"], 1)
+    failing = TaskRequest("flaky", "sleep", {"fail": True, "message": "disk full"}, max_attempts=2)
+    row = cluster.wait_states(cluster.submit(failing), ("dead",), timeout=30)["flaky"]
+    assert row.attempt == 2 and row.error == "disk full"
+    history = cluster.ledger().history("flaky")
+    failed = [h["at"] for h in history if h["state"] == "failed"]
+    assert [h["attempt"] for h in history if h["state"] == "failed"] == [1, 2]
+    assert failed[1] - failed[0] >= 1.0  # the first retry waited out its 1 s backoff
