@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,7 +94,7 @@ def _request(text: str, where: str) -> TaskRequest:
     return message
 
 
-def _send(config: Config, messages: list[Message]) -> None:
+def _send(config: Config, messages: Sequence[Message]) -> None:
     """Publish to mm.requests in transactions of 1000, so a success means they are stored."""
     connection = broker.connect(config.broker_url, name="matchmaker-cli")
     try:
@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     config = _config(args)
     requests = list(_requests_from(args))
-    _send(config, list(requests))
+    _send(config, requests)
     for r in requests:
         print(r.id)
     return 0

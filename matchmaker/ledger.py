@@ -189,11 +189,10 @@ class Ledger:
         return added
 
     def update(self, task_id: str, now: float, **fields: Any) -> None:
-        """Set some columns of one task (JSON columns are encoded here)."""
+        """Set some columns of one task (the JSON column ``output`` is encoded here)."""
         self._begin()
-        for key in ("output",):
-            if fields.get(key) is not None:
-                fields[key] = _dumps(fields[key])
+        if fields.get("output") is not None:
+            fields["output"] = _dumps(fields["output"])
         columns = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(
             f"UPDATE tasks SET {columns}, updated_at = ? WHERE id = ?",
