@@ -95,18 +95,7 @@ def _request(text: str, where: str) -> TaskRequest:
 
 
 def _send(config: Config, messages: Sequence[Message]) -> None:
-    """Publish to mm.requests in transactions of 1000, so a success means they are stored."""
-    connection = broker.connect(config.broker_url, name="matchmaker-cli")
-    try:
-        channel = connection.channel()
-        broker.declare_core(channel)
-        channel.tx_select()
-        for start in range(0, len(messages), 1000):
-            for m in messages[start : start + 1000]:
-                channel.basic_publish("", broker.REQUESTS, encode(m), broker.PERSISTENT)
-            channel.tx_commit()
-    finally:
-        connection.close()
+    broker.send_requests(config.broker_url, map(encode, messages), name="matchmaker-cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

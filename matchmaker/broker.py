@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pika
@@ -122,6 +122,24 @@ def declare_pull(channel: BlockingChannel, task_type: str) -> str:
     queue = pull_queue(task_type)
     _queue(channel, queue)
     return queue
+
+
+def send_requests(url: str, bodies: Iterable[bytes], *, name: str = "matchmaker-client") -> None:
+    """Publish encoded requests to mm.requests in transactions of 1000: once this returns,
+    the broker has stored them all."""
+    connection = connect(url, name=name)
+    try:
+        channel = connection.channel()
+        declare_core(channel)
+        channel.tx_select()
+        publish = queued_publish(channel)
+        for count, body in enumerate(bodies, 1):
+            publish("", REQUESTS, body, PERSISTENT)
+            if count % 1000 == 0:
+                channel.tx_commit()
+        channel.tx_commit()
+    finally:
+        connection.close()
 
 
 def queued_publish(channel: BlockingChannel) -> Callable[[str, str, bytes, BasicProperties], None]:

@@ -224,17 +224,8 @@ class LocalCluster:
     # -- the system's interfaces --------------------------------------------------------
 
     def send(self, messages: Iterable[Message]) -> None:
-        """Publish to mm.requests in transactions, as the CLI does."""
-        connection = broker.connect(self.broker_url)
-        try:
-            channel = connection.channel()
-            broker.declare_core(channel)
-            channel.tx_select()
-            for m in messages:
-                channel.basic_publish("", broker.REQUESTS, encode(m), broker.PERSISTENT)
-            channel.tx_commit()
-        finally:
-            connection.close()
+        """Publish to mm.requests, as the CLI does."""
+        broker.send_requests(self.broker_url, map(encode, messages))
 
     def submit(self, *requests: TaskRequest) -> list[str]:
         self.send(requests)
