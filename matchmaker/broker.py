@@ -21,7 +21,8 @@ from typing import Any
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import BasicProperties
+
+from matchmaker.frames import queued_publish as queued_publish  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,11 @@ def send_requests(url: str, bodies: Iterable[bytes], *, name: str = "matchmaker-
         connection.close()
 
 
-def queued_publish(channel: BlockingChannel) -> Callable[[str, str, bytes, BasicProperties], None]:
-    """``basic_publish`` that only queues the frames; the next flush (``tx_commit``,
-    ``process_data_events``) sends them.
-
-    BlockingChannel.basic_publish writes to the socket on every call, which
-    costs more than the rest of a dispatch together; a batch inside a
-    transaction loses nothing by waiting for its commit. Falls back to the
-    blocking call if pika's layout changes.
-    """
+def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
+    """``basic_ack(tag, multiple)`` that only queues the frame, like ``queued_publish``."""
     impl = getattr(channel, "_impl", None)
-    publish = getattr(impl, "basic_publish", None)
-    return publish if callable(publish) else channel.basic_publish
+    ack = getattr(impl, "basic_ack", None)
+    return ack if callable(ack) else channel.basic_ack
 
 
 def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:

@@ -8,7 +8,7 @@ goes back to pending. Confirms are the only way to pipeline durable publishes
 on one connection: a transaction would stall the loop for every commit.
 
 pika's BlockingChannel has no asynchronous confirms, so this drives the
-channel underneath it (``_impl``), like ``broker.queued_publish``. Confirm
+channel underneath it (``_impl``) and publishes with ``frames.FramePublisher``. Confirm
 frames are read inside ``process_data_events`` on the loop's own thread; the
 callback only queues them, and the loop collects them with ``confirmed()``.
 """
@@ -40,6 +40,7 @@ class Dispatcher:
     def __post_init__(self) -> None:
         self.impl: Any = self.channel._impl
         self.impl.confirm_delivery(self._on_confirm)
+        self.send = broker.queued_publish(self.channel)
 
     def declare(self, worker: str) -> str:
         """The worker's queue, declared once per connection (on join, before any dispatch)."""
@@ -51,7 +52,7 @@ class Dispatcher:
 
     def publish(self, worker: str, body: bytes, task_id: str) -> None:
         queue = self.declare(worker)
-        self.impl.basic_publish("", queue, body, broker.PERSISTENT)
+        self.send("", queue, body, broker.PERSISTENT)
         self.sequence += 1
         self.unconfirmed[self.sequence] = (task_id, worker)
 

@@ -3,15 +3,22 @@
 One thread runs the loop; Serf's inventory feeds it changes from its own
 thread through a queue. Each turn of the loop:
 
-1. lets pika deliver what arrived (requests, results) into buffers;
+1. lets pika deliver what arrived (requests, results, confirms) into buffers,
+   and sends what the last turn queued (acks, dispatches, events) in one go;
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is drained);
-3. intake: validates the buffered requests, records the new ones pending,
-   commits the ledger, then acks them (invalid ones go to ``mm.dead``);
-4. results: applies them to the book, commits, then acks;
+3. intake: validates the buffered requests and records the new ones pending
+   (invalid ones go to ``mm.dead``); results: applies them to the book;
+   confirms: records the confirmed dispatches assigned;
+4. commits the ledger once, and only then queues the acks of what it took in;
 5. a round, when work is pending and something changed, at most once per
-   ``round_interval``: ``plan()``, publish every dispatch in one transaction,
-   then record them assigned.
+   ``round_interval``: ``plan()``, then each dispatch is published under
+   publisher confirms (``dispatch.py``);
+6. every ``EVENT_INTERVAL``, the events of the state changes so far.
+
+Nothing is acked before the ledger holds it, and nothing waits on the
+broker: acks, dispatches and events are queued frames that the next turn's
+first step writes, so a busy turn costs one socket write and one commit.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
@@ -59,6 +66,7 @@ LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
 CONFIRM_POLL = 0.002
+EVENT_INTERVAL = 0.02
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
 
@@ -88,6 +96,7 @@ class Scheduler:
         self.results: list[Delivery] = []
         self.dirty = True
         self.last_round = 0.0
+        self.last_events = 0.0
         self.next_sweep = 0.0
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
@@ -171,17 +180,28 @@ class Scheduler:
         results = connection.channel()
         results.basic_qos(prefetch_count=PREFETCH)
         results.basic_consume(broker.RESULTS, self._on_result)
-        while not self.stopping:
-            connection.process_data_events(time_limit=self._wait())
-            self._apply_changes()
-            self._intake(intake, control)
-            self._apply_results(results)
-            if time.time() >= self.next_sweep:
-                self._sweep()
-            self._apply_confirms()
-            if self._round_due():
-                self._round()
-            self._publish_events(control)
+        ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
+        try:
+            while not self.stopping:
+                connection.process_data_events(time_limit=self._wait())
+                self._apply_changes()
+                took_requests = self._intake(control)
+                took_results = self._apply_results(results)
+                if time.time() >= self.next_sweep:
+                    self._sweep()
+                self._apply_confirms()
+                self.ledger.commit()
+                if took_requests:
+                    ack_request(took_requests, True)
+                if took_results:
+                    ack_result(took_results, True)
+                if self._round_due():
+                    self._round()
+                if time.time() - self.last_events >= EVENT_INTERVAL:
+                    self._publish_events(control)
+        finally:
+            if connection.is_open:
+                self._publish_events(control)
 
     # -- the turn of the loop ---------------------------------------------------
 
@@ -196,13 +216,16 @@ class Scheduler:
         self.results.append(Delivery(method.delivery_tag, body))
 
     def _wait(self) -> float:
+        """How long the next turn may wait for broker events before it has work of its own."""
         if self.requests or self.results or not self.changes.empty():
             return 0
-        if self.dispatcher.unconfirmed:
-            return CONFIRM_POLL
+        now = time.time()
+        wait = CONFIRM_POLL if self.dispatcher.unconfirmed else 0.05
         if self.book.pending and self.dirty:
-            return max(0.0, self.last_round + self.config.round_interval - time.time())
-        return 0.05
+            wait = min(wait, self.last_round + self.config.round_interval - now)
+        if self.book.events:
+            wait = min(wait, self.last_events + EVENT_INTERVAL - now)
+        return max(0.0, wait)
 
     def _refresh_live(self) -> None:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
@@ -240,12 +263,12 @@ class Scheduler:
                     drained,
                 )
         self._refresh_live()
-        self.ledger.commit()
         self.dirty = True
 
-    def _intake(self, intake: BlockingChannel, control: BlockingChannel) -> None:
+    def _intake(self, control: BlockingChannel) -> int:
+        """Take in the buffered requests; returns the delivery tag to ack (0: none)."""
         if not self.requests:
-            return
+            return 0
         now = time.time()
         batch, self.requests = self.requests, []
         new: dict[str, TaskRequest] = {}
@@ -270,8 +293,7 @@ class Scheduler:
                 broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
                 self.book.count("rejected")
         self._submit(new, now)
-        self.ledger.commit()
-        intake.basic_ack(batch[-1].tag, multiple=True)
+        return batch[-1].tag
 
     def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
         if new:
@@ -296,9 +318,10 @@ class Scheduler:
         log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
         self.dirty = True
 
-    def _apply_results(self, channel: BlockingChannel) -> None:
+    def _apply_results(self, channel: BlockingChannel) -> int:
+        """Apply the buffered results; returns the delivery tag to ack (0: none)."""
         if not self.results:
-            return
+            return 0
         now = time.time()
         batch, self.results = self.results, []
         for d in batch:
@@ -320,9 +343,8 @@ class Scheduler:
                 )
             else:
                 self.reasons.pop(result.id, None)
-        self.ledger.commit()
-        channel.basic_ack(batch[-1].tag, multiple=True)
         self.dirty = True
+        return batch[-1].tag
 
     def _apply_confirms(self) -> None:
         acked, nacked = self.dispatcher.confirmed()
@@ -332,7 +354,6 @@ class Scheduler:
             self.dirty = True
         if acked:
             self.book.assigned(acked)
-            self.ledger.commit()
 
     def _sweep(self) -> None:
         """Periodically: deadlines passed with no result, retries whose backoff ended, metrics."""
@@ -340,7 +361,6 @@ class Scheduler:
         self.next_sweep = now + SWEEP_INTERVAL
         self._observe()
         if self.book.expire(now):
-            self.ledger.commit()
             self.dirty = True
         if self.book.pending.backoff_ended(now):
             self.dirty = True
@@ -400,6 +420,7 @@ class Scheduler:
 
     def _publish_events(self, channel: BlockingChannel) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
+        self.last_events = time.time()
         if not self.book.events:
             return
         events, self.book.events = self.book.events, []
