@@ -160,14 +160,15 @@ def paced(
     """Publish ``count`` messages at ``rate``/s (or at ``offsets`` seconds from the start).
 
     ``make(i, now)`` builds message i at its send time; persistent, no
-    confirms (one client, as an orchestrator would send). Returns the send
-    times.
+    confirms (one client, as an orchestrator would send); each message is
+    written to the socket as soon as it is due. Returns the send times.
     """
     connection = broker.connect(url, name="live-paced")
     times: list[float] = []
     try:
         channel = connection.channel()
         broker.declare_core(channel)
+        publish = broker.queued_publish(channel)
         when = list(offsets) if offsets is not None else [i / rate for i in range(count)]
         start = time.time()
         i = 0
@@ -175,10 +176,11 @@ def paced(
             now = time.time()
             while i < count and start + when[i] <= now:
                 body = make(i, now)
-                channel.basic_publish("", queue, body, broker.PERSISTENT)
+                publish("", queue, body, broker.PERSISTENT)
                 times.append(now)
                 i += 1
                 now = time.time()
+            connection.process_data_events(time_limit=0)  # sends what is due now
             if bar is not None:
                 bar.update(i)
             if i < count:

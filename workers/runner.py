@@ -224,6 +224,11 @@ class Runner:
 
     # -- reporting (connection thread) ---------------------------------------------------
 
+    def reporting(self) -> bool:
+        """Whether some job has a report to send (now, or once its hold is over)."""
+        with self._lock:
+            return bool(self._dirty)
+
     def take(self, hold: float = 0.0) -> tuple[list[Report], float | None]:
         """What to publish now, and in how many seconds a held running report falls due.
 

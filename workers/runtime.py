@@ -2,7 +2,8 @@
 
 One thread owns the broker connection (pika's BlockingConnection is not
 thread-safe) and runs a loop: process broker events for a short tick, fail
-jobs past their deadline, then flush. A flush publishes every report ready
+jobs past their deadline, then flush (at most every ``FLUSH_INTERVAL``, so
+reports share transactions under load). A flush publishes every report ready
 (running reports and final results, coalesced by the ``Runner``) and every
 dead letter in ONE transaction on a dedicated publishing channel, and only
 after ``tx_commit`` acknowledges the dispatches those finals answer. So a
@@ -49,6 +50,7 @@ from matchmaker.broker import (
     declare_pull,
     declare_worker,
     describe,
+    queued_ack,
     queued_publish,
 )
 from matchmaker.messages import Cancel, MessageError, TaskDispatch, TaskRequest, decode, encode
@@ -66,6 +68,7 @@ CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to sto
 RECONNECT_MAX_DELAY = 5.0
 REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they arrive
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
+FLUSH_INTERVAL = 0.005  # reports wait at most this long to share one transaction
 
 
 class Presence(Protocol):
@@ -126,6 +129,7 @@ class Worker:
         self._drain_until: float | None = None
         self._cancelled_all = False
         self._running_due: float | None = None
+        self._last_flush = 0.0
         self._cancels: OrderedDict[str, None] = OrderedDict()
         self._advertised = False
 
@@ -262,9 +266,13 @@ class Worker:
                     return
             nearest = self.runner.expire()
             due = [t for t in (TICK, nearest, self._running_due) if t is not None]
+            since = time.monotonic() - self._last_flush
+            if self.runner.reporting():
+                due.append(FLUSH_INTERVAL - since)
             conn.process_data_events(time_limit=max(0.0, min(due)))
             self.runner.expire()
-            self._flush(ch)
+            if since >= FLUSH_INTERVAL or self._letters:
+                self._flush(ch)
 
     def _drain_step(self, ch: _Channels) -> None:
         if ch.consumers:
@@ -409,6 +417,7 @@ class Worker:
 
     def _flush(self, ch: _Channels) -> None:
         """Publish all ready reports and dead letters in one transaction, then ack."""
+        self._last_flush = time.monotonic()
         reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
         letters, self._letters = self._letters, []
         if not reports and not letters:
@@ -468,11 +477,12 @@ class _Channels:
         others = self.unacked - done
         lowest_other = min(others) if others else None
         below = [t for t in tags if lowest_other is None or t < lowest_other]
+        ack = queued_ack(self.consume)  # sent with the loop's next I/O step
         if below:
-            self.consume.basic_ack(max(below), multiple=True)
+            ack(max(below), True)
         for tag in tags:
             if lowest_other is not None and tag > lowest_other:
-                self.consume.basic_ack(tag)
+                ack(tag, False)
         self.unacked = others
 
     def nack(self, tag: int) -> None:
