@@ -13,6 +13,7 @@ call ``commit()`` once per batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -110,6 +111,15 @@ class TaskRow:
         )
 
 
+Transition = tuple[str, int, str, str | None, float, str | None]  # id, attempt, state, ...
+
+
+@functools.cache
+def _update_sql(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{k} = ?" for k in columns)
+    return f"UPDATE tasks SET {sets}, updated_at = ? WHERE id = ?"
+
+
 def _dumps(value: Any) -> str:
     return "{}" if value == {} else json.dumps(value, separators=(",", ":"))
 
@@ -136,25 +146,42 @@ class Ledger:
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot open the ledger at {self.path}: {error}") from None
         self._in_batch = False
+        self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []  # runs of one statement
 
     def close(self) -> None:
         self.db.close()
 
     # -- writes (batched) ---------------------------------------------------
+    #
+    # Writes queue up in order as runs of the same statement and reach SQLite
+    # at ``commit()`` (or before any read), one ``executemany`` per run: a batch
+    # of results costs a statement, not a statement per task.
 
-    def _begin(self) -> None:
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        if self._writes and self._writes[-1][0] == sql:
+            self._writes[-1][1].extend(rows)
+        else:
+            self._writes.append((sql, list(rows)))
+
+    def _flush(self) -> None:
+        if not self._writes:
+            return
         if not self._in_batch:
             self.db.execute("BEGIN IMMEDIATE")
             self._in_batch = True
+        for sql, rows in self._writes:
+            self.db.executemany(sql, rows)
+        self._writes = []
 
     def commit(self) -> None:
+        self._flush()
         if self._in_batch:
             self.db.execute("COMMIT")
             self._in_batch = False
 
     def add(self, requests: Iterable[TaskRequest], now: float) -> list[TaskRequest]:
         """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
-        self._begin()
+        self._flush()  # the check below must see this batch's earlier inserts
         fresh: dict[str, TaskRequest] = {}
         for r in requests:
             fresh.setdefault(r.id, r)
@@ -165,11 +192,11 @@ class Ledger:
             for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
                 del fresh[known]
         added = list(fresh.values())
-        self.db.executemany(
+        self._write(
             "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
             " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)",
-            [
+            (
                 (
                     r.id,
                     r.type,
@@ -183,64 +210,54 @@ class Ledger:
                     now,
                 )
                 for r in added
-            ],
+            ),
         )
         self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
         return added
 
     def update(self, task_id: str, now: float, **fields: Any) -> None:
         """Set some columns of one task (the JSON column ``output`` is encoded here)."""
-        self._begin()
         if fields.get("output") is not None:
             fields["output"] = _dumps(fields["output"])
-        columns = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(
-            f"UPDATE tasks SET {columns}, updated_at = ? WHERE id = ?",
-            (*fields.values(), now, task_id),
-        )
+        self._write(_update_sql(tuple(fields)), [(*fields.values(), now, task_id)])
 
     def assign(self, rows: list[tuple[str, int, str, float]]) -> None:
         """Mark (id, attempt, worker, when) assigned once their dispatch is in the broker."""
-        self._begin()
-        self.db.executemany(
+        self._write(
             "UPDATE tasks SET state = 'assigned', worker = ?, assigned_at = ?, updated_at = ?,"
             " reason = NULL WHERE id = ? AND attempt = ?",
-            [(w, at, at, i, a) for i, a, w, at in rows],
+            ((w, at, at, i, a) for i, a, w, at in rows),
         )
         self.transitions((i, a, "assigned", w, at, None) for i, a, w, at in rows)
 
     def set_reasons(self, reasons: Iterable[tuple[str, str]]) -> None:
-        self._begin()
-        self.db.executemany(
-            "UPDATE tasks SET reason = ? WHERE id = ?", [(r, i) for i, r in reasons]
-        )
+        self._write("UPDATE tasks SET reason = ? WHERE id = ?", ((r, i) for i, r in reasons))
 
-    def transitions(
-        self, rows: Iterable[tuple[str, int, str, str | None, float, str | None]]
-    ) -> None:
-        self._begin()
-        self.db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)", rows)
+    def transitions(self, rows: Iterable[Transition]) -> None:
+        self._write("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def set_drained(self, worker: str, on: bool, now: float) -> None:
-        self._begin()
         if on:
-            self.db.execute("INSERT OR REPLACE INTO drained VALUES (?, ?)", (worker, now))
+            self._write("INSERT OR REPLACE INTO drained VALUES (?, ?)", [(worker, now)])
         else:
-            self.db.execute("DELETE FROM drained WHERE worker = ?", (worker,))
+            self._write("DELETE FROM drained WHERE worker = ?", [(worker,)])
 
     # -- reads --------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRow | None:
+        self._flush()
         row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return TaskRow.from_row(row) if row else None
 
     def open_tasks(self) -> Iterator[TaskRow]:
         """Every pending, assigned or running task: what a restarted scheduler rebuilds from."""
+        self._flush()
         query = "SELECT * FROM tasks WHERE state IN ('pending', 'assigned', 'running')"
         for row in self.db.execute(query):
             yield TaskRow.from_row(row)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
+        self._flush()
         rows = self.db.execute(
             "SELECT attempt, state, worker, at, note FROM transitions WHERE id = ? ORDER BY rowid",
             (task_id,),
@@ -248,10 +265,12 @@ class Ledger:
         return [dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
+        self._flush()
         rows = self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
         return {state: count for state, count in rows}
 
     def in_flight_by_worker(self) -> dict[str, int]:
+        self._flush()
         rows = self.db.execute(
             "SELECT worker, COUNT(*) FROM tasks"
             " WHERE state IN ('assigned', 'running') GROUP BY worker"
@@ -259,4 +278,5 @@ class Ledger:
         return {worker: count for worker, count in rows}
 
     def drained(self) -> set[str]:
+        self._flush()
         return {row[0] for row in self.db.execute("SELECT worker FROM drained")}
