@@ -171,7 +171,7 @@ def test_a_partitioned_worker_loses_its_tasks_and_its_late_results_are_stale(
 ) -> None:
     cluster.start_scheduler()
     cluster.start_worker("cut", ["sleep"], 2, {"site": "x"})
-    tasks = [sleep_task(f"p{i}", 8.0, preferences={"site": "x"}) for i in range(2)]
+    tasks = [sleep_task(f"p{i}", 15.0, preferences={"site": "x"}) for i in range(2)]
     cluster.submit(*tasks)
     wait_until(
         lambda: all((r := cluster.task(t.id)) is not None and r.worker == "cut" for t in tasks),
