@@ -24,11 +24,13 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def broker_pid() -> int | None:
-    """The RabbitMQ VM's pid (the first ``beam.smp`` process), if there is one."""
+    """The RabbitMQ node's pid (the ``beam.smp`` that booted ``rabbit``), if there is one."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "beam.smp":
+                if (entry / "comm").read_text().strip() != "beam.smp":
+                    continue
+                if b"rabbit\x00boot" in (entry / "cmdline").read_bytes():
                     return int(entry.name)
             except OSError:
                 continue

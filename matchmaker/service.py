@@ -1,19 +1,16 @@
-"""The scheduler service: rounds, push, results, recovery; intake runs beside it.
+"""The scheduler service: intake, rounds, push, results, recovery.
 
-Requests come in through the intake process (``intake.py``): it validates
-them and passes them on through a pipe, and acks them once this loop has
-committed them to the ledger (the scheduler is the ledger's only writer).
-One thread runs the loop; Serf's inventory and the intake's pipe feed it
-from threads of their own through queues. Each turn of the loop:
+One thread runs the loop; Serf's inventory feeds it changes from its own
+thread through a queue. Each turn of the loop:
 
-1. lets pika deliver what arrived (results, confirms) into buffers, and
-   sends what the last turn queued (acks, dispatches, events) in one go;
+1. lets pika deliver what arrived (requests, results, confirms) into buffers,
+   and sends what the last turn queued (acks, dispatches, events) in one go;
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is drained);
-3. records what the intake passed on (new tasks pending, cancels, drains);
-   applies results to the book; records the confirmed dispatches assigned;
-4. commits the ledger once, and only then lets the intake ack its requests
-   and queues the acks of the results;
+3. intake: validates the buffered requests and records the new ones pending
+   (invalid ones go to ``mm.dead``); results: applies them to the book;
+   confirms: records the confirmed dispatches assigned;
+4. commits the ledger once, and only then queues the acks of what it took in;
 5. a round, when work is pending and something changed, at most once per
    ``round_interval``: ``plan()``, then each dispatch is published under
    publisher confirms (``dispatch.py``);
@@ -24,9 +21,8 @@ broker: acks, dispatches and events are queued frames that the next turn's
 first step writes, so a busy turn costs one socket write and one commit.
 
 Leadership: only the scheduler holding the exclusive queue
-``mm.scheduler.leader`` consumes and runs an intake; a second one waits on
-it and takes over (rebuilding from the ledger) when the first one's
-connection dies. The intake dies with its scheduler.
+``mm.scheduler.leader`` consumes; a second one waits on it and takes over
+(rebuilding from the ledger) when the first one's connection dies.
 """
 
 from __future__ import annotations
@@ -49,13 +45,13 @@ from matchmaker.book import Book, Event
 from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
-from matchmaker.intake import IntakeProcess
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     Cancel,
     Drain,
     MessageError,
     TaskDispatch,
+    TaskRequest,
     TaskResult,
     decode,
     encode,
@@ -71,7 +67,6 @@ PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
 CONFIRM_POLL = 0.002
 EVENT_INTERVAL = 0.02
-INTAKE_RESTART = 1.0  # seconds between starts of the intake process
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
 
@@ -97,6 +92,7 @@ class Scheduler:
         self.live: dict[str, Worker] = {}
         self.drained = self.ledger.drained()
         self.reasons: dict[str, str] = {}
+        self.requests: list[Delivery] = []
         self.results: list[Delivery] = []
         self.dirty = True
         self.last_round = 0.0
@@ -104,8 +100,6 @@ class Scheduler:
         self.next_sweep = 0.0
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
-        self.intake = IntakeProcess(config, self._wake)
-        self.woken = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -132,10 +126,10 @@ class Scheduler:
                     if self.stopping:
                         break
                     log.warning("lost the broker (%s); reconnecting", error.__class__.__name__)
+                    self.requests.clear()
                     self.results.clear()
                     time.sleep(0.5)
         finally:
-            self.intake.stop()
             self.inventory.stop()
             self.ledger.commit()
             if self.connection and self.connection.is_open:
@@ -180,23 +174,25 @@ class Scheduler:
         )
         self.dispatcher = Dispatcher(connection.channel())
         self._reconcile_inventory()
+        intake = connection.channel()
+        intake.basic_qos(prefetch_count=PREFETCH)
+        intake.basic_consume(broker.REQUESTS, self._on_request)
         results = connection.channel()
         results.basic_qos(prefetch_count=PREFETCH)
         results.basic_consume(broker.RESULTS, self._on_result)
-        ack_result = broker.queued_ack(results)
+        ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
         try:
             while not self.stopping:
                 connection.process_data_events(time_limit=self._wait())
-                self.woken = False
                 self._apply_changes()
-                self._keep_intake()
-                self._admit(control)
+                took_requests = self._intake(control)
                 took_results = self._apply_results(results)
                 if time.time() >= self.next_sweep:
                     self._sweep()
                 self._apply_confirms()
                 self.ledger.commit()
-                self.intake.confirm()
+                if took_requests:
+                    ack_request(took_requests, True)
                 if took_results:
                     ack_result(took_results, True)
                 if self._round_due():
@@ -209,6 +205,11 @@ class Scheduler:
 
     # -- the turn of the loop ---------------------------------------------------
 
+    def _on_request(
+        self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
+    ) -> None:
+        self.requests.append(Delivery(method.delivery_tag, body))
+
     def _on_result(
         self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
     ) -> None:
@@ -216,7 +217,7 @@ class Scheduler:
 
     def _wait(self) -> float:
         """How long the next turn may wait for broker events before it has work of its own."""
-        if self.intake.pending() or self.results or not self.changes.empty():
+        if self.requests or self.results or not self.changes.empty():
             return 0
         now = time.time()
         wait = CONFIRM_POLL if self.dispatcher.unconfirmed else 0.05
@@ -264,46 +265,41 @@ class Scheduler:
         self._refresh_live()
         self.dirty = True
 
-    def _wake(self) -> None:
-        """From the intake's reader thread: end the loop's wait for broker events."""
-        connection = self.connection
-        if connection is None or self.woken:
-            return
-        self.woken = True
-        try:
-            connection.add_callback_threadsafe(lambda: None)
-        except Exception:  # closed or closing: the next turn comes anyway
-            self.woken = False
-
-    def _keep_intake(self) -> None:
-        """Start the intake; restart it if it ended (what it had not acked comes again)."""
-        if self.intake.alive() or self.intake.pending():
-            return
-        if self.intake.popen is not None:
-            if time.time() - self.intake.started < INTAKE_RESTART:
-                return
-            log.warning(
-                "the intake process ended (%s); restarting it", self.intake.popen.returncode
-            )
-        self.intake.start()
-
-    def _admit(self, control: BlockingChannel) -> None:
-        """Record what the intake passed on, in the order it came (committed with the turn)."""
-        items = self.intake.take()
-        if not items:
-            return
+    def _intake(self, control: BlockingChannel) -> int:
+        """Take in the buffered requests; returns the delivery tag to ack (0: none)."""
+        if not self.requests:
+            return 0
         now = time.time()
-        for item in items:
-            kind = item[0]
-            if kind == "submit":
-                if self.book.submit(item[1], now):
-                    self.dirty = True
-            elif kind == "cancel":
-                self._cancel(item[1].id, now, control)
-            elif kind == "drain":
-                self._drain(item[1], now)
-            elif kind == "rejected":
-                self.book.count("rejected", item[1])
+        batch, self.requests = self.requests, []
+        new: dict[str, TaskRequest] = {}
+        for d in batch:
+            try:
+                message = decode(d.body, expect=("submit", "cancel", "drain"))
+                if isinstance(message, TaskRequest):
+                    if message.type not in self.config.task_types:
+                        raise MessageError(
+                            f"unknown task type {message.type!r} (this scheduler knows "
+                            f"{', '.join(self.config.task_types)})"
+                        )
+                    new.setdefault(message.id, message)
+                    continue
+                self._submit(new, now)  # a cancel may name a task submitted just before it
+                if isinstance(message, Cancel):
+                    self._cancel(message.id, now, control)
+                elif isinstance(message, Drain):
+                    self._drain(message, now)
+            except MessageError as error:
+                log.warning("rejected a request: %s", error)
+                broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
+                self.book.count("rejected")
+        self._submit(new, now)
+        return batch[-1].tag
+
+    def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
+        if new:
+            self.book.submit(list(new.values()), now)
+            new.clear()
+            self.dirty = True
 
     def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
         was_open, worker = self.book.cancel(task_id, now)

@@ -64,7 +64,7 @@ def _check_key(key: str) -> None:
         raise AgentError(f"the gossip encryption key decodes to {len(raw)} bytes, not 16/24/32")
 
 
-def die_with_parent() -> None:
+def _die_with_parent() -> None:
     """In the agent's process before exec: get SIGKILL when the parent process dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -179,7 +179,7 @@ class SerfAgent:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=die_with_parent if self.die_with_parent else None,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
                 )
             except OSError as error:
                 raise AgentError(
