@@ -6,7 +6,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 state=$(bash scripts/broker.sh start)
-cleanup() { [ "$state" = started ] && bash scripts/broker.sh stop; }
+cleanup() { if [ "$state" = started ]; then bash scripts/broker.sh stop; fi; }
 trap cleanup EXIT
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
