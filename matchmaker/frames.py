@@ -37,6 +37,7 @@ PUBLISH = b"\x00\x3c\x00\x28\x00\x00"  # Basic (60) . Publish (40), ticket 0
 NO_BITS = b"\x00"  # mandatory and immediate off
 BASIC_CLASS = 60
 PROPERTY_CACHE = 64  # distinct properties objects kept encoded
+ROUTE_CACHE = 10_000  # (exchange, routing key) method frames kept
 
 
 def _short(text: str) -> bytes:
@@ -72,7 +73,7 @@ class FramePublisher:
         if frame is None:
             payload = PUBLISH + _short(exchange) + _short(routing_key) + NO_BITS
             frame = HEAD.pack(1, self.number, len(payload)) + payload + FRAME_END
-            if len(self.routes) < 10_000:
+            if len(self.routes) < ROUTE_CACHE:
                 self.routes[(exchange, routing_key)] = frame
         return frame
 

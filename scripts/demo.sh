@@ -2,10 +2,5 @@
 # Set up, start the broker if none runs, run the whole system on a demo
 # workload (scripts/demo.py), stop what was started.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-bash scripts/setup.sh
-state=$(bash scripts/broker.sh start)
-cleanup() { if [ "$state" = started ]; then bash scripts/broker.sh stop; fi; }
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 .venv/bin/python scripts/demo.py "$@"
