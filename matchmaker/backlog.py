@@ -7,15 +7,19 @@ oldest first, so ``oldest(now, limit)`` with ``limit`` = the free slots hands
 the engine every task it could place: the same plan, at a cost that grows
 with the free slots instead of the backlog.
 
-A group stays in arrival order while tasks arrive in order; a task that comes
-back (a retry, a lost worker) marks its group for one sort at the next round.
-Retry times wait in a heap, so noticing a backoff's end costs nothing per task.
+Each group has two parts, both oldest first: ``arrived``, the tasks that came
+in order (a dict keeps that order for free), and ``returned``, the tasks
+that came back older than the newest one waiting (a retry, a lost worker's
+tasks), sorted at the next round when it changed. A round merges the two, so
+taking back a thousand tasks costs a sort of those thousand, not of the
+backlog. Retry times wait in a heap, so noticing a backoff's end costs
+nothing per task.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -31,11 +35,43 @@ def _age(t: OpenTask) -> tuple[float, str]:
     return (t.task.submitted_at, t.task.id)
 
 
+class Group:
+    """The pending tasks of one class key and priority, oldest first."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, OpenTask] = {}
+        self.returned: dict[str, OpenTask] = {}
+        self.sorted = True  # whether ``returned`` is in order
+
+    def add(self, t: OpenTask) -> None:
+        if self.arrived and _age(next(reversed(self.arrived.values()))) > _age(t):
+            self.returned[t.task.id] = t
+            self.sorted = False
+        else:
+            self.arrived[t.task.id] = t
+
+    def pop(self, task_id: str) -> None:
+        if self.arrived.pop(task_id, None) is None:
+            del self.returned[task_id]
+
+    def __len__(self) -> int:
+        return len(self.arrived) + len(self.returned)
+
+    def oldest(self, now: float, limit: int | None) -> Iterator[Task]:
+        arrived: Iterable[OpenTask] = self.arrived.values()
+        if self.returned:
+            if not self.sorted:
+                self.returned = dict(sorted(self.returned.items(), key=lambda i: _age(i[1])))
+                self.sorted = True
+            arrived = heapq.merge(arrived, self.returned.values(), key=_age)
+        due = (t.task for t in arrived if t.not_before <= now)
+        return due if limit is None else islice(due, limit)
+
+
 class Backlog:
     def __init__(self) -> None:
         self.by_id: dict[str, OpenTask] = {}
-        self.groups: dict[Key, dict[str, OpenTask]] = {}
-        self.unsorted: set[Key] = set()
+        self.groups: dict[Key, Group] = {}
         self.backoffs: list[float] = []  # heap of retry times still to come
 
     @staticmethod
@@ -43,11 +79,10 @@ class Backlog:
         return (t.task.class_key, t.task.priority)
 
     def add(self, t: OpenTask) -> None:
-        key = self._key(t)
-        group = self.groups.setdefault(key, {})
-        if group and _age(next(reversed(group.values()))) > _age(t):
-            self.unsorted.add(key)
-        group[t.task.id] = t
+        group = self.groups.get(self._key(t))
+        if group is None:
+            group = self.groups[self._key(t)] = Group()
+        group.add(t)
         self.by_id[t.task.id] = t
         if t.not_before:
             heapq.heappush(self.backoffs, t.not_before)
@@ -65,22 +100,16 @@ class Backlog:
         if t is not None:
             key = self._key(t)
             group = self.groups[key]
-            del group[task_id]
+            group.pop(task_id)
             if not group:
                 del self.groups[key]
-                self.unsorted.discard(key)
         return t
 
     def oldest(self, now: float, limit: int | None = None) -> list[Task]:
         """The due tasks, or at most ``limit`` of each group, oldest first."""
-        for key in self.unsorted:
-            group = self.groups[key]
-            self.groups[key] = dict(sorted(group.items(), key=lambda item: _age(item[1])))
-        self.unsorted.clear()
         out: list[Task] = []
         for group in self.groups.values():
-            due = (t.task for t in group.values() if t.not_before <= now)
-            out.extend(due if limit is None else islice(due, limit))
+            out.extend(group.oldest(now, limit))
         return out
 
     def get(self, task_id: str) -> OpenTask | None:

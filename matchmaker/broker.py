@@ -23,6 +23,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker.frames import queued_publish as queued_publish  # re-exported
+from matchmaker.frames import read_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,10 @@ def _reason(error: BaseException) -> str:
 
 
 def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.BlockingConnection:
-    """A blocking connection; retries with backoff ``attempts`` times, then BrokerError."""
+    """A blocking connection; retries with backoff ``attempts`` times, then BrokerError.
+
+    Its deliveries are parsed by ``frames.DeliveryReader`` (pika's path costs
+    more than the rest of taking in a message)."""
     params = pika.URLParameters(url)
     params.client_properties = {"connection_name": name}
     params.heartbeat = 30
@@ -79,7 +83,9 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
     delay = 0.2
     for attempt in range(1, attempts + 1):
         try:
-            return pika.BlockingConnection(params)
+            connection = pika.BlockingConnection(params)
+            read_deliveries(connection)
+            return connection
         except pika.exceptions.ProbableAuthenticationError:
             raise BrokerError(f"the broker at {describe(url)} refused the credentials") from None
         except pika.exceptions.ProbableAccessDeniedError:

@@ -1,22 +1,28 @@
-"""``Basic.Publish`` written straight as AMQP 0-9-1 frames onto a pika channel's connection.
+"""AMQP 0-9-1 frames written and read straight, beside pika's own frame layer.
 
-A published message is three or more frames, each ``type(1) channel(2)
-size(4) payload 0xCE``:
+Every frame is ``type(1) channel(2) size(4) payload 0xCE``. A message is a
+method frame, a content header (type 2: class 60, weight 0, body size in 64
+bits, then the properties' flag word and values) and body frames (type 3),
+none longer than the negotiated ``frame_max``.
 
-- method (type 1): class 60 method 40, ticket 0, exchange and routing key as
-  short strings (a length byte, at most 255 bytes), then the bits
-  ``mandatory`` and ``immediate`` (both off);
-- content header (type 2): class 60, weight 0, body size (64 bits), then the
-  properties' flag word and values;
-- body (type 3), split so no frame exceeds the negotiated ``frame_max``.
+pika builds and parses each message through several objects, marshal calls
+and callback-registry lookups, which costs more than the rest of a dispatch.
+This module does the two hot cases itself and leaves everything else to pika:
 
-pika builds these through four objects and three marshal calls per message,
-which costs more than the rest of a dispatch. Here the method frame is a
-few byte joins, a properties object is encoded once and reused, and the
-frames go to pika's outbound buffer in one write: the connection sends them
-at its next I/O step, exactly as ``Channel.basic_publish`` would have.
-Publisher confirms count these messages like any other, since the broker
-sees the same frames.
+- ``FramePublisher``: ``Basic.Publish`` (class 60 method 40: ticket 0,
+  exchange and routing key as short strings, the bits ``mandatory`` and
+  ``immediate`` off). The method frame is a few byte joins, a properties
+  object is encoded once and reused, and the frames go to pika's outbound
+  buffer in one write, sent at the connection's next I/O step exactly as
+  ``Channel.basic_publish`` would have. Publisher confirms count these
+  messages like any other: the broker sees the same frames.
+- ``DeliveryReader``: ``Basic.Deliver`` (class 60 method 60: consumer tag,
+  delivery tag, the bit ``redelivered``, exchange, routing key) with its
+  header and body. It takes the connection's input; a whole delivery to a
+  live consumer goes to that consumer's pika callback as pika's ``Channel``
+  would have called it (so ``BlockingChannel`` still dispatches it between
+  I/O steps), and every other frame, or a delivery it has any doubt about,
+  goes through pika's own decoder in the order it arrived.
 """
 
 from __future__ import annotations
@@ -25,15 +31,23 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import pika
+from pika import frame as pika_frame
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import BasicProperties
+from pika.exceptions import InvalidFrameError
+from pika.spec import Basic, BasicProperties
 
 Publish = Callable[[str, str, bytes, BasicProperties], None]
+Taken = tuple[()] | tuple[int, tuple[Any, ...]]  # () = pika's; (next frame, consumer call)
 
 FRAME_END = b"\xce"
 HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 CONTENT = struct.Struct(">HHQ")  # class id, weight, body size
 PUBLISH = b"\x00\x3c\x00\x28\x00\x00"  # Basic (60) . Publish (40), ticket 0
+DELIVER = b"\x00\x3c\x00\x3c"  # Basic (60) . Deliver (60)
+TAG_BITS = struct.Struct(">QB")  # delivery tag, then the bit "redelivered"
+METHOD, HEADER, BODY = 1, 2, 3
+FRAME_END_BYTE = 0xCE
 NO_BITS = b"\x00"  # mandatory and immediate off
 BASIC_CLASS = 60
 PROPERTY_CACHE = 64  # distinct properties objects kept encoded
@@ -116,3 +130,121 @@ def queued_publish(channel: BlockingChannel) -> Publish:
     except AttributeError:
         publish = getattr(impl, "basic_publish", None)
         return publish if callable(publish) else channel.basic_publish
+
+
+class DeliveryReader:
+    """Takes a pika connection's input; parses whole ``Basic.Deliver`` messages itself."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection  # pika.connection.Connection (a BlockingConnection's _impl)
+        self.channels: dict[int, Any] = connection._channels
+        self.pending = b""
+        self.properties: dict[bytes, BasicProperties] = {}
+        connection._on_data_available = self.data_received
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.pending + data if self.pending else data
+        size = len(buffer)
+        at = 0
+        try:
+            while size - at >= 8:
+                kind, number, length = HEAD.unpack_from(buffer, at)
+                end = at + length + 8
+                if end > size:
+                    break
+                if kind == METHOD and buffer[at + 7 : at + 11] == DELIVER:
+                    taken = self._deliver(buffer, at, end, number)
+                    if taken is None:
+                        break  # the rest of this message has not arrived yet
+                    if taken:
+                        at, (callback, *args) = taken
+                        callback(*args)
+                        continue
+                used, decoded = pika_frame.decode_frame(buffer[at:end])
+                if decoded is None or used != end - at:
+                    raise InvalidFrameError(f"cannot decode a frame of {end - at} bytes")
+                at = end
+                self.connection.bytes_received += used
+                self.connection._process_frame(decoded)
+        finally:
+            self.pending = buffer[at:]
+
+    def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
+        """The delivery whose method frame is ``buffer[at:end]``.
+
+        Returns where the next frame starts and the consumer's call, None if
+        the message is incomplete, or () to let pika take this frame (a
+        consumer or channel it would treat specially, or a layout this reader
+        does not expect).
+        """
+        channel = self.channels.get(number)
+        if channel is None or not channel.is_open or buffer[end - 1] != FRAME_END_BYTE:
+            return ()
+        p = at + 11
+        n = buffer[p]
+        consumer_tag = buffer[p + 1 : p + 1 + n].decode()
+        callback = channel._consumers.get(consumer_tag)
+        if callback is None or consumer_tag in channel._cancelled:
+            return ()
+        p += 1 + n
+        delivery_tag, bits = TAG_BITS.unpack_from(buffer, p)
+        p += 9
+        n = buffer[p]
+        exchange = buffer[p + 1 : p + 1 + n].decode()
+        p += 1 + n
+        n = buffer[p]
+        routing_key = buffer[p + 1 : p + 1 + n].decode()
+
+        size = len(buffer)
+        if size - end < 8:
+            return None
+        kind, header_channel, length = HEAD.unpack_from(buffer, end)
+        header_end = end + length + 8
+        if header_end > size:
+            return None
+        if kind != HEADER or header_channel != number or buffer[header_end - 1] != FRAME_END_BYTE:
+            return ()
+        _class, _weight, body_size = CONTENT.unpack_from(buffer, end + 7)
+        properties = self._properties(buffer[end + 19 : header_end - 1])
+        chunks = []
+        got, at_body, frames = 0, header_end, 2
+        while got < body_size:
+            if size - at_body < 8:
+                return None
+            kind, body_channel, length = HEAD.unpack_from(buffer, at_body)
+            body_end = at_body + length + 8
+            if body_end > size:
+                return None
+            if kind != BODY or body_channel != number or buffer[body_end - 1] != FRAME_END_BYTE:
+                return ()
+            chunks.append(buffer[at_body + 7 : body_end - 1])
+            got += length
+            at_body = body_end
+            frames += 1
+        if got != body_size:
+            return ()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        method = Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
+        self.connection.bytes_received += at_body - at
+        self.connection.frames_received += frames
+        return at_body, (callback, channel, method, properties, body)
+
+    def _properties(self, raw: bytes) -> BasicProperties:
+        """Decoded properties, shared between deliveries whose encoded properties match."""
+        known = self.properties.get(raw)
+        if known is None:
+            known = BasicProperties()
+            known.decode(raw)
+            if len(self.properties) < PROPERTY_CACHE:
+                self.properties[raw] = known
+        return known
+
+
+def read_deliveries(connection: pika.BlockingConnection) -> DeliveryReader | None:
+    """Install a ``DeliveryReader`` on an open connection (None if pika's layout changed)."""
+    impl = connection._impl
+    if not all(hasattr(impl, name) for name in ("_channels", "_process_frame", "bytes_received")):
+        return None
+    if getattr(impl, "_frame_buffer", b""):
+        return None  # pika holds part of a frame already: leave this connection to it
+    return DeliveryReader(impl)

@@ -37,6 +37,41 @@ def test_groups_stay_oldest_first_when_old_work_comes_back() -> None:
     assert backlog.backoff_ended(200.0) and not backlog.backoff_ended(300.0)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["add", "pop"]), st.integers(0, 29), st.integers(0, 20)),
+        max_size=80,
+    ),
+    limit=st.one_of(st.none(), st.integers(0, 12)),
+)
+def test_any_order_of_arrivals_and_departures_comes_out_oldest_first(
+    steps: list[tuple[str, int, int]], limit: int | None
+) -> None:
+    """Against sorting everything: the same tasks, per group, oldest first."""
+    backlog = Backlog()
+    held: dict[str, OpenTask] = {}
+    for op, i, age in steps:
+        t = open_task(i, float(age), priority=i % 2)
+        if op == "add" and t.task.id not in held:
+            backlog.add(t)
+            held[t.task.id] = t
+        elif op == "pop" and t.task.id in held:
+            assert backlog.pop(t.task.id) is held.pop(t.task.id)
+    got = [t.id for t in backlog.oldest(100.0, limit)]
+    want = []
+    for priority in (0, 1):
+        group = sorted(
+            (t for t in held.values() if t.task.priority == priority),
+            key=lambda t: (t.task.submitted_at, t.task.id),
+        )
+        want.append([t.task.id for t in group][:limit])
+    assert sorted(got) == sorted(i for g in want for i in g)
+    for g in want:
+        assert [i for i in got if i in set(g)] == g
+    assert len(backlog) == len(held)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 10_000),

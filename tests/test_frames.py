@@ -1,13 +1,17 @@
-"""The frame-level publish against the real broker: what arrives is what pika would send."""
+"""The frame-level publish and delivery reader against the real broker: what pika would do."""
 
 from __future__ import annotations
+
+import time
 
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import FramePublisher
+from matchmaker.frames import DeliveryReader, FramePublisher
 
 QUEUE = "mm.test.frames"
 
@@ -77,5 +81,65 @@ def test_bad_routing_key_and_closed_channel_raise(broker_url: str) -> None:
         channel.close()
         with pytest.raises(pika.exceptions.ChannelWrongStateError):
             publish("", QUEUE, b"body", broker.PERSISTENT)
+    finally:
+        connection.close()
+
+
+def _consume_all(
+    connection: pika.BlockingConnection, channel: BlockingChannel, count: int
+) -> list[tuple[Basic.Deliver, pika.BasicProperties, bytes]]:
+    got: list[tuple[Basic.Deliver, pika.BasicProperties, bytes]] = []
+    channel.basic_consume(QUEUE, lambda _c, m, p, b: got.append((m, p, b)))
+    deadline = time.monotonic() + 20
+    while len(got) < count and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    return got
+
+
+def test_reader_hands_consumers_whole_deliveries(broker_url: str) -> None:
+    """Empty, small and multi-frame bodies (split over many socket reads), properties, tags."""
+    connection, channel = _channel(broker_url)
+    try:
+        assert isinstance(connection._impl._on_data_available.__self__, DeliveryReader)
+        frame_max = connection._impl.params.frame_max
+        bodies = [b"", b"x", bytes(range(256)) * (3 * frame_max // 256 + 7), b"{}" * 1000]
+        bodies += [f"m{i}".encode() for i in range(2000)]
+        headed = pika.BasicProperties(headers={"x-mm-reason": "because"}, priority=3)
+        publish = FramePublisher(channel._impl)
+        for i, body in enumerate(bodies):
+            publish("", QUEUE, body, headed if i % 7 == 0 else broker.PERSISTENT)
+        got = _consume_all(connection, channel, len(bodies))
+        assert [body for _, _, body in got] == bodies
+        assert [m.delivery_tag for m, _, _ in got] == list(range(1, len(bodies) + 1))
+        assert {(m.exchange, m.routing_key, m.redelivered) for m, _, _ in got} == {
+            ("", QUEUE, False)
+        }
+        for i, (_, props, _) in enumerate(got):
+            if i % 7 == 0:
+                assert (props.headers, props.priority) == ({"x-mm-reason": "because"}, 3)
+            else:
+                assert (props.delivery_mode, props.headers) == (2, None)
+    finally:
+        connection.close()
+
+
+def test_reader_reports_redeliveries_and_leaves_other_frames_to_pika(broker_url: str) -> None:
+    connection, channel = _channel(broker_url)
+    try:
+        publish = FramePublisher(channel._impl)
+        for i in range(10):
+            publish("", QUEUE, f"r{i}".encode(), broker.PERSISTENT)
+        first = _consume_all(connection, channel, 10)
+        assert len(first) == 10
+        for tag in channel.consumer_tags:
+            channel.basic_cancel(tag)  # Basic.CancelOk goes through pika
+        channel.basic_nack(first[-1][0].delivery_tag, multiple=True, requeue=True)
+        method, _props, body = channel.basic_get(QUEUE)  # Basic.GetOk: pika's path
+        assert method is not None and method.redelivered and body == b"r0"
+        channel.basic_ack(method.delivery_tag)
+        again = _consume_all(connection, channel, 9)
+        assert [b for _, _, b in again] == [f"r{i}".encode() for i in range(1, 10)]
+        assert all(m.redelivered for m, _, _ in again)
+        assert connection._impl.bytes_received > 0 and connection._impl.frames_received > 0
     finally:
         connection.close()
