@@ -14,12 +14,13 @@ call ``commit()`` once per batch.
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from matchmaker.messages import TaskRequest
 
@@ -95,7 +96,7 @@ class TaskRow:
         values = dict(row)
         for key in ("payload", "constraints", "preferences", "output"):
             if values[key] is not None:
-                values[key] = json.loads(values[key])
+                values[key] = orjson.loads(values[key])
         return cls(**values)
 
     def request(self) -> TaskRequest:
@@ -121,7 +122,7 @@ def _update_sql(columns: tuple[str, ...]) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return "{}" if value == {} else json.dumps(value, separators=(",", ":"))
+    return "{}" if value == {} else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class Ledger:

@@ -14,17 +14,20 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   output or error.
 
 Decoding never raises anything but ``MessageError``, whose text says what is
-wrong in one sentence; the caller dead-letters the message with it.
+wrong in one sentence; the caller dead-letters the message with it. JSON is
+read and written by orjson: strict RFC 8259 (no ``NaN``, integers within 64
+bits, valid UTF-8), several times faster than the standard library here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from matchmaker.models import MAX_PRIORITY, parse_constraints
 
@@ -93,7 +96,7 @@ Message = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
 
 
 def encode(message: Message) -> bytes:
-    return json.dumps({"v": VERSION, **vars(message)}, separators=(",", ":")).encode()
+    return orjson.dumps({"v": VERSION, **vars(message)}, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _name(body: dict[str, Any], key: str) -> str:
@@ -210,8 +213,8 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as error:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
         raise MessageError(f"not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")

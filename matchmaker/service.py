@@ -27,7 +27,6 @@ Leadership: only the scheduler holding the exclusive queue
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -35,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
@@ -429,24 +429,8 @@ class Scheduler:
         for e in events:
             by_state.setdefault(e.state, []).append(e)
         for state, items in by_state.items():
-            body = json.dumps(
-                {
-                    "v": 1,
-                    "kind": "events",
-                    "events": [
-                        {
-                            "id": e.id,
-                            "state": e.state,
-                            "attempt": e.attempt,
-                            "worker": e.worker,
-                            "at": e.at,
-                            "note": e.note,
-                        }
-                        for e in items
-                    ],
-                }
-            )
-            publish(broker.EVENTS, f"task.{state}", body.encode(), EVENT_PROPERTIES)
+            body = orjson.dumps({"v": 1, "kind": "events", "events": items})  # Event's fields
+            publish(broker.EVENTS, f"task.{state}", body, EVENT_PROPERTIES)
 
     def _observe(self) -> None:
         m = self.metrics

@@ -109,6 +109,43 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
     assert cluster.scheduler is not None and cluster.scheduler.alive()
 
 
+def test_every_state_change_is_an_event(cluster: LocalCluster, broker_url: str) -> None:
+    connection = broker.connect(broker_url)
+    channel = connection.channel()
+    broker.declare_core(channel)
+    watch = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(watch, broker.EVENTS, "task.#")
+    cluster.start_scheduler()
+    cluster.start_worker("ev", ["sleep"], 1)
+    bad_task = TaskRequest("ev-bad", "sleep", {"seconds": 0, "fail": True}, max_attempts=1)
+    cluster.wait_states(cluster.submit(sleep_task("ev-ok", 0.3), bad_task), ("succeeded", "dead"))
+    seen: list[tuple[str, dict[str, object]]] = []
+    deadline = time.monotonic() + 10
+    while {"succeeded", "dead"} - {e["state"] for _, e in seen} and time.monotonic() < deadline:
+        method, _props, body = channel.basic_get(watch, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        message = json.loads(body)
+        assert (message["v"], message["kind"]) == (1, "events")
+        seen += [(method.routing_key, e) for e in message["events"]]
+    connection.close()
+    assert all(key == f"task.{e['state']}" for key, e in seen)
+    ok = [e for _, e in seen if e["id"] == "ev-ok"]
+    assert [e["state"] for e in ok] == ["pending", "assigned", "running", "succeeded"]
+    assert [e["worker"] for e in ok] == [None, "ev", "ev", "ev"]
+    assert {e["attempt"] for e in ok} == {1}
+    assert [e["at"] for e in ok] == sorted(e["at"] for e in ok)  # type: ignore[type-var]
+    bad = [e for _, e in seen if e["id"] == "ev-bad"]
+    assert [e["state"] for e in bad if e["state"] != "running"] == [
+        "pending",
+        "assigned",
+        "failed",
+        "dead",
+    ]
+    assert "gave up after 1 attempts" in str(bad[-1]["note"])
+
+
 def test_a_killed_worker_s_tasks_finish_elsewhere(cluster: LocalCluster) -> None:
     cluster.start_scheduler()
     victim = cluster.start_worker("victim", ["sleep"], 4, {"site": "a"})

@@ -128,8 +128,11 @@ class Runner:
             if self._jobs.get(job.key) is not job or job.final is not None:
                 return  # withdrawn, cancelled or expired while waiting
             job.started_at = time.time()
-            self._dirty[job.key] = job  # no wake: the running report rides on the next flush
-        log.info("task started id=%s attempt=%d type=%s", *job.key, job.dispatch.type)
+            quiet = not self._dirty
+            self._dirty[job.key] = job
+        if quiet:  # the loop may be in a long wait: it must time this job's running report
+            self.wake()
+        log.debug("task started id=%s attempt=%d type=%s", *job.key, job.dispatch.type)
         try:
             output = function(dict(job.dispatch.payload), job.context)
             if not isinstance(output, dict):
