@@ -8,9 +8,11 @@ goes back to pending. Confirms are the only way to pipeline durable publishes
 on one connection: a transaction would stall the loop for every commit.
 
 pika's BlockingChannel has no asynchronous confirms, so this drives the
-channel underneath it (``_impl``) and publishes with ``frames.FramePublisher``. Confirm
-frames are read inside ``process_data_events`` on the loop's own thread; the
-callback only queues them, and the loop collects them with ``confirmed()``.
+channel underneath it (``_impl``) and publishes with ``frames.FramePublisher``.
+Confirm frames are read inside ``process_data_events`` on the loop's own
+thread (by ``frames.DeliveryReader`` when it reads the connection, else by
+pika); the handler only queues them, and the loop collects them with
+``confirmed()``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
+from matchmaker.frames import reader_of
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
@@ -39,7 +42,10 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self.impl: Any = self.channel._impl
-        self.impl.confirm_delivery(self._on_confirm)
+        self.impl.confirm_delivery(self._on_confirm_frame)
+        reader = reader_of(self.channel)
+        if reader is not None:
+            reader.on_confirm(self.impl.channel_number, self._on_confirm)
         self.send = broker.queued_publish(self.channel)
 
     def declare(self, worker: str) -> str:
@@ -56,19 +62,22 @@ class Dispatcher:
         self.sequence += 1
         self.unconfirmed[self.sequence] = (task_id, worker)
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm_frame(self, frame: Any) -> None:
         method = frame.method
+        self._on_confirm(method.delivery_tag, method.multiple, isinstance(method, Basic.Ack))
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
         items: list[Item] = []
-        if not method.multiple:
-            item = self.unconfirmed.pop(method.delivery_tag, None)
+        if not multiple:
+            item = self.unconfirmed.pop(delivery_tag, None)
             items = [item] if item is not None else []
         else:
             while self.unconfirmed:  # a dict keeps publish order
                 tag = next(iter(self.unconfirmed))
-                if tag > method.delivery_tag:
+                if tag > delivery_tag:
                     break
                 items.append(self.unconfirmed.pop(tag))
-        if isinstance(method, Basic.Ack):
+        if acked:
             now = time.time()
             self.acked.extend((task_id, worker, now) for task_id, worker in items)
         else:

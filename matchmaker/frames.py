@@ -21,8 +21,11 @@ This module does the two hot cases itself and leaves everything else to pika:
   header and body. It takes the connection's input; a whole delivery to a
   live consumer goes to that consumer's pika callback as pika's ``Channel``
   would have called it (so ``BlockingChannel`` still dispatches it between
-  I/O steps), and every other frame, or a delivery it has any doubt about,
-  goes through pika's own decoder in the order it arrived.
+  I/O steps). Publisher confirms, ``Basic.Ack`` (60.80: delivery tag, bit
+  ``multiple``) and ``Basic.Nack`` (60.120: delivery tag, bits ``multiple``
+  and ``requeue``), go straight to a handler registered for their channel
+  with ``on_confirm``. Every other frame, or a delivery it has any doubt
+  about, goes through pika's own decoder in the order it arrived.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from pika.spec import Basic, BasicProperties
 
 Publish = Callable[[str, str, bytes, BasicProperties], None]
 Taken = tuple[()] | tuple[int, tuple[Any, ...]]  # () = pika's; (next frame, consumer call)
+Confirm = Callable[[int, bool, bool], None]  # (delivery tag, multiple, acked)
 
 FRAME_END = b"\xce"
 HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 CONTENT = struct.Struct(">HHQ")  # class id, weight, body size
 PUBLISH = b"\x00\x3c\x00\x28\x00\x00"  # Basic (60) . Publish (40), ticket 0
 DELIVER = b"\x00\x3c\x00\x3c"  # Basic (60) . Deliver (60)
+ACK = b"\x00\x3c\x00\x50"  # Basic (60) . Ack (80)
+NACK = b"\x00\x3c\x00\x78"  # Basic (60) . Nack (120)
 TAG_BITS = struct.Struct(">QB")  # delivery tag, then the bit "redelivered"
 METHOD, HEADER, BODY = 1, 2, 3
 FRAME_END_BYTE = 0xCE
@@ -140,7 +146,12 @@ class DeliveryReader:
         self.channels: dict[int, Any] = connection._channels
         self.pending = b""
         self.properties: dict[bytes, BasicProperties] = {}
+        self.confirms: dict[int, Confirm] = {}
         connection._on_data_available = self.data_received
+
+    def on_confirm(self, channel_number: int, handler: Confirm) -> None:
+        """Publisher confirms on this channel go to ``handler``, not through pika."""
+        self.confirms[channel_number] = handler
 
     def data_received(self, data: bytes) -> None:
         buffer = self.pending + data if self.pending else data
@@ -152,14 +163,13 @@ class DeliveryReader:
                 end = at + length + 8
                 if end > size:
                     break
-                if kind == METHOD and buffer[at + 7 : at + 11] == DELIVER:
-                    taken = self._deliver(buffer, at, end, number)
-                    if taken is None:
-                        break  # the rest of this message has not arrived yet
-                    if taken:
-                        at, (callback, *args) = taken
-                        callback(*args)
-                        continue
+                taken = self._method(buffer, at, end, number) if kind == METHOD else ()
+                if taken is None:
+                    break  # the rest of this message has not arrived yet
+                if taken:
+                    at, (call, *args) = taken
+                    call(*args)
+                    continue
                 used, decoded = pika_frame.decode_frame(buffer[at:end])
                 if decoded is None or used != end - at:
                     raise InvalidFrameError(f"cannot decode a frame of {end - at} bytes")
@@ -168,6 +178,24 @@ class DeliveryReader:
                 self.connection._process_frame(decoded)
         finally:
             self.pending = buffer[at:]
+
+    def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
+        """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
+        method = buffer[at + 7 : at + 11]
+        if method == DELIVER:
+            return self._deliver(buffer, at, end, number)
+        if method in (ACK, NACK):
+            return self._confirm(buffer, at, end, number, method == ACK)
+        return ()
+
+    def _confirm(self, buffer: bytes, at: int, end: int, number: int, acked: bool) -> Taken:
+        handler = self.confirms.get(number)
+        if handler is None or buffer[end - 1] != FRAME_END_BYTE:
+            return ()
+        tag, bits = TAG_BITS.unpack_from(buffer, at + 11)
+        self.connection.bytes_received += end - at
+        self.connection.frames_received += 1
+        return end, (handler, tag, bool(bits & 1), acked)
 
     def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """The delivery whose method frame is ``buffer[at:end]``.
@@ -238,6 +266,13 @@ class DeliveryReader:
             if len(self.properties) < PROPERTY_CACHE:
                 self.properties[raw] = known
         return known
+
+
+def reader_of(channel: BlockingChannel) -> DeliveryReader | None:
+    """The ``DeliveryReader`` that reads this channel's connection, if one does."""
+    read = getattr(channel._impl.connection, "_on_data_available", None)
+    reader = getattr(read, "__self__", None)
+    return reader if isinstance(reader, DeliveryReader) else None
 
 
 def read_deliveries(connection: pika.BlockingConnection) -> DeliveryReader | None:

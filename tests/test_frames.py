@@ -11,7 +11,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import DeliveryReader, FramePublisher
+from matchmaker.frames import DeliveryReader, FramePublisher, reader_of
 
 QUEUE = "mm.test.frames"
 
@@ -141,5 +141,37 @@ def test_reader_reports_redeliveries_and_leaves_other_frames_to_pika(broker_url:
         assert [b for _, _, b in again] == [f"r{i}".encode() for i in range(1, 10)]
         assert all(m.redelivered for m, _, _ in again)
         assert connection._impl.bytes_received > 0 and connection._impl.frames_received > 0
+    finally:
+        connection.close()
+
+
+def test_reader_hands_confirms_and_refusals_to_the_channel_s_handler(broker_url: str) -> None:
+    """A queue that refuses publishes beyond 10 messages: 10 acks, 10 nacks, in tag order."""
+    connection = broker.connect(broker_url)
+    try:
+        channel = connection.channel()
+        channel.queue_declare(
+            "mm.test.full", arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
+        )
+        via_pika: list[object] = []
+        channel._impl.confirm_delivery(via_pika.append)  # Confirm.Select, through pika
+        reader = reader_of(channel)
+        assert reader is not None
+        got: dict[int, bool] = {}
+
+        def handler(tag: int, multiple: bool, acked: bool) -> None:
+            first = max(got, default=0) + 1 if multiple else tag  # multiple: all up to tag
+            for t in range(first, tag + 1):
+                got[t] = acked
+
+        reader.on_confirm(channel.channel_number, handler)
+        publish = FramePublisher(channel._impl)
+        for i in range(20):
+            publish("", "mm.test.full", f"m{i}".encode(), broker.PERSISTENT)
+        deadline = time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.05)
+        assert [got.get(tag) for tag in range(1, 21)] == [True] * 10 + [False] * 10
+        assert via_pika == []
     finally:
         connection.close()
