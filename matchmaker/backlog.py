@@ -42,17 +42,22 @@ class Group:
         self.arrived: dict[str, OpenTask] = {}
         self.returned: dict[str, OpenTask] = {}
         self.sorted = True  # whether ``returned`` is in order
+        self.newest: tuple[float, str] | None = None  # no older than arrived's last
 
     def add(self, t: OpenTask) -> None:
-        if self.arrived and _age(next(reversed(self.arrived.values()))) > _age(t):
+        age = _age(t)
+        if self.newest is not None and self.newest > age:
             self.returned[t.task.id] = t
             self.sorted = False
         else:
             self.arrived[t.task.id] = t
+            self.newest = age
 
     def pop(self, task_id: str) -> None:
         if self.arrived.pop(task_id, None) is None:
             del self.returned[task_id]
+        elif not self.arrived:
+            self.newest = None
 
     def __len__(self) -> int:
         return len(self.arrived) + len(self.returned)

@@ -92,6 +92,7 @@ class Book:
             attempt=t.attempt,
             worker=None,
             not_before=t.not_before,
+            finished_at=None,
         )
         self._event(t, "pending", now, note)
 

