@@ -166,12 +166,10 @@ class Runner:
                 error=error,
             )
             self._dirty[job.key] = job
-        log.info(
-            "task finished id=%s attempt=%d state=%s%s",
-            *job.key,
-            job.final.state,
-            f" error={error!r}" if error else "",
-        )
+        if error is None:  # the ledger and mm.events record every task; logs tell of failures
+            log.debug("task finished id=%s attempt=%d state=succeeded", *job.key)
+        else:
+            log.info("task finished id=%s attempt=%d state=failed error=%r", *job.key, error)
         self.wake()
         return True
 
