@@ -11,12 +11,14 @@ ledger update are all inside the window.
 Reference, same run, same broker: the raw pika publish rate of N persistent
 dispatch-sized messages to a queue of ``broker.QUEUE_TYPE``, without confirms
 (timed until a round trip after the last one) and in one transaction per
-1,000 messages.
+1,000 messages; each the median of ``RAW_RUNS`` runs (a single one varies by
+a third between runs here).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -43,6 +45,7 @@ from membership.tags import MAX_SLOTS, encode_worker_tags
 RAW_QUEUE = "mm.bench.raw"
 TARGET_RATE = 10_000.0
 TARGET_RATIO = 0.75
+RAW_RUNS = 3
 
 
 def raw_publish(url: str, count: int, tx_batch: int | None) -> float:
@@ -82,8 +85,9 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     publish_requests(url, (request_body(sleep_request(f"p{i:07d}")) for i in range(tasks)))
     preload = tasks / (time.perf_counter() - t0)
 
-    raw = raw_publish(url, tasks, None)
-    raw_tx = raw_publish(url, tasks, BATCH)
+    raw_runs = [raw_publish(url, tasks, None) for _ in range(RAW_RUNS)]
+    raw_tx_runs = [raw_publish(url, tasks, BATCH) for _ in range(RAW_RUNS)]
+    raw, raw_tx = statistics.median(raw_runs), statistics.median(raw_tx_runs)
 
     agent = cluster.start_agent()
     names = [f"bare{k:03d}" for k in range(workers)]
@@ -145,6 +149,8 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "push_rate": rate,
         "raw_rate": raw,
         "raw_tx1000_rate": raw_tx,
+        "raw_runs": raw_runs,
+        "raw_tx1000_runs": raw_tx_runs,
         "preload_tx1000_rate": preload,
         "ratio_raw": rate / raw,
         "ratio_raw_tx1000": rate / raw_tx,
@@ -160,14 +166,20 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     }
 
 
+def _runs(rates: list[float]) -> str:
+    return ", ".join(f"{rate:,.0f}" for rate in rates)
+
+
 def table(r: dict[str, Any]) -> list[str]:
     return [
         f"tasks {r['tasks']:,} onto {r['workers']} bare workers x {r['slots']} slots "
         f"({r['queue_type']} queues); {r['assigned']:,} assigned, "
         f"{r['in_worker_queues']:,} in worker queues",
         f"{'push (ledger: first submitted -> last assigned)':<52} {r['push_rate']:>10,.0f} /s",
-        f"{'raw pika publish, persistent, no confirms':<52} {r['raw_rate']:>10,.0f} /s",
-        f"{'raw pika publish, one tx per 1,000':<52} {r['raw_tx1000_rate']:>10,.0f} /s",
+        f"{'raw pika publish, persistent, no confirms':<52} {r['raw_rate']:>10,.0f} /s"
+        f"   (median of {_runs(r['raw_runs'])})",
+        f"{'raw pika publish, one tx per 1,000':<52} {r['raw_tx1000_rate']:>10,.0f} /s"
+        f"   (median of {_runs(r['raw_tx1000_runs'])})",
         f"{'client preload to mm.requests, one tx per 1,000':<52} "
         f"{r['preload_tx1000_rate']:>10,.0f} /s",
         f"push / raw = {r['ratio_raw']:.2f}x   push / raw-tx = {r['ratio_raw_tx1000']:.2f}x",

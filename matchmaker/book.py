@@ -37,7 +37,7 @@ class OpenTask:
     deadline: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     id: str
     state: str

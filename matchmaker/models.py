@@ -257,6 +257,16 @@ class Worker:
     def __hash__(self) -> int:
         return hash((self.name, self.capabilities, self.slots, self.running))
 
+    def with_running(self, running: int) -> Worker:
+        """The same worker with ``running`` tasks (the rest was checked when it was made)."""
+        if isinstance(running, bool) or not isinstance(running, int) or running < 0:
+            raise ValueError(f"worker {self.name!r}: running must be a non-negative integer")
+        copy = object.__new__(Worker)
+        for name in ("name", "capabilities", "slots", "attributes", "profile"):
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "running", running)
+        return copy
+
     @property
     def free(self) -> int:
         return max(0, self.slots - self.running)

@@ -380,7 +380,7 @@ class Scheduler:
         started = time.time()
         self.last_round, self.dirty = started, False
         workers = [
-            Worker(w.name, w.capabilities, w.slots, self.book.running(w.name), w.attributes)
+            w.with_running(self.book.running(name))
             for name, w in self.live.items()
             if name not in self.drained
         ]

@@ -331,3 +331,12 @@ def test_very_old_tasks_are_placed() -> None:
     tasks = [Task("ancient", "a", submitted_at=-1e15), Task("fresh", "a", priority=9)]
     result = plan(tasks, [Worker("w", {"a"}, 2)], Policy(aging_interval=1.0, now=0.0))
     assert result.assignments == {"ancient": "w", "fresh": "w"}
+
+
+def test_a_worker_with_another_load_equals_one_made_afresh() -> None:
+    w = Worker("w1", ["sleep", "data_staging"], 4, 1, {"site": "iu", "gpu": 2})
+    again = w.with_running(3)
+    assert again == Worker("w1", ["sleep", "data_staging"], 4, 3, {"site": "iu", "gpu": 2})
+    assert (again.profile, again.free, w.running) == (w.profile, 1, 1)
+    with pytest.raises(ValueError, match="running must be a non-negative integer"):
+        w.with_running(-1)
