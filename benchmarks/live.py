@@ -39,6 +39,7 @@ import pika.exceptions
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError
 from matchmaker.broker import BrokerError
+from matchmaker.config import Config
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
 
@@ -72,8 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--round-interval",
         type=_positive_float,
-        default=0.02,
-        help="the scheduler's round interval in seconds (default: %(default)s, LocalCluster's)",
+        default=Config.round_interval,
+        help="the scheduler's round interval in seconds (default: %(default)s, the service's)",
     )
     p.add_argument("--progress", action="store_true", help="draw progress bars even when piped")
     g = p.add_argument_group("push")

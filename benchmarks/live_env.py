@@ -30,6 +30,7 @@ import pika
 
 from benchmarks.progress import Progress
 from matchmaker import broker
+from matchmaker.config import Config
 from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
 
@@ -64,7 +65,7 @@ class Env:
     amqp: str = AMQP
     workdir: Path = Path("results/live-work")
     progress: bool = False
-    round_interval: float = 0.02
+    round_interval: float = Config.round_interval
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def vhost(self, label: str) -> str:

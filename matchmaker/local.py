@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from matchmaker import broker
+from matchmaker.config import Config
 from matchmaker.ledger import Ledger, LedgerError, TaskRow
 from matchmaker.messages import Message, TaskRequest, encode
 from membership.agent import SerfAgent, free_port, generate_key
@@ -71,7 +72,7 @@ class Process:
 class LocalCluster:
     broker_url: str = broker.DEFAULT_URL
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-cluster-")))
-    round_interval: float = 0.02
+    round_interval: float = Config.round_interval
     encrypt_key: str = field(default_factory=generate_key)
     scheduler_args: tuple[str, ...] = ()
     agent: SerfAgent | None = None
