@@ -21,7 +21,8 @@ This module does the two hot cases itself and leaves everything else to pika:
   header and body. It takes the connection's input; a whole delivery to a
   live consumer goes to that consumer's pika callback as pika's ``Channel``
   would have called it (so ``BlockingChannel`` still dispatches it between
-  I/O steps). Publisher confirms, ``Basic.Ack`` (60.80: delivery tag, bit
+  I/O steps), or, for a consumer made with ``consume``, straight to its sink
+  ``(delivery tag, body)``. Publisher confirms, ``Basic.Ack`` (60.80: delivery tag, bit
   ``multiple``) and ``Basic.Nack`` (60.120: delivery tag, bits ``multiple``
   and ``requeue``), go straight to a handler registered for their channel
   with ``on_confirm``. Every other frame, or a delivery it has any doubt
@@ -43,6 +44,7 @@ from pika.spec import Basic, BasicProperties
 Publish = Callable[[str, str, bytes, BasicProperties], None]
 Taken = tuple[()] | tuple[int, tuple[Any, ...]]  # () = pika's; (next frame, consumer call)
 Confirm = Callable[[int, bool, bool], None]  # (delivery tag, multiple, acked)
+Sink = Callable[[int, bytes], None]  # (delivery tag, body); called inside the read: buffer only
 
 FRAME_END = b"\xce"
 HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
@@ -141,12 +143,15 @@ def queued_publish(channel: BlockingChannel) -> Publish:
 class DeliveryReader:
     """Takes a pika connection's input; parses whole ``Basic.Deliver`` messages itself."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, wake: Callable[[int], None] | None = None) -> None:
         self.connection = connection  # pika.connection.Connection (a BlockingConnection's _impl)
         self.channels: dict[int, Any] = connection._channels
         self.pending = b""
         self.properties: dict[bytes, BasicProperties] = {}
         self.confirms: dict[int, Confirm] = {}
+        self.sinks: dict[str, Sink] = {}  # by consumer tag
+        self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
+        self.sunk = False
         connection._on_data_available = self.data_received
 
     def on_confirm(self, channel_number: int, handler: Confirm) -> None:
@@ -178,6 +183,9 @@ class DeliveryReader:
                 self.connection._process_frame(decoded)
         finally:
             self.pending = buffer[at:]
+            if self.sunk and self.wake is not None:
+                self.sunk = False
+                self.wake(-1)  # process_data_events returns: the sinks' owner has work
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
@@ -233,7 +241,7 @@ class DeliveryReader:
         if kind != HEADER or header_channel != number or buffer[header_end - 1] != FRAME_END_BYTE:
             return ()
         _class, _weight, body_size = CONTENT.unpack_from(buffer, end + 7)
-        properties = self._properties(buffer[end + 19 : header_end - 1])
+        raw_properties = buffer[end + 19 : header_end - 1]
         chunks = []
         got, at_body, frames = 0, header_end, 2
         while got < body_size:
@@ -252,9 +260,14 @@ class DeliveryReader:
         if got != body_size:
             return ()
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        method = Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
         self.connection.bytes_received += at_body - at
         self.connection.frames_received += frames
+        sink = self.sinks.get(consumer_tag)
+        if sink is not None:
+            self.sunk = True
+            return at_body, (sink, delivery_tag, body)
+        properties = self._properties(raw_properties)
+        method = Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
         return at_body, (callback, channel, method, properties, body)
 
     def _properties(self, raw: bytes) -> BasicProperties:
@@ -282,4 +295,19 @@ def read_deliveries(connection: pika.BlockingConnection) -> DeliveryReader | Non
         return None
     if getattr(impl, "_frame_buffer", b""):
         return None  # pika holds part of a frame already: leave this connection to it
-    return DeliveryReader(impl)
+    return DeliveryReader(impl, getattr(connection, "_request_channel_dispatch", None))
+
+
+def consume(channel: BlockingChannel, queue: str, sink: Sink) -> str:
+    """``basic_consume`` whose deliveries reach ``sink(delivery_tag, body)``.
+
+    With a ``DeliveryReader`` on the connection the sink is called inside the
+    read, with no pika objects made per message, so it must only buffer; the
+    connection's ``process_data_events`` returns after that read. Without
+    one, pika's callback calls the sink between I/O steps. Returns the tag.
+    """
+    tag: str = channel.basic_consume(queue, lambda _c, m, _p, body: sink(m.delivery_tag, body))
+    reader = reader_of(channel)
+    if reader is not None:
+        reader.sinks[tag] = sink
+    return tag

@@ -38,13 +38,13 @@ import orjson
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic, BasicProperties
 
 from matchmaker import broker
 from matchmaker.book import Book, Event
 from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
+from matchmaker.frames import consume
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     Cancel,
@@ -176,10 +176,10 @@ class Scheduler:
         self._reconcile_inventory()
         intake = connection.channel()
         intake.basic_qos(prefetch_count=PREFETCH)
-        intake.basic_consume(broker.REQUESTS, self._on_request)
+        consume(intake, broker.REQUESTS, self._on_request)
         results = connection.channel()
         results.basic_qos(prefetch_count=PREFETCH)
-        results.basic_consume(broker.RESULTS, self._on_result)
+        consume(results, broker.RESULTS, self._on_result)
         ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
         try:
             while not self.stopping:
@@ -205,15 +205,11 @@ class Scheduler:
 
     # -- the turn of the loop ---------------------------------------------------
 
-    def _on_request(
-        self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
-    ) -> None:
-        self.requests.append(Delivery(method.delivery_tag, body))
+    def _on_request(self, tag: int, body: bytes) -> None:
+        self.requests.append(Delivery(tag, body))
 
-    def _on_result(
-        self, _ch: BlockingChannel, method: Basic.Deliver, _p: BasicProperties, body: bytes
-    ) -> None:
-        self.results.append(Delivery(method.delivery_tag, body))
+    def _on_result(self, tag: int, body: bytes) -> None:
+        self.results.append(Delivery(tag, body))
 
     def _wait(self) -> float:
         """How long the next turn may wait for broker events before it has work of its own."""

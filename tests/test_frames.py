@@ -11,7 +11,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import DeliveryReader, FramePublisher, reader_of
+from matchmaker.frames import DeliveryReader, FramePublisher, consume, reader_of
 
 QUEUE = "mm.test.frames"
 
@@ -173,5 +173,29 @@ def test_reader_hands_confirms_and_refusals_to_the_channel_s_handler(broker_url:
             connection.process_data_events(time_limit=0.05)
         assert [got.get(tag) for tag in range(1, 21)] == [True] * 10 + [False] * 10
         assert via_pika == []
+    finally:
+        connection.close()
+
+
+def test_consume_feeds_the_sink_and_ends_the_wait(broker_url: str) -> None:
+    """Bodies and tags in order, and ``process_data_events`` returns once they are in."""
+    connection, channel = _channel(broker_url)
+    try:
+        got: list[tuple[int, bytes]] = []
+        consume(channel, QUEUE, lambda tag, body: got.append((tag, body)))
+        publisher_connection, publisher = _channel(broker_url)
+        publish = FramePublisher(publisher._impl)
+        bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
+        for body in bodies:
+            publish("", QUEUE, body, broker.PERSISTENT)
+        publisher_connection.process_data_events(time_limit=0)
+        waits = 0
+        while len(got) < len(bodies) and waits < 50:
+            started = time.monotonic()
+            connection.process_data_events(time_limit=30)
+            assert time.monotonic() - started < 20  # returned on data, not at the limit
+            waits += 1
+        assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
+        publisher_connection.close()
     finally:
         connection.close()
