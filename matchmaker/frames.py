@@ -140,6 +140,20 @@ def queued_publish(channel: BlockingChannel) -> Publish:
         return publish if callable(publish) else channel.basic_publish
 
 
+def _frame(buffer: bytes, at: int, kind: int, number: int) -> tuple[int, int] | tuple[()] | None:
+    """(payload start, next frame's start) of the ``kind`` frame on channel ``number`` at
+    ``at``; None while it is incomplete, () if it is some other frame."""
+    if len(buffer) - at < 8:
+        return None
+    found, channel, length = HEAD.unpack_from(buffer, at)
+    end = at + length + 8
+    if end > len(buffer):
+        return None
+    if found != kind or channel != number or buffer[end - 1] != FRAME_END_BYTE:
+        return ()
+    return at + 7, end
+
+
 class DeliveryReader:
     """Takes a pika connection's input; parses whole ``Basic.Deliver`` messages itself."""
 
@@ -231,31 +245,21 @@ class DeliveryReader:
         n = buffer[p]
         routing_key = buffer[p + 1 : p + 1 + n].decode()
 
-        size = len(buffer)
-        if size - end < 8:
-            return None
-        kind, header_channel, length = HEAD.unpack_from(buffer, end)
-        header_end = end + length + 8
-        if header_end > size:
-            return None
-        if kind != HEADER or header_channel != number or buffer[header_end - 1] != FRAME_END_BYTE:
-            return ()
-        _class, _weight, body_size = CONTENT.unpack_from(buffer, end + 7)
-        raw_properties = buffer[end + 19 : header_end - 1]
+        header = _frame(buffer, end, HEADER, number)
+        if not header:
+            return header  # incomplete (None) or not a header (): pika's then
+        start, at_body = header
+        _class, _weight, body_size = CONTENT.unpack_from(buffer, start)
+        raw_properties = buffer[start + 12 : at_body - 1]
         chunks = []
-        got, at_body, frames = 0, header_end, 2
+        got, frames = 0, 2
         while got < body_size:
-            if size - at_body < 8:
-                return None
-            kind, body_channel, length = HEAD.unpack_from(buffer, at_body)
-            body_end = at_body + length + 8
-            if body_end > size:
-                return None
-            if kind != BODY or body_channel != number or buffer[body_end - 1] != FRAME_END_BYTE:
-                return ()
-            chunks.append(buffer[at_body + 7 : body_end - 1])
-            got += length
-            at_body = body_end
+            frame = _frame(buffer, at_body, BODY, number)
+            if not frame:
+                return frame
+            start, at_body = frame
+            chunks.append(buffer[start : at_body - 1])
+            got += at_body - 1 - start
             frames += 1
         if got != body_size:
             return ()
