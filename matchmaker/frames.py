@@ -155,7 +155,7 @@ def _frame(buffer: bytes, at: int, kind: int, number: int) -> tuple[int, int] | 
 
 
 class DeliveryReader:
-    """Takes a pika connection's input; parses whole ``Basic.Deliver`` messages itself."""
+    """Takes a pika connection's input: deliveries and confirms parsed here, the rest by pika."""
 
     def __init__(self, connection: Any, wake: Callable[[int], None] | None = None) -> None:
         self.connection = connection  # pika.connection.Connection (a BlockingConnection's _impl)
