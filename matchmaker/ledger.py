@@ -19,6 +19,7 @@ it (an index keyed on ``state`` cost 6 of 16 us of ledger work per task).
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class TaskRow:
         values = dict(row)
         for key in ("payload", "constraints", "preferences", "output"):
             if values[key] is not None:
-                values[key] = orjson.loads(values[key])
+                values[key] = _loads(values[key])
         return cls(**values)
 
     def request(self) -> TaskRequest:
@@ -133,6 +134,13 @@ Transition = tuple[str, int, str, str | None, float, str | None]  # id, attempt,
 def _update_sql(columns: tuple[str, ...]) -> str:
     sets = ", ".join(f"{k} = ?" for k in columns)
     return f"UPDATE tasks SET {sets}, updated_at = ? WHERE id = ?"
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # written by an older version: NaN or a 65-bit integer
+        return json.loads(text)
 
 
 def _dumps(value: Any) -> str:

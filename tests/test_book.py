@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_a_ledger_from_before_the_unfinished_index_is_migrated(tmp_path: Path) -
     old.executemany(
         "INSERT INTO tasks (id, type, payload, priority, constraints, preferences, max_attempts,"
         " timeout, state, attempt, submitted_at, updated_at, finished_at)"
-        " VALUES (?, 'sleep', '{}', 0, '{}', '{}', 3, 60, ?, ?, 0, 0, ?)",
+        " VALUES (?, 'sleep', '{\"x\": NaN}', 0, '{}', '{}', 3, 60, ?, ?, 0, 0, ?)",
         [
             ("retried", "pending", 2, 5.0),
             ("done", "succeeded", 1, 4.0),
@@ -123,7 +124,9 @@ def test_a_ledger_from_before_the_unfinished_index_is_migrated(tmp_path: Path) -
     old.commit()
     old.close()
     opened = Ledger(path)
-    assert sorted(row.id for row in opened.open_tasks()) == ["new", "retried"]
+    rows = sorted(opened.open_tasks(), key=lambda row: row.id)
+    assert [row.id for row in rows] == ["new", "retried"]
+    assert math.isnan(rows[1].payload["x"])  # the standard library wrote NaN; still readable
     names = {name for (name,) in opened.db.execute("SELECT name FROM sqlite_master")}
     assert "tasks_unfinished" in names and "tasks_open" not in names
 
