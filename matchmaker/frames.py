@@ -47,6 +47,7 @@ Confirm = Callable[[int, bool, bool], None]  # (delivery tag, multiple, acked)
 Sink = Callable[[int, bytes], None]  # (delivery tag, body); called inside the read: buffer only
 
 FRAME_END = b"\xce"
+FRAME_END_BYTE = FRAME_END[0]
 HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 CONTENT = struct.Struct(">HHQ")  # class id, weight, body size
 PUBLISH = b"\x00\x3c\x00\x28\x00\x00"  # Basic (60) . Publish (40), ticket 0
@@ -55,7 +56,6 @@ ACK = b"\x00\x3c\x00\x50"  # Basic (60) . Ack (80)
 NACK = b"\x00\x3c\x00\x78"  # Basic (60) . Nack (120)
 TAG_BITS = struct.Struct(">QB")  # delivery tag, then the bit "redelivered"
 METHOD, HEADER, BODY = 1, 2, 3
-FRAME_END_BYTE = 0xCE
 NO_BITS = b"\x00"  # mandatory and immediate off
 BASIC_CLASS = 60
 PROPERTY_CACHE = 64  # distinct properties objects kept encoded
@@ -94,7 +94,7 @@ class FramePublisher:
         frame = self.routes.get((exchange, routing_key))
         if frame is None:
             payload = PUBLISH + _short(exchange) + _short(routing_key) + NO_BITS
-            frame = HEAD.pack(1, self.number, len(payload)) + payload + FRAME_END
+            frame = HEAD.pack(METHOD, self.number, len(payload)) + payload + FRAME_END
             if len(self.routes) < ROUTE_CACHE:
                 self.routes[(exchange, routing_key)] = frame
         return frame
@@ -108,14 +108,14 @@ class FramePublisher:
         header = CONTENT.pack(BASIC_CLASS, 0, len(body)) + self._properties(properties)
         parts = [
             self._method(exchange, routing_key),
-            HEAD.pack(2, self.number, len(header)),
+            HEAD.pack(HEADER, self.number, len(header)),
             header,
             FRAME_END,
         ]
         frames = 2
         for start in range(0, len(body), self.body_max):
             chunk = body[start : start + self.body_max]
-            parts += (HEAD.pack(3, self.number, len(chunk)), chunk, FRAME_END)
+            parts += (HEAD.pack(BODY, self.number, len(chunk)), chunk, FRAME_END)
             frames += 1
         data = b"".join(parts)
         self.connection.bytes_sent += len(data)
@@ -238,12 +238,7 @@ class DeliveryReader:
             return ()
         p += 1 + n
         delivery_tag, bits = TAG_BITS.unpack_from(buffer, p)
-        p += 9
-        n = buffer[p]
-        exchange = buffer[p + 1 : p + 1 + n].decode()
-        p += 1 + n
-        n = buffer[p]
-        routing_key = buffer[p + 1 : p + 1 + n].decode()
+        names = p + 9  # exchange and routing key: read only for a pika callback
 
         header = _frame(buffer, end, HEADER, number)
         if not header:
@@ -270,9 +265,12 @@ class DeliveryReader:
         if sink is not None:
             self.sunk = True
             return at_body, (sink, delivery_tag, body)
-        properties = self._properties(raw_properties)
+        n = buffer[names]
+        exchange = buffer[names + 1 : names + 1 + n].decode()
+        names += 1 + n
+        routing_key = buffer[names + 1 : names + 1 + buffer[names]].decode()
         method = Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
-        return at_body, (callback, channel, method, properties, body)
+        return at_body, (callback, channel, method, self._properties(raw_properties), body)
 
     def _properties(self, raw: bytes) -> BasicProperties:
         """Decoded properties, shared between deliveries whose encoded properties match."""

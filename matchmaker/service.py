@@ -47,6 +47,7 @@ from matchmaker.engine import plan
 from matchmaker.frames import consume
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
+    VERSION,
     Cancel,
     Drain,
     MessageError,
@@ -425,7 +426,7 @@ class Scheduler:
         for e in events:
             by_state.setdefault(e.state, []).append(e)
         for state, items in by_state.items():
-            body = orjson.dumps({"v": 1, "kind": "events", "events": items})  # Event's fields
+            body = orjson.dumps({"v": VERSION, "kind": "events", "events": items})  # Event's fields
             publish(broker.EVENTS, f"task.{state}", body, EVENT_PROPERTIES)
 
     def _observe(self) -> None:

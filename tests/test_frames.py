@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 import pika
 import pika.exceptions
@@ -16,73 +17,77 @@ from matchmaker.frames import DeliveryReader, FramePublisher, consume, reader_of
 QUEUE = "mm.test.frames"
 
 
-def _channel(
-    url: str,
-) -> tuple[pika.BlockingConnection, pika.adapters.blocking_connection.BlockingChannel]:
-    connection = broker.connect(url)
-    channel = connection.channel()
-    channel.queue_declare(QUEUE, durable=True)
-    return connection, channel
+Opened = tuple[pika.BlockingConnection, BlockingChannel]
+OpenChannel = Callable[[], Opened]
 
 
-def test_messages_arrive_intact_with_their_properties(broker_url: str) -> None:
-    connection, channel = _channel(broker_url)
-    try:
-        frame_max = connection._impl.params.frame_max
-        bodies = [b"", b"x", b"{}" * 1000, bytes(range(256)) * (3 * frame_max // 256 + 7)]
-        headed = pika.BasicProperties(
-            content_type="application/json", headers={"x-mm-reason": "because"}, priority=3
-        )
-        publish = FramePublisher(channel._impl)
-        for body in bodies:
-            publish("", QUEUE, body, broker.PERSISTENT)
-        publish("", QUEUE, b"last", headed)
-        channel.queue_declare(QUEUE, durable=True, passive=True)  # a round trip flushes them
-        got = []
-        for _ in range(len(bodies) + 1):
-            method, props, body = channel.basic_get(QUEUE, auto_ack=True)
-            assert method is not None
-            got.append((props, body))
-        assert [body for _, body in got] == [*bodies, b"last"]
-        assert all(props.delivery_mode == 2 for props, _ in got[:-1])
-        last = got[-1][0]
-        assert (last.content_type, last.headers, last.priority) == (
-            "application/json",
-            {"x-mm-reason": "because"},
-            3,
-        )
-    finally:
-        connection.close()
+@pytest.fixture
+def open_channel(broker_url: str) -> Iterator[OpenChannel]:
+    """Opens a connection and a channel with ``QUEUE`` declared; all closed afterwards."""
+    connections: list[pika.BlockingConnection] = []
+
+    def open_() -> Opened:
+        connection = broker.connect(broker_url)
+        connections.append(connection)
+        channel = connection.channel()
+        channel.queue_declare(QUEUE, durable=True)
+        return connection, channel
+
+    yield open_
+    for connection in connections:
+        if connection.is_open:
+            connection.close()
 
 
-def test_publisher_confirms_count_frame_published_messages(broker_url: str) -> None:
-    connection, channel = _channel(broker_url)
-    try:
-        confirmed: list[int] = []
-        channel._impl.confirm_delivery(lambda frame: confirmed.append(frame.method.delivery_tag))
-        publish = FramePublisher(channel._impl)
-        for i in range(500):
-            publish("", QUEUE, f"m{i}".encode(), broker.PERSISTENT)
-        while not confirmed or max(confirmed) < 500:
-            connection.process_data_events(time_limit=0.05)
-        assert max(confirmed) == 500
-        depth = channel.queue_declare(QUEUE, durable=True, passive=True).method.message_count
-        assert depth == 500
-    finally:
-        connection.close()
+def test_messages_arrive_intact_with_their_properties(open_channel: OpenChannel) -> None:
+    connection, channel = open_channel()
+    frame_max = connection._impl.params.frame_max
+    bodies = [b"", b"x", b"{}" * 1000, bytes(range(256)) * (3 * frame_max // 256 + 7)]
+    headed = pika.BasicProperties(
+        content_type="application/json", headers={"x-mm-reason": "because"}, priority=3
+    )
+    publish = FramePublisher(channel._impl)
+    for body in bodies:
+        publish("", QUEUE, body, broker.PERSISTENT)
+    publish("", QUEUE, b"last", headed)
+    channel.queue_declare(QUEUE, durable=True, passive=True)  # a round trip flushes them
+    got = []
+    for _ in range(len(bodies) + 1):
+        method, props, body = channel.basic_get(QUEUE, auto_ack=True)
+        assert method is not None
+        got.append((props, body))
+    assert [body for _, body in got] == [*bodies, b"last"]
+    assert all(props.delivery_mode == 2 for props, _ in got[:-1])
+    last = got[-1][0]
+    assert (last.content_type, last.headers, last.priority) == (
+        "application/json",
+        {"x-mm-reason": "because"},
+        3,
+    )
 
 
-def test_bad_routing_key_and_closed_channel_raise(broker_url: str) -> None:
-    connection, channel = _channel(broker_url)
-    try:
-        publish = FramePublisher(channel._impl)
-        with pytest.raises(ValueError, match="longer than 255 bytes"):
-            publish("", "q" * 256, b"body", broker.PERSISTENT)
-        channel.close()
-        with pytest.raises(pika.exceptions.ChannelWrongStateError):
-            publish("", QUEUE, b"body", broker.PERSISTENT)
-    finally:
-        connection.close()
+def test_publisher_confirms_count_frame_published_messages(open_channel: OpenChannel) -> None:
+    connection, channel = open_channel()
+    confirmed: list[int] = []
+    channel._impl.confirm_delivery(lambda frame: confirmed.append(frame.method.delivery_tag))
+    publish = FramePublisher(channel._impl)
+    for i in range(500):
+        publish("", QUEUE, f"m{i}".encode(), broker.PERSISTENT)
+    while not confirmed or max(confirmed) < 500:
+        connection.process_data_events(time_limit=0.05)
+    assert max(confirmed) == 500
+    depth = channel.queue_declare(QUEUE, durable=True, passive=True).method.message_count
+    assert depth == 500
+
+
+def test_bad_routing_key_and_closed_channel_raise(open_channel: OpenChannel) -> None:
+    _connection, channel = open_channel()
+    publish = FramePublisher(channel._impl)
+    with pytest.raises(ValueError, match="longer than 255 bytes"):
+        publish("", "q" * 256, b"body", broker.PERSISTENT)
+    channel.close()
+    with pytest.raises(pika.exceptions.ChannelWrongStateError):
+        publish("", QUEUE, b"body", broker.PERSISTENT)
 
 
 def _consume_all(
@@ -96,106 +101,90 @@ def _consume_all(
     return got
 
 
-def test_reader_hands_consumers_whole_deliveries(broker_url: str) -> None:
+def test_reader_hands_consumers_whole_deliveries(open_channel: OpenChannel) -> None:
     """Empty, small and multi-frame bodies (split over many socket reads), properties, tags."""
-    connection, channel = _channel(broker_url)
-    try:
-        assert isinstance(connection._impl._on_data_available.__self__, DeliveryReader)
-        frame_max = connection._impl.params.frame_max
-        bodies = [b"", b"x", bytes(range(256)) * (3 * frame_max // 256 + 7), b"{}" * 1000]
-        bodies += [f"m{i}".encode() for i in range(2000)]
-        headed = pika.BasicProperties(headers={"x-mm-reason": "because"}, priority=3)
-        publish = FramePublisher(channel._impl)
-        for i, body in enumerate(bodies):
-            publish("", QUEUE, body, headed if i % 7 == 0 else broker.PERSISTENT)
-        got = _consume_all(connection, channel, len(bodies))
-        assert [body for _, _, body in got] == bodies
-        assert [m.delivery_tag for m, _, _ in got] == list(range(1, len(bodies) + 1))
-        assert {(m.exchange, m.routing_key, m.redelivered) for m, _, _ in got} == {
-            ("", QUEUE, False)
-        }
-        for i, (_, props, _) in enumerate(got):
-            if i % 7 == 0:
-                assert (props.headers, props.priority) == ({"x-mm-reason": "because"}, 3)
-            else:
-                assert (props.delivery_mode, props.headers) == (2, None)
-    finally:
-        connection.close()
+    connection, channel = open_channel()
+    assert isinstance(connection._impl._on_data_available.__self__, DeliveryReader)
+    frame_max = connection._impl.params.frame_max
+    bodies = [b"", b"x", bytes(range(256)) * (3 * frame_max // 256 + 7), b"{}" * 1000]
+    bodies += [f"m{i}".encode() for i in range(2000)]
+    headed = pika.BasicProperties(headers={"x-mm-reason": "because"}, priority=3)
+    publish = FramePublisher(channel._impl)
+    for i, body in enumerate(bodies):
+        publish("", QUEUE, body, headed if i % 7 == 0 else broker.PERSISTENT)
+    got = _consume_all(connection, channel, len(bodies))
+    assert [body for _, _, body in got] == bodies
+    assert [m.delivery_tag for m, _, _ in got] == list(range(1, len(bodies) + 1))
+    assert {(m.exchange, m.routing_key, m.redelivered) for m, _, _ in got} == {("", QUEUE, False)}
+    for i, (_, props, _) in enumerate(got):
+        if i % 7 == 0:
+            assert (props.headers, props.priority) == ({"x-mm-reason": "because"}, 3)
+        else:
+            assert (props.delivery_mode, props.headers) == (2, None)
 
 
-def test_reader_reports_redeliveries_and_leaves_other_frames_to_pika(broker_url: str) -> None:
-    connection, channel = _channel(broker_url)
-    try:
-        publish = FramePublisher(channel._impl)
-        for i in range(10):
-            publish("", QUEUE, f"r{i}".encode(), broker.PERSISTENT)
-        first = _consume_all(connection, channel, 10)
-        assert len(first) == 10
-        for tag in channel.consumer_tags:
-            channel.basic_cancel(tag)  # Basic.CancelOk goes through pika
-        channel.basic_nack(first[-1][0].delivery_tag, multiple=True, requeue=True)
-        method, _props, body = channel.basic_get(QUEUE)  # Basic.GetOk: pika's path
-        assert method is not None and method.redelivered and body == b"r0"
-        channel.basic_ack(method.delivery_tag)
-        again = _consume_all(connection, channel, 9)
-        assert [b for _, _, b in again] == [f"r{i}".encode() for i in range(1, 10)]
-        assert all(m.redelivered for m, _, _ in again)
-        assert connection._impl.bytes_received > 0 and connection._impl.frames_received > 0
-    finally:
-        connection.close()
+def test_reader_reports_redeliveries_leaves_other_frames_to_pika(open_channel: OpenChannel) -> None:
+    connection, channel = open_channel()
+    publish = FramePublisher(channel._impl)
+    for i in range(10):
+        publish("", QUEUE, f"r{i}".encode(), broker.PERSISTENT)
+    first = _consume_all(connection, channel, 10)
+    assert len(first) == 10
+    for tag in channel.consumer_tags:
+        channel.basic_cancel(tag)  # Basic.CancelOk goes through pika
+    channel.basic_nack(first[-1][0].delivery_tag, multiple=True, requeue=True)
+    method, _props, body = channel.basic_get(QUEUE)  # Basic.GetOk: pika's path
+    assert method is not None and method.redelivered and body == b"r0"
+    channel.basic_ack(method.delivery_tag)
+    again = _consume_all(connection, channel, 9)
+    assert [b for _, _, b in again] == [f"r{i}".encode() for i in range(1, 10)]
+    assert all(m.redelivered for m, _, _ in again)
+    assert connection._impl.bytes_received > 0 and connection._impl.frames_received > 0
 
 
-def test_reader_hands_confirms_and_refusals_to_the_channel_s_handler(broker_url: str) -> None:
+def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenChannel) -> None:
     """A queue that refuses publishes beyond 10 messages: 10 acks, 10 nacks, in tag order."""
-    connection = broker.connect(broker_url)
-    try:
-        channel = connection.channel()
-        channel.queue_declare(
-            "mm.test.full", arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
-        )
-        via_pika: list[object] = []
-        channel._impl.confirm_delivery(via_pika.append)  # Confirm.Select, through pika
-        reader = reader_of(channel)
-        assert reader is not None
-        got: dict[int, bool] = {}
+    connection, channel = open_channel()
+    channel.queue_declare(
+        "mm.test.full", arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
+    )
+    via_pika: list[object] = []
+    channel._impl.confirm_delivery(via_pika.append)  # Confirm.Select, through pika
+    reader = reader_of(channel)
+    assert reader is not None
+    got: dict[int, bool] = {}
 
-        def handler(tag: int, multiple: bool, acked: bool) -> None:
-            first = max(got, default=0) + 1 if multiple else tag  # multiple: all up to tag
-            for t in range(first, tag + 1):
-                got[t] = acked
+    def handler(tag: int, multiple: bool, acked: bool) -> None:
+        first = max(got, default=0) + 1 if multiple else tag  # multiple: all up to tag
+        for t in range(first, tag + 1):
+            got[t] = acked
 
-        reader.on_confirm(channel.channel_number, handler)
-        publish = FramePublisher(channel._impl)
-        for i in range(20):
-            publish("", "mm.test.full", f"m{i}".encode(), broker.PERSISTENT)
-        deadline = time.monotonic() + 10
-        while len(got) < 20 and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.05)
-        assert [got.get(tag) for tag in range(1, 21)] == [True] * 10 + [False] * 10
-        assert via_pika == []
-    finally:
-        connection.close()
+    reader.on_confirm(channel.channel_number, handler)
+    publish = FramePublisher(channel._impl)
+    for i in range(20):
+        publish("", "mm.test.full", f"m{i}".encode(), broker.PERSISTENT)
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    assert [got.get(tag) for tag in range(1, 21)] == [True] * 10 + [False] * 10
+    assert via_pika == []
 
 
-def test_consume_feeds_the_sink_and_ends_the_wait(broker_url: str) -> None:
+def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> None:
     """Bodies and tags in order, and ``process_data_events`` returns once they are in."""
-    connection, channel = _channel(broker_url)
-    try:
-        got: list[tuple[int, bytes]] = []
-        consume(channel, QUEUE, lambda tag, body: got.append((tag, body)))
-        publisher_connection, publisher = _channel(broker_url)
-        publish = FramePublisher(publisher._impl)
-        bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
-        for body in bodies:
-            publish("", QUEUE, body, broker.PERSISTENT)
-        publisher_connection.process_data_events(time_limit=0)
-        waits = 0
-        while len(got) < len(bodies) and waits < 50:
-            started = time.monotonic()
-            connection.process_data_events(time_limit=30)
-            assert time.monotonic() - started < 20  # returned on data, not at the limit
-            waits += 1
-        assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
-        publisher_connection.close()
-    finally:
-        connection.close()
+    connection, channel = open_channel()
+    got: list[tuple[int, bytes]] = []
+    consume(channel, QUEUE, lambda tag, body: got.append((tag, body)))
+    publisher_connection, publisher = open_channel()
+    publish = FramePublisher(publisher._impl)
+    bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
+    for body in bodies:
+        publish("", QUEUE, body, broker.PERSISTENT)
+    publisher_connection.process_data_events(time_limit=0)
+    waits = 0
+    while len(got) < len(bodies) and waits < 50:
+        started = time.monotonic()
+        connection.process_data_events(time_limit=30)
+        assert time.monotonic() - started < 20  # returned on data, not at the limit
+        waits += 1
+    assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
