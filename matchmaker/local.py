@@ -55,6 +55,10 @@ class Process:
 
     def stop(self, timeout: float = 15.0) -> None:
         self.signal(signal.SIGTERM)
+        self.wait(timeout)
+
+    def wait(self, timeout: float = 15.0) -> None:
+        """Wait for the exit; kill -9 after ``timeout``."""
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -182,9 +186,13 @@ class LocalCluster:
         return self.aurora_url
 
     def stop(self) -> None:
-        for process in [*self.workers.values(), self.standby, self.scheduler, self.aurora]:
-            if process is not None:
-                process.stop()
+        """Workers first (they drain and leave the pool), then the rest; each group at once."""
+        for group in (list(self.workers.values()), [self.standby, self.scheduler, self.aurora]):
+            running = [p for p in group if p is not None]
+            for process in running:
+                process.signal(signal.SIGTERM)
+            for process in running:
+                process.wait()
         if self.agent is not None:
             self.agent.cleanup()
             self.agent = None
