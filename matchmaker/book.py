@@ -8,10 +8,17 @@ commits once per batch) and queues an event for ``mm.events``.
 Attempts: a task starts at attempt 1; a failed attempt, a lost worker or a
 missed deadline moves it to attempt + 1. A result carrying any other attempt
 than the current one is stale: logged, changes nothing.
+
+Deadlines wait in a heap of (deadline, id), so a sweep looks only at the
+tasks whose deadline passed; entries of tasks that landed in the meantime
+are skipped when they come up, and the heap is rebuilt from ``in_flight``
+once it holds twice as many entries. ``running_count`` follows every move in
+and out of ``in_flight``, so nothing scans the tasks in flight.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -57,6 +64,8 @@ class Book:
     by_worker: dict[str, set[str]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    deadlines: list[tuple[float, str]] = field(default_factory=list)  # heap
+    running_count: int = 0
 
     # -- bookkeeping ----------------------------------------------------------
 
@@ -72,9 +81,17 @@ class Book:
         t.worker = worker
         self.in_flight[t.request.id] = t
         self.by_worker.setdefault(worker, set()).add(t.request.id)
+        if t.state == "running":
+            self.running_count += 1
+        if t.deadline:
+            heapq.heappush(self.deadlines, (t.deadline, t.request.id))
+            if len(self.deadlines) > 2 * len(self.in_flight) + 1024:
+                self.deadlines = [(f.deadline, i) for i, f in self.in_flight.items() if f.deadline]
+                heapq.heapify(self.deadlines)
 
     def _land(self, t: OpenTask) -> None:
-        self.in_flight.pop(t.request.id, None)
+        if self.in_flight.pop(t.request.id, None) is not None and t.state == "running":
+            self.running_count -= 1
         self.pending.pop(t.request.id)
         if t.worker is not None:
             self.by_worker.get(t.worker, set()).discard(t.request.id)
@@ -180,7 +197,9 @@ class Book:
         if t.state == "dispatching":  # the worker's report overtook the broker's confirm
             self.assigned([(r.id, r.worker, r.started_at or now)])
         if r.state == "running":
-            t.state = "running"
+            if t.state != "running":
+                t.state = "running"
+                self.running_count += 1
             self.ledger.update(r.id, now, state="running", worker=r.worker, started_at=r.started_at)
             self._event(t, "running", now)
             return "running"
@@ -241,10 +260,14 @@ class Book:
 
     def expire(self, now: float) -> int:
         """Tasks in flight past deadline + grace with no result count as a failed attempt."""
-        late = [t for t in self.in_flight.values() if t.deadline and t.deadline < now]
-        for t in late:
-            self.fail(t, f"no result from worker {t.worker} by the deadline", now)
-        return len(late)
+        late = 0
+        while self.deadlines and self.deadlines[0][0] < now:
+            deadline, task_id = heapq.heappop(self.deadlines)
+            t = self.in_flight.get(task_id)
+            if t is not None and t.deadline == deadline:  # else it landed, or flew again since
+                self.fail(t, f"no result from worker {t.worker} by the deadline", now)
+                late += 1
+        return late
 
 
 def make_task(r: TaskRequest, submitted_at: float) -> Task:

@@ -66,7 +66,8 @@ log = logging.getLogger("matchmaker.service")
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
-CONFIRM_POLL = 0.002
+CONFIRM_POLL = 0.002  # only when confirms cannot end the wait themselves
+IDLE_WAIT = 0.05
 EVENT_INTERVAL = 0.02
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
@@ -85,7 +86,7 @@ class Scheduler:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.ledger = Ledger(config.ledger_path)
+        self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.book = Book(self.ledger, config.retry_backoff, config.result_grace)
         self.metrics = Metrics(config.metrics_port)
         self.changes: queue.Queue[Change] = queue.Queue()
@@ -133,6 +134,7 @@ class Scheduler:
         finally:
             self.inventory.stop()
             self.ledger.commit()
+            self.ledger.close()
             if self.connection and self.connection.is_open:
                 self.connection.close()
             log.info("scheduler stopped")
@@ -217,7 +219,8 @@ class Scheduler:
         if self.requests or self.results or not self.changes.empty():
             return 0
         now = time.time()
-        wait = CONFIRM_POLL if self.dispatcher.unconfirmed else 0.05
+        polled = self.dispatcher.unconfirmed and not self.dispatcher.confirms_wake
+        wait = CONFIRM_POLL if polled else IDLE_WAIT
         if self.book.pending and self.dirty:
             wait = min(wait, self.last_round + self.config.round_interval - now)
         if self.book.events:
@@ -432,9 +435,7 @@ class Scheduler:
     def _observe(self) -> None:
         m = self.metrics
         m.pending.set(len(self.book.pending))
-        flying = self.book.in_flight.values()
-        running = sum(1 for t in flying if t.state == "running")
-        m.running.set(running)
-        m.assigned.set(len(self.book.in_flight) - running)
+        m.running.set(self.book.running_count)
+        m.assigned.set(len(self.book.in_flight) - self.book.running_count)
         m.workers.set(len(self.live))
         m.sync(self.book.counters)

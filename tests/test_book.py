@@ -6,6 +6,10 @@ import math
 import sqlite3
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from matchmaker import ledger
 from matchmaker.book import Book
 from matchmaker.ledger import Ledger
@@ -173,3 +177,51 @@ def test_a_result_that_overtakes_the_confirm_records_the_assignment(tmp_path: Pa
     assert row is not None and row.state == "succeeded" and row.assigned_at == 1.2
     states = [h["state"] for h in book.ledger.history("a")]
     assert states == ["pending", "assigned", "succeeded"]
+
+
+def test_expire_skips_tasks_that_landed_and_takes_the_current_deadline(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest(i, "sleep", timeout=10) for i in "abc"], 0.0)
+    assign(book, [("a", "w1"), ("b", "w1"), ("c", "w1")], 0.0)  # deadlines 15
+    book.result(TaskResult("a", 1, "w1", "succeeded"), 1.0)  # landed
+    book.worker_lost("w1", 2.0, "failed")  # b and c: pending again, attempt 2
+    assign(book, [("b", "w2")], 12.0)  # a new deadline: 27
+    assert book.expire(16.0) == 0
+    assert book.expire(28.0) == 1 and book.pending["b"].attempt == 3
+    assert not book.deadlines
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("drlfenx"), st.integers(0, 2)), max_size=40))
+def test_deadlines_and_running_count_match_a_full_scan(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
+) -> None:
+    """Whatever happens, expire() fails exactly the tasks a scan would find late, and
+    running_count is the number of tasks in flight that reported running."""
+    book = make(tmp_path_factory.mktemp("book"))
+    ids = ["t0", "t1", "t2"]
+    book.submit([TaskRequest(i, "sleep", timeout=5 + n) for n, i in enumerate(ids)], 0.0)
+    now = 0.0
+    for op, k in ops:
+        now += 1.0
+        task_id, worker = ids[k], f"w{k % 2}"
+        t = book.in_flight.get(task_id)
+        if op == "d" and task_id in book.pending:
+            book.dispatching([(task_id, worker)], now)
+        elif op == "r" and t is not None:
+            book.result(TaskResult(task_id, t.attempt, t.worker or worker, "running"), now)
+        elif op == "f" and t is not None:
+            book.result(TaskResult(task_id, t.attempt, t.worker or worker, "failed"), now)
+        elif op == "l":
+            book.worker_lost(worker, now, "failed")
+        elif op == "n" and t is not None and t.state == "dispatching":
+            book.undispatched([(task_id, t.worker or worker)])
+        elif op == "x":
+            book.cancel(task_id, now)
+        elif op == "e":
+            now += k * 3
+            late = {i for i, f in book.in_flight.items() if f.deadline < now}
+            assert book.expire(now) == len(late)
+            assert not late & set(book.in_flight)
+        running = sum(1 for f in book.in_flight.values() if f.state == "running")
+        assert book.running_count == running
