@@ -1,7 +1,8 @@
-"""``python -m benchmarks <solver|sim|live> [options]``: the project's benchmarks.
+"""``python -m benchmarks <solver|sim|ledger|live> [options]``: the project's benchmarks.
 
 - ``solver``: round time of ``plan()`` vs problem size, against networkx and greedy;
 - ``sim``: push vs pull in a seeded discrete-event simulation (scenarios and an SWF trace);
+- ``ledger``: the loop's time in ``Ledger.commit()``, automatic vs background checkpoints;
 - ``live``: the same comparison on the real broker and workers (``benchmarks.live``).
 
 Each writes a table to stdout, a JSON report and PNG plots under ``results/``.
@@ -65,6 +66,15 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger(args: argparse.Namespace) -> int:
+    from benchmarks import ledger
+
+    report = ledger.run(args.batch, args.gap, args.seconds)
+    print(ledger.table(report))
+    _write_json(report, args.out)
+    return 0
+
+
 def _live(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if importlib.util.find_spec("benchmarks.live") is None:
         print("benchmarks live: not available yet (benchmarks/live.py does not exist)")
@@ -91,7 +101,7 @@ def _positive_float(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="The project's benchmarks: solver, sim (push vs pull), live.",
+        description="The project's benchmarks: solver, sim (push vs pull), ledger, live.",
     )
     sub = root.add_subparsers(dest="command", required=True)
 
@@ -126,6 +136,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--plot-dir", type=Path, default=Path("results"))
     m.add_argument("--no-plot", action="store_true")
     m.set_defaults(handler=_sim)
+
+    g = sub.add_parser(
+        "ledger", help="time in Ledger.commit(): automatic vs background checkpoints"
+    )
+    g.add_argument("--batch", type=_positive_int, default=3, help="tasks per turn")
+    g.add_argument("--gap", type=_positive_float, default=0.002, help="seconds between turns")
+    g.add_argument("--seconds", type=_positive_float, default=12.0, help="per mode")
+    g.add_argument("--out", type=Path, default=Path("results/ledger.json"))
+    g.set_defaults(handler=_ledger)
 
     live = sub.add_parser(
         "live", help="push vs pull on the real broker and workers", add_help=False

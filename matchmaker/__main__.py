@@ -44,6 +44,13 @@ def _value(text: str) -> Any:
         return text
 
 
+def _payload(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise UserError(f"--payload is not valid JSON ({error}): {text[:60]!r}") from None
+
+
 def _pairs(items: list[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -70,7 +77,7 @@ def _requests_from(args: argparse.Namespace) -> Iterator[TaskRequest]:
         "kind": "submit",
         "id": args.id or uuid.uuid4().hex,
         "type": args.type,
-        "payload": _value(args.payload) if args.payload else {},
+        "payload": _payload(args.payload) if args.payload else {},
         "priority": args.priority,
         "constraints": _pairs(args.constraint, "--constraint"),
         "preferences": _pairs(args.prefer, "--prefer"),

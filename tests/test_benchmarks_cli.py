@@ -47,6 +47,18 @@ def test_solver_small_size_writes_valid_json(tmp_path: Path) -> None:
     assert "200 x 20" in done.stdout
 
 
+def test_ledger_compares_both_checkpoint_modes(tmp_path: Path) -> None:
+    out = tmp_path / "ledger.json"
+    done = bench("ledger", "--seconds", "1", "--batch", "20", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert [m["checkpoints"] for m in report["modes"]] == ["automatic", "background"]
+    for mode in report["modes"]:
+        assert mode["commits"] > 10 and mode["commits"] % 2 == 0  # pending, then assigned
+        assert 0 < mode["p50_ms"] <= mode["p99_ms"] <= mode["max_ms"]
+    assert "background" in done.stdout
+
+
 def test_sim_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
     done = bench(

@@ -279,6 +279,8 @@ def test_cli_submit_status_explain_cancel(cluster: LocalCluster) -> None:
     cluster.wait_states(["long"], ("cancelled",))
     bad = cli("submit", "--type", "sleep", "--priority", "12")
     assert bad.returncode == 2 and "priority" in bad.stderr and "Traceback" not in bad.stderr
+    bad = cli("submit", "--type", "sleep", "--payload", "{seconds: 1}")
+    assert bad.returncode == 2 and "--payload is not valid JSON" in bad.stderr
     missing = cli("status", "nope")
     assert missing.returncode == 2 and "no task 'nope'" in missing.stderr
     down = subprocess.run(
