@@ -12,8 +12,8 @@ channel underneath it (``_impl``) and publishes with ``frames.FramePublisher``.
 Confirm frames are read inside ``process_data_events`` on the loop's own
 thread (by ``frames.DeliveryReader`` when it reads the connection, else by
 pika); the handler only queues them, and the loop collects them with
-``confirmed()``. Through the reader a confirm also ends the loop's wait
-(``confirms_wake``); through pika the loop has to poll for them.
+``confirmed()`` at its next turn (a confirm needs no turn of its own: the
+slot was taken when the dispatch went out, and the handler notes the time).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class Dispatcher:
     acked: list[Confirmed] = field(default_factory=list)
     nacked: list[Item] = field(default_factory=list)
     sequence: int = 0
-    confirms_wake: bool = False  # whether a confirm ends the connection's wait
 
     def __post_init__(self) -> None:
         self.impl: Any = self.channel._impl
@@ -48,7 +47,6 @@ class Dispatcher:
         reader = reader_of(self.channel)
         if reader is not None:
             reader.on_confirm(self.impl.channel_number, self._on_confirm)
-            self.confirms_wake = reader.wake is not None
         self.send = broker.queued_publish(self.channel)
 
     def declare(self, worker: str) -> str:

@@ -165,7 +165,7 @@ class DeliveryReader:
         self.confirms: dict[int, Confirm] = {}
         self.sinks: dict[str, Sink] = {}  # by consumer tag
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
-        self.handed = False  # a sink or confirm handler got something in this read
+        self.sunk = False  # a sink got something in this read
         connection._on_data_available = self.data_received
 
     def on_confirm(self, channel_number: int, handler: Confirm) -> None:
@@ -197,9 +197,9 @@ class DeliveryReader:
                 self.connection._process_frame(decoded)
         finally:
             self.pending = buffer[at:]
-            if self.handed and self.wake is not None:
-                self.handed = False
-                self.wake(-1)  # process_data_events returns: the owner has work
+            if self.sunk and self.wake is not None:
+                self.sunk = False
+                self.wake(-1)  # process_data_events returns: the sinks' owner has work
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
@@ -217,7 +217,6 @@ class DeliveryReader:
         tag, bits = TAG_BITS.unpack_from(buffer, at + 11)
         self.connection.bytes_received += end - at
         self.connection.frames_received += 1
-        self.handed = True
         return end, (handler, tag, bool(bits & 1), acked)
 
     def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
@@ -264,7 +263,7 @@ class DeliveryReader:
         self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
-            self.handed = True
+            self.sunk = True
             return at_body, (sink, delivery_tag, body)
         n = buffer[names]
         exchange = buffer[names + 1 : names + 1 + n].decode()

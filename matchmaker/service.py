@@ -66,8 +66,7 @@ log = logging.getLogger("matchmaker.service")
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 SWEEP_INTERVAL = 0.25
-CONFIRM_POLL = 0.002  # only when confirms cannot end the wait themselves
-IDLE_WAIT = 0.05
+IDLE_WAIT = 0.05  # confirms are collected at the next turn, at the latest this late
 EVENT_INTERVAL = 0.02
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
@@ -219,8 +218,7 @@ class Scheduler:
         if self.requests or self.results or not self.changes.empty():
             return 0
         now = time.time()
-        polled = self.dispatcher.unconfirmed and not self.dispatcher.confirms_wake
-        wait = CONFIRM_POLL if polled else IDLE_WAIT
+        wait = IDLE_WAIT
         if self.book.pending and self.dirty:
             wait = min(wait, self.last_round + self.config.round_interval - now)
         if self.book.events:
