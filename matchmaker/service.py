@@ -7,9 +7,9 @@ thread through a queue. Each turn of the loop:
    and sends what the last turn queued (acks, dispatches, events) in one go;
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is drained);
-3. intake: validates the buffered requests and records the new ones pending
-   (invalid ones go to ``mm.dead``); results: applies them to the book;
-   confirms: records the confirmed dispatches assigned;
+3. confirms: records the confirmed dispatches assigned; intake: validates the
+   buffered requests and records the new ones pending (invalid ones go to
+   ``mm.dead``); results: applies them to the book;
 4. commits the ledger once, and only then queues the acks of what it took in;
 5. a round, when work is pending and something changed, at most once per
    ``round_interval``: ``plan()``, then each dispatch is published under
@@ -187,11 +187,11 @@ class Scheduler:
             while not self.stopping:
                 connection.process_data_events(time_limit=self._wait())
                 self._apply_changes()
+                self._apply_confirms()  # before the results, which a confirm precedes
                 took_requests = self._intake(control)
                 took_results = self._apply_results(results)
                 if time.time() >= self.next_sweep:
                     self._sweep()
-                self._apply_confirms()
                 self.ledger.commit()
                 if took_requests:
                     ack_request(took_requests, True)
