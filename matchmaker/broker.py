@@ -156,8 +156,12 @@ def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
     return ack if callable(ack) else channel.basic_ack
 
 
+def dead_letter_properties(reason: str, source: str) -> pika.BasicProperties:
+    """A dead letter's properties: persistent, the reason and the source queue in headers."""
+    headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
+    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+
+
 def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:
     """Park a rejected message on ``mm.dead`` with the reason in a header."""
-    headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
-    props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
-    channel.basic_publish("", DEAD, body, props)
+    channel.basic_publish("", DEAD, body, dead_letter_properties(reason, source))

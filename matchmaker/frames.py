@@ -22,10 +22,11 @@ This module does the two hot cases itself and leaves everything else to pika:
   live consumer goes to that consumer's pika callback as pika's ``Channel``
   would have called it (so ``BlockingChannel`` still dispatches it between
   I/O steps), or, for a consumer made with ``consume``, straight to its sink
-  ``(delivery tag, body)``. Publisher confirms, ``Basic.Ack`` (60.80: delivery tag, bit
-  ``multiple``) and ``Basic.Nack`` (60.120: delivery tag, bits ``multiple``
-  and ``requeue``), go straight to a handler registered for their channel
-  with ``on_confirm``. Every other frame, or a delivery it has any doubt
+  ``(delivery tag, body)``. Publisher confirms, ``Basic.Ack`` (60.80:
+  delivery tag, bit ``multiple``) and ``Basic.Nack`` (60.120: delivery tag,
+  bits ``multiple`` and ``requeue``), go straight to a handler registered for
+  their channel with ``on_confirm`` (which may ask them to end the wait, as a
+  sink's deliveries do). Every other frame, or a delivery it has any doubt
   about, goes through pika's own decoder in the order it arrived.
 """
 
@@ -163,14 +164,18 @@ class DeliveryReader:
         self.pending = b""
         self.properties: dict[bytes, BasicProperties] = {}
         self.confirms: dict[int, Confirm] = {}
+        self.waking: set[int] = set()  # channels whose confirms end the wait
         self.sinks: dict[str, Sink] = {}  # by consumer tag
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
-        self.sunk = False  # a sink got something in this read
+        self.woken = False  # a sink or a waking confirm handler got something in this read
         connection._on_data_available = self.data_received
 
-    def on_confirm(self, channel_number: int, handler: Confirm) -> None:
-        """Publisher confirms on this channel go to ``handler``, not through pika."""
+    def on_confirm(self, channel_number: int, handler: Confirm, *, wake: bool = False) -> None:
+        """Publisher confirms on this channel go to ``handler``, not through pika; with
+        ``wake``, like deliveries to a sink, they end the connection's wait."""
         self.confirms[channel_number] = handler
+        if wake:
+            self.waking.add(channel_number)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.pending + data if self.pending else data
@@ -197,9 +202,9 @@ class DeliveryReader:
                 self.connection._process_frame(decoded)
         finally:
             self.pending = buffer[at:]
-            if self.sunk and self.wake is not None:
-                self.sunk = False
-                self.wake(-1)  # process_data_events returns: the sinks' owner has work
+            if self.woken and self.wake is not None:
+                self.woken = False
+                self.wake(-1)  # process_data_events returns: the owner has work
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
@@ -217,6 +222,7 @@ class DeliveryReader:
         tag, bits = TAG_BITS.unpack_from(buffer, at + 11)
         self.connection.bytes_received += end - at
         self.connection.frames_received += 1
+        self.woken = self.woken or number in self.waking
         return end, (handler, tag, bool(bits & 1), acked)
 
     def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
@@ -263,7 +269,7 @@ class DeliveryReader:
         self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
-            self.sunk = True
+            self.woken = True
             return at_body, (sink, delivery_tag, body)
         n = buffer[names]
         exchange = buffer[names + 1 : names + 1 + n].decode()

@@ -22,7 +22,7 @@ PASSWORD = "matchmaker"
 BATCH = 8
 
 
-def _rabbitmqctl(*args: str, stdin: str | None = None) -> None:
+def rabbitmqctl(*args: str, stdin: str | None = None) -> None:
     try:
         subprocess.run(
             ["rabbitmqctl", "-q", *args], input=stdin, check=True, capture_output=True, text=True,
@@ -59,7 +59,7 @@ class VhostPool:
             "vhosts": [{"name": name} for name in names],
             "permissions": [{"user": USER, "vhost": name, **permissions} for name in names],
         }
-        _rabbitmqctl("import_definitions", stdin=json.dumps(definitions))  # reads stdin
+        rabbitmqctl("import_definitions", stdin=json.dumps(definitions))  # reads stdin
         self.fresh = names[::-1]
 
     def delete_used(self) -> None:
@@ -68,10 +68,10 @@ class VhostPool:
         names, self.used = self.used, []
         binaries = ", ".join(f'<<"{name}">>' for name in names)
         try:
-            _rabbitmqctl("eval", f'[rabbit_vhost:delete(V, <<"tests">>) || V <- [{binaries}]].')
+            rabbitmqctl("eval", f'[rabbit_vhost:delete(V, <<"tests">>) || V <- [{binaries}]].')
         except pytest.fail.Exception:
             for name in names:
-                _rabbitmqctl("delete_vhost", name)
+                rabbitmqctl("delete_vhost", name)
 
     def close(self) -> None:
         self.used += self.fresh

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 
+import pika.exceptions
 import pytest
 
-from matchmaker.broker import CONTROL, worker_queue
-from matchmaker.messages import Cancel, encode
+from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, worker_queue
+from matchmaker.messages import Cancel, TaskResult, encode
 from membership.agent import free_port
+from tests.conftest import rabbitmqctl
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.broker
@@ -206,3 +209,38 @@ def test_a_killed_worker_leaves_its_dispatch_in_the_queue(spawn, client: Client)
     orphan = client.final("orphan")
     assert orphan.state == "succeeded" and orphan.attempt == 1
     assert [r.state for r in client.of("orphan")] == ["running", "running", "succeeded"]
+
+
+def test_a_result_the_broker_refuses_is_sent_again(spawn, client: Client, broker_url: str) -> None:  # noqa: F811
+    """mm.results full (a policy: max-length 0, reject-publish): the broker nacks the report,
+    the worker keeps it and sends it again; the dispatch is acked once the result is stored."""
+    vhost = broker_url.rsplit("/", 1)[1]
+
+    def limit_results(length: int) -> None:
+        """A policy on mm.results, set again rather than cleared (3.10 keeps a quorum
+        queue's limit after clear_policy)."""
+        limit = json.dumps({"max-length": length, "overflow": "reject-publish"})
+        rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "lim", "^mm.results$", limit)
+
+    limit_results(0)
+    probe = client.connection.channel()
+    probe.confirm_delivery()
+    filler = encode(TaskResult("filler", 1, "nobody", "succeeded"))
+
+    def refused() -> bool:  # a quorum queue takes one message past its limit, then nacks
+        try:
+            probe.basic_publish("", RESULTS, filler, PERSISTENT)
+        except pika.exceptions.NackError:
+            return True
+        return False
+
+    wait_for(refused, what="the policy to fill mm.results")
+    worker = spawn("--name", "w1", "--caps", "sleep", *NO_SERF)
+    client.dispatch("w1", "t1", {"seconds": 0})
+    wait_for(lambda: "the broker refused 1 report" in worker.text(), what="the refusal")
+    assert client.of("t1") == []
+    limit_results(100_000)
+    assert client.final("t1").state == "succeeded"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert "succeeded=1 " in worker.text()  # acked once, after the confirm

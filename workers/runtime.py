@@ -2,14 +2,16 @@
 
 One thread owns the broker connection (pika's BlockingConnection is not
 thread-safe) and runs a loop: process broker events for a short tick, fail
-jobs past their deadline, then flush (at most every ``FLUSH_INTERVAL``, so
-reports share transactions under load). A flush publishes every report ready
-(running reports and final results, coalesced by the ``Runner``) and every
-dead letter in ONE transaction on a dedicated publishing channel, and only
-after ``tx_commit`` acknowledges the dispatches those finals answer. So a
-dispatch is never acked before its result is in the broker; a crash in
-between means a redelivery (at-least-once), which the runner recognises by
-``(id, attempt)`` and does not run twice.
+jobs past their deadline, settle the confirms that came, then flush (at most
+every ``FLUSH_INTERVAL``, so reports share the broker's writes under load).
+A flush publishes every report ready (running reports and final results,
+coalesced by the ``Runner``) and every dead letter on a dedicated channel in
+confirm mode, and goes on; once the broker confirms a final result (or a dead
+letter), the dispatch it answers is acked. So a dispatch is never acked
+before its result is in the broker, and the loop never waits for the broker
+to write; a crash in between means a redelivery (at-least-once), which the
+runner recognises by ``(id, attempt)`` and does not run twice. A report the
+broker refuses, or one unconfirmed when the connection drops, is sent again.
 
 Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and a private
 queue bound to ``mm.control`` with ``cancel.<name>``. Pull mode consumes the
@@ -41,23 +43,24 @@ from pika.spec import Basic, BasicProperties
 
 from matchmaker.broker import (
     CONTROL,
+    DEAD,
     PERSISTENT,
     RESULTS,
     BrokerError,
     connect,
-    dead_letter,
+    dead_letter_properties,
     declare_core,
     declare_pull,
     declare_worker,
     describe,
     queued_ack,
-    queued_publish,
 )
+from matchmaker.confirms import Confirms
 from matchmaker.messages import Cancel, MessageError, TaskDispatch, TaskRequest, decode, encode
 from matchmaker.models import Worker as WorkerModel
 from workers.config import WorkerConfig
 from workers.pull import as_dispatch, refusal
-from workers.runner import Delivery, Job, Runner
+from workers.runner import Delivery, Job, Report, Runner
 from workers.tasks import REGISTRY
 from workers.tasks.base import TaskContext, TaskFunction
 
@@ -68,7 +71,8 @@ CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to sto
 RECONNECT_MAX_DELAY = 5.0
 REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they arrive
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
-FLUSH_INTERVAL = 0.005  # reports wait at most this long to share one transaction
+FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
+REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
 
 
 class Presence(Protocol):
@@ -165,6 +169,7 @@ class Worker:
                     break
                 except pika.exceptions.AMQPError as error:
                     log.warning("broker connection lost (%s); reconnecting", _reason(error))
+                    self._lost(channels)
                     _close(conn)
                     self._conn = None
                     reconnected = self._reconnect()
@@ -229,7 +234,6 @@ class Worker:
         self._session += 1
         session = self._session
         consume, publish = conn.channel(), conn.channel()
-        publish.tx_select()
         declare_core(consume)
         cfg = self.config
         if cfg.mode == "push":
@@ -237,7 +241,7 @@ class Worker:
         else:
             queues = [declare_pull(consume, task_type) for task_type in cfg.capabilities]
         consume.basic_qos(prefetch_count=cfg.slots)  # per consumer (quorum: no global qos)
-        channels = _Channels(session, consume, publish)
+        channels = _Channels(session, consume, Confirms(publish, wake=True))
         if cfg.mode == "push":
             control = consume.queue_declare("", exclusive=True, auto_delete=True).method.queue
             consume.queue_bind(control, CONTROL, routing_key=f"cancel.{cfg.name}")
@@ -262,16 +266,18 @@ class Worker:
         while True:
             if self._stopping.is_set():
                 self._drain_step(ch)
-                if self.runner.busy() == 0 and not self._letters:
+                if self.runner.busy() == 0 and not self._letters and not ch.reports.outstanding():
                     return
             nearest = self.runner.expire()
             due = [t for t in (TICK, nearest, self._running_due) if t is not None]
             since = time.monotonic() - self._last_flush
-            if self.runner.reporting():
-                due.append(FLUSH_INTERVAL - since)
-            conn.process_data_events(time_limit=max(0.0, min(due)))
+            interval = 0.0 if self._letters else FLUSH_INTERVAL  # dead letters go at once
+            if self._letters or self.runner.reporting():
+                due.append(interval - since)
+            conn.process_data_events(time_limit=max(0.0, min(due)))  # a confirm ends it
             self.runner.expire()
-            if since >= FLUSH_INTERVAL or self._letters:
+            self._settle(ch)
+            if since >= interval:
                 self._flush(ch)
 
     def _drain_step(self, ch: _Channels) -> None:
@@ -416,35 +422,64 @@ class Worker:
     # -- reporting ----------------------------------------------------------------------
 
     def _flush(self, ch: _Channels) -> None:
-        """Publish all ready reports and dead letters in one transaction, then ack."""
+        """Publish every ready report and dead letter under confirms; ``_settle`` acks."""
         self._last_flush = time.monotonic()
         reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
         letters, self._letters = self._letters, []
-        if not reports and not letters:
-            return
-        try:
-            publish = queued_publish(ch.publish)
-            for report in reports:
-                publish("", RESULTS, encode(report.result), PERSISTENT)
-            for letter in letters:
-                dead_letter(ch.publish, letter.body, letter.reason, letter.source)
-            ch.publish.tx_commit()
-        except BaseException:
-            self.runner.unsent(reports)
-            self._letters = letters + self._letters
-            raise
+        outgoing: list[Report | Letter] = [*reports, *letters]
+        for n, item in enumerate(outgoing):
+            try:
+                if isinstance(item, Report):
+                    ch.reports.publish("", RESULTS, encode(item.result), PERSISTENT, item)
+                else:
+                    properties = dead_letter_properties(item.reason, item.source)
+                    ch.reports.publish("", DEAD, item.body, properties, item)
+            except BaseException:
+                self._give_back(outgoing[n:])
+                raise
+
+    def _settle(self, ch: _Channels) -> None:
+        """Ack the dispatches whose final results (or dead letters) the broker confirmed."""
+        confirmed, refused = ch.reports.confirmed()
+        if refused:
+            log.warning(
+                "the broker refused %d report(s) (a full queue?); sending them again in %gs",
+                len(refused),
+                REFUSED_PAUSE,
+            )
+            self._give_back(refused)
+            self._last_flush = time.monotonic() + REFUSED_PAUSE  # no flush until then
+        if confirmed:
+            ch.ack(self._sent([item for item, _ in confirmed], ch.session))
+
+    def _sent(self, items: list[Report | Letter], session: int) -> list[int]:
+        """Record reports and dead letters as in the broker; the delivery tags to ack."""
         acks = []
-        for job in self.runner.sent(reports):
+        for job in self.runner.sent([i for i in items if isinstance(i, Report)]):
             if job.final is not None and job.final.state == "succeeded":
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
-            acks += [d.tag for d in job.deliveries if d.session == ch.session]
-        for letter in letters:
-            self.stats.dead_lettered += 1
-            if letter.delivery is not None and letter.delivery.session == ch.session:
-                acks.append(letter.delivery.tag)
-        ch.ack(acks)
+            acks += [d.tag for d in job.deliveries if d.session == session]
+        for letter in items:
+            if isinstance(letter, Letter):
+                self.stats.dead_lettered += 1
+                if letter.delivery is not None and letter.delivery.session == session:
+                    acks.append(letter.delivery.tag)
+        return acks
+
+    def _give_back(self, items: list[Report | Letter]) -> None:
+        """Reports and dead letters to publish again at the next flush."""
+        self.runner.unsent([i for i in items if isinstance(i, Report)])
+        self._letters = [i for i in items if isinstance(i, Letter)] + self._letters
+
+    def _lost(self, ch: _Channels) -> None:
+        """The connection dropped: what it confirmed is in the broker (its deliveries come
+        back and are acked as seen), what it did not is sent again on the next one."""
+        confirmed, refused = ch.reports.confirmed()
+        self._sent([item for item, _ in confirmed], ch.session)
+        self._give_back([*refused, *ch.reports.pending.values()])
+        ch.reports.pending.clear()
 
     def _wake(self) -> None:
         """From a task thread: make the connection loop flush soon."""
@@ -465,7 +500,7 @@ class Worker:
 class _Channels:
     session: int
     consume: BlockingChannel
-    publish: BlockingChannel
+    reports: Confirms[Report | Letter]  # results and dead letters, on a channel of their own
     consumers: list[str] = field(default_factory=list)
     unacked: set[int] = field(default_factory=set)
 
