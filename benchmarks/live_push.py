@@ -5,7 +5,7 @@ runs; K bare Serf agents advertise worker tags (``slots`` each, so that every
 task is placed) but no process consumes their queues, so every dispatch stays
 there. Then the scheduler starts. Rate = N / (last ``assigned`` transition -
 first ``submitted`` transition), both from the ledger: intake (validate,
-ledger insert, ack), rounds (``plan()``), the transactional publish and the
+ledger insert, ack), rounds (``plan()``), the confirmed publish and the
 ledger update are all inside the window.
 
 Reference, same run, same broker: the raw pika publish rate of N persistent
