@@ -31,8 +31,9 @@ T = TypeVar("T")
 
 
 class Confirms(Generic[T]):
+    """A channel put in confirm mode, with the items of its unanswered publishes."""
+
     def __init__(self, channel: BlockingChannel, *, wake: bool = False) -> None:
-        self.channel = channel
         impl: Any = channel._impl
         impl.confirm_delivery(self._on_frame)
         reader = reader_of(channel)
