@@ -186,13 +186,12 @@ class LocalCluster:
         return self.aurora_url
 
     def stop(self) -> None:
-        """Workers first (they drain and leave the pool), then the rest; each group at once."""
-        for group in (list(self.workers.values()), [self.standby, self.scheduler, self.aurora]):
-            running = [p for p in group if p is not None]
-            for process in running:
-                process.signal(signal.SIGTERM)
-            for process in running:
-                process.wait()
+        """Workers first (they drain and leave the pool); then, together, the schedulers, the
+        Aurora server and the scheduler's agent (which leaves the pool too)."""
+        _stop_together(self.workers.values())
+        if self.agent is not None:
+            self.agent.leave()
+        _stop_together([self.standby, self.scheduler, self.aurora])
         if self.agent is not None:
             self.agent.cleanup()
             self.agent = None
@@ -280,6 +279,14 @@ class LocalCluster:
             return f"states: {json.dumps(states, default=str)[:2000]}\nscheduler log:\n{logs}"
 
         return text
+
+
+def _stop_together(processes: Iterable[Process | None]) -> None:
+    running = [p for p in processes if p is not None]
+    for process in running:
+        process.signal(signal.SIGTERM)
+    for process in running:
+        process.wait()
 
 
 class _QuietFiles(SimpleHTTPRequestHandler):

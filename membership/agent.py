@@ -221,13 +221,19 @@ class SerfAgent:
         """A connected RPC client for this agent (close it, or use it in ``with``)."""
         return SerfRPC(self.rpc_addr, self.rpc_auth, timeout=timeout).connect()
 
+    def leave(self) -> None:
+        """Ask the agent to leave gracefully (SIGINT) without waiting; ``stop()`` waits."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+
     def stop(self) -> None:
         """Leave gracefully (SIGINT) and wait; SIGKILL if it does not exit in time."""
         process = self.process
         if process is None or process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
+        self.leave()
         try:
             process.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:

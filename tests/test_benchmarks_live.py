@@ -76,7 +76,9 @@ def test_push_and_e2e_account_for_every_task(tmp_path: Path) -> None:
 
 
 def test_compare_runs_every_task_in_both_modes(tmp_path: Path) -> None:
-    report = _live(tmp_path, "--scenario", "compare", "--compare-tasks", "40")
+    report = _live(
+        tmp_path, "--scenario", "compare", "--compare-tasks", "40", "--mean-duration", "0.1"
+    )
     compare = report["scenarios"]["compare"]
     for mode in ("push", "pull"):
         m = compare["modes"][mode]
