@@ -10,12 +10,13 @@ test still gets a vhost no other test has touched.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from benchmarks.live_env import vhost_definitions
 
 USER = "matchmaker"
 PASSWORD = "matchmaker"
@@ -54,12 +55,7 @@ class VhostPool:
     def _make(self) -> None:
         names = [f"{self.prefix}-{self.made + i:03d}" for i in range(BATCH)]
         self.made += BATCH
-        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        definitions = {
-            "vhosts": [{"name": name} for name in names],
-            "permissions": [{"user": USER, "vhost": name, **permissions} for name in names],
-        }
-        rabbitmqctl("import_definitions", stdin=json.dumps(definitions))  # reads stdin
+        rabbitmqctl("import_definitions", stdin=vhost_definitions(names, USER))
         self.fresh = names[::-1]
 
     def delete_used(self) -> None:
