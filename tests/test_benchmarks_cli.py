@@ -59,8 +59,19 @@ def test_ledger_compares_both_checkpoint_modes(tmp_path: Path) -> None:
     assert "background" in done.stdout
 
 
+def synthetic_swf(path: Path, jobs: int) -> Path:
+    """A small SWF file (18 fields a job) for when the shared trace is not beside the clone."""
+    lines = ["; MaxProcs: 128", "; MaxNodes: 128"]
+    for i in range(1, jobs + 1):
+        submit, runtime, procs = 30 * i, 60 + (i * 37) % 900, 2 ** (i % 6)
+        lines.append(f"{i} {submit} -1 {runtime} {procs} -1 -1 -1 -1 -1 1 1 1 -1 -1 -1 -1 -1")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_sim_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
+    trace = TRACE if TRACE.is_file() else synthetic_swf(tmp_path / "trace.swf", 400)
     done = bench(
         "sim",
         "--scenario",
@@ -71,7 +82,7 @@ def test_sim_writes_json_and_plots(tmp_path: Path) -> None:
         "--workers",
         "12",
         "--trace",
-        str(TRACE),
+        str(trace),
         "--trace-jobs",
         "300",
         "--out",
