@@ -40,7 +40,7 @@ from benchmarks.scenarios import Scenario, ScenarioParams, Workload, constraints
 from benchmarks.sim import table as sim_table
 from matchmaker import broker
 from matchmaker.local import LocalCluster
-from matchmaker.messages import TaskRequest, TaskResult, decode, encode
+from matchmaker.messages import TaskRequest, TaskResult, decode_results, encode
 from matchmaker.models import Task, Worker
 
 TASK_TYPE = "sleep"
@@ -236,15 +236,14 @@ class _Results:
         _props: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        result = decode(body, expect=("result",))
-        assert isinstance(result, TaskResult)
-        if result.state == "succeeded":
-            if result.id in self.finals:
-                self.duplicates += 1
-            else:
-                self.finals[result.id] = result
-        elif result.state == "failed":
-            self.failed += 1
+        for result in decode_results(body).results:
+            if result.state == "succeeded":
+                if result.id in self.finals:
+                    self.duplicates += 1
+                else:
+                    self.finals[result.id] = result
+            elif result.state == "failed":
+                self.failed += 1
         channel.basic_ack(method.delivery_tag)
 
 

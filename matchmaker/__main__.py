@@ -22,7 +22,7 @@ import pika.exceptions
 from matchmaker import broker, logs
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.ledger import Ledger, LedgerError
-from matchmaker.messages import Cancel, Drain, Message, MessageError, TaskRequest, decode, encode
+from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
 from membership.errors import MembershipError
 
 EXIT_USAGE = 2
@@ -101,7 +101,7 @@ def _request(text: str, where: str) -> TaskRequest:
     return message
 
 
-def _send(config: Config, messages: Sequence[Message]) -> None:
+def _send(config: Config, messages: Sequence[Single]) -> None:
     broker.send_requests(config.broker_url, map(encode, messages), name="matchmaker-cli")
 
 

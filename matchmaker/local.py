@@ -29,7 +29,7 @@ from typing import Any
 from matchmaker import broker
 from matchmaker.config import Config
 from matchmaker.ledger import Ledger, LedgerError, TaskRow
-from matchmaker.messages import Message, TaskRequest, encode
+from matchmaker.messages import Single, TaskRequest, encode
 from membership.agent import SerfAgent, free_port, generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +231,7 @@ class LocalCluster:
 
     # -- the system's interfaces --------------------------------------------------------
 
-    def send(self, messages: Iterable[Message]) -> None:
+    def send(self, messages: Iterable[Single]) -> None:
         """Publish to mm.requests, as the CLI does."""
         broker.send_requests(self.broker_url, map(encode, messages))
 

@@ -12,6 +12,11 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
 - ``result`` (TaskResult, worker -> ``mm.results``): id, attempt, worker,
   state (``running``, ``succeeded``, ``failed``), started_at, finished_at,
   output or error.
+- ``results`` (worker -> ``mm.results``): ``"results": [...]``, several
+  ``result`` messages in one, as many as a worker's flush has ready (up to
+  ``MAX_MESSAGE_BYTES`` in all), so the broker stores one message instead of
+  one per task. Each item is checked on its own: an invalid one is refused
+  with its index and the others are taken (``decode_results``).
 
 Decoding never raises anything but ``MessageError``, whose text says what is
 wrong in one sentence; the caller dead-letters the message with it. JSON is
@@ -92,11 +97,28 @@ class TaskResult:
     kind: str = "result"
 
 
-Message = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
+@dataclass(frozen=True)
+class ResultBatch:
+    """The results of one ``results`` message, and each invalid item as a ``result``
+    message of its own with the reason it was refused."""
+
+    results: tuple[TaskResult, ...]
+    invalid: tuple[tuple[bytes, str], ...] = ()
+    kind: str = "results"
 
 
-def encode(message: Message) -> bytes:
+Single = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
+Message = Single | ResultBatch
+BATCH_HEAD = b'{"v":%d,"kind":"results","results":[' % VERSION
+
+
+def encode(message: Single) -> bytes:
     return orjson.dumps({"v": VERSION, **vars(message)}, option=orjson.OPT_NON_STR_KEYS)
+
+
+def encode_batch(encoded_results: list[bytes]) -> bytes:
+    """One ``results`` message from ``result`` messages already encoded (``encode``)."""
+    return BATCH_HEAD + b",".join(encoded_results) + b"]}"
 
 
 def _name(body: dict[str, Any], key: str) -> str:
@@ -179,6 +201,22 @@ def _result(body: dict[str, Any]) -> TaskResult:
     )
 
 
+def _results(body: dict[str, Any]) -> ResultBatch:
+    items = body.get("results")
+    if not isinstance(items, list) or not items:
+        raise MessageError("'results' must be a non-empty JSON array of results")
+    results, invalid = [], []
+    for n, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise MessageError(f"a result must be a JSON object (got {type(item).__name__})")
+            results.append(_result(item))
+        except MessageError as error:
+            single = {"v": VERSION, **item, "kind": "result"} if isinstance(item, dict) else item
+            invalid.append((orjson.dumps(single), f"results[{n}]: {error}"))
+    return ResultBatch(tuple(results), tuple(invalid))
+
+
 def _dispatch(body: dict[str, Any]) -> TaskDispatch:
     deadline = _seconds(body, "deadline", None, math.inf)
     if deadline is None:
@@ -205,6 +243,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "drain": _drain,
     "dispatch": _dispatch,
     "result": _result,
+    "results": _results,
 }
 
 
@@ -227,3 +266,12 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
     if kind not in allowed:
         raise MessageError(f"unexpected message kind {kind!r} here (expected {', '.join(allowed)})")
     return _DECODERS[kind](body)
+
+
+def decode_results(raw: bytes) -> ResultBatch:
+    """A ``result`` or ``results`` message as a batch (of one, for a single result)."""
+    message = decode(raw, expect=("result", "results"))
+    if isinstance(message, ResultBatch):
+        return message
+    assert isinstance(message, TaskResult)
+    return ResultBatch((message,))

@@ -53,8 +53,8 @@ from matchmaker.messages import (
     MessageError,
     TaskDispatch,
     TaskRequest,
-    TaskResult,
     decode,
+    decode_results,
     encode,
 )
 from matchmaker.metrics import Metrics
@@ -324,25 +324,30 @@ class Scheduler:
         batch, self.results = self.results, []
         for d in batch:
             try:
-                result = decode(d.body, expect=("result",))
+                message = decode_results(d.body)
             except MessageError as error:
-                log.warning("rejected a result: %s", error)
-                broker.dead_letter(channel, d.body, str(error), broker.RESULTS)
-                self.book.count("rejected")
+                self._reject_result(channel, d.body, str(error))
                 continue
-            assert isinstance(result, TaskResult)
-            outcome = self.book.result(result, now)
-            if outcome == "stale":
-                log.info(
-                    "stale result for %s attempt %d from %s ignored",
-                    result.id,
-                    result.attempt,
-                    result.worker,
-                )
-            else:
-                self.reasons.pop(result.id, None)
+            for body, reason in message.invalid:
+                self._reject_result(channel, body, reason)
+            for result in message.results:
+                outcome = self.book.result(result, now)
+                if outcome == "stale":
+                    log.info(
+                        "stale result for %s attempt %d from %s ignored",
+                        result.id,
+                        result.attempt,
+                        result.worker,
+                    )
+                else:
+                    self.reasons.pop(result.id, None)
         self.dirty = True
         return batch[-1].tag
+
+    def _reject_result(self, channel: BlockingChannel, body: bytes, reason: str) -> None:
+        log.warning("rejected a result: %s", reason)
+        broker.dead_letter(channel, body, reason, broker.RESULTS)
+        self.book.count("rejected")
 
     def _apply_confirms(self) -> None:
         acked, nacked = self.dispatcher.confirmed()

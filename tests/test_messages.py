@@ -18,7 +18,9 @@ from matchmaker.messages import (
     TaskRequest,
     TaskResult,
     decode,
+    decode_results,
     encode,
+    encode_batch,
 )
 
 
@@ -53,11 +55,29 @@ def test_round_trips() -> None:
         (raw(id="a", type="sleep", max_attempts=0), "'max_attempts'"),
         (raw(kind="result", id="a", attempt=1, worker="w", state="done"), "'state'"),
         (raw(kind="explode", id="a"), "unexpected message kind"),
+        (raw(kind="results", results=[]), "non-empty JSON array"),
+        (raw(kind="results", results={"id": "a"}), "non-empty JSON array"),
     ],
 )
 def test_bad_messages_get_a_reason(body: bytes, fragment: str) -> None:
     with pytest.raises(MessageError, match=fragment):
         decode(body)
+
+
+def test_a_results_batch_takes_its_valid_items_and_refuses_each_invalid_one() -> None:
+    done = TaskResult("a", 1, "w1", "succeeded", 1.0, 2.0, {"n": 1})
+    running = TaskResult("b", 2, "w1", "running", 1.5)
+    bad = {"id": "c", "attempt": 1, "worker": "w1", "state": "exploded"}
+    body = encode_batch([encode(done), json.dumps(bad).encode(), encode(running), b"7"])
+    batch = decode_results(body)
+    assert batch.results == (done, running)
+    (first, why_first), (second, why_second) = batch.invalid
+    assert why_first.startswith("results[1]: 'state'") and why_second.startswith("results[3]:")
+    assert json.loads(first) == {"v": 1, "kind": "result", **bad}  # a message of its own
+    with pytest.raises(MessageError, match="'state'"):
+        decode(first)
+    assert second == b"7"
+    assert decode_results(encode(done)).results == (done,)  # a single result is a batch of one
 
 
 def test_oversize_is_refused_before_parsing() -> None:

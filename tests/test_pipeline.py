@@ -19,7 +19,7 @@ import pytest
 
 from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
-from matchmaker.messages import Cancel, TaskRequest
+from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode, encode_batch
 from membership.agent import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -94,16 +94,24 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
     ]
     for body in bad:
         channel.basic_publish("", broker.REQUESTS, body)
+    # A worker's batch of results with one bad item: that item is refused, the rest taken.
+    ghost = encode(TaskResult("ghost", 1, "w1", "succeeded", 1.0, 2.0, {}))
+    channel.basic_publish("", broker.RESULTS, encode_batch([ghost, b'{"id": "x"}']))
     connection.close()
     ids = cluster.submit(sleep_task("fine"), sleep_task("dup", 0.1), sleep_task("dup", 0.1))
     cluster.wait_states(ids)
+    ledger = cluster.ledger()
+    wait_until(lambda: ledger.history("ghost"), 10, "the batch's valid result applied")
+    assert [(h["state"], h["note"]) for h in ledger.history("ghost")] == [
+        ("ignored-succeeded", "unknown task")
+    ]
     reasons = sorted(reason for _, reason in dead_letters(cluster.broker_url))
-    assert len(reasons) == 4
+    assert len(reasons) == 5
     assert any("not valid JSON" in r for r in reasons)
     assert any("byte limit" in r for r in reasons)
     assert any("unknown task type 'teleport'" in r for r in reasons)
     assert any("'priority'" in r for r in reasons)
-    ledger = cluster.ledger()
+    assert any(r.startswith("results[1]: 'state'") for r in reasons)
     assert ledger.counts() == {"succeeded": 2}
     assert [h["state"] for h in ledger.history("dup")].count("succeeded") == 1
     assert cluster.scheduler is not None and cluster.scheduler.alive()

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from matchmaker.messages import TaskDispatch, TaskRequest
+from matchmaker.messages import TaskDispatch, TaskRequest, TaskResult, decode_results
 from matchmaker.models import Worker
 from tests.workers_support import wait_for
 from workers.config import WorkerConfig
 from workers.presence import PresenceError, worker_tags
 from workers.pull import as_dispatch, refusal
-from workers.runner import Delivery, Job, Runner
-from workers.runtime import _Channels
+from workers.runner import Delivery, Job, Report, Runner
+from workers.runtime import _Channels, batches
 from workers.tasks.base import TaskContext, TaskError
 
 
@@ -140,6 +140,21 @@ def test_acks_cover_the_done_prefix_in_one_frame() -> None:
     ch.ack([6])
     assert consume.calls[2:] == [("nack", 4, True), ("ack", 6, True)]
     assert ch.unacked == set()
+
+
+def test_reports_are_packed_in_order_into_messages_within_the_limit() -> None:
+    def report(task_id: str, size: int) -> Report:
+        result = TaskResult(task_id, 1, "w1", "succeeded", 1.0, 2.0, {"x": "y" * size})
+        return Report(job(task_id), result)
+
+    reports = [report(f"t{i}", 300) for i in range(10)] + [report("big", 5000), report("z", 10)]
+    packed = batches(reports, limit=1500)
+    assert [r for b in packed for r in b.reports] == reports  # all of them, in order
+    for b in packed:
+        assert [r.result for r in b.reports] == list(decode_results(b.body).results)
+        assert len(b.body) <= 1500 or b.reports == [reports[10]]  # only the big one goes over
+    assert [len(b.reports) for b in packed] == [3, 3, 3, 1, 1, 1]
+    assert batches([]) == []
 
 
 def test_pull_admission_checks_type_and_constraints() -> None:

@@ -18,7 +18,7 @@ import pika.exceptions
 import pytest
 
 from matchmaker.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
-from matchmaker.messages import TaskDispatch, TaskResult, decode, encode
+from matchmaker.messages import TaskDispatch, TaskResult, decode_results, encode
 from membership.agent import SerfAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,9 +115,9 @@ class Client:
             method, _props, body = self.channel.basic_get(RESULTS, auto_ack=True)
             if method is None:
                 return
-            result = decode(body, expect=("result",))
-            assert isinstance(result, TaskResult)
-            self.results.append(result)
+            batch = decode_results(body)
+            assert not batch.invalid, batch.invalid
+            self.results.extend(batch.results)
 
     def of(self, task_id: str) -> list[TaskResult]:
         return [r for r in self.results if r.id == task_id]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pika
 
 from matchmaker.broker import PERSISTENT, RESULTS, declare_core, declare_worker
-from matchmaker.messages import TaskDispatch, decode, encode
+from matchmaker.messages import TaskDispatch, decode_results, encode
 
 USER = "matchmaker"
 
@@ -66,16 +66,16 @@ def measure(url: str, slots: int, count: int) -> tuple[float, int]:
 
     def on_result(ch: object, method: object, props: object, body: bytes) -> None:
         nonlocal finals, running, first, last
-        result = decode(body, expect=("result",))
-        if getattr(result, "state", "") == "running":
-            running += 1
-            return
-        finals += 1
-        last = time.perf_counter()
-        if finals == 1:
-            first = last
-        if finals == count:
-            channel.stop_consuming()
+        for result in decode_results(body).results:
+            if result.state == "running":
+                running += 1
+                continue
+            finals += 1
+            last = time.perf_counter()
+            if finals == 1:
+                first = last
+            if finals == count:
+                channel.stop_consuming()
 
     channel.basic_consume(RESULTS, on_result, auto_ack=True)
     env = {**os.environ, "MM_BROKER_URL": url}

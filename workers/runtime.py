@@ -5,7 +5,8 @@ thread-safe) and runs a loop: process broker events for a short tick, fail
 jobs past their deadline, settle the confirms that came, then flush (at most
 every ``FLUSH_INTERVAL``, so reports share the broker's writes under load).
 A flush publishes every report ready (running reports and final results,
-coalesced by the ``Runner``) and every dead letter on a dedicated channel in
+coalesced by the ``Runner``) as one ``results`` message (more if they pass
+the message size limit), and every dead letter, on a dedicated channel in
 confirm mode, and goes on; once the broker confirms a final result (or a dead
 letter), the dispatch it answers is acked. So a dispatch is never acked
 before its result is in the broker, and the loop never waits for the broker
@@ -56,7 +57,16 @@ from matchmaker.broker import (
     queued_ack,
 )
 from matchmaker.confirms import Confirms
-from matchmaker.messages import Cancel, MessageError, TaskDispatch, TaskRequest, decode, encode
+from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
+    Cancel,
+    MessageError,
+    TaskDispatch,
+    TaskRequest,
+    decode,
+    encode,
+    encode_batch,
+)
 from matchmaker.models import Worker as WorkerModel
 from workers.config import WorkerConfig
 from workers.pull import as_dispatch, refusal
@@ -94,6 +104,39 @@ class Letter:
     reason: str
     source: str
     delivery: Delivery | None
+
+
+@dataclass
+class Batch:
+    """Reports sent together as one ``results`` message."""
+
+    reports: list[Report]
+    body: bytes
+
+
+def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[Batch]:
+    """``reports`` packed in order into messages of at most ``limit`` bytes (one larger
+    report goes alone, and the scheduler refuses it as oversize)."""
+    packed: list[Batch] = []
+    group: list[Report] = []
+    bodies: list[bytes] = []
+    size = len(encode_batch([]))
+    for report in reports:
+        body = encode(report.result)
+        if group and size + len(body) + 1 > limit:
+            packed.append(Batch(group, encode_batch(bodies)))
+            group, bodies, size = [], [], len(encode_batch([]))
+        group.append(report)
+        bodies.append(body)
+        size += len(body) + 1
+    if group:
+        packed.append(Batch(group, encode_batch(bodies)))
+    return packed
+
+
+def _split(items: list[Batch | Letter]) -> tuple[list[Report], list[Letter]]:
+    reports = [r for i in items if isinstance(i, Batch) for r in i.reports]
+    return reports, [i for i in items if isinstance(i, Letter)]
 
 
 @dataclass
@@ -426,11 +469,11 @@ class Worker:
         self._last_flush = time.monotonic()
         reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
         letters, self._letters = self._letters, []
-        outgoing: list[Report | Letter] = [*reports, *letters]
+        outgoing: list[Batch | Letter] = [*batches(reports), *letters]
         for n, item in enumerate(outgoing):
             try:
-                if isinstance(item, Report):
-                    ch.reports.publish("", RESULTS, encode(item.result), PERSISTENT, item)
+                if isinstance(item, Batch):
+                    ch.reports.publish("", RESULTS, item.body, PERSISTENT, item)
                 else:
                     properties = dead_letter_properties(item.reason, item.source)
                     ch.reports.publish("", DEAD, item.body, properties, item)
@@ -452,26 +495,27 @@ class Worker:
         if confirmed:
             ch.ack(self._sent([item for item, _ in confirmed], ch.session))
 
-    def _sent(self, items: list[Report | Letter], session: int) -> list[int]:
+    def _sent(self, items: list[Batch | Letter], session: int) -> list[int]:
         """Record reports and dead letters as in the broker; the delivery tags to ack."""
+        reports, letters = _split(items)
         acks = []
-        for job in self.runner.sent([i for i in items if isinstance(i, Report)]):
+        for job in self.runner.sent(reports):
             if job.final is not None and job.final.state == "succeeded":
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
             acks += [d.tag for d in job.deliveries if d.session == session]
-        for letter in items:
-            if isinstance(letter, Letter):
-                self.stats.dead_lettered += 1
-                if letter.delivery is not None and letter.delivery.session == session:
-                    acks.append(letter.delivery.tag)
+        for letter in letters:
+            self.stats.dead_lettered += 1
+            if letter.delivery is not None and letter.delivery.session == session:
+                acks.append(letter.delivery.tag)
         return acks
 
-    def _give_back(self, items: list[Report | Letter]) -> None:
+    def _give_back(self, items: list[Batch | Letter]) -> None:
         """Reports and dead letters to publish again at the next flush."""
-        self.runner.unsent([i for i in items if isinstance(i, Report)])
-        self._letters = [i for i in items if isinstance(i, Letter)] + self._letters
+        reports, letters = _split(items)
+        self.runner.unsent(reports)
+        self._letters = letters + self._letters
 
     def _lost(self, ch: _Channels) -> None:
         """The connection dropped: what it confirmed is in the broker (its deliveries come
@@ -500,7 +544,7 @@ class Worker:
 class _Channels:
     session: int
     consume: BlockingChannel
-    reports: Confirms[Report | Letter]  # results and dead letters, on a channel of their own
+    reports: Confirms[Batch | Letter]  # results and dead letters, on a channel of their own
     consumers: list[str] = field(default_factory=list)
     unacked: set[int] = field(default_factory=set)
 
