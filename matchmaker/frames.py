@@ -26,8 +26,9 @@ This module does the two hot cases itself and leaves everything else to pika:
   delivery tag, bit ``multiple``) and ``Basic.Nack`` (60.120: delivery tag,
   bits ``multiple`` and ``requeue``), go straight to a handler registered for
   their channel with ``on_confirm`` (which may ask them to end the wait, as a
-  sink's deliveries do). Every other frame, or a delivery it has any doubt
-  about, goes through pika's own decoder in the order it arrived.
+  sink's deliveries do unless the owner set ``hold``). Every other frame, or
+  a delivery it has any doubt about, goes through pika's own decoder in the
+  order it arrived.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class DeliveryReader:
         self.sinks: dict[str, Sink] = {}  # by consumer tag
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
         self.woken = False  # a sink or a waking confirm handler got something in this read
+        self.hold = False  # the owner's choice: deliveries to sinks wait out the time limit
         connection._on_data_available = self.data_received
 
     def on_confirm(self, channel_number: int, handler: Confirm, *, wake: bool = False) -> None:
@@ -269,7 +271,7 @@ class DeliveryReader:
         self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
-            self.woken = True
+            self.woken = self.woken or not self.hold
             return at_body, (sink, delivery_tag, body)
         n = buffer[names]
         exchange = buffer[names + 1 : names + 1 + n].decode()

@@ -5,6 +5,8 @@ thread through a queue. Each turn of the loop:
 
 1. lets pika deliver what arrived (requests, results, confirms) into buffers,
    and sends what the last turn queued (acks, dispatches, events) in one go;
+   within a round interval of the last turn that took work in, arrivals wait
+   in the buffers for the interval to end (under load: a turn per interval);
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is drained);
 3. confirms: records the confirmed dispatches assigned; intake: validates the
@@ -44,7 +46,7 @@ from matchmaker.book import Book, Event
 from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
-from matchmaker.frames import consume
+from matchmaker.frames import DeliveryReader, consume, reader_of
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     VERSION,
@@ -97,6 +99,8 @@ class Scheduler:
         self.results: list[Delivery] = []
         self.dirty = True
         self.last_round = 0.0
+        self.last_intake = 0.0  # the last turn that took requests or results in
+        self.reader: DeliveryReader | None = None
         self.last_events = 0.0
         self.next_sweep = 0.0
         self.stopping = False
@@ -183,6 +187,7 @@ class Scheduler:
         results.basic_qos(prefetch_count=PREFETCH)
         consume(results, broker.RESULTS, self._on_result)
         ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
+        self.reader = reader_of(intake)
         try:
             while not self.stopping:
                 connection.process_data_events(time_limit=self._wait())
@@ -197,6 +202,8 @@ class Scheduler:
                     ack_request(took_requests, True)
                 if took_results:
                     ack_result(took_results, True)
+                if took_requests or took_results:
+                    self.last_intake = time.time()
                 if self._round_due():
                     self._round()
                 if time.time() - self.last_events >= EVENT_INTERVAL:
@@ -214,7 +221,14 @@ class Scheduler:
         self.results.append(Delivery(tag, body))
 
     def _wait(self) -> float:
-        """How long the next turn may wait for broker events before it has work of its own."""
+        """How long the next turn may wait for broker events before it has work of its own.
+
+        Within a round interval of the last turn that took something in, new
+        deliveries are held (buffered, not acted on) until the interval ends:
+        under load the loop takes in a round interval's arrivals per turn, which
+        costs one commit and one round instead of a turn per delivery. A round
+        could not place them sooner anyway.
+        """
         if self.requests or self.results or not self.changes.empty():
             return 0
         now = time.time()
@@ -223,6 +237,11 @@ class Scheduler:
             wait = min(wait, self.last_round + self.config.round_interval - now)
         if self.book.events:
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
+        held = self.last_intake + self.config.round_interval - now
+        if self.reader is not None:
+            self.reader.hold = held > 0
+        if held > 0:
+            wait = min(wait, held)
         return max(0.0, wait)
 
     def _refresh_live(self) -> None:

@@ -188,3 +188,26 @@ def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> 
         assert time.monotonic() - started < 20  # returned on data, not at the limit
         waits += 1
     assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
+
+
+def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None:
+    """With ``hold`` the deliveries are buffered and the wait runs to its limit."""
+    connection, channel = open_channel()
+    got: list[bytes] = []
+    consume(channel, QUEUE, lambda _tag, body: got.append(body))
+    reader = reader_of(channel)
+    assert reader is not None
+    publisher_connection, publisher = open_channel()
+    publish = FramePublisher(publisher._impl)
+
+    def send_and_wait(body: bytes, limit: float) -> float:
+        publish("", QUEUE, body, broker.PERSISTENT)
+        publisher_connection.process_data_events(time_limit=0)
+        started = time.monotonic()
+        connection.process_data_events(time_limit=limit)
+        return time.monotonic() - started
+
+    reader.hold = True
+    assert send_and_wait(b"held", 1.5) >= 1.4 and got == [b"held"]
+    reader.hold = False
+    assert send_and_wait(b"woke", 20) < 10 and got == [b"held", b"woke"]
