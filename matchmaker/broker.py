@@ -22,8 +22,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from matchmaker.frames import FrameAcker, read_deliveries
 from matchmaker.frames import queued_publish as queued_publish  # re-exported
-from matchmaker.frames import read_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,11 @@ def send_requests(url: str, bodies: Iterable[bytes], *, name: str = "matchmaker-
 def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
     """``basic_ack(tag, multiple)`` that only queues the frame, like ``queued_publish``."""
     impl = getattr(channel, "_impl", None)
-    ack = getattr(impl, "basic_ack", None)
-    return ack if callable(ack) else channel.basic_ack
+    try:
+        return FrameAcker(impl)
+    except AttributeError:  # pika's layout changed: its own call
+        ack = getattr(impl, "basic_ack", None)
+        return ack if callable(ack) else channel.basic_ack
 
 
 def dead_letter_properties(reason: str, source: str) -> pika.BasicProperties:

@@ -16,6 +16,8 @@ This module does the two hot cases itself and leaves everything else to pika:
   buffer in one write, sent at the connection's next I/O step exactly as
   ``Channel.basic_publish`` would have. Publisher confirms count these
   messages like any other: the broker sees the same frames.
+- ``FrameAcker``: ``Basic.Ack`` (60.80: delivery tag, the bit ``multiple``),
+  one frame from a cached head, queued the same way.
 - ``DeliveryReader``: ``Basic.Deliver`` (class 60 method 60: consumer tag,
   delivery tag, the bit ``redelivered``, exchange, routing key) with its
   header and body. It takes the connection's input; a whole delivery to a
@@ -122,6 +124,26 @@ class FramePublisher:
         data = b"".join(parts)
         self.connection.bytes_sent += len(data)
         self.connection.frames_sent += frames
+        self.emit(data)
+
+
+class FrameAcker:
+    """``ack(delivery_tag, multiple)`` for one open pika channel: ``Basic.Ack`` (60.80:
+    delivery tag, bit ``multiple``) as one frame on pika's outbound buffer."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel  # pika.channel.Channel (a BlockingChannel's ``_impl``)
+        self.connection = channel.connection
+        self.emit: Callable[[bytes], None] = self.connection._adapter_emit_data
+        self.head = HEAD.pack(METHOD, channel.channel_number, len(ACK) + TAG_BITS.size) + ACK
+
+    def __call__(self, delivery_tag: int, multiple: bool = False) -> None:
+        if not self.channel.is_open:  # pika raises the precise ChannelWrongStateError
+            self.channel.basic_ack(delivery_tag, multiple)
+            return
+        data = self.head + TAG_BITS.pack(delivery_tag, multiple) + FRAME_END
+        self.connection.bytes_sent += len(data)
+        self.connection.frames_sent += 1
         self.emit(data)
 
 

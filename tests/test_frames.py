@@ -12,7 +12,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import DeliveryReader, FramePublisher, consume, reader_of
+from matchmaker.frames import DeliveryReader, FrameAcker, FramePublisher, consume, reader_of
 
 QUEUE = "mm.test.frames"
 
@@ -211,3 +211,24 @@ def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None
     assert send_and_wait(b"held", 1.5) >= 1.4 and got == [b"held"]
     reader.hold = False
     assert send_and_wait(b"woke", 20) < 10 and got == [b"held", b"woke"]
+
+
+def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
+    """A ``multiple`` ack settles every tag up to it, a single one only its own."""
+    connection, channel = open_channel()
+    channel.queue_purge(QUEUE)
+    for i in range(6):
+        channel.basic_publish("", QUEUE, f"a{i}".encode(), broker.PERSISTENT)
+    got: list[int] = []
+    consume(channel, QUEUE, lambda tag, _body: got.append(tag))
+    while len(got) < 6:
+        connection.process_data_events(time_limit=5)
+    ack = FrameAcker(channel._impl)
+    ack(3, True)
+    ack(5)
+    connection.process_data_events(time_limit=0)
+    connection.close()  # tags 4 and 6 go back to the queue
+    _, check = open_channel()
+    left = [check.basic_get(QUEUE, auto_ack=True)[2] for _ in range(2)]
+    assert sorted(left) == [b"a3", b"a5"]
+    assert check.basic_get(QUEUE, auto_ack=True)[0] is None
