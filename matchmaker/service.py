@@ -93,6 +93,7 @@ class Scheduler:
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Inventory | None = None
         self.live: dict[str, Worker] = {}
+        self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
         self.drained = self.ledger.drained()
         self.reasons: dict[str, str] = {}
         self.requests: list[Delivery] = []
@@ -248,6 +249,7 @@ class Scheduler:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
         self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        self.loaded = {}
         for name in self.live:
             self.dispatcher.declare(name)
 
@@ -401,11 +403,7 @@ class Scheduler:
     def _round(self) -> None:
         started = time.time()
         self.last_round, self.dirty = started, False
-        workers = [
-            w.with_running(self.book.running(name))
-            for name, w in self.live.items()
-            if name not in self.drained
-        ]
+        workers = self._loaded_workers()
         free = sum(w.free for w in workers)
         tasks = self.book.due(started, limit=max(free, MIN_CONSIDERED))
         result = plan(tasks, workers, self._policy(started))
@@ -439,6 +437,21 @@ class Scheduler:
                 1000 * (planned - started),
                 1000 * (published - planned),
             )
+
+    def _loaded_workers(self) -> list[Worker]:
+        """The live workers not drained, with their in-flight counts; a worker's view is
+        made again only when its count changed (a round with a thousand workers would
+        otherwise spend more on copies than ``plan()`` spends on the round)."""
+        workers = []
+        for name, live in self.live.items():
+            if name in self.drained:
+                continue
+            running = self.book.running(name)
+            view = self.loaded.get(name)
+            if view is None or view.running != running:
+                view = self.loaded[name] = live.with_running(running)
+            workers.append(view)
+        return workers
 
     def _publish_events(self, channel: BlockingChannel) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
