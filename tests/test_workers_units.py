@@ -86,6 +86,28 @@ def test_a_long_task_reports_running_after_the_hold(runner: Runner, gate: Gate) 
     assert finals(runner) == [("b", "succeeded", None)]
 
 
+def test_an_output_that_cannot_travel_fails_the_task_with_a_reason() -> None:
+    outputs: dict[str, dict[str, Any]] = {
+        "set": {"s": {1, 2}},
+        "big": {"x": "y" * 300_000},
+        "fine": {"x": "y" * 1000},
+    }
+    runner = Runner("w1", 3, {"gate": lambda payload, _context: outputs[payload["which"]]})
+    try:
+        for which in outputs:
+            runner.start(job(which, {"which": which}))
+        wait_for(
+            lambda: all(runner.find((w, 1)).final for w in outputs),  # type: ignore[union-attr]
+            what="every task to finish",
+        )
+        got = {task_id: (state, error) for task_id, state, error in finals(runner)}
+    finally:
+        runner.shutdown()
+    assert got["set"][0] == "failed" and "not JSON" in str(got["set"][1])
+    assert got["big"][0] == "failed" and "over the" in str(got["big"][1])
+    assert got["fine"] == ("succeeded", None)
+
+
 def test_unknown_type_late_dispatch_and_deadline(runner: Runner, gate: Gate) -> None:
     unknown = job("u")
     unknown = Job(TaskDispatch("u", 1, "warp", {}, time.time() + 60), unknown.context, [])

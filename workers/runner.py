@@ -25,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from matchmaker.messages import TaskDispatch, TaskResult
+import orjson
+
+from matchmaker.messages import MAX_MESSAGE_BYTES, TaskDispatch, TaskResult
 from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 REMEMBER_DONE = 10_000
+MAX_OUTPUT_BYTES = MAX_MESSAGE_BYTES - 16 * 1024  # the rest of the result fits beside it
 
 
 @dataclass(eq=False)
@@ -74,6 +77,18 @@ class Report:
     @property
     def final(self) -> bool:
         return self.result.state != "running"
+
+
+def _check_output(output: dict[str, Any]) -> None:
+    """A task's output must travel in a result message: JSON, and not too large."""
+    try:
+        size = len(orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError as error:
+        raise TaskError(f"the task's output is not JSON: {error}") from None
+    if size > MAX_OUTPUT_BYTES:
+        raise TaskError(
+            f"the task's output is {size} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
+        )
 
 
 class Runner:
@@ -137,6 +152,7 @@ class Runner:
             output = function(dict(job.dispatch.payload), job.context)
             if not isinstance(output, dict):
                 raise TypeError(f"task returned {type(output).__name__}, not a JSON object")
+            _check_output(output)
         except TaskError as error:
             self.finish(job, error=str(error) or "task failed")
         except BaseException as error:  # a bug in the task (even sys.exit): report it, keep going
