@@ -67,6 +67,7 @@ log = logging.getLogger("matchmaker.service")
 
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
+HOLD_BELOW = PREFETCH // 4  # an intake this large means a backlog: the next turn does not wait
 SWEEP_INTERVAL = 0.25
 IDLE_WAIT = 0.05  # confirms are collected at the next turn, at the latest this late
 EVENT_INTERVAL = 0.02
@@ -100,7 +101,7 @@ class Scheduler:
         self.results: list[Delivery] = []
         self.dirty = True
         self.last_round = 0.0
-        self.last_intake = 0.0  # the last turn that took requests or results in
+        self.last_intake = 0.0  # the last turn that took a few requests or results in
         self.reader: DeliveryReader | None = None
         self.last_events = 0.0
         self.next_sweep = 0.0
@@ -194,6 +195,7 @@ class Scheduler:
                 connection.process_data_events(time_limit=self._wait())
                 self._apply_changes()
                 self._apply_confirms()  # before the results, which a confirm precedes
+                arrived = len(self.requests) + len(self.results)
                 took_requests = self._intake(control)
                 took_results = self._apply_results(results)
                 if time.time() >= self.next_sweep:
@@ -203,8 +205,8 @@ class Scheduler:
                     ack_request(took_requests, True)
                 if took_results:
                     ack_result(took_results, True)
-                if took_requests or took_results:
-                    self.last_intake = time.time()
+                if arrived:  # a backlog (a large intake) is paced by the prefetch window
+                    self.last_intake = time.time() if arrived < HOLD_BELOW else 0.0
                 if self._round_due():
                     self._round()
                 if time.time() - self.last_events >= EVENT_INTERVAL:
@@ -228,7 +230,9 @@ class Scheduler:
         deliveries are held (buffered, not acted on) until the interval ends:
         under load the loop takes in a round interval's arrivals per turn, which
         costs one commit and one round instead of a turn per delivery. A round
-        could not place them sooner anyway.
+        could not place them sooner anyway. After an intake of ``HOLD_BELOW`` or
+        more the loop does not wait: the broker is handing over a backlog as
+        fast as the acks free its prefetch window.
         """
         if self.requests or self.results or not self.changes.empty():
             return 0
