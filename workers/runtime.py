@@ -120,12 +120,12 @@ def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[Batch
     packed: list[Batch] = []
     group: list[Report] = []
     bodies: list[bytes] = []
-    size = len(encode_batch([]))
+    size = envelope = len(encode_batch([]))
     for report in reports:
         body = encode(report.result)
         if group and size + len(body) + 1 > limit:
             packed.append(Batch(group, encode_batch(bodies)))
-            group, bodies, size = [], [], len(encode_batch([]))
+            group, bodies, size = [], [], envelope
         group.append(report)
         bodies.append(body)
         size += len(body) + 1
