@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pika
+import pika.exceptions
 
 from benchmarks.live_cpu import cpu_seconds
 from benchmarks.live_env import Env, LedgerView, paced, wait_for
@@ -201,6 +202,7 @@ class _Results:
         self.finals: dict[str, TaskResult] = {}
         self.duplicates = 0
         self.failed = 0
+        self.error: pika.exceptions.AMQPError | None = None  # the connection it lost
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-results", daemon=True)
@@ -215,6 +217,12 @@ class _Results:
         self._stop.set()
         self._thread.join(10)
 
+    def count(self) -> int:
+        """Final results so far; raises what the consumer's connection died of."""
+        if self.error is not None:
+            raise self.error
+        return len(self.finals)
+
     def _run(self) -> None:
         connection = broker.connect(self.url, name="live-results")
         try:
@@ -225,6 +233,8 @@ class _Results:
             self._ready.set()
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.1)
+        except pika.exceptions.AMQPError as error:  # the waiting thread reports it
+            self.error = error
         finally:
             if connection.is_open:
                 connection.close()
@@ -264,7 +274,7 @@ def _pull(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord,
         bar=env.bar(count, "compare pull: sending"),
     )
     wait_for(
-        lambda: len(results.finals),
+        results.count,
         count,
         120,
         "every pull task to succeed",
