@@ -55,12 +55,17 @@ class Meter:
     def stop(self) -> dict[str, float]:
         """Cores used by each process over the window (1.0 = one core busy all the time)."""
         self.wall = time.monotonic() - self._t0
-        self.after = {n: cpu_seconds(p) or 0.0 for n, p in self.pids.items()}
+        ends = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self.after = {n: seconds for n, seconds in ends.items() if seconds is not None}
         return self.shares()
 
     def shares(self) -> dict[str, float]:
+        """Cores used by each process still there at the end (one gone, killed or restarted
+        in the window, took CPU that /proc no longer shows, so it is left out)."""
         if self.wall <= 0:
             return {}
         return {
-            n: round((self.after.get(n, 0.0) - self.before[n]) / self.wall, 3) for n in self.before
+            n: round((self.after[n] - self.before[n]) / self.wall, 3)
+            for n in self.before
+            if n in self.after
         }

@@ -8,6 +8,7 @@ checks that none is left behind.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks.live import parser
+from benchmarks.live_cpu import Meter
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(180)
@@ -142,3 +144,13 @@ def test_sigterm_mid_run_stops_everything_it_started(tmp_path: Path) -> None:
     assert "interrupted; stopping what it started" in output
     assert _processes_mentioning(str(work)) == []
     _no_new_vhosts(before)
+
+
+def test_cpu_meter_leaves_out_a_process_gone_by_the_end() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    meter = Meter({"this": os.getpid(), "child": child.pid}).start()
+    sum(range(2_000_000))  # some CPU in this process
+    child.kill()
+    child.wait()
+    shares = meter.stop()
+    assert set(shares) == {"this"} and shares["this"] > 0
