@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -31,20 +32,45 @@ from membership.rpc import SerfRPC
 
 LOOPBACK = "127.0.0.1"
 PROFILES = ("lan", "wan", "local")
+PORT_ATTEMPTS = 3
+
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _below_ephemeral() -> range:
+    """Ports below the kernel's ephemeral range: no outgoing connection takes one of them."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10_000, max(low, 10_001))
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A port that is free for both TCP and UDP right now (gossip uses both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
+    """A port free for both TCP and UDP right now (gossip uses both).
+
+    It is drawn below the ephemeral range, so the kernel cannot give it to an
+    outgoing connection before the agent binds it (a port from ``bind(0)``
+    could be), and never twice in this process.
+    """
+    choices = _below_ephemeral()
+    for _ in range(200):
+        port = random.choice(choices)
+        if port in _handed_out:
+            continue
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            try:
+                tcp.bind((host, port))
+                udp.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     raise AgentError(f"no free TCP+UDP port found on {host}")
 
 
@@ -111,8 +137,9 @@ class SerfAgent:
         self.rpc_host = rpc_host
         self.die_with_parent = die_with_parent
         self.tags = dict(tags or {})
-        self.bind_port = bind_port or free_port()
-        self.rpc_port = rpc_port or free_port()
+        self._own_ports = (bind_port is None, rpc_port is None)
+        self.bind_port = bind_port or free_port(bind_host)
+        self.rpc_port = rpc_port or free_port(rpc_host)
         self.profile = profile
         self.encrypt_key = encrypt_key
         self.rpc_auth = rpc_auth
@@ -162,12 +189,34 @@ class SerfAgent:
         return config
 
     def start(self) -> SerfAgent:
+        """Start the agent; a port of its own choosing taken meanwhile is chosen again."""
         if self.running:
             return self
         if shutil.which(self.serf_bin) is None:
             raise AgentError(
                 f"the {self.serf_bin!r} program is not installed (apt-get install serf)"
             )
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._launch()
+                return self
+            except AgentError:
+                if attempt + 1 == PORT_ATTEMPTS or not self._repick_ports():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _repick_ports(self) -> bool:
+        """New ports for the agent's own choices if its last start found one in use."""
+        own_bind, own_rpc = self._own_ports
+        if not (own_bind or own_rpc) or "address already in use" not in self.log_tail(5):
+            return False
+        if own_bind:
+            self.bind_port = free_port(self.bind_host)
+        if own_rpc:
+            self.rpc_port = free_port(self.rpc_host)
+        return True
+
+    def _launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         self.config_path.chmod(0o600)
@@ -190,7 +239,6 @@ class SerfAgent:
         except BaseException:
             self.kill()
             raise
-        return self
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout

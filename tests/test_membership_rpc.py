@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,24 @@ def test_agent_start_failures_are_clear(tmp_path: Path) -> None:
             second.start()
         assert "log tail" in str(caught.value)
         assert not second.running
+
+
+def test_ports_of_its_own_choosing_taken_before_start_are_chosen_again(tmp_path: Path) -> None:
+    agent = SerfAgent("squeezed", workdir=tmp_path)
+    taken_rpc, taken_bind = agent.rpc_port, agent.bind_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken_rpc))
+        squatter.listen()
+        with agent:
+            assert agent.rpc_port != taken_rpc
+            assert agent.bind_port != taken_bind
+            with agent.rpc() as rpc:
+                assert [m.name for m in rpc.members()] == ["squeezed"]
+    assert "address already in use" in agent.log_path.read_text()
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(10_000 <= port < low for port in ports)
 
 
 def test_split_addr() -> None:
