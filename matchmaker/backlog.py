@@ -10,9 +10,13 @@ with the free slots instead of the backlog.
 Each group has two parts, both oldest first: ``arrived``, the tasks that came
 in order (a dict keeps that order for free), and ``returned``, the tasks
 that came back older than the newest one waiting (a retry, a lost worker's
-tasks), sorted at the next round when it changed. A round merges the two, so
-taking back a thousand tasks costs a sort of those thousand, not of the
-backlog. Retry times wait in a heap, so noticing a backoff's end costs
+tasks). Returned tasks are kept as a few sorted runs: the ones returned
+since the last round are sorted on their own and become a run, and a run
+is merged into the one before it while that one is no more than twice its
+size, so there are O(log n) runs and each task is merged O(log n) times. A
+round merges the runs with ``arrived`` lazily, so taking back a thousand
+tasks costs about a sort of those thousand, not of everything returned
+before them. Retry times wait in a heap, so noticing a backoff's end costs
 nothing per task.
 """
 
@@ -35,41 +39,62 @@ def _age(t: OpenTask) -> tuple[float, str]:
     return (t.task.submitted_at, t.task.id)
 
 
+Run = dict[str, "OpenTask"]  # oldest first
+
+
+def _sorted_run(tasks: Iterable[OpenTask]) -> Run:
+    return {t.task.id: t for t in sorted(tasks, key=_age)}
+
+
 class Group:
     """The pending tasks of one class key and priority, oldest first."""
 
     def __init__(self) -> None:
-        self.arrived: dict[str, OpenTask] = {}
-        self.returned: dict[str, OpenTask] = {}
-        self.sorted = True  # whether ``returned`` is in order
+        self.arrived: Run = {}
+        self.runs: list[Run] = []  # returned tasks, each run oldest first
+        self.fresh: Run = {}  # returned since the last round, in no order
         self.newest: tuple[float, str] | None = None  # no older than arrived's last
 
     def add(self, t: OpenTask) -> None:
         age = _age(t)
         if self.newest is not None and self.newest > age:
-            self.returned[t.task.id] = t
-            self.sorted = False
+            self.fresh[t.task.id] = t
         else:
             self.arrived[t.task.id] = t
             self.newest = age
 
     def pop(self, task_id: str) -> None:
-        if self.arrived.pop(task_id, None) is None:
-            del self.returned[task_id]
-        elif not self.arrived:
-            self.newest = None
+        if self.arrived.pop(task_id, None) is not None:
+            if not self.arrived:
+                self.newest = None
+        elif self.fresh.pop(task_id, None) is None:
+            for i, run in enumerate(self.runs):
+                if run.pop(task_id, None) is not None:
+                    if not run:
+                        del self.runs[i]
+                    break
+            else:
+                raise KeyError(task_id)
 
     def __len__(self) -> int:
-        return len(self.arrived) + len(self.returned)
+        return len(self.arrived) + len(self.fresh) + sum(map(len, self.runs))
+
+    def _settle(self) -> None:
+        """The fresh returns become a run; runs merge until each is over twice the next."""
+        if self.fresh:
+            self.runs.append(_sorted_run(self.fresh.values()))
+            self.fresh = {}
+        runs = self.runs
+        while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+            last = runs.pop()
+            runs[-1] = _sorted_run([*runs[-1].values(), *last.values()])  # two runs: a merge
 
     def oldest(self, now: float, limit: int | None) -> Iterator[Task]:
-        arrived: Iterable[OpenTask] = self.arrived.values()
-        if self.returned:
-            if not self.sorted:
-                self.returned = dict(sorted(self.returned.items(), key=lambda i: _age(i[1])))
-                self.sorted = True
-            arrived = heapq.merge(arrived, self.returned.values(), key=_age)
-        due = (t.task for t in arrived if t.not_before <= now)
+        self._settle()
+        merged: Iterable[OpenTask] = self.arrived.values()
+        if self.runs:
+            merged = heapq.merge(merged, *(run.values() for run in self.runs), key=_age)
+        due = (t.task for t in merged if t.not_before <= now)
         return due if limit is None else islice(due, limit)
 
 

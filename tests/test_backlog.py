@@ -37,27 +37,8 @@ def test_groups_stay_oldest_first_when_old_work_comes_back() -> None:
     assert backlog.backoff_ended(200.0) and not backlog.backoff_ended(300.0)
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    steps=st.lists(
-        st.tuples(st.sampled_from(["add", "pop"]), st.integers(0, 29), st.integers(0, 20)),
-        max_size=80,
-    ),
-    limit=st.one_of(st.none(), st.integers(0, 12)),
-)
-def test_any_order_of_arrivals_and_departures_comes_out_oldest_first(
-    steps: list[tuple[str, int, int]], limit: int | None
-) -> None:
+def check_oldest_first(backlog: Backlog, held: dict[str, OpenTask], limit: int | None) -> None:
     """Against sorting everything: the same tasks, per group, oldest first."""
-    backlog = Backlog()
-    held: dict[str, OpenTask] = {}
-    for op, i, age in steps:
-        t = open_task(i, float(age), priority=i % 2)
-        if op == "add" and t.task.id not in held:
-            backlog.add(t)
-            held[t.task.id] = t
-        elif op == "pop" and t.task.id in held:
-            assert backlog.pop(t.task.id) is held.pop(t.task.id)
     got = [t.id for t in backlog.oldest(100.0, limit)]
     want = []
     for priority in (0, 1):
@@ -70,6 +51,47 @@ def test_any_order_of_arrivals_and_departures_comes_out_oldest_first(
     for g in want:
         assert [i for i in got if i in set(g)] == g
     assert len(backlog) == len(held)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "pop", "round"]), st.integers(0, 29), st.integers(0, 20)
+        ),
+        max_size=120,
+    ),
+    limit=st.one_of(st.none(), st.integers(0, 12)),
+)
+def test_any_order_of_arrivals_departures_and_rounds_comes_out_oldest_first(
+    steps: list[tuple[str, int, int]], limit: int | None
+) -> None:
+    """Rounds in between settle returned tasks into runs; every round sees them in order."""
+    backlog = Backlog()
+    held: dict[str, OpenTask] = {}
+    for op, i, age in steps:
+        t = open_task(i, float(age), priority=i % 2)
+        if op == "add" and t.task.id not in held:
+            backlog.add(t)
+            held[t.task.id] = t
+        elif op == "pop" and t.task.id in held:
+            assert backlog.pop(t.task.id) is held.pop(t.task.id)
+        elif op == "round":
+            check_oldest_first(backlog, held, limit)
+    check_oldest_first(backlog, held, limit)
+
+
+def test_returns_after_returns_stay_in_a_few_runs() -> None:
+    """A thousand single retries, a round after each: runs stay O(log n), order holds."""
+    backlog = Backlog()
+    newest = open_task(5000, 5000.0)
+    backlog.add(newest)
+    for i in range(1000):
+        backlog.add(open_task(i, float(1000 - i)))  # each older than all before it
+        assert backlog.oldest(1e9, limit=1)[0].id == f"t{i:03d}"
+        group = next(iter(backlog.groups.values()))
+        assert len(group.runs) <= 11
+    assert [t.id for t in backlog.oldest(1e9)][:3] == ["t999", "t998", "t997"]
 
 
 @settings(max_examples=60, deadline=None)
