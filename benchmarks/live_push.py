@@ -99,7 +99,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
             encrypt_key=cluster.encrypt_key,
             workdir=cluster.workdir / f"serf-{name}",
         )
-        env.stack.callback(bare.cleanup)
+        env.stack.callback(bare.kill)  # after the scheduler stopped: no one to tell
         bare.start()
     wait_for(
         lambda: sum(1 for w in fetch_workers(agent.rpc_addr) if w.status == "alive"),
@@ -111,6 +111,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     ledger = LedgerView(cluster)
     env.stack.callback(ledger.close)
     scheduler = cluster.start_scheduler(wait=False)
+    env.stack.callback(scheduler.stop)  # before the bare agents go: nothing to reschedule
     meter = Meter({"scheduler": scheduler.popen.pid, "rabbitmq": broker_pid()}).start()
     wait_for(
         lambda: ledger.counts().get("assigned", 0),
