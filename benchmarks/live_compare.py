@@ -246,7 +246,7 @@ class _Results:
         _props: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        for result in decode_results(body).results:
+        for result in decode_results(body).items:
             if result.state == "succeeded":
                 if result.id in self.finals:
                     self.duplicates += 1

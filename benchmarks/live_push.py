@@ -37,7 +37,7 @@ from benchmarks.live_env import (
     wait_for,
 )
 from matchmaker import broker
-from matchmaker.messages import TaskDispatch, encode
+from matchmaker.messages import TaskDispatch, decode_dispatches, encode
 from membership.agent import SerfAgent
 from membership.table import fetch_workers
 from membership.tags import MAX_SLOTS, encode_worker_tags
@@ -73,6 +73,20 @@ def raw_publish(url: str, count: int, tx_batch: int | None) -> float:
     if tx_batch and stored != count:
         raise RuntimeError(f"raw publish: {stored} of {count} messages in the queue")
     return count / elapsed
+
+
+def queued_dispatches(url: str, workers: list[str]) -> tuple[int, int]:
+    """Messages and dispatches in these workers' queues, read off (the queues are left empty)."""
+    messages = dispatches = 0
+    with channel(url) as ch:
+        for name in workers:
+            while True:
+                method, _props, body = ch.basic_get(broker.worker_queue(name), auto_ack=True)
+                if method is None:
+                    break
+                messages += 1
+                dispatches += len(decode_dispatches(body).items)
+    return messages, dispatches
 
 
 def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
@@ -130,13 +144,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
     per_worker: dict[str, int] = {}
     for row in assigned:
         per_worker[row[2]] = per_worker.get(row[2], 0) + 1
-    with channel(url) as ch:
-        queued = sum(
-            ch.queue_declare(
-                broker.worker_queue(n), durable=True, passive=True
-            ).method.message_count
-            for n in per_worker
-        )
+    messages, queued = queued_dispatches(url, list(per_worker))
     window = at[-1] - submitted[0]
     rate = tasks / window
     return {
@@ -147,6 +155,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "round_interval": env.round_interval,
         "assigned": len({row[0] for row in assigned}),
         "in_worker_queues": queued,
+        "worker_queue_messages": messages,
         "push_rate": rate,
         "raw_rate": raw,
         "raw_tx1000_rate": raw_tx,
@@ -175,7 +184,7 @@ def table(r: dict[str, Any]) -> list[str]:
     return [
         f"tasks {r['tasks']:,} onto {r['workers']} bare workers x {r['slots']} slots "
         f"({r['queue_type']} queues); {r['assigned']:,} assigned, "
-        f"{r['in_worker_queues']:,} in worker queues",
+        f"{r['in_worker_queues']:,} in worker queues ({r['worker_queue_messages']:,} messages)",
         f"{'push (ledger: first submitted -> last assigned)':<52} {r['push_rate']:>10,.0f} /s",
         f"{'raw pika publish, persistent, no confirms':<52} {r['raw_rate']:>10,.0f} /s"
         f"   (median of {_runs(r['raw_runs'])})",

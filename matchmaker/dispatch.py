@@ -1,6 +1,9 @@
 """The push stage: dispatches to workers' queues under asynchronous publisher confirms.
 
-A round publishes its dispatches and returns at once; the broker confirms
+A round publishes the dispatches it places on a worker as one ``dispatches``
+message (more if they pass the size limit, the dispatch itself if alone), so
+the broker stores, confirms and delivers one message per worker per round
+instead of one per task. A round publishes and returns at once; the broker confirms
 them (``Basic.Ack``, often one frame for thousands with ``multiple``) while
 the scheduler goes on with intake. Only a confirmed dispatch is recorded
 ``assigned``; a nacked one, or one unconfirmed when the connection drops,
@@ -20,9 +23,11 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
 from matchmaker.confirms import Confirms
+from matchmaker.messages import pack
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
+Sent = tuple[list[str], str]  # the task ids of one message, and its worker
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Dispatcher:
     declared: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.confirms: Confirms[Item] = Confirms(self.channel)
+        self.confirms: Confirms[Sent] = Confirms(self.channel)
 
     def declare(self, worker: str) -> str:
         """The worker's queue, declared once per connection (on join, before any dispatch)."""
@@ -41,13 +46,21 @@ class Dispatcher:
             self.declared.add(queue)
         return queue
 
-    def publish(self, worker: str, body: bytes, task_id: str) -> None:
-        self.confirms.publish("", self.declare(worker), body, broker.PERSISTENT, (task_id, worker))
+    def publish(self, worker: str, task_ids: list[str], dispatches: list[bytes]) -> None:
+        """The encoded ``dispatches`` (of ``task_ids``, in order) to ``worker``'s queue."""
+        queue, start = self.declare(worker), 0
+        for count, body in pack("dispatches", dispatches):
+            sent = (task_ids[start : start + count], worker)
+            self.confirms.publish("", queue, body, broker.PERSISTENT, sent)
+            start += count
 
     def confirmed(self) -> tuple[list[Confirmed], list[Item]]:
         """What the broker acked (with when) and nacked since the last call."""
         acked, nacked = self.confirms.confirmed()
-        return [(task_id, worker, at) for (task_id, worker), at in acked], nacked
+        return (
+            [(task_id, worker, at) for (ids, worker), at in acked for task_id in ids],
+            [(task_id, worker) for ids, worker in nacked for task_id in ids],
+        )
 
     def purge(self, worker: str) -> int:
         """Empty a lost worker's queue; its tasks are already pending again."""

@@ -9,14 +9,19 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   worker name (``"on": false`` undrains).
 - ``dispatch`` (TaskDispatch, scheduler -> ``mm.worker.<name>`` or
   ``mm.pull.<type>``): id, attempt, type, payload, deadline (Unix seconds).
+- ``dispatches`` (scheduler -> ``mm.worker.<name>``): ``"dispatches": [...]``,
+  the dispatches one round places on one worker, in one message.
 - ``result`` (TaskResult, worker -> ``mm.results``): id, attempt, worker,
   state (``running``, ``succeeded``, ``failed``), started_at, finished_at,
   output or error.
-- ``results`` (worker -> ``mm.results``): ``"results": [...]``, several
-  ``result`` messages in one, as many as a worker's flush has ready (up to
-  ``MAX_MESSAGE_BYTES`` in all), so the broker stores one message instead of
-  one per task. Each item is checked on its own: an invalid one is refused
-  with its index and the others are taken (``decode_results``).
+- ``results`` (worker -> ``mm.results``): ``"results": [...]``, the results
+  a worker's flush has ready, in one message.
+
+A batch (``dispatches``, ``results``) holds whole messages of the single kind
+and is packed up to ``MAX_MESSAGE_BYTES`` (``pack``), so the broker stores one
+message instead of one per task; a lone item travels as itself. Each item is
+checked on its own: an invalid one is refused with its index and the others
+are taken (``decode_batch``).
 
 Decoding never raises anything but ``MessageError``, whose text says what is
 wrong in one sentence; the caller dead-letters the message with it. JSON is
@@ -30,7 +35,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -97,28 +102,62 @@ class TaskResult:
     kind: str = "result"
 
 
-@dataclass(frozen=True)
-class ResultBatch:
-    """The results of one ``results`` message, and each invalid item as a ``result``
-    message of its own with the reason it was refused."""
-
-    results: tuple[TaskResult, ...]
-    invalid: tuple[tuple[bytes, str], ...] = ()
-    kind: str = "results"
-
-
 Single = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
-Message = Single | ResultBatch
-BATCH_HEAD = b'{"v":%d,"kind":"results","results":[' % VERSION
+BATCHES = {"dispatch": "dispatches", "result": "results"}  # single kind -> its batch kind
+T = TypeVar("T", TaskDispatch, TaskResult)
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    """The valid items of a batch, and each invalid one as a message of its own with the
+    reason it was refused."""
+
+    kind: str
+    items: tuple[T, ...]
+    invalid: tuple[tuple[bytes, str], ...] = ()
+
+
+Message = Single | Batch[TaskDispatch] | Batch[TaskResult]
 
 
 def encode(message: Single) -> bytes:
     return orjson.dumps({"v": VERSION, **vars(message)}, option=orjson.OPT_NON_STR_KEYS)
 
 
-def encode_batch(encoded_results: list[bytes]) -> bytes:
-    """One ``results`` message from ``result`` messages already encoded (``encode``)."""
-    return BATCH_HEAD + b",".join(encoded_results) + b"]}"
+def _envelope(kind: str) -> tuple[bytes, bytes]:
+    return b'{"v":%d,"kind":"%s","%s":[' % (VERSION, kind.encode(), kind.encode()), b"]}"
+
+
+def encode_batch(kind: str, encoded: list[bytes]) -> bytes:
+    """One ``kind`` batch (``dispatches``, ``results``) of messages already encoded."""
+    head, tail = _envelope(kind)
+    return head + b",".join(encoded) + tail
+
+
+def pack(
+    kind: str, encoded: list[bytes], limit: int = MAX_MESSAGE_BYTES
+) -> list[tuple[int, bytes]]:
+    """``encoded`` messages packed in order into ``kind`` batches of at most ``limit``
+    bytes: (how many items, body) per message. A lone item goes as itself, and so does
+    one over the limit, which its receiver refuses as oversize."""
+    head, tail = _envelope(kind)
+    packed: list[tuple[int, bytes]] = []
+    group: list[bytes] = []
+    size = len(head) + len(tail)
+
+    def close() -> None:
+        body = group[0] if len(group) == 1 else head + b",".join(group) + tail
+        packed.append((len(group), body))
+
+    for body in encoded:
+        if group and size + len(body) + 1 > limit:
+            close()
+            group, size = [], len(head) + len(tail)
+        group.append(body)
+        size += len(body) + 1
+    if group:
+        close()
+    return packed
 
 
 def _name(body: dict[str, Any], key: str) -> str:
@@ -201,22 +240,6 @@ def _result(body: dict[str, Any]) -> TaskResult:
     )
 
 
-def _results(body: dict[str, Any]) -> ResultBatch:
-    items = body.get("results")
-    if not isinstance(items, list) or not items:
-        raise MessageError("'results' must be a non-empty JSON array of results")
-    results, invalid = [], []
-    for n, item in enumerate(items):
-        try:
-            if not isinstance(item, dict):
-                raise MessageError(f"a result must be a JSON object (got {type(item).__name__})")
-            results.append(_result(item))
-        except MessageError as error:
-            single = {"v": VERSION, **item, "kind": "result"} if isinstance(item, dict) else item
-            invalid.append((orjson.dumps(single), f"results[{n}]: {error}"))
-    return ResultBatch(tuple(results), tuple(invalid))
-
-
 def _dispatch(body: dict[str, Any]) -> TaskDispatch:
     deadline = _seconds(body, "deadline", None, math.inf)
     if deadline is None:
@@ -237,14 +260,38 @@ def _drain(body: dict[str, Any]) -> Drain:
     return Drain(worker=_name(body, "worker"), on=on)
 
 
+def _batch(single: str) -> Callable[[dict[str, Any]], Message]:
+    decoder, kind = _DECODERS[single], BATCHES[single]
+
+    def decode_items(body: dict[str, Any]) -> Message:
+        items = body.get(kind)
+        if not isinstance(items, list) or not items:
+            raise MessageError(f"'{kind}' must be a non-empty JSON array of {single} messages")
+        valid: list[Any] = []
+        invalid: list[tuple[bytes, str]] = []
+        for n, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise MessageError(
+                        f"a {single} must be a JSON object (got {type(item).__name__})"
+                    )
+                valid.append(decoder(item))
+            except MessageError as error:
+                alone = {"v": VERSION, **item, "kind": single} if isinstance(item, dict) else item
+                invalid.append((orjson.dumps(alone), f"{kind}[{n}]: {error}"))
+        return Batch(kind, tuple(valid), tuple(invalid))
+
+    return decode_items
+
+
 _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "submit": _request,
     "cancel": lambda body: Cancel(id=_name(body, "id")),
     "drain": _drain,
     "dispatch": _dispatch,
     "result": _result,
-    "results": _results,
 }
+_DECODERS.update({BATCHES[single]: _batch(single) for single in BATCHES})
 
 
 def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
@@ -268,10 +315,17 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
     return _DECODERS[kind](body)
 
 
-def decode_results(raw: bytes) -> ResultBatch:
-    """A ``result`` or ``results`` message as a batch (of one, for a single result)."""
-    message = decode(raw, expect=("result", "results"))
-    if isinstance(message, ResultBatch):
+def decode_batch(raw: bytes, single: str) -> Batch[Any]:
+    """A ``single`` message (``dispatch``, ``result``) or a batch of them, as a batch."""
+    message = decode(raw, expect=(single, BATCHES[single]))
+    if isinstance(message, Batch):
         return message
-    assert isinstance(message, TaskResult)
-    return ResultBatch((message,))
+    return Batch(BATCHES[single], (message,))
+
+
+def decode_results(raw: bytes) -> Batch[TaskResult]:
+    return decode_batch(raw, "result")
+
+
+def decode_dispatches(raw: bytes) -> Batch[TaskDispatch]:
+    return decode_batch(raw, "dispatch")

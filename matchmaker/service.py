@@ -14,8 +14,8 @@ thread through a queue. Each turn of the loop:
    ``mm.dead``); results: applies them to the book;
 4. commits the ledger once, and only then queues the acks of what it took in;
 5. a round, when work is pending and something changed, at most once per
-   ``round_interval``: ``plan()``, then each dispatch is published under
-   publisher confirms (``dispatch.py``);
+   ``round_interval``: ``plan()``, then the dispatches are published, one
+   message per worker, under publisher confirms (``dispatch.py``);
 6. every ``EVENT_INTERVAL``, the events of the state changes so far.
 
 Nothing is acked before the ledger holds it, and nothing waits on the
@@ -355,7 +355,7 @@ class Scheduler:
                 continue
             for body, reason in message.invalid:
                 self._reject_result(channel, body, reason)
-            for result in message.results:
+            for result in message.items:
                 outcome = self.book.result(result, now)
                 if outcome == "stale":
                     log.info(
@@ -412,14 +412,18 @@ class Scheduler:
         tasks = self.book.due(started, limit=max(free, MIN_CONSIDERED))
         result = plan(tasks, workers, self._policy(started))
         planned = time.time()
-        placed = []
-        for task_id, worker in result.assignments.items():
+        placed = list(result.assignments.items())
+        by_worker: dict[str, tuple[list[str], list[bytes]]] = {}
+        for task_id, worker in placed:
             t = self.book.pending[task_id]
             dispatch = TaskDispatch(
                 task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
             )
-            self.dispatcher.publish(worker, encode(dispatch), task_id)
-            placed.append((task_id, worker))
+            ids, bodies = by_worker.setdefault(worker, ([], []))
+            ids.append(task_id)
+            bodies.append(encode(dispatch))
+        for worker, (ids, bodies) in by_worker.items():
+            self.dispatcher.publish(worker, ids, bodies)
         self.book.dispatching(placed, started)
         published = time.time()
         changed = [

@@ -18,9 +18,11 @@ from matchmaker.messages import (
     TaskRequest,
     TaskResult,
     decode,
+    decode_dispatches,
     decode_results,
     encode,
     encode_batch,
+    pack,
 )
 
 
@@ -68,16 +70,33 @@ def test_a_results_batch_takes_its_valid_items_and_refuses_each_invalid_one() ->
     done = TaskResult("a", 1, "w1", "succeeded", 1.0, 2.0, {"n": 1})
     running = TaskResult("b", 2, "w1", "running", 1.5)
     bad = {"id": "c", "attempt": 1, "worker": "w1", "state": "exploded"}
-    body = encode_batch([encode(done), json.dumps(bad).encode(), encode(running), b"7"])
+    body = encode_batch("results", [encode(done), json.dumps(bad).encode(), encode(running), b"7"])
     batch = decode_results(body)
-    assert batch.results == (done, running)
+    assert batch.items == (done, running)
     (first, why_first), (second, why_second) = batch.invalid
     assert why_first.startswith("results[1]: 'state'") and why_second.startswith("results[3]:")
     assert json.loads(first) == {"v": 1, "kind": "result", **bad}  # a message of its own
     with pytest.raises(MessageError, match="'state'"):
         decode(first)
     assert second == b"7"
-    assert decode_results(encode(done)).results == (done,)  # a single result is a batch of one
+    assert decode_results(encode(done)).items == (done,)  # a single result is a batch of one
+
+
+def test_dispatches_pack_in_order_within_the_limit_and_a_lone_one_goes_as_itself() -> None:
+    dispatches = [TaskDispatch(f"t{i}", 1, "sleep", {"x": "y" * 200}, 1e9) for i in range(7)]
+    encoded = [encode(d) for d in dispatches]
+    packed = pack("dispatches", encoded, limit=3 * len(encoded[0]) + 60)
+    assert [count for count, _ in packed] == [3, 3, 1]
+    assert all(len(body) <= 3 * len(encoded[0]) + 60 for _, body in packed)
+    assert packed[-1][1] == encoded[-1]  # alone: the dispatch message itself
+    decoded = [d for _, body in packed for d in decode_dispatches(body).items]
+    assert decoded == dispatches
+    assert pack("dispatches", []) == []
+    bad = decode_dispatches(encode_batch("dispatches", [encoded[0], b'{"id": "z"}']))
+    assert bad.items == (dispatches[0],)
+    assert bad.invalid[0][1].startswith("dispatches[1]: ")
+    with pytest.raises(MessageError, match="unexpected message kind 'results'"):
+        decode_dispatches(encode_batch("results", [encoded[0]]))
 
 
 def test_oversize_is_refused_before_parsing() -> None:

@@ -96,7 +96,7 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
         channel.basic_publish("", broker.REQUESTS, body)
     # A worker's batch of results with one bad item: that item is refused, the rest taken.
     ghost = encode(TaskResult("ghost", 1, "w1", "succeeded", 1.0, 2.0, {}))
-    channel.basic_publish("", broker.RESULTS, encode_batch([ghost, b'{"id": "x"}']))
+    channel.basic_publish("", broker.RESULTS, encode_batch("results", [ghost, b'{"id": "x"}']))
     connection.close()
     ids = cluster.submit(sleep_task("fine"), sleep_task("dup", 0.1), sleep_task("dup", 0.1))
     cluster.wait_states(ids)

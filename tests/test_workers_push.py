@@ -11,8 +11,8 @@ import time
 import pika.exceptions
 import pytest
 
-from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, worker_queue
-from matchmaker.messages import Cancel, TaskResult, encode
+from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, worker_queue
+from matchmaker.messages import Cancel, TaskDispatch, TaskResult, decode_dispatches, encode
 from membership.agent import free_port
 from tests.conftest import rabbitmqctl
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
@@ -209,6 +209,51 @@ def test_a_killed_worker_leaves_its_dispatch_in_the_queue(spawn, client: Client)
     orphan = client.final("orphan")
     assert orphan.state == "succeeded" and orphan.attempt == 1
     assert [r.state for r in client.of("orphan")] == ["running", "running", "succeeded"]
+
+
+def _dispatch(task_id: str, seconds: float) -> bytes:
+    return encode(TaskDispatch(task_id, 1, "sleep", {"seconds": seconds}, time.time() + 60))
+
+
+def test_a_dispatches_batch_is_acked_only_once_every_item_is_done(spawn, client: Client) -> None:  # noqa: F811
+    """A bad item is dead-lettered on its own; the message stays unacked while one task
+    of it still runs, so a crash then brings the whole message back."""
+    first = spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    bad = b'{"id": "b", "attempt": 1}'
+    client.dispatch_batch("w1", [_dispatch("quick", 0), bad, _dispatch("long", 1.5)])
+    headers, body = client.dead()
+    assert headers["x-mm-reason"].startswith("dispatches[1]: ")
+    assert json.loads(body)["kind"] == "dispatch"
+    assert client.final("quick").state == "succeeded"
+    client.running("long")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    wait_for(lambda: client.depth(worker_queue("w1")) == 1, what="the batch to come back")
+    spawn("--name", "w1", "--caps", "sleep", "--slots", "2", *NO_SERF)
+    assert client.final("long").state == "succeeded"
+    wait_for(lambda: client.depth(worker_queue("w1")) == 0, what="the batch to be acked")
+
+
+def test_a_drain_hands_back_a_batch_nothing_of_which_started(spawn, client: Client) -> None:  # noqa: F811
+    """Two slots, two batches held: the first's two tasks run out the drain; its third,
+    unstarted, is acked away with it (the scheduler moves it when the worker leaves);
+    the second batch, nothing of which started, goes back to the queue whole."""
+    declare_worker(client.channel, "w1")
+    client.dispatch_batch("w1", [_dispatch("a", 1.0), _dispatch("b", 1.0), _dispatch("c", 0)])
+    client.dispatch_batch("w1", [_dispatch("later-1", 0), _dispatch("later-2", 0)])
+    wait_for(lambda: client.depth(worker_queue("w1")) == 2, what="both batches queued")
+    worker = spawn("--name", "w1", "--caps", "sleep", "--slots", "2", "--grace", "20", *NO_SERF)
+    client.running("a")
+    client.running("b")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert client.final("a", timeout=1).state == client.final("b", timeout=1).state == "succeeded"
+    assert client.of("c") == [] and client.of("later-1") == [] and client.of("later-2") == []
+    assert "requeued_unstarted=3" in worker.text()
+    assert client.depth(worker_queue("w1")) == 1
+    method, _props, body = client.channel.basic_get(worker_queue("w1"), auto_ack=True)
+    assert method is not None
+    assert [d.id for d in decode_dispatches(body).items] == ["later-1", "later-2"]
 
 
 def test_a_result_the_broker_refuses_is_sent_again(spawn, client: Client, broker_url: str) -> None:  # noqa: F811

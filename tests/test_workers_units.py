@@ -173,7 +173,7 @@ def test_reports_are_packed_in_order_into_messages_within_the_limit() -> None:
     packed = batches(reports, limit=1500)
     assert [r for b in packed for r in b.reports] == reports  # all of them, in order
     for b in packed:
-        assert [r.result for r in b.reports] == list(decode_results(b.body).results)
+        assert [r.result for r in b.reports] == list(decode_results(b.body).items)
         assert len(b.body) <= 1500 or b.reports == [reports[10]]  # only the big one goes over
     assert [len(b.reports) for b in packed] == [3, 3, 3, 1, 1, 1]
     assert batches([]) == []

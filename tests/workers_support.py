@@ -18,7 +18,7 @@ import pika.exceptions
 import pytest
 
 from matchmaker.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
-from matchmaker.messages import TaskDispatch, TaskResult, decode_results, encode
+from matchmaker.messages import TaskDispatch, TaskResult, decode_results, encode, encode_batch
 from membership.agent import SerfAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +110,10 @@ class Client:
         message = TaskDispatch(task_id, attempt, type, payload, deadline)
         self.publish(worker_queue(worker), encode(message))
 
+    def dispatch_batch(self, worker: str, items: list[bytes]) -> None:
+        """One ``dispatches`` message of these encoded dispatches (or bad items)."""
+        self.publish(worker_queue(worker), encode_batch("dispatches", items))
+
     def _drain_results(self) -> None:
         while True:
             method, _props, body = self.channel.basic_get(RESULTS, auto_ack=True)
@@ -117,7 +121,7 @@ class Client:
                 return
             batch = decode_results(body)
             assert not batch.invalid, batch.invalid
-            self.results.extend(batch.results)
+            self.results.extend(batch.items)
 
     def of(self, task_id: str) -> list[TaskResult]:
         return [r for r in self.results if r.id == task_id]

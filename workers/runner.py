@@ -11,7 +11,9 @@ state under the runner's lock and, when a job finishes, call ``wake`` so the
 loop flushes soon (a running report waits for the next flush or loop tick).
 
 A job may hold several deliveries (the same dispatch delivered again after a
-reconnect, or twice): all are acknowledged once its final result is out.
+reconnect, or twice), and a delivery may be shared by several jobs (a
+``dispatches`` message): a delivery is acknowledged once every job it holds
+has its final result out.
 """
 
 from __future__ import annotations
@@ -39,10 +41,28 @@ MAX_OUTPUT_BYTES = MAX_MESSAGE_BYTES - 16 * 1024  # the rest of the result fits 
 
 @dataclass(eq=False)
 class Delivery:
-    """A broker delivery to acknowledge: its connection session and delivery tag."""
+    """A broker delivery to settle: its connection session, delivery tag, and how many
+    dispatches it holds (a ``dispatches`` message holds several; each is one part)."""
 
     session: int
     tag: int
+    parts: int = 1
+    left: int = -1  # parts not yet done with
+    handed_back: int = 0  # parts withdrawn unstarted
+
+    def __post_init__(self) -> None:
+        self.left = self.parts
+
+    def done_with(self, hand_back: bool = False) -> str | None:
+        """One part is done (reported, or ``hand_back``: withdrawn unstarted). After the
+        last: "nack" (requeue) if every part was handed back, else "ack"; before: None.
+        A part handed back beside parts that ran is acked away: the scheduler moves it
+        elsewhere when this worker leaves the pool, as it does every task left with it."""
+        self.left -= 1
+        self.handed_back += hand_back
+        if self.left:
+            return None
+        return "nack" if self.handed_back == self.parts else "ack"
 
 
 @dataclass(eq=False)

@@ -15,8 +15,10 @@ runner recognises by ``(id, attempt)`` and does not run twice. A report the
 broker refuses, or one unconfirmed when the connection drops, is sent again.
 
 Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and a private
-queue bound to ``mm.control`` with ``cancel.<name>``. Pull mode consumes the
-``mm.pull.<type>`` queues of its capabilities (prefetch = slots across them)
+queue bound to ``mm.control`` with ``cancel.<name>``. A ``dispatches``
+message holds what one round placed here; it is acked once every dispatch in
+it is reported (or dead-lettered), and its tasks run at most ``slots`` at once.
+Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities (prefetch = slots across them)
 and hands back, with ``basic_nack(requeue=True)``, requests whose constraints
 it cannot meet.
 
@@ -64,8 +66,9 @@ from matchmaker.messages import (
     TaskDispatch,
     TaskRequest,
     decode,
+    decode_dispatches,
     encode,
-    encode_batch,
+    pack,
 )
 from matchmaker.models import Worker as WorkerModel
 from workers.config import WorkerConfig
@@ -115,22 +118,11 @@ class Batch:
 
 
 def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[Batch]:
-    """``reports`` packed in order into messages of at most ``limit`` bytes (one larger
-    report goes alone, and the scheduler refuses it as oversize)."""
-    packed: list[Batch] = []
-    group: list[Report] = []
-    bodies: list[bytes] = []
-    size = envelope = len(encode_batch([]))
-    for report in reports:
-        body = encode(report.result)
-        if group and size + len(body) + 1 > limit:
-            packed.append(Batch(group, encode_batch(bodies)))
-            group, bodies, size = [], [], envelope
-        group.append(report)
-        bodies.append(body)
-        size += len(body) + 1
-    if group:
-        packed.append(Batch(group, encode_batch(bodies)))
+    """``reports`` packed in order into messages of at most ``limit`` bytes (``pack``)."""
+    packed, start = [], 0
+    for count, body in pack("results", [encode(r.result) for r in reports], limit):
+        packed.append(Batch(reports[start : start + count], body))
+        start += count
     return packed
 
 
@@ -331,9 +323,7 @@ class Worker:
             self._advertise_draining()
             returned = self.runner.withdraw()
             for job in returned:
-                for delivery in job.deliveries:
-                    if delivery.session == ch.session:
-                        ch.nack(delivery.tag)
+                ch.done_with(job.deliveries, hand_back=True)
             log.info(
                 "draining name=%s requeued_unstarted=%d running=%d grace=%.0fs",
                 self.config.name,
@@ -375,32 +365,50 @@ class Worker:
         _props: BasicProperties,
         body: bytes,
     ) -> None:
-        delivery = Delivery(ch.session, method.delivery_tag)
         ch.unacked.add(method.delivery_tag)
-        self.stats.received += 1
-        kind = "dispatch" if self.config.mode == "push" else "submit"
+        if self.config.mode == "push":
+            self._take_dispatches(ch, queue, method.delivery_tag, body)
+        else:
+            self._take_request(ch, queue, method.delivery_tag, body)
+
+    def _take_dispatches(self, ch: _Channels, queue: str, tag: int, body: bytes) -> None:
+        """A ``dispatch`` or a ``dispatches`` batch: its invalid items dead-lettered, the
+        others run; the delivery is acked once each of them is done with."""
         try:
-            message = decode(body, expect=(kind,))
+            batch = decode_dispatches(body)
+        except MessageError as error:
+            self.stats.received += 1
+            self._reject(body, str(error), queue, Delivery(ch.session, tag))
+            return
+        delivery = Delivery(ch.session, tag, len(batch.items) + len(batch.invalid))
+        self.stats.received += delivery.parts
+        for letter, why in batch.invalid:
+            self._reject(letter, why, queue, delivery)
+        for dispatch in batch.items:
+            self._accept(ch, dispatch, delivery)
+
+    def _take_request(self, ch: _Channels, queue: str, tag: int, body: bytes) -> None:
+        """Pull mode: a request from a shared queue, run if this worker may, else handed back."""
+        delivery = Delivery(ch.session, tag)
+        self.stats.received += 1
+        try:
+            request = decode(body, expect=("submit",))
         except MessageError as error:
             self._reject(body, str(error), queue, delivery)
             return
-        if isinstance(message, TaskRequest):
-            reason = refusal(message, self._model)
-            if reason is not None:
-                self._requeue(ch, message, reason, method.delivery_tag)
-                return
-            dispatch = as_dispatch(message)
-        else:
-            assert isinstance(message, TaskDispatch)
-            dispatch = message
-        self._accept(ch, dispatch, delivery)
+        assert isinstance(request, TaskRequest)
+        reason = refusal(request, self._model)
+        if reason is not None:
+            self._requeue(ch, request, reason, tag)
+            return
+        self._accept(ch, as_dispatch(request), delivery)
 
     def _accept(self, ch: _Channels, dispatch: TaskDispatch, delivery: Delivery) -> None:
         key = (dispatch.id, dispatch.attempt)
         if self.runner.seen(key):
             self.stats.redelivered += 1
             log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
-            ch.ack([delivery.tag])
+            ch.done_with([delivery])
             return
         held = self.runner.find(key)
         if held is not None:
@@ -493,23 +501,23 @@ class Worker:
             self._give_back(refused)
             self._last_flush = time.monotonic() + REFUSED_PAUSE  # no flush until then
         if confirmed:
-            ch.ack(self._sent([item for item, _ in confirmed], ch.session))
+            ch.done_with(self._sent([item for item, _ in confirmed]))
 
-    def _sent(self, items: list[Batch | Letter], session: int) -> list[int]:
-        """Record reports and dead letters as in the broker; the delivery tags to ack."""
+    def _sent(self, items: list[Batch | Letter]) -> list[Delivery]:
+        """Record reports and dead letters as in the broker; the deliveries they answer."""
         reports, letters = _split(items)
-        acks = []
+        answered = []
         for job in self.runner.sent(reports):
             if job.final is not None and job.final.state == "succeeded":
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
-            acks += [d.tag for d in job.deliveries if d.session == session]
+            answered += job.deliveries
         for letter in letters:
             self.stats.dead_lettered += 1
-            if letter.delivery is not None and letter.delivery.session == session:
-                acks.append(letter.delivery.tag)
-        return acks
+            if letter.delivery is not None:
+                answered.append(letter.delivery)
+        return answered
 
     def _give_back(self, items: list[Batch | Letter]) -> None:
         """Reports and dead letters to publish again at the next flush."""
@@ -521,7 +529,7 @@ class Worker:
         """The connection dropped: what it confirmed is in the broker (its deliveries come
         back and are acked as seen), what it did not is sent again on the next one."""
         confirmed, refused = ch.reports.confirmed()
-        self._sent([item for item, _ in confirmed], ch.session)
+        self._sent([item for item, _ in confirmed])  # their deliveries come back
         self._give_back([*refused, *ch.reports.pending.values()])
         ch.reports.pending.clear()
 
@@ -547,6 +555,20 @@ class _Channels:
     reports: Confirms[Batch | Letter]  # results and dead letters, on a channel of their own
     consumers: list[str] = field(default_factory=list)
     unacked: set[int] = field(default_factory=set)
+
+    def done_with(self, deliveries: list[Delivery], hand_back: bool = False) -> None:
+        """A part of each delivery is done with; ack or nack those with none left.
+        Deliveries of an earlier session are gone (the broker requeued them)."""
+        acks = []
+        for delivery in deliveries:
+            if delivery.session != self.session:
+                continue
+            outcome = delivery.done_with(hand_back)
+            if outcome == "ack":
+                acks.append(delivery.tag)
+            elif outcome == "nack":
+                self.nack(delivery.tag)
+        self.ack(acks)
 
     def ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags``: the prefix below every other unacked tag in one frame."""
