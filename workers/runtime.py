@@ -18,9 +18,9 @@ Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and a private
 queue bound to ``mm.control`` with ``cancel.<name>``. A ``dispatches``
 message holds what one round placed here; it is acked once every dispatch in
 it is reported (or dead-lettered), and its tasks run at most ``slots`` at once.
-Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities (prefetch = slots across them)
-and hands back, with ``basic_nack(requeue=True)``, requests whose constraints
-it cannot meet.
+Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities
+(prefetch = slots across them) and hands back, with
+``basic_nack(requeue=True)``, requests whose constraints it cannot meet.
 
 ``stop()`` (SIGTERM/SIGINT in the CLI) drains: stop consuming, requeue what has
 not started, let running tasks finish for ``grace`` seconds, then cancel them,
