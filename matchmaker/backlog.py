@@ -79,6 +79,9 @@ class Group:
     def __len__(self) -> int:
         return len(self.arrived) + len(self.fresh) + sum(map(len, self.runs))
 
+    def __bool__(self) -> bool:
+        return bool(self.arrived or self.fresh or self.runs)  # no run is left empty
+
     def _settle(self) -> None:
         """The fresh returns become a run; runs merge until each is over twice the next."""
         if self.fresh:
