@@ -146,23 +146,15 @@ def pack(
     bytes: (how many items, body) per message. A lone item goes as itself, and so does
     one over the limit, which its receiver refuses as oversize."""
     head, tail = _envelope(kind)
-    packed: list[tuple[int, bytes]] = []
-    group: list[bytes] = []
-    size = len(head) + len(tail)
-
-    def close() -> None:
-        body = group[0] if len(group) == 1 else head + b",".join(group) + tail
-        packed.append((len(group), body))
-
+    groups: list[list[bytes]] = []
+    size = 0
     for body in encoded:
-        if group and size + len(body) + 1 > limit:
-            close()
-            group, size = [], len(head) + len(tail)
-        group.append(body)
+        if not groups or size + len(body) + 1 > limit:
+            groups.append([])
+            size = len(head) + len(tail)
+        groups[-1].append(body)
         size += len(body) + 1
-    if group:
-        close()
-    return packed
+    return [(len(g), g[0] if len(g) == 1 else head + b",".join(g) + tail) for g in groups]
 
 
 def _name(body: dict[str, Any], key: str) -> str:

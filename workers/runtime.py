@@ -110,24 +110,24 @@ class Letter:
 
 
 @dataclass
-class Batch:
-    """Reports sent together as one ``results`` message."""
+class ReportBatch:
+    """Reports sent together in one message (a ``results`` batch, or a lone ``result``)."""
 
     reports: list[Report]
     body: bytes
 
 
-def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[Batch]:
+def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[ReportBatch]:
     """``reports`` packed in order into messages of at most ``limit`` bytes (``pack``)."""
     packed, start = [], 0
     for count, body in pack("results", [encode(r.result) for r in reports], limit):
-        packed.append(Batch(reports[start : start + count], body))
+        packed.append(ReportBatch(reports[start : start + count], body))
         start += count
     return packed
 
 
-def _split(items: list[Batch | Letter]) -> tuple[list[Report], list[Letter]]:
-    reports = [r for i in items if isinstance(i, Batch) for r in i.reports]
+def _split(items: list[ReportBatch | Letter]) -> tuple[list[Report], list[Letter]]:
+    reports = [r for i in items if isinstance(i, ReportBatch) for r in i.reports]
     return reports, [i for i in items if isinstance(i, Letter)]
 
 
@@ -477,10 +477,10 @@ class Worker:
         self._last_flush = time.monotonic()
         reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
         letters, self._letters = self._letters, []
-        outgoing: list[Batch | Letter] = [*batches(reports), *letters]
+        outgoing: list[ReportBatch | Letter] = [*batches(reports), *letters]
         for n, item in enumerate(outgoing):
             try:
-                if isinstance(item, Batch):
+                if isinstance(item, ReportBatch):
                     ch.reports.publish("", RESULTS, item.body, PERSISTENT, item)
                 else:
                     properties = dead_letter_properties(item.reason, item.source)
@@ -503,7 +503,7 @@ class Worker:
         if confirmed:
             ch.done_with(self._sent([item for item, _ in confirmed]))
 
-    def _sent(self, items: list[Batch | Letter]) -> list[Delivery]:
+    def _sent(self, items: list[ReportBatch | Letter]) -> list[Delivery]:
         """Record reports and dead letters as in the broker; the deliveries they answer."""
         reports, letters = _split(items)
         answered = []
@@ -519,7 +519,7 @@ class Worker:
                 answered.append(letter.delivery)
         return answered
 
-    def _give_back(self, items: list[Batch | Letter]) -> None:
+    def _give_back(self, items: list[ReportBatch | Letter]) -> None:
         """Reports and dead letters to publish again at the next flush."""
         reports, letters = _split(items)
         self.runner.unsent(reports)
@@ -552,7 +552,7 @@ class Worker:
 class _Channels:
     session: int
     consume: BlockingChannel
-    reports: Confirms[Batch | Letter]  # results and dead letters, on a channel of their own
+    reports: Confirms[ReportBatch | Letter]  # results and dead letters, on a channel of their own
     consumers: list[str] = field(default_factory=list)
     unacked: set[int] = field(default_factory=set)
 
