@@ -14,6 +14,7 @@ from matchmaker.messages import TaskDispatch, TaskRequest, TaskResult, decode_re
 from matchmaker.models import Worker
 from tests.workers_support import wait_for
 from workers.config import WorkerConfig
+from workers.pool import Pool
 from workers.presence import PresenceError, worker_tags
 from workers.pull import as_dispatch, refusal
 from workers.runner import Delivery, Job, Report, Runner
@@ -209,3 +210,42 @@ def test_tags_fit_serf_limit_or_refuse() -> None:
     big = WorkerConfig("w1", ("sleep",), 4, attributes={f"a{i}": "x" * 100 for i in range(6)})
     with pytest.raises(PresenceError, match="512-byte limit"):
         worker_tags(big)
+
+
+def test_pool_runs_at_most_its_size_at_once_in_order_and_drops_the_rest_on_shutdown() -> None:
+    pool = Pool(2, "t")
+    gate = threading.Event()
+    lock = threading.Lock()
+    running = peak = 0
+    order: list[int] = []
+
+    def call(n: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        gate.wait(5)
+        with lock:
+            running -= 1
+            order.append(n)
+
+    for n in range(6):
+        pool.submit(call, n)
+    time.sleep(0.2)
+    assert running == 2 and len([t for t in threading.enumerate() if t.name.startswith("t-")]) == 2
+    gate.set()
+    deadline = time.monotonic() + 5
+    while len(order) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(order) == list(range(6)) and peak == 2
+    gate.clear()
+    for n in range(6, 10):
+        pool.submit(call, n)
+    time.sleep(0.2)
+    pool.shutdown()  # 6 and 7 run on; 8 and 9 never start
+    gate.set()
+    time.sleep(0.3)
+    assert sorted(order[6:]) == [6, 7]
+    pool.submit(call, 10)  # closed: ignored
+    time.sleep(0.1)
+    assert 10 not in order

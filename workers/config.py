@@ -8,6 +8,7 @@ or start its own agent (``bind``, ``rpc_bind``, ``join``, keys).
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class WorkerConfig:
         if not self.grace >= 0:
             raise ValueError("grace must be a number of seconds >= 0")
 
-    @property
+    @functools.cached_property  # asked for every task
     def sandbox_dir(self) -> Path:
         """This worker's own sandbox: ``<sandbox>/<name>``."""
         return self.sandbox / self.name

@@ -23,13 +23,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from matchmaker.messages import MAX_MESSAGE_BYTES, TaskDispatch, TaskResult
+from workers.pool import Pool
 from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Runner:
         self.worker = worker
         self.registry = registry
         self.wake = wake
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"task-{worker}")
+        self._pool = Pool(slots, f"task-{worker}")
         self._lock = threading.Lock()
         self._jobs: dict[Key, Job] = {}
         self._dirty: dict[Key, Job] = {}
@@ -331,4 +331,4 @@ class Runner:
             return len(self._jobs)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
