@@ -63,7 +63,7 @@ class Dispatcher:
         )
 
     def purge(self, worker: str) -> int:
-        """Empty a lost worker's queue; its tasks are already pending again."""
+        """Empty a lost worker's queue (how many messages it held); its tasks are pending again."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
             return 0

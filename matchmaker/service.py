@@ -297,7 +297,7 @@ class Scheduler:
                 moved = self.book.worker_lost(change.name, now, change.kind)
                 drained = self.dispatcher.purge(change.name)
                 log.info(
-                    "worker %s %s: %d tasks rescheduled, %d queued dispatches drained",
+                    "worker %s %s: %d tasks rescheduled, %d queued dispatch messages drained",
                     change.name,
                     change.kind,
                     moved,
