@@ -157,6 +157,23 @@ def pack(
     return [(len(g), g[0] if len(g) == 1 else head + b",".join(g) + tail) for g in groups]
 
 
+def check_dispatchable(request: TaskRequest) -> None:
+    """A request whose dispatch would pass the size limit is refused at intake.
+
+    A dispatch is written out again, compactly, and a number can grow on the
+    way (``1e15`` comes back as ``1000000000000000.0``): a request under the
+    limit could otherwise make a dispatch every worker refuses, attempt after
+    attempt, until the task is dead.
+    """
+    probe = TaskDispatch(request.id, MAX_ATTEMPTS, request.type, request.payload, 1e10)
+    size = len(encode(probe))
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(
+            f"its dispatch would be {size} bytes, over the {MAX_MESSAGE_BYTES}-byte limit "
+            "(numbers such as 1e15 are written out in full)"
+        )
+
+
 def _name(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not NAME.fullmatch(value):

@@ -50,12 +50,14 @@ from matchmaker.engine import plan
 from matchmaker.frames import DeliveryReader, consume, reader_of
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
     VERSION,
     Cancel,
     Drain,
     MessageError,
     TaskDispatch,
     TaskRequest,
+    check_dispatchable,
     decode,
     decode_results,
     encode,
@@ -322,6 +324,8 @@ class Scheduler:
                             f"unknown task type {message.type!r} (this scheduler knows "
                             f"{', '.join(self.config.task_types)})"
                         )
+                    if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
+                        check_dispatchable(message)
                     new.setdefault(message.id, message)
                     continue
                 self._submit(new, now)  # a cancel may name a task submitted just before it

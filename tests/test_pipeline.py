@@ -91,6 +91,9 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
         ).encode(),
         json.dumps({"v": 1, "id": "odd", "type": "teleport"}).encode(),
         json.dumps({"v": 1, "id": "neg", "type": "sleep", "priority": -1}).encode(),
+        b'{"v":1,"id":"grows","type":"sleep","payload":{"n":['
+        + b",".join([b"1e15"] * 40_000)
+        + b"]}}",
     ]
     for body in bad:
         channel.basic_publish("", broker.REQUESTS, body)
@@ -106,7 +109,8 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
         ("ignored-succeeded", "unknown task")
     ]
     reasons = sorted(reason for _, reason in dead_letters(cluster.broker_url))
-    assert len(reasons) == 5
+    assert len(reasons) == 6
+    assert any(r.startswith("its dispatch would be") for r in reasons)
     assert any("not valid JSON" in r for r in reasons)
     assert any("byte limit" in r for r in reasons)
     assert any("unknown task type 'teleport'" in r for r in reasons)
