@@ -32,11 +32,9 @@ from membership.rpc import SerfRPC
 
 LOOPBACK = "127.0.0.1"
 PROFILES = ("lan", "wan", "local")
-PORT_ATTEMPTS = 3
-
-
+PORT_ATTEMPTS = 3  # starts of one agent, when a port of its own choosing was taken
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_handed_out: set[int] = set()
+_handed_out: set[int] = set()  # ports free_port gave in this process
 
 
 def _below_ephemeral() -> range:
