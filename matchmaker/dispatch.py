@@ -17,6 +17,7 @@ when the dispatch went out, and the time of the answer is noted when it is read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -27,7 +28,7 @@ from matchmaker.messages import pack
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
-Sent = tuple[list[str], str]  # the task ids of one message, and its worker
+Sent = tuple[Sequence[str], str]  # the task ids of one message, and its worker
 
 
 @dataclass
@@ -48,11 +49,9 @@ class Dispatcher:
 
     def publish(self, worker: str, task_ids: list[str], dispatches: list[bytes]) -> None:
         """The encoded ``dispatches`` (of ``task_ids``, in order) to ``worker``'s queue."""
-        queue, start = self.declare(worker), 0
-        for count, body in pack("dispatches", dispatches):
-            sent = (task_ids[start : start + count], worker)
-            self.confirms.publish("", queue, body, broker.PERSISTENT, sent)
-            start += count
+        queue = self.declare(worker)
+        for ids, body in pack("dispatches", task_ids, dispatches):
+            self.confirms.publish("", queue, body, broker.PERSISTENT, (ids, worker))
 
     def confirmed(self) -> tuple[list[Confirmed], list[Item]]:
         """What the broker acked (with when) and nacked since the last call."""

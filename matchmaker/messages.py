@@ -31,9 +31,10 @@ bits, valid UTF-8), several times faster than the standard library here.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -110,6 +111,7 @@ class TaskResult:
 Single = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
 BATCHES = {"dispatch": "dispatches", "result": "results"}  # single kind -> its batch kind
 T = TypeVar("T", TaskDispatch, TaskResult)
+X = TypeVar("X")
 
 
 @dataclass(frozen=True)
@@ -140,21 +142,25 @@ def encode_batch(kind: str, encoded: list[bytes]) -> bytes:
 
 
 def pack(
-    kind: str, encoded: list[bytes], limit: int = MAX_MESSAGE_BYTES
-) -> list[tuple[int, bytes]]:
-    """``encoded`` messages packed in order into ``kind`` batches of at most ``limit``
-    bytes: (how many items, body) per message. A lone item goes as itself, and so does
-    one over the limit, which its receiver refuses as oversize."""
-    head, tail = _envelope(kind)
-    groups: list[list[bytes]] = []
+    kind: str, items: Sequence[X], encoded: list[bytes], limit: int = MAX_MESSAGE_BYTES
+) -> list[tuple[Sequence[X], bytes]]:
+    """``items``, whose messages are ``encoded``, packed in order into ``kind`` batches of
+    at most ``limit`` bytes: (the items, the body) per message. A lone item goes as
+    itself, and so does one over the limit, which its receiver refuses as oversize."""
+    empty = len(encode_batch(kind, []))
+    cuts: list[int] = []  # where each message's items start
     size = 0
-    for body in encoded:
-        if not groups or size + len(body) + 1 > limit:
-            groups.append([])
-            size = len(head) + len(tail)
-        groups[-1].append(body)
+    for n, body in enumerate(encoded):
+        if not cuts or size + len(body) + 1 > limit:
+            cuts.append(n)
+            size = empty
         size += len(body) + 1
-    return [(len(g), g[0] if len(g) == 1 else head + b",".join(g) + tail) for g in groups]
+    packed = []
+    for start, end in itertools.pairwise([*cuts, len(encoded)]):
+        bodies = encoded[start:end]
+        body = bodies[0] if len(bodies) == 1 else encode_batch(kind, bodies)
+        packed.append((items[start:end], body))
+    return packed
 
 
 def check_dispatchable(request: TaskRequest) -> None:

@@ -85,13 +85,14 @@ def test_a_results_batch_takes_its_valid_items_and_refuses_each_invalid_one() ->
 def test_dispatches_pack_in_order_within_the_limit_and_a_lone_one_goes_as_itself() -> None:
     dispatches = [TaskDispatch(f"t{i}", 1, "sleep", {"x": "y" * 200}, 1e9) for i in range(7)]
     encoded = [encode(d) for d in dispatches]
-    packed = pack("dispatches", encoded, limit=3 * len(encoded[0]) + 60)
-    assert [count for count, _ in packed] == [3, 3, 1]
+    packed = pack("dispatches", dispatches, encoded, limit=3 * len(encoded[0]) + 60)
+    assert [len(group) for group, _ in packed] == [3, 3, 1]
+    assert [d for group, _ in packed for d in group] == dispatches
     assert all(len(body) <= 3 * len(encoded[0]) + 60 for _, body in packed)
     assert packed[-1][1] == encoded[-1]  # alone: the dispatch message itself
     decoded = [d for _, body in packed for d in decode_dispatches(body).items]
     assert decoded == dispatches
-    assert pack("dispatches", []) == []
+    assert pack("dispatches", [], []) == []
     bad = decode_dispatches(encode_batch("dispatches", [encoded[0], b'{"id": "z"}']))
     assert bad.items == (dispatches[0],)
     assert bad.invalid[0][1].startswith("dispatches[1]: ")

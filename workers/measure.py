@@ -3,7 +3,7 @@
 For each slot count: a scratch vhost (made with ``rabbitmqctl``, deleted after)
 or the ``--broker-url`` given, N no-op ``sleep`` dispatches published straight
 to the worker's queue, then ``python -m workers --no-serf`` started on it; the
-rate is counted on ``mm.items`` between the first and the last final
+rate is counted on ``mm.results`` between the first and the last final
 result (start-up excluded). Every dispatch is acked only after its result is
 committed, so this is the durable, at-least-once rate.
 """

@@ -119,11 +119,8 @@ class ReportBatch:
 
 def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[ReportBatch]:
     """``reports`` packed in order into messages of at most ``limit`` bytes (``pack``)."""
-    packed, start = [], 0
-    for count, body in pack("results", [encode(r.result) for r in reports], limit):
-        packed.append(ReportBatch(reports[start : start + count], body))
-        start += count
-    return packed
+    packed = pack("results", reports, [encode(r.result) for r in reports], limit)
+    return [ReportBatch(list(group), body) for group, body in packed]
 
 
 def _split(items: list[ReportBatch | Letter]) -> tuple[list[Report], list[Letter]]:
