@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 
+INSERT_TASK = (
+    "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
+    " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)"
+)
 OPEN = "finished_at IS NULL AND state IN ('pending', 'assigned', 'running')"
 
 # Ledgers written before ``tasks_unfinished``: a retried task kept its failed attempt's
@@ -153,7 +158,7 @@ Transition = tuple[str, int, str, str | None, float, str | None]  # id, attempt,
 @functools.cache
 def _update_sql(columns: tuple[str, ...]) -> str:
     sets = ", ".join(f"{k} = ?" for k in columns)
-    return f"UPDATE tasks SET {sets}, updated_at = ? WHERE id = ?"
+    return f"UPDATE tasks SET {sets} WHERE id = ?"
 
 
 def _loads(text: str) -> Any:
@@ -196,7 +201,10 @@ class Ledger:
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot open the ledger at {self.path}: {error}") from None
         self._in_batch = False
-        self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []  # runs of one statement
+        self._inserts: list[tuple[Any, ...]] = []
+        self._changes: dict[str, dict[str, Any]] = {}  # by task id: column -> value
+        self._transitions: list[Transition] = []
+        self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
         self.checkpoints = Checkpointer(self.path).start() if background_checkpoints else None
 
     def close(self) -> None:
@@ -206,25 +214,45 @@ class Ledger:
 
     # -- writes (batched) ---------------------------------------------------
     #
-    # Writes queue up in order as runs of the same statement and reach SQLite
-    # at ``commit()`` (or before any read), one ``executemany`` per run: a batch
-    # of results costs a statement, not a statement per task.
-
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        if self._writes and self._writes[-1][0] == sql:
-            self._writes[-1][1].extend(rows)
-        else:
-            self._writes.append((sql, list(rows)))
+    # Writes wait in memory and reach SQLite at ``commit()`` (or before any
+    # read): new tasks, then each changed task's columns merged into one row
+    # (every change sets columns to values, so the last value of each column
+    # is what the UPDATEs in turn would have left), then the transitions, then
+    # the drained set. One ``executemany`` per kind of statement: a turn's
+    # assigned, running and succeeded changes of a task cost one UPDATE, and
+    # a batch of them a statement, not a statement per task and change.
 
     def _flush(self) -> None:
-        if not self._writes:
+        if not (self._inserts or self._changes or self._transitions or self._drained):
             return
         if not self._in_batch:
             self.db.execute("BEGIN IMMEDIATE")
             self._in_batch = True
-        for sql, rows in self._writes:
-            self.db.executemany(sql, rows)
-        self._writes = []
+        if self._inserts:
+            self.db.executemany(INSERT_TASK, self._inserts)
+            self._inserts = []
+        if self._changes:
+            by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+            for task_id, columns in self._changes.items():
+                by_columns.setdefault(tuple(columns), []).append((*columns.values(), task_id))
+            for names, rows in by_columns.items():
+                self.db.executemany(_update_sql(names), rows)
+            self._changes = {}
+        if self._transitions:
+            self.db.executemany(
+                "INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)", self._transitions
+            )
+            self._transitions = []
+        for sql, row in self._drained:
+            self.db.execute(sql, row)
+        self._drained = []
+
+    def _change(self, task_id: str, columns: dict[str, Any]) -> None:
+        known = self._changes.get(task_id)
+        if known is None:
+            self._changes[task_id] = columns
+        else:
+            known.update(columns)
 
     def commit(self) -> None:
         self._flush()
@@ -248,25 +276,20 @@ class Ledger:
             for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
                 del fresh[known]
         added = list(fresh.values())
-        self._write(
-            "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
-            " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)",
+        self._inserts.extend(
             (
-                (
-                    r.id,
-                    r.type,
-                    _dumps(r.payload),
-                    r.priority,
-                    _dumps(r.constraints),
-                    _dumps(r.preferences),
-                    r.max_attempts,
-                    r.timeout,
-                    now,
-                    now,
-                )
-                for r in added
-            ),
+                r.id,
+                r.type,
+                _dumps(r.payload),
+                r.priority,
+                _dumps(r.constraints),
+                _dumps(r.preferences),
+                r.max_attempts,
+                r.timeout,
+                now,
+                now,
+            )
+            for r in added
         )
         self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
         return added
@@ -275,28 +298,37 @@ class Ledger:
         """Set some columns of one task (the JSON column ``output`` is encoded here)."""
         if fields.get("output") is not None:
             fields["output"] = _dumps(fields["output"])
-        self._write(_update_sql(tuple(fields)), [(*fields.values(), now, task_id)])
+        fields["updated_at"] = now
+        self._change(task_id, fields)
 
     def assign(self, rows: list[tuple[str, int, str, float]]) -> None:
-        """Mark (id, attempt, worker, when) assigned once their dispatch is in the broker."""
-        self._write(
-            "UPDATE tasks SET state = 'assigned', worker = ?, assigned_at = ?, updated_at = ?,"
-            " reason = NULL WHERE id = ? AND attempt = ?",
-            ((w, at, at, i, a) for i, a, w, at in rows),
-        )
+        """Mark (id, attempt, worker, when) assigned once their dispatch is in the broker
+        (the caller's attempt is the task's current one)."""
+        for i, _, w, at in rows:
+            self._change(
+                i,
+                {
+                    "state": "assigned",
+                    "worker": w,
+                    "assigned_at": at,
+                    "updated_at": at,
+                    "reason": None,
+                },
+            )
         self.transitions((i, a, "assigned", w, at, None) for i, a, w, at in rows)
 
     def set_reasons(self, reasons: Iterable[tuple[str, str]]) -> None:
-        self._write("UPDATE tasks SET reason = ? WHERE id = ?", ((r, i) for i, r in reasons))
+        for i, r in reasons:
+            self._change(i, {"reason": r})
 
     def transitions(self, rows: Iterable[Transition]) -> None:
-        self._write("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._transitions.extend(rows)
 
     def set_drained(self, worker: str, on: bool, now: float) -> None:
         if on:
-            self._write("INSERT OR REPLACE INTO drained VALUES (?, ?)", [(worker, now)])
+            self._drained.append(("INSERT OR REPLACE INTO drained VALUES (?, ?)", (worker, now)))
         else:
-            self._write("DELETE FROM drained WHERE worker = ?", [(worker,)])
+            self._drained.append(("DELETE FROM drained WHERE worker = ?", (worker,)))
 
     # -- reads --------------------------------------------------------------
 

@@ -5,20 +5,20 @@ thread through a queue. Each turn of the loop:
 
 1. lets pika deliver what arrived (requests, results, confirms) into buffers,
    and sends what the last turn queued (acks, dispatches, events) in one go;
-   within a round interval of the last turn that took work in, arrivals wait
-   in the buffers for the interval to end (under load: a turn per interval);
 2. applies inventory changes (a failed or departed worker's tasks go back to
-   pending with attempt + 1, and its queue is drained);
-3. confirms: records the confirmed dispatches assigned; intake: validates the
+   pending with attempt + 1, and its queue is drained), and records the
+   confirmed dispatches assigned;
+3. in a full turn, due once per round interval while work comes in (arrivals
+   wait in the buffers until then; see ``_wait``): intake validates the
    buffered requests and records the new ones pending (invalid ones go to
-   ``mm.dead``); results: applies them to the book;
+   ``mm.dead``), results are applied to the book, and, when work is pending
+   and something changed, a round runs: ``plan()``, then the dispatches are
+   published, one message per worker, under publisher confirms
+   (``dispatch.py``);
 4. commits the ledger once, and only then queues the acks of what it took in;
-5. a round, when work is pending and something changed, at most once per
-   ``round_interval``: ``plan()``, then the dispatches are published, one
-   message per worker, under publisher confirms (``dispatch.py``);
-6. every ``EVENT_INTERVAL``, the events of the state changes so far.
+5. every ``EVENT_INTERVAL``, the events of the state changes so far.
 
-Nothing is acked before the ledger holds it, and nothing waits on the
+Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing waits on the
 broker: acks, dispatches and events are queued frames that the next turn's
 first step writes, so a busy turn costs one socket write and one commit.
 
@@ -120,7 +120,7 @@ class Scheduler:
         self.results: list[Delivery] = []
         self.dirty = True
         self.last_round = 0.0
-        self.last_intake = 0.0  # the last turn that took a few requests or results in
+        self.next_turn = 0.0  # when the next full turn (intake, results, round) is due
         self.reader: DeliveryReader | None = None
         self.last_events = 0.0
         self.next_sweep = 0.0
@@ -213,22 +213,26 @@ class Scheduler:
         try:
             while not self.stopping:
                 connection.process_data_events(time_limit=self._wait())
+                now = time.time()
                 self._apply_changes()
                 self._apply_confirms()  # before the results, which a confirm precedes
                 arrived = len(self.requests) + len(self.results)
-                took_requests = self._intake(control)
-                took_results = self._apply_results(results)
-                if time.time() >= self.next_sweep:
+                full = now >= self.next_turn or arrived >= HOLD_BELOW
+                took_requests = self._intake(control) if full else 0
+                took_results = self._apply_results(results) if full else 0
+                if now >= self.next_sweep:
                     self._sweep()
-                self.ledger.commit()
+                ran_round = full and self._round_due(now)
+                if ran_round:
+                    self._round(now)
+                self.ledger.commit()  # one commit a turn; every frame of it is sent after
                 if took_requests:
                     ack_request(took_requests, True)
                 if took_results:
                     ack_result(took_results, True)
-                if arrived:  # a backlog (a large intake) is paced by the prefetch window
-                    self.last_intake = time.time() if arrived < HOLD_BELOW else 0.0
-                if self._round_due():
-                    self._round()
+                if full and (arrived or ran_round):
+                    # a backlog (a large intake) is paced by the prefetch window instead
+                    self.next_turn = now + self.config.round_interval * (arrived < HOLD_BELOW)
                 if time.time() - self.last_events >= EVENT_INTERVAL:
                     self._publish_events(control)
         finally:
@@ -246,27 +250,30 @@ class Scheduler:
     def _wait(self) -> float:
         """How long the next turn may wait for broker events before it has work of its own.
 
-        Within a round interval of the last turn that took something in, new
-        deliveries are held (buffered, not acted on) until the interval ends:
-        under load the loop takes in a round interval's arrivals per turn, which
-        costs one commit and one round instead of a turn per delivery. A round
-        could not place them sooner anyway. After an intake of ``HOLD_BELOW`` or
-        more the loop does not wait: the broker is handing over a backlog as
-        fast as the acks free its prefetch window.
+        Work is done in full turns, at most one per round interval while work
+        comes in: a full turn takes in what arrived since the last one, commits
+        it and runs the round at once, then the next one is due a round
+        interval later. Deliveries in between are held (buffered, not acted
+        on) until it is due: under load that costs one commit and one round
+        per interval instead of a turn per delivery, and a task taken in never
+        waits for a round on a clock of its own. After an intake of
+        ``HOLD_BELOW`` or more the next full turn is due at once: the broker
+        is handing over a backlog as fast as the acks free its prefetch
+        window (rounds then still run at most once per interval).
         """
-        if self.requests or self.results or not self.changes.empty():
+        if not self.changes.empty():
             return 0
         now = time.time()
+        until_turn = self.next_turn - now
         wait = IDLE_WAIT
-        if self.book.pending and self.dirty:
-            wait = min(wait, self.last_round + self.config.round_interval - now)
+        if self.requests or self.results or (self.book.pending and self.dirty):
+            wait = min(wait, until_turn)
         if self.book.events:
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
-        held = self.last_intake + self.config.round_interval - now
         if self.reader is not None:
-            self.reader.hold = held > 0
-        if held > 0:
-            wait = min(wait, held)
+            self.reader.hold = until_turn > 0
+        if until_turn > 0:
+            wait = min(wait, until_turn)
         return max(0.0, wait)
 
     def _refresh_live(self) -> None:
@@ -415,20 +422,21 @@ class Scheduler:
         if self.book.pending.backoff_ended(now):
             self.dirty = True
 
-    def _round_due(self) -> bool:
+    def _round_due(self, now: float) -> bool:
         return (
             self.dirty
             and bool(self.book.pending)
-            and time.time() - self.last_round >= self.config.round_interval
+            and now - self.last_round >= self.config.round_interval
         )
 
     def _policy(self, now: float) -> Policy:
         c = self.config
         return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
 
-    def _round(self) -> None:
+    def _round(self, turn: float) -> None:
+        """The round of the full turn that started at ``turn``."""
         started = time.time()
-        self.last_round, self.dirty = started, False
+        self.last_round, self.dirty = turn, False
         workers = self._loaded_workers()
         free = sum(w.free for w in workers)
         tasks = self.book.due(started, limit=max(free, MIN_CONSIDERED))
@@ -456,7 +464,6 @@ class Scheduler:
             self.ledger.set_reasons(changed)
         for task_id, _ in placed:
             self.reasons.pop(task_id, None)
-        self.ledger.commit()
         self.metrics.round_seconds.observe(time.time() - started)
         if placed or changed:
             log.debug(

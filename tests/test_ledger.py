@@ -1,8 +1,14 @@
-"""The ledger's write-ahead log: checkpointed by a thread, restarted by the writer."""
+"""The ledger: writes merged per batch, and its write-ahead log (checkpointed by a thread,
+restarted by the writer)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from matchmaker.book import Book
 from matchmaker.ledger import Ledger
@@ -57,3 +63,66 @@ def test_the_writer_copies_the_last_frames_and_the_log_starts_again(tmp_path: Pa
     write("starts-the-log-again")
     assert restarts() == first + 1
     assert ledger.counts() == {"pending": 23}
+
+
+# One write: ("update", task, columns), ("assign", task, worker), ("reason", task, text)
+# or ("transition", task, state); each applied to two ledgers.
+COLUMNS = st.fixed_dictionaries(
+    {},
+    optional={
+        "state": st.sampled_from(["pending", "assigned", "running", "succeeded", "dead"]),
+        "attempt": st.integers(1, 5),
+        "worker": st.sampled_from([None, "w1", "w2"]),
+        "started_at": st.floats(0, 100),
+        "finished_at": st.one_of(st.none(), st.floats(0, 100)),
+        "output": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(-9, 9))),
+        "error": st.one_of(st.none(), st.text(max_size=5)),
+    },
+)
+WRITE = st.one_of(
+    st.tuples(st.just("update"), st.integers(0, 3), COLUMNS),
+    st.tuples(st.just("assign"), st.integers(0, 3), st.sampled_from(["w1", "w2"])),
+    st.tuples(st.just("reason"), st.integers(0, 3), st.text(max_size=5)),
+    st.tuples(st.just("transition"), st.integers(0, 3), st.sampled_from(["running", "x"])),
+)
+
+
+def _apply(ledger: Ledger, write: tuple[str, int, Any], at: float) -> None:
+    kind, n, value = write
+    task_id = f"t{n}"
+    if kind == "update":
+        ledger.update(task_id, at, **value)
+    elif kind == "assign":
+        ledger.assign([(task_id, 1, value, at)])
+    elif kind == "reason":
+        ledger.set_reasons([(task_id, value)])
+    else:
+        ledger.transitions([(task_id, 1, value, None, at, None)])
+
+
+def _tables(ledger: Ledger) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    ledger.commit()
+    tasks = ledger.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()
+    transitions = ledger.db.execute("SELECT * FROM transitions ORDER BY rowid").fetchall()
+    return [tuple(r) for r in tasks], [tuple(r) for r in transitions]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(writes=st.lists(WRITE, max_size=30))
+def test_writes_merged_in_one_batch_leave_what_writes_one_by_one_leave(
+    tmp_path: Path, writes: list[tuple[str, int, Any]]
+) -> None:
+    """The batch merges each task's changes into one row; the tables must not tell."""
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))
+    batched, single = Ledger(directory / "batched.sqlite"), Ledger(directory / "single.sqlite")
+    requests = [TaskRequest(f"t{n}", "sleep") for n in range(4)]
+    for ledger in (batched, single):
+        ledger.add(requests, 0.0)
+        ledger.commit()
+    for at, write in enumerate(writes, 1):
+        _apply(batched, write, float(at))
+        _apply(single, write, float(at))
+        single.commit()
+    assert _tables(batched) == _tables(single)
