@@ -1,8 +1,9 @@
 """RabbitMQ topology and connections, shared by the scheduler, workers and CLI.
 
-Queues are quorum queues: replicated, durable, and with a delivery limit;
-``mm.requests`` uses single-active-consumer so a standby scheduler waits and
-takes over. The dead-letter queue ``mm.dead`` carries rejected messages with
+Queues are durable quorum queues (``MM_QUEUE_TYPE=classic`` for classic
+ones), replicated once the broker is a cluster; ``mm.requests`` uses
+single-active-consumer so a standby scheduler waits and takes over. The
+dead-letter queue ``mm.dead`` carries rejected messages with
 the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
 cancellations (routing key ``cancel.<worker>``).
