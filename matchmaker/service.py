@@ -268,7 +268,7 @@ class Scheduler:
         wait = IDLE_WAIT
         if self.requests or self.results or (self.book.pending and self.dirty):
             wait = min(wait, until_turn)
-        if self.book.events:
+        if self.book.events and until_turn <= 0:  # else they go out with the coming turn
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
         if self.reader is not None:
             self.reader.hold = until_turn > 0
