@@ -28,7 +28,7 @@ class Config:
     serf_rpc: str = "127.0.0.1:7373"
     serf_auth_key: str = ""
     state_dir: Path = Path("state")
-    round_interval: float = 0.01  # p99 submit -> worker queue ~20 ms at 2,000 tasks/s
+    round_interval: float = 0.015  # a full turn (intake, round, one commit) at most this often
     strategy: str = "spread"
     aging_interval: float = 60.0
     preference_bonus: int = 1
