@@ -18,9 +18,10 @@ thread through a queue. Each turn of the loop:
 4. commits the ledger once, and only then queues the acks of what it took in;
 5. every ``EVENT_INTERVAL``, the events of the state changes so far.
 
-Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing waits on the
-broker: acks, dispatches and events are queued frames that the next turn's
-first step writes, so a busy turn costs one socket write and one commit.
+Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
+waits on the broker: acks, dispatches and events are queued frames that the
+next turn's first step writes, so a busy turn costs one socket write and one
+commit.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
@@ -266,8 +267,11 @@ class Scheduler:
         now = time.time()
         until_turn = self.next_turn - now
         wait = IDLE_WAIT
-        if self.requests or self.results or (self.book.pending and self.dirty):
+        if self.requests or self.results:
             wait = min(wait, until_turn)
+        if self.book.pending and self.dirty:  # a round: in a full turn, once per interval
+            until_round = self.last_round + self.config.round_interval - now
+            wait = min(wait, max(until_turn, until_round))
         if self.book.events and until_turn <= 0:  # else they go out with the coming turn
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
         if self.reader is not None:
