@@ -266,18 +266,15 @@ class Scheduler:
             return 0
         now = time.time()
         until_turn = self.next_turn - now
-        wait = IDLE_WAIT
-        if self.requests or self.results:
-            wait = min(wait, until_turn)
+        held = until_turn > 0
+        if self.reader is not None:
+            self.reader.hold = held
+        wait = min(IDLE_WAIT, until_turn) if held or self.requests or self.results else IDLE_WAIT
         if self.book.pending and self.dirty:  # a round: in a full turn, once per interval
             until_round = self.last_round + self.config.round_interval - now
             wait = min(wait, max(until_turn, until_round))
-        if self.book.events and until_turn <= 0:  # else they go out with the coming turn
+        if self.book.events and not held:  # else they go out with the coming turn
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
-        if self.reader is not None:
-            self.reader.hold = until_turn > 0
-        if until_turn > 0:
-            wait = min(wait, until_turn)
         return max(0.0, wait)
 
     def _refresh_live(self) -> None:
