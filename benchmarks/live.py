@@ -40,6 +40,7 @@ from benchmarks import live_compare, live_e2e, live_failover, live_latency, live
 from benchmarks.live_env import AMQP, Env, LiveError
 from matchmaker.broker import BrokerError
 from matchmaker.config import Config
+from matchmaker.local import ClusterError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
 
@@ -195,13 +196,15 @@ def main(argv: list[str] | Sequence[str]) -> int:
             print(f"live {name}: interrupted; stopping what it started", file=sys.stderr)
             env.close()
             return 130
-        except (LiveError, BrokerError, pika.exceptions.AMQPError) as error:
+        except (LiveError, ClusterError, BrokerError, pika.exceptions.AMQPError) as error:
             text = str(error)
             if isinstance(error, pika.exceptions.AMQPError):
                 text = f"lost the broker ({type(error).__name__}: {error})"
             print(f"live {name}: {text}", file=sys.stderr)
             report["scenarios"][name] = {"error": text}
             status = 1
+            if isinstance(error, BrokerError):  # every scenario needs it: stop here
+                break
         except Exception as error:  # report, clean up, go on with the next scenario
             traceback.print_exc()
             print(f"live {name}: failed: {error}", file=sys.stderr)

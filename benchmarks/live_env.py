@@ -87,7 +87,9 @@ class Env:
         name = f"mm-live-{label}-{uuid.uuid4().hex[:8]}"
         self.stack.callback(_delete_vhost, name)
         rabbitmqctl("import_definitions", stdin=vhost_definitions([name]).encode())
-        return f"{self.amqp}/{name}"
+        url = f"{self.amqp}/{name}"
+        broker.connect(url, attempts=1, name="live-probe").close()  # BrokerError: says why
+        return url
 
     def cluster(self, label: str) -> LocalCluster:
         """A LocalCluster on its own vhost (rounds every ``round_interval``), stopped on close."""
