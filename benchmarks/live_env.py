@@ -53,11 +53,14 @@ def rabbitmqctl(*args: str, stdin: bytes | None = None) -> None:
     except FileNotFoundError:
         raise LiveError("rabbitmqctl is not installed (apt-get install rabbitmq-server)") from None
     except subprocess.CalledProcessError as error:
-        text = (error.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise LiveError(
-            f"rabbitmqctl {' '.join(args)} failed: {text[-1] if text else error} "
-            "(is RabbitMQ running? bash scripts/broker.sh start)"
-        ) from None
+        lines = (error.stderr or b"").decode(errors="replace").strip().splitlines()
+        first = next((line for line in lines if line.startswith("Error")), str(error))
+        first = first.split(". Please")[0]  # rabbitmqctl's pointer to diagnostics below it
+        if "unable to perform an operation on node" in first:
+            raise broker.BrokerError(
+                f"RabbitMQ does not answer rabbitmqctl ({first}); bash scripts/broker.sh start"
+            ) from None
+        raise LiveError(f"rabbitmqctl {' '.join(args)} failed: {first}") from None
 
 
 def vhost_definitions(names: list[str], user: str = USER) -> str:
@@ -118,6 +121,8 @@ def _delete_vhost(name: str, timeout: float = 60.0) -> None:
     while True:
         try:
             rabbitmqctl("delete_vhost", name)
+            return
+        except broker.BrokerError:  # no broker to delete it on (the run has said so)
             return
         except LiveError as error:
             if not _vhost_exists(name):
