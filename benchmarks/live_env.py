@@ -53,8 +53,8 @@ def rabbitmqctl(*args: str, stdin: bytes | None = None) -> None:
     except FileNotFoundError:
         raise LiveError("rabbitmqctl is not installed (apt-get install rabbitmq-server)") from None
     except subprocess.CalledProcessError as error:
-        lines = (error.stderr or b"").decode(errors="replace").strip().splitlines()
-        first = next((line for line in lines if line.startswith("Error")), str(error))
+        lines = (error.stderr or b"").decode(errors="replace").strip().splitlines() or [str(error)]
+        first = next((line for line in lines if line.startswith("Error")), lines[0])
         first = first.split(". Please")[0]  # rabbitmqctl's pointer to diagnostics below it
         if "unable to perform an operation on node" in first:
             raise broker.BrokerError(
