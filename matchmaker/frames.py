@@ -192,6 +192,8 @@ class DeliveryReader:
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
         self.woken = False  # a sink or a waking confirm handler got something in this read
         self.hold = False  # the owner's choice: deliveries to sinks wait out the time limit
+        self.on_held: Callable[[], None] | None = None  # after a read that sank held deliveries
+        self.sank_held = False
         connection._on_data_available = self.data_received
 
     def on_confirm(self, channel_number: int, handler: Confirm, *, wake: bool = False) -> None:
@@ -229,6 +231,9 @@ class DeliveryReader:
             if self.woken and self.wake is not None:
                 self.woken = False
                 self.wake(-1)  # process_data_events returns: the owner has work
+            if self.sank_held and self.on_held is not None:
+                self.sank_held = False
+                self.on_held()  # the owner's work that needs no I/O, done inside the wait
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
@@ -294,6 +299,7 @@ class DeliveryReader:
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
             self.woken = self.woken or not self.hold
+            self.sank_held = self.sank_held or self.hold
             return at_body, (sink, delivery_tag, body)
         n = buffer[names]
         exchange = buffer[names + 1 : names + 1 + n].decode()

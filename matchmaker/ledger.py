@@ -202,6 +202,7 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger at {self.path}: {error}") from None
         self._in_batch = False
         self._inserts: list[tuple[Any, ...]] = []
+        self._inserting: set[str] = set()  # the ids of ``_inserts``
         self._changes: dict[str, dict[str, Any]] = {}  # by task id: column -> value
         self._transitions: list[Transition] = []
         self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
@@ -231,6 +232,7 @@ class Ledger:
         if self._inserts:
             self.db.executemany(INSERT_TASK, self._inserts)
             self._inserts = []
+            self._inserting.clear()
         if self._changes:
             by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
             for task_id, columns in self._changes.items():
@@ -265,10 +267,10 @@ class Ledger:
 
     def add(self, requests: Iterable[TaskRequest], now: float) -> list[TaskRequest]:
         """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
-        self._flush()  # the check below must see this batch's earlier inserts
         fresh: dict[str, TaskRequest] = {}
         for r in requests:
-            fresh.setdefault(r.id, r)
+            if r.id not in self._inserting:  # else added since the last flush
+                fresh.setdefault(r.id, r)
         ids = list(fresh)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -276,6 +278,7 @@ class Ledger:
             for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
                 del fresh[known]
         added = list(fresh.values())
+        self._inserting.update(fresh)
         self._inserts.extend(
             (
                 r.id,

@@ -5,18 +5,23 @@ thread through a queue. Each turn of the loop:
 
 1. lets pika deliver what arrived (requests, results, confirms) into buffers,
    and sends what the last turn queued (acks, dispatches, events) in one go;
+   while the next full turn is held (see ``_wait``), what arrives is taken in
+   inside the wait, at most every ``HELD_INTAKE_INTERVAL``: requests
+   validated and recorded pending, results applied (uncommitted, unacked), so
+   the due turn is left with its commit and its round;
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is drained), and records the
    confirmed dispatches assigned;
-3. in a full turn, due once per round interval while work comes in (arrivals
-   wait in the buffers until then; see ``_wait``): intake validates the
-   buffered requests and records the new ones pending (invalid ones go to
-   ``mm.dead``), results are applied to the book, and, when work is pending
-   and something changed, a round runs: ``plan()``, then the dispatches are
-   published, one message per worker, under publisher confirms
-   (``dispatch.py``);
-4. commits the ledger once, and only then queues the acks of what it took in;
-5. every ``EVENT_INTERVAL``, the events of the state changes so far.
+3. in a full turn, due once per round interval while work comes in: takes in
+   what is still buffered (invalid requests and results are set aside for
+   ``mm.dead``; a cancel or a drain is only acted on here, in order);
+4. commits the ledger once, then dead-letters what was set aside and queues
+   the acks of what it took in;
+5. in a full turn, when work is pending and something changed, runs a round
+   on the committed state: ``plan()``, then the dispatches are published, one
+   message per worker, under publisher confirms (``dispatch.py``); what the
+   round writes itself (reasons a task waits) is committed with the next turn;
+6. every ``EVENT_INTERVAL``, the events of the state changes so far.
 
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
 waits on the broker: acks, dispatches and events are queued frames that the
@@ -75,6 +80,7 @@ HOLD_BELOW = PREFETCH // 4  # an intake this large means a backlog: the next tur
 SWEEP_INTERVAL = 0.25
 IDLE_WAIT = 0.05  # confirms are collected at the next turn, at the latest this late
 EVENT_INTERVAL = 0.02
+HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
@@ -117,8 +123,13 @@ class Scheduler:
         self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
         self.drained = self.ledger.drained()
         self.reasons: dict[str, str] = {}
-        self.requests: list[Delivery] = []
+        self.requests: list[Delivery] = []  # delivered, not yet taken in
         self.results: list[Delivery] = []
+        self.arrived = 0  # deliveries since the last full turn
+        self.request_tag = 0  # the last request taken in: acked after the next commit
+        self.result_tag = 0
+        self.rejects: list[tuple[str, bytes, str]] = []  # (source queue, body, reason)
+        self.next_held_intake = 0.0
         self.dirty = True
         self.last_round = 0.0
         self.next_turn = 0.0  # when the next full turn (intake, results, round) is due
@@ -153,8 +164,7 @@ class Scheduler:
                     if self.stopping:
                         break
                     log.warning("lost the broker (%s); reconnecting", error.__class__.__name__)
-                    self.requests.clear()
-                    self.results.clear()
+                    self._forget_deliveries()
                     time.sleep(0.5)
         finally:
             self.inventory.stop()
@@ -213,24 +223,28 @@ class Scheduler:
         self.reader = reader_of(intake)
         try:
             while not self.stopping:
-                connection.process_data_events(time_limit=self._wait())
+                self._await_turn(connection)
                 now = time.time()
                 self._apply_changes()
                 self._apply_confirms()  # before the results, which a confirm precedes
-                arrived = len(self.requests) + len(self.results)
-                full = now >= self.next_turn or arrived >= HOLD_BELOW
-                took_requests = self._intake(control) if full else 0
-                took_results = self._apply_results(results) if full else 0
+                arrived, full = self.arrived, now >= self.next_turn or self.arrived >= HOLD_BELOW
+                if full:
+                    self.arrived = 0
+                    self._take_requests(control)
+                    self._take_results()
                 if now >= self.next_sweep:
                     self._sweep()
-                ran_round = full and self._round_due(now)
-                if ran_round:
-                    self._round(now)
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
-                if took_requests:
-                    ack_request(took_requests, True)
-                if took_results:
-                    ack_result(took_results, True)
+                self._dead_letter(control)  # before the acks of what it rejected
+                if self.request_tag:
+                    ack_request(self.request_tag, True)
+                    self.request_tag = 0
+                if self.result_tag:
+                    ack_result(self.result_tag, True)
+                    self.result_tag = 0
+                ran_round = full and self._round_due(now)
+                if ran_round:  # on committed state: what it writes itself (reasons) can wait
+                    self._round(now)
                 if full and (arrived or ran_round):
                     # a backlog (a large intake) is paced by the prefetch window instead
                     self.next_turn = now + self.config.round_interval * (arrived < HOLD_BELOW)
@@ -244,9 +258,42 @@ class Scheduler:
 
     def _on_request(self, tag: int, body: bytes) -> None:
         self.requests.append(Delivery(tag, body))
+        self.arrived += 1
 
     def _on_result(self, tag: int, body: bytes) -> None:
         self.results.append(Delivery(tag, body))
+        self.arrived += 1
+
+    def _forget_deliveries(self) -> None:
+        """The connection is gone: what it delivered and was not acked comes again."""
+        self.requests.clear()
+        self.results.clear()
+        self.rejects.clear()
+        self.arrived = self.request_tag = self.result_tag = 0
+
+    def _await_turn(self, connection: pika.BlockingConnection) -> None:
+        """Wait for broker events until the next turn has work (``_wait``); deliveries
+        that arrive while the turn is held are taken in inside the wait."""
+        if self.reader is not None:
+            self.reader.on_held = self._take_in_held
+        try:
+            connection.process_data_events(time_limit=self._wait())
+        finally:
+            if self.reader is not None:
+                self.reader.on_held = None
+
+    def _take_in_held(self) -> None:
+        """Deliveries that arrived while a turn is held, taken in at once: validated,
+        recorded pending or applied (uncommitted), so the due turn has only its round
+        and commit left. What needs the broker (dead letters, cancels, acks) still
+        waits for that turn."""
+        now = time.time()
+        if now < self.next_held_intake:
+            return
+        self.next_held_intake = now + HELD_INTAKE_INTERVAL
+        self._apply_confirms()
+        self._take_requests(None)
+        self._take_results()
 
     def _wait(self) -> float:
         """How long the next turn may wait for broker events before it has work of its own.
@@ -254,10 +301,11 @@ class Scheduler:
         Work is done in full turns, at most one per round interval while work
         comes in: a full turn takes in what arrived since the last one, commits
         it and runs the round at once, then the next one is due a round
-        interval later. Deliveries in between are held (buffered, not acted
-        on) until it is due: under load that costs one commit and one round
-        per interval instead of a turn per delivery, and a task taken in never
-        waits for a round on a clock of its own. After an intake of
+        interval later. Deliveries in between do not end the wait (they are
+        taken in inside it, ``_take_in_held``, but nothing is committed, acked
+        or placed until the turn is due): under load that costs one commit and
+        one round per interval instead of a turn per delivery, and a task taken
+        in never waits for a round on a clock of its own. After an intake of
         ``HOLD_BELOW`` or more the next full turn is due at once: the broker
         is handing over a backlog as fast as the acks free its prefetch
         window (rounds then still run at most once per interval).
@@ -316,14 +364,14 @@ class Scheduler:
         self._refresh_live()
         self.dirty = True
 
-    def _intake(self, control: BlockingChannel) -> int:
-        """Take in the buffered requests; returns the delivery tag to ack (0: none)."""
-        if not self.requests:
-            return 0
+    def _take_requests(self, control: BlockingChannel | None) -> None:
+        """Take in the buffered requests: new tasks recorded pending, invalid ones set
+        aside for ``mm.dead``. Without ``control`` (inside the wait) it stops before a
+        cancel or a drain, which waits, with what came after it, for the turn."""
         now = time.time()
-        batch, self.requests = self.requests, []
         new: dict[str, TaskRequest] = {}
-        for d in batch:
+        taken = 0
+        for d in self.requests:
             try:
                 message = decode(d.body, expect=("submit", "cancel", "drain"))
                 if isinstance(message, TaskRequest):
@@ -335,18 +383,21 @@ class Scheduler:
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
                     new.setdefault(message.id, message)
-                    continue
-                self._submit(new, now)  # a cancel may name a task submitted just before it
-                if isinstance(message, Cancel):
-                    self._cancel(message.id, now, control)
-                elif isinstance(message, Drain):
-                    self._drain(message, now)
+                elif control is None:
+                    break
+                else:
+                    self._submit(new, now)  # a cancel may name a task submitted just before it
+                    if isinstance(message, Cancel):
+                        self._cancel(message.id, now, control)
+                    elif isinstance(message, Drain):
+                        self._drain(message, now)
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
-                broker.dead_letter(control, d.body, str(error), broker.REQUESTS)
-                self.book.count("rejected")
+                self.rejects.append((broker.REQUESTS, d.body, str(error)))
+            taken += 1
+            self.request_tag = d.tag
         self._submit(new, now)
-        return batch[-1].tag
+        del self.requests[:taken]
 
     def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
         if new:
@@ -371,20 +422,19 @@ class Scheduler:
         log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
         self.dirty = True
 
-    def _apply_results(self, channel: BlockingChannel) -> int:
-        """Apply the buffered results; returns the delivery tag to ack (0: none)."""
+    def _take_results(self) -> None:
+        """Apply the buffered results; invalid ones are set aside for ``mm.dead``."""
         if not self.results:
-            return 0
+            return
         now = time.time()
-        batch, self.results = self.results, []
-        for d in batch:
+        for d in self.results:
             try:
                 message = decode_results(d.body)
             except MessageError as error:
-                self._reject_result(channel, d.body, str(error))
+                self._reject_result(d.body, str(error))
                 continue
             for body, reason in message.invalid:
-                self._reject_result(channel, body, reason)
+                self._reject_result(body, reason)
             for result in message.items:
                 outcome = self.book.result(result, now)
                 if outcome == "stale":
@@ -396,13 +446,20 @@ class Scheduler:
                     )
                 else:
                     self.reasons.pop(result.id, None)
+        self.result_tag = self.results[-1].tag
+        self.results.clear()
         self.dirty = True
-        return batch[-1].tag
 
-    def _reject_result(self, channel: BlockingChannel, body: bytes, reason: str) -> None:
+    def _reject_result(self, body: bytes, reason: str) -> None:
         log.warning("rejected a result: %s", reason)
-        broker.dead_letter(channel, body, reason, broker.RESULTS)
-        self.book.count("rejected")
+        self.rejects.append((broker.RESULTS, body, reason))
+
+    def _dead_letter(self, control: BlockingChannel) -> None:
+        """Park the rejected requests and results on ``mm.dead``, each with its reason."""
+        for source, body, reason in self.rejects:
+            broker.dead_letter(control, body, reason, source)
+            self.book.count("rejected")
+        self.rejects.clear()
 
     def _apply_confirms(self) -> None:
         acked, nacked = self.dispatcher.confirmed()

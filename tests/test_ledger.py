@@ -126,3 +126,17 @@ def test_writes_merged_in_one_batch_leave_what_writes_one_by_one_leave(
         _apply(single, write, float(at))
         single.commit()
     assert _tables(batched) == _tables(single)
+
+
+def test_an_id_added_again_is_not_new_before_or_after_the_commit(tmp_path: Path) -> None:
+    """The idempotency check sees the adds not yet written as well as the committed rows."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    a, b = TaskRequest("a", "sleep"), TaskRequest("b", "sleep")
+    assert [r.id for r in ledger.add([a, a], 1.0)] == ["a"]
+    assert [r.id for r in ledger.add([a, b], 2.0)] == ["b"]  # "a" still waits in memory
+    ledger.commit()
+    assert ledger.add([b, a], 3.0) == []
+    ledger.commit()
+    rows = ledger.db.execute("SELECT id, submitted_at FROM tasks ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [("a", 1.0), ("b", 2.0)]
+    ledger.close()
