@@ -11,7 +11,7 @@ and prints the time of the first publish (a fresh process, so no cached
 connection or queue declaration of an earlier run leaks in).
 
 Environment: ``MM_CELERY_BROKER`` (AMQP URL), ``MM_CELERY_QUEUE_TYPE``
-(``classic`` or ``quorum``, default ``quorum`` like matchmaker's queues).
+(``classic`` or ``quorum``, default ``classic`` like matchmaker's queues).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ app.conf.update(
     task_ignore_result=True,
     result_backend=None,
     task_default_queue=QUEUE,
-    task_default_queue_type=os.environ.get("MM_CELERY_QUEUE_TYPE", "quorum"),
+    task_default_queue_type=os.environ.get("MM_CELERY_QUEUE_TYPE", "classic"),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )

@@ -1,8 +1,11 @@
 """RabbitMQ topology and connections, shared by the scheduler, workers and CLI.
 
-Queues are durable quorum queues (``MM_QUEUE_TYPE=classic`` for classic
-ones), replicated once the broker is a cluster; ``mm.requests`` uses
-single-active-consumer so a standby scheduler waits and takes over. The
+Queues are durable classic queues, made ``quorum`` by ``MM_QUEUE_TYPE=quorum``
+(for every process) to replicate them on a cluster; on one node classic ones
+are as durable (a persistent message is confirmed once on disk) and faster
+(README, "Decisions"). A queue that already exists is used as it is, whatever
+its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
+waits and takes over. The
 dead-letter queue ``mm.dead`` carries rejected messages with
 the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
@@ -34,7 +37,8 @@ DEAD = "mm.dead"
 EVENTS = "mm.events"
 CONTROL = "mm.control"
 DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
-QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "quorum")
+QUEUE_TYPES = ("classic", "quorum")
+QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "classic")
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
@@ -108,6 +112,19 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
 
 
 def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
+    """Declare a durable queue of ``QUEUE_TYPE`` unless it exists: the broker refuses a
+    declaration whose type or arguments differ from the queue's (and closes the channel),
+    so an existing one, made under another setting or by an operator, is used as it is."""
+    if QUEUE_TYPE not in QUEUE_TYPES:
+        raise BrokerError(f"MM_QUEUE_TYPE must be classic or quorum, not {QUEUE_TYPE!r}")
+    probe = channel.connection.channel()  # a passive declare of a missing queue closes it
+    try:
+        probe.queue_declare(name, passive=True)
+        probe.close()
+        return
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 404:
+            raise
     channel.queue_declare(name, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **arguments})
 
 
