@@ -58,6 +58,18 @@ def test_unmet_constraint_is_requeued_until_a_matching_worker_runs_it(
     assert {r.worker for r in client.of("picky")} == {"p-ok"}  # never run by p-iu nor p-tacc
 
 
+def test_a_refused_request_goes_behind_the_others(spawn, client: Client) -> None:  # noqa: F811
+    """Handed back to the end of its queue: with one slot, a request the worker must refuse
+    does not keep it from the one behind (a nack would put it back at the head)."""
+    worker = spawn("--name", "p1", "--caps", "sleep", "--slots", "1", "--mode", "pull")
+    submit(client, "picky", payload={"seconds": 0}, constraints={"gpu": {">=": 1}})
+    submit(client, "easy", payload={"seconds": 0})
+    assert client.final("easy", timeout=20).state == "succeeded"
+    wait_for(lambda: "task requeued id=picky" in worker.text(), what="p1 to refuse picky")
+    assert client.of("picky") == []
+    assert client.depth(pull_queue("sleep")) <= 1  # picky, when not held by p1
+
+
 def test_drain_requeues_what_has_not_started(spawn, client: Client) -> None:  # noqa: F811
     worker = spawn("--name", "p1", "--caps", "sleep,env_setup", "--mode", "pull", "--grace", "20")
     submit(client, "busy", payload={"seconds": 1.0})

@@ -19,8 +19,11 @@ queue bound to ``mm.control`` with ``cancel.<name>``. A ``dispatches``
 message holds what one round placed here; it is acked once every dispatch in
 it is reported (or dead-lettered), and its tasks run at most ``slots`` at once.
 Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities
-(prefetch = slots across them) and hands back, with
-``basic_nack(requeue=True)``, requests whose constraints it cannot meet.
+(prefetch = slots across them) and hands back requests whose constraints it
+cannot meet: published again to the end of their queue (under confirms, like
+a dead letter), then acked. A ``basic_nack(requeue=True)`` would put them back
+at the head of a classic queue, where every worker that cannot run them
+takes them again before anything behind them.
 
 ``stop()`` (SIGTERM/SIGINT in the CLI) drains: stop consuming, requeue what has
 not started, let running tasks finish for ``grace`` seconds, then cancel them,
@@ -101,12 +104,14 @@ class Presence(Protocol):
 
 @dataclass
 class Letter:
-    """A message to park on ``mm.dead``, and the delivery to ack once it is there."""
+    """A message to park on ``mm.dead`` (or, ``requeue``, to publish again to the end of
+    ``source``), and the delivery to ack once it is there."""
 
     body: bytes
     reason: str
     source: str
     delivery: Delivery | None
+    requeue: bool = False
 
 
 @dataclass
@@ -396,7 +401,7 @@ class Worker:
         assert isinstance(request, TaskRequest)
         reason = refusal(request, self._model)
         if reason is not None:
-            self._requeue(ch, request, reason, tag)
+            self._requeue(request, reason, Letter(body, reason, queue, delivery, requeue=True))
             return
         self._accept(ch, as_dispatch(request), delivery)
 
@@ -429,7 +434,7 @@ class Worker:
         log.warning("message rejected to the dead-letter queue source=%s reason=%r", source, reason)
         self._letters.append(Letter(body, reason, source, delivery))
 
-    def _requeue(self, ch: _Channels, request: TaskRequest, reason: str, tag: int) -> None:
+    def _requeue(self, request: TaskRequest, reason: str, letter: Letter) -> None:
         stats = self.stats
         stats.requeued += 1
         count = stats.requeues_by_task.get(request.id, 0) + 1
@@ -445,11 +450,10 @@ class Worker:
                 stats.requeued,
             )
         # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
-        nack = functools.partial(ch.nack, tag)
         if self._conn is not None and self.config.requeue_delay > 0:
-            self._conn.call_later(self.config.requeue_delay, nack)
+            self._conn.call_later(self.config.requeue_delay, lambda: self._letters.append(letter))
         else:
-            nack()
+            self._letters.append(letter)
 
     def _on_control(
         self, _channel: BlockingChannel, _method: Basic.Deliver, _props: Any, body: bytes
@@ -479,6 +483,8 @@ class Worker:
             try:
                 if isinstance(item, ReportBatch):
                     ch.reports.publish("", RESULTS, item.body, PERSISTENT, item)
+                elif item.requeue:
+                    ch.reports.publish("", item.source, item.body, PERSISTENT, item)
                 else:
                     properties = dead_letter_properties(item.reason, item.source)
                     ch.reports.publish("", DEAD, item.body, properties, item)
@@ -511,7 +517,7 @@ class Worker:
                 self.stats.failed += 1
             answered += job.deliveries
         for letter in letters:
-            self.stats.dead_lettered += 1
+            self.stats.dead_lettered += not letter.requeue
             if letter.delivery is not None:
                 answered.append(letter.delivery)
         return answered
@@ -529,6 +535,8 @@ class Worker:
         self._sent([item for item, _ in confirmed])  # their deliveries come back
         self._give_back([*refused, *ch.reports.pending.values()])
         ch.reports.pending.clear()
+        # a refused request not yet in its queue again is still the broker's (it comes back)
+        self._letters = [letter for letter in self._letters if not letter.requeue]
 
     def _wake(self) -> None:
         """From a task thread: make the connection loop flush soon."""
