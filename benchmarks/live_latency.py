@@ -4,16 +4,17 @@ The client publishes ``rate`` no-op ``sleep`` tasks per second for
 ``duration`` seconds (persistent, no confirms), each carrying its send time
 in the payload (``{"seconds": 0, "sent_at": t}``). Two real workers consume.
 Latency = queued - ``sent_at``. When a message enters a queue is not seen
-directly; two later events bound it from above, and ``queued`` is the
-earlier of the two: the scheduler reading the broker's confirm of the
-dispatch (the task's ``assigned`` transition in the ledger) and the worker
-starting the task (its ``started_at``: it had the dispatch by then). The
-confirm is read late whenever the scheduler is busy with a turn, the
-worker's start whenever its threads are, so neither alone is the tighter
-bound; the report gives the confirm's own figures beside it, and counts the
-tasks whose result overtook the confirm (no transition: the start stands
-in). Split into intake (``submitted_at`` - sent) and placement (queued -
-``submitted_at``), and by second of the run, so a growing backlog shows.
+directly; later events bound it from above, and ``queued`` is the earliest
+of them: the scheduler reading the broker's confirm of the dispatch (the
+task's ``assigned`` transition in the ledger) and the worker taking it off
+its queue (``received_at``, reported with its result; ``started_at`` where
+a worker does not report it). The confirm is read late whenever the
+scheduler is busy with a turn, the worker's receipt whenever its connection
+thread is, so neither alone is the tighter bound; the report gives the
+confirm's own figures beside it, and counts the tasks whose result overtook
+the confirm (no transition: the receipt stands in). Split into intake
+(``submitted_at`` - sent) and placement (queued - ``submitted_at``), and by
+second of the run, so a growing backlog shows.
 
 Workers get enough slots (default 1,024) that a free slot is not what the
 tasks wait for: this measures the scheduler's path, not the workers' speed.
@@ -78,14 +79,15 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     # A result can overtake the confirm of its dispatch: such a task has no 'assigned'
     # transition, and the worker's start (it had the dispatch then) bounds the time instead.
     rows = ledger.rows(
-        "SELECT t.payload, t.submitted_at, tr.at, t.started_at FROM tasks t"
+        "SELECT t.payload, t.submitted_at, tr.at, coalesce(t.received_at, t.started_at)"
+        " FROM tasks t"
         " LEFT JOIN transitions tr ON tr.id = t.id AND tr.state = 'assigned' AND tr.attempt = 1"
     )
     payloads, *times = zip(*rows, strict=True)
-    submitted, confirmed, started = (np.array(t, dtype=float) for t in times)  # None: NaN
+    submitted, confirmed, received = (np.array(t, dtype=float) for t in times)  # None: NaN
     sent_at = np.array([json.loads(p)["sent_at"] for p in payloads])
     seen = ~np.isnan(confirmed)
-    queued = np.fmin(confirmed, started)  # the earlier bound (the start alone if no confirm)
+    queued = np.fmin(confirmed, received)  # the earlier bound (the receipt if no confirm)
     latency = queued - sent_at
     order = np.argsort(sent_at)
     second = ((sent_at - sent_at.min()) // 1).astype(int)
@@ -107,7 +109,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "intake": percentiles(submitted - sent_at),
         "placement": percentiles(queued - submitted),
         "confirm_read": percentiles(confirmed[seen] - sent_at[seen]),
-        "worker_start_earlier": float(((started < confirmed) | ~seen).mean()),
+        "worker_receipt_earlier": float(((received < confirmed) | ~seen).mean()),
         "by_second": by_second,
         "round_time": rounds(cluster, float(sent_at.min()), float(queued.max()) + 1.0),
         "cpu_cores": cpu,
@@ -129,12 +131,13 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{r['achieved_rate']:,.0f}/s), {r['tasks']:,} of {r['sent']:,} in the ledger; "
         f"round interval {r['round_interval'] * 1e3:g} ms, 2 workers x {r['slots']} slots",
         f"{r['without_assigned_transition']:,} tasks have no 'assigned' transition (their "
-        "result overtook the dispatch's confirm): the worker's start time stands in",
+        "result overtook the dispatch's confirm): the worker's receipt stands in",
         f"{'submit -> worker queue (ms)':<30} {_ms(r['latency'])}",
         f"{'  intake: sent -> pending (ms)':<30} {_ms(r['intake'])}",
         f"{'  placement: pending -> queued':<30} {_ms(r['placement'])}",
         f"{'submit -> confirm read (ms)':<30} {_ms(r['confirm_read'])}",
-        f"the worker's start was the earlier bound for {r['worker_start_earlier']:.0%} of tasks",
+        f"the worker's receipt was the earlier bound for {r['worker_receipt_earlier']:.0%} of "
+        "tasks",
         f"{describe_rounds(r['round_time'])}; worst second: #{worst['second']} "
         f"p99 {worst['p99'] * 1e3:.1f} ms",
         f"CPU cores used while sending: {r['cpu_cores']}",

@@ -148,6 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"worker    {row.worker or '-'}")
     print(f"submitted {_when(row.submitted_at)}")
     print(f"assigned  {_when(row.assigned_at)}")
+    print(f"received  {_when(row.received_at)}")
     print(f"started   {_when(row.started_at)}")
     print(f"finished  {_when(row.finished_at)}")
     if row.error:

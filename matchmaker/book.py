@@ -195,12 +195,19 @@ class Book:
             self._land(t)
             self._fly(t, r.worker)
         if t.state == "dispatching":  # the worker's report overtook the broker's confirm
-            self.assigned([(r.id, r.worker, r.started_at or now)])
+            self.assigned([(r.id, r.worker, r.received_at or r.started_at or now)])
         if r.state == "running":
             if t.state != "running":
                 t.state = "running"
                 self.running_count += 1
-            self.ledger.update(r.id, now, state="running", worker=r.worker, started_at=r.started_at)
+            self.ledger.update(
+                r.id,
+                now,
+                state="running",
+                worker=r.worker,
+                received_at=r.received_at,
+                started_at=r.started_at,
+            )
             self._event(t, "running", now)
             return "running"
         self._land(t)
@@ -211,6 +218,7 @@ class Book:
                 now,
                 state="succeeded",
                 worker=r.worker,
+                received_at=r.received_at,
                 started_at=r.started_at,
                 finished_at=r.finished_at or now,
                 output=r.output,

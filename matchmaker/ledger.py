@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     output TEXT,
     error TEXT,
-    reason TEXT
+    reason TEXT,
+    received_at REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(submitted_at) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS transitions (
@@ -130,6 +131,7 @@ class TaskRow:
     output: dict[str, Any] | None
     error: str | None
     reason: str | None
+    received_at: float | None = None  # when the worker took it off its queue
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRow:
@@ -196,6 +198,9 @@ class Ledger:
                 old = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tasks_open'"
                 if self.db.execute(old).fetchone():
                     self.db.executescript(f"BEGIN; {MIGRATE_OPEN_INDEX} COMMIT;")
+                columns = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
+                if "received_at" not in columns:  # a ledger written before the column
+                    self.db.execute("ALTER TABLE tasks ADD COLUMN received_at REAL")
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT 1 FROM tasks LIMIT 1")
         except sqlite3.DatabaseError as error:
@@ -215,15 +220,16 @@ class Ledger:
 
     # -- writes (batched) ---------------------------------------------------
     #
-    # Writes wait in memory and reach SQLite at ``commit()`` (or before any
-    # read): new tasks, then each changed task's columns merged into one row
+    # Writes wait in memory and reach SQLite at ``write()`` or ``commit()`` (or
+    # before any read): new tasks, then each changed task's columns merged into one row
     # (every change sets columns to values, so the last value of each column
     # is what the UPDATEs in turn would have left), then the transitions, then
     # the drained set. One ``executemany`` per kind of statement: a turn's
     # assigned, running and succeeded changes of a task cost one UPDATE, and
     # a batch of them a statement, not a statement per task and change.
 
-    def _flush(self) -> None:
+    def write(self) -> None:
+        """Run the batched writes in the open transaction (begun here if none is), uncommitted."""
         if not (self._inserts or self._changes or self._transitions or self._drained):
             return
         if not self._in_batch:
@@ -257,7 +263,7 @@ class Ledger:
             known.update(columns)
 
     def commit(self) -> None:
-        self._flush()
+        self.write()
         if self._in_batch:
             self.db.execute("COMMIT")
             self._in_batch = False
@@ -336,19 +342,19 @@ class Ledger:
     # -- reads --------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRow | None:
-        self._flush()
+        self.write()
         row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return TaskRow.from_row(row) if row else None
 
     def open_tasks(self) -> Iterator[TaskRow]:
         """Every pending, assigned or running task: what a restarted scheduler rebuilds from."""
-        self._flush()
+        self.write()
         query = f"SELECT * FROM tasks WHERE {OPEN}"
         for row in self.db.execute(query):
             yield TaskRow.from_row(row)
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
-        self._flush()
+        self.write()
         rows = self.db.execute(
             "SELECT attempt, state, worker, at, note FROM transitions WHERE id = ? ORDER BY rowid",
             (task_id,),
@@ -356,12 +362,12 @@ class Ledger:
         return [dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        self._flush()
+        self.write()
         rows = self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
         return {state: count for state, count in rows}
 
     def in_flight_by_worker(self) -> dict[str, int]:
-        self._flush()
+        self.write()
         rows = self.db.execute(
             "SELECT worker, COUNT(*) FROM tasks"
             " WHERE finished_at IS NULL AND state IN ('assigned', 'running') GROUP BY worker"
@@ -369,7 +375,7 @@ class Ledger:
         return {worker: count for worker, count in rows}
 
     def drained(self) -> set[str]:
-        self._flush()
+        self.write()
         return {row[0] for row in self.db.execute("SELECT worker FROM drained")}
 
 

@@ -13,7 +13,8 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   the dispatches one round places on one worker, in one message.
 - ``result`` (TaskResult, worker -> ``mm.results``): id, attempt, worker,
   state (``running``, ``succeeded``, ``failed``), started_at, finished_at,
-  output or error.
+  output or error, and received_at (when the worker took the dispatch off its
+  queue; optional, absent from older workers).
 - ``results`` (worker -> ``mm.results``): ``"results": [...]``, the results
   a worker's flush has ready, in one message.
 
@@ -105,6 +106,7 @@ class TaskResult:
     finished_at: float | None = None
     output: dict[str, Any] | None = None
     error: str | None = None
+    received_at: float | None = None
     kind: str = "result"
 
 
@@ -257,6 +259,7 @@ def _result(body: dict[str, Any]) -> TaskResult:
         finished_at=_seconds(body, "finished_at", None, math.inf),
         output=output,
         error=error[:4000] if error else error,
+        received_at=_seconds(body, "received_at", None, math.inf),
     )
 
 

@@ -284,9 +284,9 @@ class Scheduler:
 
     def _take_in_held(self) -> None:
         """Deliveries that arrived while a turn is held, taken in at once: validated,
-        recorded pending or applied (uncommitted), so the due turn has only its round
-        and commit left. What needs the broker (dead letters, cancels, acks) still
-        waits for that turn."""
+        recorded pending or applied, written to the ledger uncommitted, so the due turn
+        has only its round and the COMMIT left. What needs the broker (dead letters,
+        cancels, acks) still waits for that turn."""
         now = time.time()
         if now < self.next_held_intake:
             return
@@ -294,6 +294,7 @@ class Scheduler:
         self._apply_confirms()
         self._take_requests(None)
         self._take_results()
+        self.ledger.write()  # the statements now, the turn's COMMIT makes them durable
 
     def _wait(self) -> float:
         """How long the next turn may wait for broker events before it has work of its own.

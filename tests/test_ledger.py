@@ -140,3 +140,19 @@ def test_an_id_added_again_is_not_new_before_or_after_the_commit(tmp_path: Path)
     rows = ledger.db.execute("SELECT id, submitted_at FROM tasks ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [("a", 1.0), ("b", 2.0)]
     ledger.close()
+
+
+def test_a_ledger_from_before_received_at_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = Ledger(path)
+    old.add([TaskRequest("a", "sleep")], 1.0)
+    old.commit()
+    old.db.execute("ALTER TABLE tasks DROP COLUMN received_at")  # as an older version made it
+    old.close()
+    ledger = Ledger(path)
+    row = ledger.get("a")
+    assert row is not None and row.received_at is None
+    ledger.update("a", 2.0, state="running", received_at=1.5)
+    ledger.commit()
+    assert (got := ledger.get("a")) is not None and got.received_at == 1.5
+    ledger.close()

@@ -37,6 +37,7 @@ def test_round_trips() -> None:
         Drain("w1", on=False),
         TaskDispatch("t1", 2, "sleep", {}, 1e9),
         TaskResult("t1", 1, "w1", "failed", 1.0, 2.0, None, "boom"),
+        TaskResult("t1", 1, "w1", "running", 1.0, received_at=0.5),
     ):
         assert decode(encode(message)) == message
 
@@ -56,6 +57,10 @@ def test_round_trips() -> None:
         (raw(id="a", type="sleep", timeout=0), "'timeout'"),
         (raw(id="a", type="sleep", max_attempts=0), "'max_attempts'"),
         (raw(kind="result", id="a", attempt=1, worker="w", state="done"), "'state'"),
+        (
+            raw(kind="result", id="a", attempt=1, worker="w", state="running", received_at="x"),
+            "'received_at'",
+        ),
         (raw(kind="explode", id="a"), "unexpected message kind"),
         (raw(kind="results", results=[]), "non-empty JSON array"),
         (raw(kind="results", results={"id": "a"}), "non-empty JSON array"),

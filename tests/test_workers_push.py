@@ -32,7 +32,9 @@ def test_sleep_task_reports_running_then_succeeded(spawn, client: Client) -> Non
     assert final.worker == "w1" and final.attempt == 1
     assert final.output == {"slept": 0.5}
     assert final.started_at is not None and final.finished_at is not None
-    assert final.started_at <= final.finished_at
+    assert final.received_at is not None
+    assert final.received_at <= final.started_at <= final.finished_at
+    assert all(r.received_at == final.received_at for r in client.of("t1"))  # running too
     wait_for(lambda: client.depth(worker_queue("w1")) == 0, what="the dispatch to be acked")
 
 

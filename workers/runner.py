@@ -200,6 +200,7 @@ class Runner:
                 finished_at=now,
                 output=output if error is None else None,
                 error=error,
+                received_at=job.received_at,
             )
             self._dirty[job.key] = job
         if error is None:  # the ledger and mm.events record every task; logs tell of failures
@@ -296,6 +297,7 @@ class Runner:
             worker=self.worker,
             state="running",
             started_at=job.started_at,
+            received_at=job.received_at,
         )
 
     def sent(self, reports: list[Report]) -> list[Job]:
