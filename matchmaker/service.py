@@ -17,11 +17,12 @@ thread through a queue. Each turn of the loop:
    ``mm.dead``; a cancel or a drain is only acted on here, in order);
 4. commits the ledger once, then dead-letters what was set aside and queues
    the acks of what it took in;
-5. in a full turn, when work is pending and something changed, runs a round
+5. every ``EVENT_INTERVAL``, publishes the events of the state changes so far;
+6. in a full turn, when work is pending and something changed, runs a round
    on the committed state: ``plan()``, then the dispatches are published, one
-   message per worker, under publisher confirms (``dispatch.py``); what the
-   round writes itself (reasons a task waits) is committed with the next turn;
-6. every ``EVENT_INTERVAL``, the events of the state changes so far.
+   message per worker, under publisher confirms (``dispatch.py``), and the
+   loop goes straight to the next wait, which writes them; what the round
+   writes itself (reasons a task waits) is committed with the next turn.
 
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
 waits on the broker: acks, dispatches and events are queued frames that the
@@ -242,14 +243,14 @@ class Scheduler:
                 if self.result_tag:
                     ack_result(self.result_tag, True)
                     self.result_tag = 0
+                if time.time() - self.last_events >= EVENT_INTERVAL:
+                    self._publish_events(control)  # before the round: its frames go out last
                 ran_round = full and self._round_due(now)
                 if ran_round:  # on committed state: what it writes itself (reasons) can wait
                     self._round(now)
                 if full and (arrived or ran_round):
                     # a backlog (a large intake) is paced by the prefetch window instead
                     self.next_turn = now + self.config.round_interval * (arrived < HOLD_BELOW)
-                if time.time() - self.last_events >= EVENT_INTERVAL:
-                    self._publish_events(control)
         finally:
             if connection.is_open:
                 self._publish_events(control)
