@@ -28,9 +28,10 @@ This module does the two hot cases itself and leaves everything else to pika:
   delivery tag, bit ``multiple``) and ``Basic.Nack`` (60.120: delivery tag,
   bits ``multiple`` and ``requeue``), go straight to a handler registered for
   their channel with ``on_confirm`` (which may ask them to end the wait, as a
-  sink's deliveries do unless the owner set ``hold``). Every other frame, or
-  a delivery it has any doubt about, goes through pika's own decoder in the
-  order it arrived.
+  sink's deliveries do unless the owner set ``hold``; held ones are followed,
+  once the read is done, by the owner's ``on_held`` if it set one, for work
+  that needs no I/O). Every other frame, or a delivery it has any doubt
+  about, goes through pika's own decoder in the order it arrived.
 """
 
 from __future__ import annotations
