@@ -18,6 +18,13 @@ second of the run, so a growing backlog shows.
 
 Workers get enough slots (default 1,024) that a free slot is not what the
 tasks wait for: this measures the scheduler's path, not the workers' speed.
+
+It measures the steady state: first a warm-up at the same rate (``warm-*``
+tasks, not counted), one second at a time until both workers have run some
+of it, so that both are in the scheduler's inventory and have started their
+task threads (a worker starts a thread, on its connection thread, whenever
+every one it has is busy; a worker that joined the inventory under load
+made the first second's p99 two to three times the rest's).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from benchmarks.live_cpu import Meter, broker_pid
 from benchmarks.live_env import (
     Env,
     LedgerView,
+    LiveError,
     describe_rounds,
     paced,
     percentiles,
@@ -41,9 +49,11 @@ from benchmarks.live_env import (
     verdict,
     wait_for,
 )
+from matchmaker.local import LocalCluster
 
 TARGET_P99 = 0.025
 CDF_POINTS = 200
+WARM_UP_ROUNDS = 10  # at most this many warm-up seconds
 
 
 def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, Any]:
@@ -61,6 +71,8 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "client": os.getpid(),
     }
     pids.update({n: p.popen.pid for n, p in cluster.workers.items()})
+    watch = [cluster.scheduler, *cluster.workers.values()]
+    warm = _warm_up(cluster, ledger, rate, watch)
     meter = Meter(pids).start()
 
     def make(i: int, now: float) -> bytes:
@@ -70,18 +82,19 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     cpu = meter.stop()
     wait_for(
         lambda: ledger.counts().get("succeeded", 0),
-        count,
+        warm + count,
         max(60.0, count / 200),
         "every task to succeed",
-        env.bar(count, "latency: succeeded"),
-        watch=[cluster.scheduler, *cluster.workers.values()],
+        env.bar(warm + count, "latency: succeeded"),
+        watch=watch,
     )
     # A result can overtake the confirm of its dispatch: such a task has no 'assigned'
-    # transition, and the worker's start (it had the dispatch then) bounds the time instead.
+    # transition, and the worker's receipt bounds the time instead.
     rows = ledger.rows(
         "SELECT t.payload, t.submitted_at, tr.at, coalesce(t.received_at, t.started_at)"
         " FROM tasks t"
         " LEFT JOIN transitions tr ON tr.id = t.id AND tr.state = 'assigned' AND tr.attempt = 1"
+        " WHERE t.id LIKE 'l%'"
     )
     payloads, *times = zip(*rows, strict=True)
     submitted, confirmed, received = (np.array(t, dtype=float) for t in times)  # None: NaN
@@ -100,6 +113,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "offered_rate": rate,
         "duration_s": duration,
         "sent": len(sent),
+        "warm_up_tasks": warm,
         "achieved_rate": (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0,
         "tasks": len(rows),
         "without_assigned_transition": int((~seen).sum()),
@@ -120,6 +134,24 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     }
 
 
+def _warm_up(cluster: LocalCluster, ledger: LedgerView, rate: float, watch: list[Any]) -> int:
+    """Warm-up seconds at ``rate`` until both workers ran some; how many tasks that took."""
+    per_second = max(1, round(rate))
+    for second in range(WARM_UP_ROUNDS):
+
+        def make(i: int, now: float, second: int = second) -> bytes:
+            task_id = f"warm-{second}-{i:07d}"
+            return request_body(sleep_request(task_id, payload={"sent_at": now}))
+
+        paced(cluster.broker_url, rate, per_second, make)
+        sent = (second + 1) * per_second
+        wait_for(lambda: ledger.counts().get("succeeded", 0), sent, 60, "the warm-up", watch=watch)
+        ran = "SELECT COUNT(DISTINCT worker) FROM tasks WHERE id LIKE 'warm-%'"
+        if ledger.rows(ran)[0][0] >= len(cluster.workers):
+            return sent
+    raise LiveError(f"after {WARM_UP_ROUNDS} s of warm-up not every worker had run a task")
+
+
 def _ms(stats: dict[str, Any]) -> str:
     return "  ".join(f"{k} {stats[k] * 1e3:6.1f}" for k in ("p50", "p95", "p99", "max"))
 
@@ -128,7 +160,8 @@ def table(r: dict[str, Any]) -> list[str]:
     worst = max(r["by_second"], key=lambda s: s["p99"])
     return [
         f"offered {r['offered_rate']:,.0f}/s for {r['duration_s']:g} s (achieved "
-        f"{r['achieved_rate']:,.0f}/s), {r['tasks']:,} of {r['sent']:,} in the ledger; "
+        f"{r['achieved_rate']:,.0f}/s) after {r['warm_up_tasks']:,} warm-up tasks, "
+        f"{r['tasks']:,} of {r['sent']:,} in the ledger; "
         f"round interval {r['round_interval'] * 1e3:g} ms, 2 workers x {r['slots']} slots",
         f"{r['without_assigned_transition']:,} tasks have no 'assigned' transition (their "
         "result overtook the dispatch's confirm): the worker's receipt stands in",

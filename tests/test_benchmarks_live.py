@@ -89,6 +89,15 @@ def test_compare_runs_every_task_in_both_modes(tmp_path: Path) -> None:
     assert (tmp_path / "live_compare.png").stat().st_size > 0
 
 
+def test_latency_counts_the_measured_tasks_after_a_warm_up(tmp_path: Path) -> None:
+    report = _live(tmp_path, "--scenario", "latency", "--rate", "100", "--duration", "1")
+    latency = report["scenarios"]["latency"]
+    assert latency["warm_up_tasks"] >= 100 and latency["warm_up_tasks"] % 100 == 0
+    assert latency["tasks"] == latency["sent"] == 100  # the warm-up's are not counted
+    assert 0 < latency["latency"]["p50"] <= latency["latency"]["p99"] < 5
+    assert isinstance(latency["targets"]["p99"]["met"], bool)
+
+
 def test_bad_arguments_are_one_sentence() -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(["--tasks", "0"])
