@@ -37,12 +37,13 @@ from typing import Any
 import pika.exceptions
 
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
-from benchmarks.live_env import AMQP, Env, LiveError
+from benchmarks.live_env import AMQP, Env, LiveError, rabbit_setting
 from matchmaker.broker import BrokerError
 from matchmaker.config import Config
 from matchmaker.local import ClusterError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
+JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (README, Decisions)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -182,6 +183,9 @@ def main(argv: list[str] | Sequence[str]) -> int:
     status = 0
     workdir = _run_dir(args.workdir)
     print(f"logs and ledgers of this run: {workdir}", file=sys.stderr)
+    journal = rabbit_setting(JOURNAL)
+    report["broker"] = {JOURNAL: journal}
+    print(f"broker: {JOURNAL} = {journal} (scripts/broker.sh starts it with 2048)", file=sys.stderr)
     for name in names:
         env = Env(args.amqp.rstrip("/"), workdir, args.progress, args.round_interval)
         print(f"-- live {name}: running", file=sys.stderr, flush=True)

@@ -63,6 +63,21 @@ def rabbitmqctl(*args: str, stdin: bytes | None = None) -> None:
         raise LiveError(f"rabbitmqctl {' '.join(args)} failed: {first}") from None
 
 
+def rabbit_setting(key: str) -> str | None:
+    """The running broker's ``rabbit`` application setting ``key`` (None if it cannot say)."""
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", f"application:get_env(rabbit, {key})."],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.fullmatch(r"\{ok,(.+)\}", done.stdout.strip())
+    return found.group(1) if done.returncode == 0 and found else None
+
+
 def vhost_definitions(names: list[str], user: str = USER) -> str:
     """Definitions (``rabbitmqctl import_definitions``, JSON on stdin) of vhosts on which
     ``user`` may do everything: one Erlang boot for them all instead of two per vhost."""
