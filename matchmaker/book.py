@@ -196,34 +196,19 @@ class Book:
             self._fly(t, r.worker)
         if t.state == "dispatching":  # the worker's report overtook the broker's confirm
             self.assigned([(r.id, r.worker, r.received_at or r.started_at or now)])
+        ran = {"worker": r.worker, "received_at": r.received_at, "started_at": r.started_at}
         if r.state == "running":
             if t.state != "running":
                 t.state = "running"
                 self.running_count += 1
-            self.ledger.update(
-                r.id,
-                now,
-                state="running",
-                worker=r.worker,
-                received_at=r.received_at,
-                started_at=r.started_at,
-            )
+            self.ledger.update(r.id, now, state="running", **ran)
             self._event(t, "running", now)
             return "running"
         self._land(t)
         if r.state == "succeeded":
             t.state = "succeeded"
-            self.ledger.update(
-                r.id,
-                now,
-                state="succeeded",
-                worker=r.worker,
-                received_at=r.received_at,
-                started_at=r.started_at,
-                finished_at=r.finished_at or now,
-                output=r.output,
-                error=None,
-            )
+            done = {"finished_at": r.finished_at or now, "output": r.output, "error": None}
+            self.ledger.update(r.id, now, state="succeeded", **ran, **done)
             self._event(t, "succeeded", now)
             self.count("succeeded")
             return "succeeded"
