@@ -5,9 +5,8 @@ Queues are durable classic queues, made ``quorum`` by ``MM_QUEUE_TYPE=quorum``
 are as durable (a persistent message is confirmed once on disk) and faster
 (README, "Decisions"). A queue that already exists is used as it is, whatever
 its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
-waits and takes over. The
-dead-letter queue ``mm.dead`` carries rejected messages with
-the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
+waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
+messages with the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
 cancellations (routing key ``cancel.<worker>``).
 

@@ -221,8 +221,8 @@ class Ledger:
     # -- writes (batched) ---------------------------------------------------
     #
     # Writes wait in memory and reach SQLite at ``write()`` or ``commit()`` (or
-    # before any read): new tasks, then each changed task's columns merged into one row
-    # (every change sets columns to values, so the last value of each column
+    # before any read): new tasks, then each changed task's columns merged into
+    # one row (every change sets columns to values, so the last value of each column
     # is what the UPDATEs in turn would have left), then the transitions, then
     # the drained set. One ``executemany`` per kind of statement: a turn's
     # assigned, running and succeeded changes of a task cost one UPDATE, and
@@ -275,7 +275,7 @@ class Ledger:
         """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
         fresh: dict[str, TaskRequest] = {}
         for r in requests:
-            if r.id not in self._inserting:  # else added since the last flush
+            if r.id not in self._inserting:  # else added since the last ``write()``
                 fresh.setdefault(r.id, r)
         ids = list(fresh)
         for start in range(0, len(ids), 500):
