@@ -19,12 +19,11 @@ second of the run, so a growing backlog shows.
 Workers get enough slots (default 1,024) that a free slot is not what the
 tasks wait for: this measures the scheduler's path, not the workers' speed.
 
-It measures the steady state: first a warm-up at the same rate (``warm-*``
-tasks, not counted), one second at a time until both workers have run some
-of it, so that both are in the scheduler's inventory and have started their
-task threads (a worker starts a thread, on its connection thread, whenever
-every one it has is busy; a worker that joined the inventory under load
-made the first second's p99 two to three times the rest's).
+It measures the steady state with both workers: first a warm-up at the same
+rate (``warm-*`` tasks, not counted), one second at a time until both
+workers have run some of it, so that both are in the scheduler's inventory
+(the second one used to join it 0.2-0.5 s after the measured sending began)
+and have started their task threads.
 """
 
 from __future__ import annotations
