@@ -45,9 +45,11 @@ class LiveError(RuntimeError):
     """A live benchmark could not run; the text says what to fix."""
 
 
-def rabbitmqctl(*args: str, stdin: bytes | None = None) -> None:
+def rabbitmqctl(*args: str, stdin: bytes | None = None) -> str:
+    """Run ``rabbitmqctl -q args``; its output. LiveError (BrokerError: the node is down)
+    with rabbitmqctl's own first error line when it fails."""
     try:
-        subprocess.run(
+        done = subprocess.run(
             ["rabbitmqctl", "-q", *args], input=stdin, check=True, capture_output=True, timeout=60
         )
     except FileNotFoundError:
@@ -61,21 +63,17 @@ def rabbitmqctl(*args: str, stdin: bytes | None = None) -> None:
                 f"RabbitMQ does not answer rabbitmqctl ({first}); bash scripts/broker.sh start"
             ) from None
         raise LiveError(f"rabbitmqctl {' '.join(args)} failed: {first}") from None
+    return done.stdout.decode(errors="replace")
 
 
 def rabbit_setting(key: str) -> str | None:
     """The running broker's ``rabbit`` application setting ``key`` (None if it cannot say)."""
     try:
-        done = subprocess.run(
-            ["rabbitmqctl", "-q", "eval", f"application:get_env(rabbit, {key})."],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        answer = rabbitmqctl("eval", f"application:get_env(rabbit, {key}).")
+    except (LiveError, broker.BrokerError, subprocess.TimeoutExpired):
         return None
-    found = re.fullmatch(r"\{ok,(.+)\}", done.stdout.strip())
-    return found.group(1) if done.returncode == 0 and found else None
+    found = re.fullmatch(r"\{ok,(.+)\}", answer.strip())
+    return found.group(1) if found else None
 
 
 def vhost_definitions(names: list[str], user: str = USER) -> str:
