@@ -100,6 +100,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
         "window_s": last - first,
         "last_finish_to_recorded_s": last - finished,
         "cpu_cores": cpu,
+        "steal_cores": round(meter.steal, 3),
         "round_time": spent,
     }
 
@@ -203,6 +204,6 @@ def table(r: dict[str, Any]) -> list[str]:
         lines.append(f"matchmaker / best celery = {r['ratio']:.2f}x")
     lines.append(
         f"matchmaker, {mm['window_s']:.2f} s window: {describe_rounds(mm['round_time'])}; "
-        f"CPU cores used: {mm['cpu_cores']}"
+        f"CPU cores used: {mm['cpu_cores']}; the machine's steal: {mm['steal_cores']:.3f} cores"
     )
     return lines

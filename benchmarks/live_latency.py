@@ -16,6 +16,11 @@ the confirm (no transition: the receipt stands in). Split into intake
 (``submitted_at`` - sent) and placement (queued - ``submitted_at``), and by
 second of the run, so a growing backlog shows.
 
+Beside the CPU each process used, it reports how long each waited for a
+CPU and the machine's steal time (``benchmarks.live_cpu``), overall and per
+second: on a machine the broker, the scheduler, the workers and the client
+share, that is the part of a latency the machine added.
+
 Workers get enough slots (default 1,024) that a free slot is not what the
 tasks wait for: this measures the scheduler's path, not the workers' speed.
 
@@ -72,7 +77,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     pids.update({n: p.popen.pid for n, p in cluster.workers.items()})
     watch = [cluster.scheduler, *cluster.workers.values()]
     warm = _warm_up(cluster, ledger, rate, watch)
-    meter = Meter(pids).start()
+    meter = Meter(pids, every=1.0).start()
 
     def make(i: int, now: float) -> bytes:
         return request_body(sleep_request(f"l{i:07d}", payload={"sent_at": now}))
@@ -103,8 +108,14 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     latency = queued - sent_at
     order = np.argsort(sent_at)
     second = ((sent_at - sent_at.min()) // 1).astype(int)
+    waits = meter.wait_by_interval()  # the meter's seconds start as the sending does
     by_second = [
-        {"second": int(s), **percentiles(latency[second == s])} for s in sorted(set(second))
+        {
+            "second": int(s),
+            **percentiles(latency[second == s]),
+            "cpu_wait_s": waits[s] if s < len(waits) else None,
+        }
+        for s in sorted(set(second))
     ]
     q = np.linspace(0, 1, CDF_POINTS)
     stats = percentiles(latency)
@@ -126,6 +137,8 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "by_second": by_second,
         "round_time": rounds(cluster, float(sent_at.min()), float(queued.max()) + 1.0),
         "cpu_cores": cpu,
+        "cpu_wait": meter.wait_shares(),
+        "steal_cores": round(meter.steal, 3),
         "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
         "targets": {
             "p99": verdict(stats["p99"] <= TARGET_P99, f"p99 <= {TARGET_P99 * 1e3:.0f} ms"),
@@ -157,6 +170,13 @@ def _ms(stats: dict[str, Any]) -> str:
 
 def table(r: dict[str, Any]) -> list[str]:
     worst = max(r["by_second"], key=lambda s: s["p99"])
+    waits = [s["cpu_wait_s"] for s in r["by_second"] if s["cpu_wait_s"] is not None]
+    worst_wait = (
+        f" (the processes waited {worst['cpu_wait_s']:.2f} s for a CPU in it; "
+        f"median second {np.median(waits):.2f} s)"
+        if worst["cpu_wait_s"] is not None and waits
+        else ""
+    )
     return [
         f"offered {r['offered_rate']:,.0f}/s for {r['duration_s']:g} s (achieved "
         f"{r['achieved_rate']:,.0f}/s) after {r['warm_up_tasks']:,} warm-up tasks, "
@@ -171,6 +191,8 @@ def table(r: dict[str, Any]) -> list[str]:
         f"the worker's receipt was the earlier bound for {r['worker_receipt_earlier']:.0%} of "
         "tasks",
         f"{describe_rounds(r['round_time'])}; worst second: #{worst['second']} "
-        f"p99 {worst['p99'] * 1e3:.1f} ms",
+        f"p99 {worst['p99'] * 1e3:.1f} ms{worst_wait}",
         f"CPU cores used while sending: {r['cpu_cores']}",
+        f"waited for a CPU (s per s): {r['cpu_wait']}; the machine's steal: "
+        f"{r['steal_cores']:.3f} cores",
     ]

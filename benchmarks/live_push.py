@@ -169,6 +169,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "first_assigned_after_s": at[0] - submitted[0],
         "round_time": spent,
         "cpu_cores": cpu,
+        "steal_cores": round(meter.steal, 3),
         "targets": {
             "rate": verdict(rate >= TARGET_RATE, f">= {TARGET_RATE:,.0f} tasks/s"),
             "ratio": verdict(rate / raw >= TARGET_RATIO, f">= {TARGET_RATIO}x raw"),
@@ -195,5 +196,5 @@ def table(r: dict[str, Any]) -> list[str]:
         f"push / raw = {r['ratio_raw']:.2f}x   push / raw-tx = {r['ratio_raw_tx1000']:.2f}x",
         f"window {r['window_s']:.2f} s: intake {r['intake_span_s']:.2f} s, first assigned at "
         f"{r['first_assigned_after_s']:.3f} s; {describe_rounds(r['round_time'])}",
-        f"CPU cores used: {r['cpu_cores']}",
+        f"CPU cores used: {r['cpu_cores']}; the machine's steal: {r['steal_cores']:.3f} cores",
     ]

@@ -163,3 +163,30 @@ def test_cpu_meter_leaves_out_a_process_gone_by_the_end() -> None:
     child.wait()
     shares = meter.stop()
     assert set(shares) == {"this"} and shares["this"] > 0
+
+
+def test_cpu_meter_sees_two_processes_wait_for_one_cpu() -> None:
+    busy = (
+        "import os, time\nos.sched_setaffinity(0, {0})\n"
+        "end = time.time() + 30\nwhile time.time() < end: pass"
+    )
+    children = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(2)]
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)  # both spinning on CPU 0
+        pids = {"a": children[0].pid, "b": children[1].pid, "idle": idle.pid}
+        meter = Meter(pids, every=0.25).start()
+        time.sleep(1.1)
+        cores = meter.stop()
+        waits = meter.wait_shares()
+    finally:
+        for child in (*children, idle):
+            child.kill()
+            child.wait()
+    # Sharing one CPU, each ran about half the time and waited about half.
+    assert cores["a"] + cores["b"] < 1.2, cores
+    assert waits["a"] > 0.25 and waits["b"] > 0.25, waits
+    assert waits["idle"] < 0.05, waits
+    intervals = meter.wait_by_interval()
+    assert len(intervals) == 5, intervals  # five sampled quarters, the last cut short by stop()
+    assert abs(sum(intervals) - (waits["a"] + waits["b"] + waits["idle"]) * meter.wall) < 0.05
