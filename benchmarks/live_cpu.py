@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -84,7 +85,7 @@ class Meter:
     ``wait_by_interval()``.
     """
 
-    def __init__(self, pids: dict[str, int | None], every: float | None = None) -> None:
+    def __init__(self, pids: Mapping[str, int | None], every: float | None = None) -> None:
         self.pids = {name: pid for name, pid in pids.items() if pid}
         self.before: dict[str, float] = {}
         self.after: dict[str, float] = {}

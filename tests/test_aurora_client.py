@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -14,7 +15,14 @@ from aurora.client import AuroraClient, TaskState
 from aurora.errors import AuroraError, AuroraWaitCancelled, AuroraWaitTimeout
 from aurora.local import LocalAurora
 
-SMALL = {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16}
+
+class Resources(TypedDict):
+    cpus: float
+    ram_mb: int
+    disk_mb: int
+
+
+SMALL: Resources = {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16}
 
 
 @pytest.fixture(scope="module")

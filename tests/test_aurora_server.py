@@ -115,6 +115,7 @@ def test_duplicate_job_is_invalid_request(aurora: LocalAurora) -> None:
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
     parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None, url
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
         conn.request("POST", "/api", body=body, headers=headers)

@@ -104,7 +104,7 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
     ids = cluster.submit(sleep_task("fine"), sleep_task("dup", 0.1), sleep_task("dup", 0.1))
     cluster.wait_states(ids)
     ledger = cluster.ledger()
-    wait_until(lambda: ledger.history("ghost"), 10, "the batch's valid result applied")
+    wait_until(lambda: bool(ledger.history("ghost")), 10, "the batch's valid result applied")
     assert [(h["state"], h["note"]) for h in ledger.history("ghost")] == [
         ("ignored-succeeded", "unknown task")
     ]

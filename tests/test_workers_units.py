@@ -66,7 +66,7 @@ def finals(runner: Runner) -> list[tuple[str, str, str | None]]:
 
 def test_a_short_task_reports_only_its_final_result(runner: Runner) -> None:
     runner.start(job("a"))
-    wait_for(lambda: runner.find(("a", 1)) and runner.find(("a", 1)).final, what="a to finish")
+    wait_for(lambda: (a := runner.find(("a", 1))) is not None and a.final, what="a to finish")
     reports, due = runner.take(hold=10)
     assert [(r.result.state, r.result.output) for r in reports] == [("succeeded", {"ok": True})]
     assert due is None

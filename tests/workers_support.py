@@ -134,21 +134,21 @@ class Client:
             finals = [r for r in self.of(task_id) if r.state != "running"]
             return finals[-1] if finals else None
 
-        return wait_for(done, timeout, f"the final result of {task_id}")  # type: ignore[no-any-return]
+        return wait_for(done, timeout, f"the final result of {task_id}")
 
     def running(self, task_id: str, timeout: float = 15.0) -> TaskResult:
         def started() -> TaskResult | None:
             self._drain_results()
             return next((r for r in self.of(task_id) if r.state == "running"), None)
 
-        return wait_for(started, timeout, f"{task_id} to be running")  # type: ignore[no-any-return]
+        return wait_for(started, timeout, f"{task_id} to be running")
 
     def dead(self, timeout: float = 15.0) -> tuple[dict[str, Any], bytes]:
         def get() -> tuple[dict[str, Any], bytes] | None:
             method, props, body = self.channel.basic_get(DEAD, auto_ack=True)
             return (dict(props.headers or {}), body) if method else None
 
-        return wait_for(get, timeout, "a message on mm.dead")  # type: ignore[no-any-return]
+        return wait_for(get, timeout, "a message on mm.dead")
 
     def depth(self, queue: str) -> int:
         return int(self.channel.queue_declare(queue, passive=True).method.message_count)
