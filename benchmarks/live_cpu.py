@@ -1,8 +1,8 @@
 """CPU seconds per process from /proc, to see where a live run's time goes.
 
 ``Meter`` samples two things of named processes (the scheduler, the workers,
-the broker's ``beam.smp``) at the start and the end of a window, and each
-second in between when asked:
+the broker's ``beam.smp``) at the start and the end of a window (the second
+also at a given interval in between, when asked):
 
 - user+system CPU (``/proc/<pid>/stat``); the difference over the wall time
   is the share of a core each one used;
