@@ -90,7 +90,7 @@ class Meter:
         self.before: dict[str, float] = {}
         self.after: dict[str, float] = {}
         self.wall = 0.0
-        self.steal = 0.0
+        self.steal = 0.0  # cores the hypervisor took over the window
         self.samples: list[dict[str, Waits]] = []  # at start, each interval, and at stop
         self._every = every
         self._t0 = 0.0
@@ -107,14 +107,15 @@ class Meter:
         self.before = {n: cpu_seconds(p) or 0.0 for n, p in self.pids.items()}
         self.samples = [self._waits()]
         if self._every:
-            self._sampler = threading.Thread(target=self._sample, args=(self._every,), daemon=True)
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
             self._sampler.start()
         return self
 
-    def _sample(self, every: float) -> None:
+    def _sample(self) -> None:
+        assert self._every
         tick = self._t0
         while True:
-            tick += every
+            tick += self._every
             if self._done.wait(max(0.0, tick - time.monotonic())):
                 return
             self.samples.append(self._waits())
@@ -125,7 +126,8 @@ class Meter:
         if self._sampler is not None:
             self._sampler.join()
         self.wall = time.monotonic() - self._t0
-        self.steal = (steal_seconds() - self._steal0) / self.wall if self.wall > 0 else 0.0
+        if self.wall > 0:
+            self.steal = round((steal_seconds() - self._steal0) / self.wall, 3)
         ends = {n: cpu_seconds(p) for n, p in self.pids.items()}
         self.after = {n: seconds for n, seconds in ends.items() if seconds is not None}
         self.samples.append(self._waits())

@@ -100,7 +100,7 @@ def _matchmaker(env: Env, tasks: int, slots: int) -> dict[str, Any]:
         "window_s": last - first,
         "last_finish_to_recorded_s": last - finished,
         "cpu_cores": cpu,
-        "steal_cores": round(meter.steal, 3),
+        "steal_cores": meter.steal,
         "round_time": spent,
     }
 

@@ -138,7 +138,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "round_time": rounds(cluster, float(sent_at.min()), float(queued.max()) + 1.0),
         "cpu_cores": cpu,
         "cpu_wait": meter.wait_shares(),
-        "steal_cores": round(meter.steal, 3),
+        "steal_cores": meter.steal,
         "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
         "targets": {
             "p99": verdict(stats["p99"] <= TARGET_P99, f"p99 <= {TARGET_P99 * 1e3:.0f} ms"),
@@ -174,7 +174,7 @@ def table(r: dict[str, Any]) -> list[str]:
     worst_wait = (
         f" (the processes waited {worst['cpu_wait_s']:.2f} s for a CPU in it; "
         f"median second {np.median(waits):.2f} s)"
-        if worst["cpu_wait_s"] is not None and waits
+        if worst["cpu_wait_s"] is not None
         else ""
     )
     return [

@@ -169,7 +169,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "first_assigned_after_s": at[0] - submitted[0],
         "round_time": spent,
         "cpu_cores": cpu,
-        "steal_cores": round(meter.steal, 3),
+        "steal_cores": meter.steal,
         "targets": {
             "rate": verdict(rate >= TARGET_RATE, f">= {TARGET_RATE:,.0f} tasks/s"),
             "ratio": verdict(rate / raw >= TARGET_RATIO, f">= {TARGET_RATIO}x raw"),
