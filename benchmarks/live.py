@@ -43,7 +43,7 @@ from matchmaker.config import Config
 from matchmaker.local import ClusterError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
-JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (README, Decisions)
+JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (docs/operations.md)
 
 
 def parser() -> argparse.ArgumentParser:
