@@ -327,9 +327,10 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
         raise MessageError(f"not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")
-    if body.get("v") != VERSION:
+    version = body.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
         raise MessageError(
-            f"unsupported message version {body.get('v')!r} (this is version {VERSION})"
+            f"unsupported message version {version!r:.20} (this is version {VERSION})"
         )
     kind = body.get("kind", "submit")
     allowed = expect or tuple(_DECODERS)
