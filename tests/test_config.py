@@ -41,3 +41,15 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, fragment: str) -
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load(tmp_path / "absent.toml")
+
+
+def test_the_configuration_reference_is_current() -> None:
+    from pathlib import Path
+
+    from matchmaker import configdoc
+
+    assert configdoc.missing() == [], "describe these fields in matchmaker/configdoc.py"
+    reference = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert configdoc.is_current(reference), "run: python -m matchmaker.configdoc > " + str(
+        reference
+    )

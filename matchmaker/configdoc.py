@@ -1,0 +1,80 @@
+"""The configuration reference, generated from ``Config``: ``docs/configuration.md``.
+
+``python -m matchmaker.configdoc > docs/configuration.md`` writes it; a test checks that
+every field of ``Config`` has a description here and that the file is current.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from matchmaker.config import Config
+
+DESCRIPTIONS: dict[str, str] = {
+    "broker_url": "AMQP URL of the broker: `amqp://` or `amqps://` (TLS), user, host, port "
+    "and vhost.",
+    "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
+    "inventory from.",
+    "serf_auth_key": "The Serf agent's RPC auth key.",
+    "state_dir": "Directory of the scheduler's state (the ledger).",
+    "round_interval": "Seconds between full turns of the loop while work comes in: intake, "
+    "one commit and a round.",
+    "strategy": "`spread` balances load across workers; `binpack` fills the busiest first.",
+    "aging_interval": "Seconds of waiting that raise a task one priority band (0 disables aging).",
+    "preference_bonus": "Cost saved for each matched preference.",
+    "priority_weight": "Cost of one priority band (raised internally so that a preference "
+    "never beats priority).",
+    "metrics_port": "Port of the Prometheus endpoint; 0 turns it off.",
+    "task_types": "Task types the scheduler accepts.",
+    "retry_backoff": "Seconds before the first retry of a failed attempt; doubles each "
+    "attempt, at most 300 s.",
+    "result_grace": "Seconds past a task's timeout before an attempt with no result counts "
+    "as failed.",
+    "log_format": "`text` or `json` (one object a line).",
+    "log_level": "DEBUG, INFO, WARNING or ERROR.",
+}
+
+HEADER = """# Configuration reference
+
+Generated from `matchmaker.config.Config` by `python -m matchmaker.configdoc`; a test keeps
+it current.
+
+Precedence: defaults < TOML file (`--config PATH` or `MM_CONFIG`) < environment (`MM_` and
+the key in capitals, e.g. `MM_BROKER_URL`) < command-line flags (the key with dashes, e.g.
+`--broker-url`). A list is a TOML array, or commas in the environment and flags.
+
+| key | environment | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) or "(empty)"
+    if value == "":
+        return "(empty)"
+    return str(value)
+
+
+def render() -> str:
+    rows, defaults = [], Config()
+    for f in fields(Config):
+        default = getattr(defaults, f.name)
+        text = DESCRIPTIONS.get(f.name, "").replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `MM_{f.name.upper()}` | `{_default(default)}` | {text} |")
+    return HEADER + "\n".join(rows) + "\n"
+
+
+def missing() -> list[str]:
+    """Fields of ``Config`` without a description."""
+    return [f.name for f in fields(Config) if f.name not in DESCRIPTIONS]
+
+
+def is_current(path: Path) -> bool:
+    return path.exists() and path.read_text() == render()
+
+
+if __name__ == "__main__":
+    print(render(), end="")
