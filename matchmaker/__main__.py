@@ -102,7 +102,12 @@ def _request(text: str, where: str) -> TaskRequest:
 
 
 def _send(config: Config, messages: Sequence[Single]) -> None:
-    broker.send_requests(config.broker_url, map(encode, messages), name="matchmaker-cli")
+    broker.send_requests(
+        config.broker_url,
+        map(encode, messages),
+        name="matchmaker-cli",
+        tls=broker.TLSFiles.of(config),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,6 +219,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"
     )
+    common.add_argument(
+        "--broker-ca", dest="broker_ca", help="CA file the broker's certificate must verify against"
+    )
+    common.add_argument("--broker-cert", dest="broker_cert", help="client certificate (mTLS)")
+    common.add_argument("--broker-key", dest="broker_key", help="the client certificate's key")
     common.add_argument("--serf-rpc", dest="serf_rpc", help="the local Serf agent's RPC address")
     common.add_argument("--serf-auth-key", dest="serf_auth_key", help="Serf RPC auth key")
     common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import ssl
+import stat
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import pika
 import pika.exceptions
@@ -75,12 +79,123 @@ def _reason(error: BaseException) -> str:
     return str(error).strip() or error.__class__.__name__
 
 
-def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.BlockingConnection:
+class _HasTLS(Protocol):
+    @property
+    def broker_ca(self) -> str: ...
+    @property
+    def broker_cert(self) -> str: ...
+    @property
+    def broker_key(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """What an ``amqps://`` connection trusts and shows: the CA file that must have signed
+    the broker's certificate (empty: the system trust store) and, for mutual TLS, a client
+    certificate and its key (PEM files)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @classmethod
+    def of(cls, config: _HasTLS) -> TLSFiles:
+        """The files named by a configuration's ``broker_ca``, ``broker_cert``, ``broker_key``."""
+        return cls(config.broker_ca, config.broker_cert, config.broker_key)
+
+    @property
+    def trusted(self) -> str:
+        return self.ca or "the system trust store"
+
+
+def tls_options(url: str, tls: TLSFiles | None) -> pika.SSLOptions | None:
+    """TLS for an ``amqps://`` URL, None for ``amqp://``: the broker's certificate must
+    verify against ``tls.ca`` and match the URL's host (pika's own amqps default checks
+    neither). BrokerError if a file cannot be used or TLS files come with ``amqp://``."""
+    tls = tls or TLSFiles()
+    params = pika.URLParameters(url)
+    if params.ssl_options is None:
+        if tls != TLSFiles():
+            raise BrokerError(
+                f"broker_ca, broker_cert and broker_key apply to amqps:// URLs only, and the "
+                f"broker at {describe(url)} is given as amqp:// (use amqps:// or drop them)"
+            )
+        return None
+    if tls.key and not tls.cert:
+        raise BrokerError("broker_key is set without broker_cert (the client certificate)")
+    for key, path in (("broker_ca", tls.ca), ("broker_cert", tls.cert), ("broker_key", tls.key)):
+        try:
+            regular = not path or stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as error:
+            raise BrokerError(f"cannot read {key} {path}: {_reason(error)}") from None
+        if not regular:
+            raise BrokerError(f"{key} {path} is not a regular file")
+    try:
+        context = ssl.create_default_context(cafile=tls.ca or None)
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key or None)
+    except ssl.SSLError as error:
+        files = ", ".join(f for f in (tls.ca, tls.cert, tls.key) if f)
+        why = str(error.reason or error).lower().replace("_", " ")
+        raise BrokerError(f"cannot use the TLS files {files}: {why}") from None
+    except OSError as error:
+        raise BrokerError(f"cannot read the TLS files: {_reason(error)}") from None
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return pika.SSLOptions(context, params.host)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and those it wraps (pika nests the socket's error in its own)."""
+    chain = [error]
+    while len(chain) < 10:
+        inner = getattr(chain[-1], "exception", None)
+        if inner is None and chain[-1].args and isinstance(chain[-1].args[0], BaseException):
+            inner = chain[-1].args[0]
+        if not isinstance(inner, BaseException):
+            break
+        chain.append(inner)
+    return chain
+
+
+def _tls_refusal(url: str, tls: TLSFiles | None, error: BaseException) -> str | None:
+    """The sentence for a TLS failure no retry can fix, or None for any other error."""
+    where = describe(url)
+    for item in _chain(error):
+        if isinstance(item, ssl.SSLCertVerificationError):
+            why = str(item.verify_message or item.reason or item).rstrip(".")
+            trusted = (tls or TLSFiles()).trusted
+            return (
+                f"the broker at {where} presented a certificate that does not verify "
+                f"against {trusted}: {why}"
+            )
+        alert = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(\\'\"]+)", str(item))
+        if alert is not None and alert.group(1).endswith("CERTIFICATE_REQUIRED"):
+            return f"the broker at {where} requires a client certificate (broker_cert, broker_key)"
+        if alert is not None:
+            hint = " (a plain AMQP port? use amqp://)" if "VERSION_NUMBER" in alert.group(1) else ""
+            why = alert.group(2).strip()
+            return f"the TLS handshake with the broker at {where} failed: {why}{hint}"
+    return None
+
+
+def _handshake_hint(error: BaseException, plain: bool) -> str:
+    """``_reason``, or what a closed AMQP handshake on a plain connection usually means."""
+    if plain and isinstance(error, pika.exceptions.IncompatibleProtocolError):
+        return "it closed the connection during the AMQP handshake (a TLS port? use amqps://)"
+    return _reason(error)
+
+
+def connect(
+    url: str, *, attempts: int = 1, name: str = "matchmaker", tls: TLSFiles | None = None
+) -> pika.BlockingConnection:
     """A blocking connection; retries with backoff ``attempts`` times, then BrokerError.
 
-    Its deliveries are parsed by ``frames.DeliveryReader`` (pika's path costs
-    more than the rest of taking in a message)."""
+    ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
+    not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
+    (pika's path costs more than the rest of taking in a message)."""
     params = pika.URLParameters(url)
+    params.ssl_options = tls_options(url, tls)
     params.client_properties = {"connection_name": name}
     params.heartbeat = 30
     params.blocked_connection_timeout = 60
@@ -95,16 +210,13 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
         except pika.exceptions.ProbableAccessDeniedError:
             raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
         except (pika.exceptions.AMQPError, OSError) as error:
+            refusal = _tls_refusal(url, tls, error) if params.ssl_options else None
+            if refusal is not None:
+                raise BrokerError(refusal) from None
+            why = _handshake_hint(error, plain=params.ssl_options is None)
             if attempt == attempts:
-                raise BrokerError(
-                    f"cannot reach the broker at {describe(url)}: {_reason(error)}"
-                ) from None
-            log.warning(
-                "broker %s unreachable (%s); retrying in %.1fs",
-                describe(url),
-                _reason(error),
-                delay,
-            )
+                raise BrokerError(f"cannot reach the broker at {describe(url)}: {why}") from None
+            log.warning("broker %s unreachable (%s); retrying in %.1fs", describe(url), why, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
@@ -148,10 +260,16 @@ def declare_pull(channel: BlockingChannel, task_type: str) -> str:
     return queue
 
 
-def send_requests(url: str, bodies: Iterable[bytes], *, name: str = "matchmaker-client") -> None:
+def send_requests(
+    url: str,
+    bodies: Iterable[bytes],
+    *,
+    name: str = "matchmaker-client",
+    tls: TLSFiles | None = None,
+) -> None:
     """Publish encoded requests to mm.requests in transactions of 1000: once this returns,
     the broker has stored them all."""
-    connection = connect(url, name=name)
+    connection = connect(url, name=name, tls=tls)
     try:
         channel = connection.channel()
         declare_core(channel)

@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     broker_url: str = DEFAULT_URL
+    broker_ca: str = ""
+    broker_cert: str = ""
+    broker_key: str = ""
     serf_rpc: str = "127.0.0.1:7373"
     serf_auth_key: str = ""
     state_dir: Path = Path("state")

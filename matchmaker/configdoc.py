@@ -15,6 +15,10 @@ from matchmaker.config import Config
 DESCRIPTIONS: dict[str, str] = {
     "broker_url": "AMQP URL of the broker: `amqp://` or `amqps://` (TLS), user, host, port "
     "and vhost.",
+    "broker_ca": "PEM file of the CA that signed the broker's certificate, for `amqps://` "
+    "(empty: the system trust store); the certificate must also match the URL's host.",
+    "broker_cert": "PEM client certificate for mutual TLS with the broker (`amqps://` only).",
+    "broker_key": "PEM private key of `broker_cert` (empty: the key is in that file).",
     "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
     "inventory from.",
     "serf_auth_key": "The Serf agent's RPC auth key.",

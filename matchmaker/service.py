@@ -195,7 +195,10 @@ class Scheduler:
 
     def _serve(self) -> None:
         connection = broker.connect(
-            self.config.broker_url, attempts=30, name="matchmaker-scheduler"
+            self.config.broker_url,
+            attempts=30,
+            name="matchmaker-scheduler",
+            tls=broker.TLSFiles.of(self.config),
         )
         self.connection = connection
         control = self._lead(connection)

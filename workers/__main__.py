@@ -41,6 +41,22 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("MM_BROKER_URL", DEFAULT_URL),
         help="AMQP URL (default: $MM_BROKER_URL or the local matchmaker vhost)",
     )
+    p.add_argument(
+        "--broker-ca",
+        default=os.environ.get("MM_BROKER_CA", ""),
+        help="CA file the broker's certificate must verify against, for amqps:// "
+        "(default: $MM_BROKER_CA, else the system trust store)",
+    )
+    p.add_argument(
+        "--broker-cert",
+        default=os.environ.get("MM_BROKER_CERT", ""),
+        help="client certificate for mutual TLS (default: $MM_BROKER_CERT)",
+    )
+    p.add_argument(
+        "--broker-key",
+        default=os.environ.get("MM_BROKER_KEY", ""),
+        help="the client certificate's key (default: $MM_BROKER_KEY)",
+    )
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
     p.add_argument("--aurora-url", default="http://127.0.0.1:8081")
@@ -97,6 +113,9 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         attributes=attributes,
         mode=args.mode,
         broker_url=args.broker_url,
+        broker_ca=args.broker_ca,
+        broker_cert=args.broker_cert,
+        broker_key=args.broker_key,
         serf=serf,
         aurora_url=args.aurora_url,
         grace=args.grace,

@@ -45,6 +45,9 @@ class WorkerConfig:
     attributes: dict[str, str] = field(default_factory=dict)
     mode: Literal["push", "pull"] = "push"
     broker_url: str = DEFAULT_URL
+    broker_ca: str = ""
+    broker_cert: str = ""
+    broker_key: str = ""
     serf: SerfConfig | None = None
     sandbox: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mm-sandbox")
     aurora_url: str = "http://127.0.0.1:8081"

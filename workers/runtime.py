@@ -53,6 +53,7 @@ from matchmaker.broker import (
     PERSISTENT,
     RESULTS,
     BrokerError,
+    TLSFiles,
     connect,
     dead_letter_properties,
     declare_core,
@@ -188,7 +189,12 @@ class Worker:
         Raises ``BrokerError`` if the broker cannot be reached or refuses the
         topology at start-up.
         """
-        conn = connect(self.config.broker_url, attempts=1, name=f"worker {self.config.name}")
+        conn = connect(
+            self.config.broker_url,
+            attempts=1,
+            name=f"worker {self.config.name}",
+            tls=TLSFiles.of(self.config),
+        )
         status = 1
         try:
             if self.presence is not None:
@@ -253,7 +259,10 @@ class Worker:
                     return None
             try:
                 conn = connect(
-                    self.config.broker_url, attempts=1, name=f"worker {self.config.name}"
+                    self.config.broker_url,
+                    attempts=1,
+                    name=f"worker {self.config.name}",
+                    tls=TLSFiles.of(self.config),
                 )
                 channels = self._open(conn)
             except (BrokerError, pika.exceptions.AMQPError) as error:
