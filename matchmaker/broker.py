@@ -15,13 +15,14 @@ Declaring is idempotent: whichever side needs a queue declares it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import ssl
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,10 +181,30 @@ def _tls_refusal(url: str, tls: TLSFiles | None, error: BaseException) -> str | 
 
 
 def _handshake_hint(error: BaseException, plain: bool) -> str:
-    """``_reason``, or what a closed AMQP handshake on a plain connection usually means."""
-    if plain and isinstance(error, pika.exceptions.IncompatibleProtocolError):
+    """``_reason``, or what a connection closed at the AMQP handshake usually means: on a
+    plain connection, a TLS port; after a TLS handshake, a client certificate the broker
+    refused (TLS 1.3 checks it after the client's side of the handshake is done)."""
+    if not isinstance(error, pika.exceptions.IncompatibleProtocolError):
+        return _reason(error)
+    if plain:
         return "it closed the connection during the AMQP handshake (a TLS port? use amqps://)"
-    return _reason(error)
+    return (
+        "it closed the connection after the TLS handshake (a client certificate it requires "
+        "or does not trust? see broker_cert, broker_key)"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_pika() -> Iterator[None]:
+    """pika logs a failed connection attempt as ERRORs with tracebacks; ``connect`` says
+    why in one sentence instead, so pika is held to CRITICAL while it connects."""
+    pika_log = logging.getLogger("pika")
+    level = pika_log.level
+    pika_log.setLevel(max(level, logging.CRITICAL))
+    try:
+        yield
+    finally:
+        pika_log.setLevel(level)
 
 
 def connect(
@@ -202,7 +223,8 @@ def connect(
     delay = 0.2
     for attempt in range(1, attempts + 1):
         try:
-            connection = pika.BlockingConnection(params)
+            with _quiet_pika():
+                connection = pika.BlockingConnection(params)
             read_deliveries(connection)
             return connection
         except pika.exceptions.ProbableAuthenticationError:
