@@ -82,6 +82,8 @@ class Group:
 
     def head(self) -> Task:
         """The oldest task, due or not (the group is not empty)."""
+        if not self.fresh and not self.runs:
+            return next(iter(self.arrived.values())).task
         self._settle()
         firsts = [next(iter(run.values())) for run in (self.arrived, *self.runs) if run]
         return min(firsts, key=_age).task
