@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from matchmaker.backlog import Backlog
@@ -66,6 +66,8 @@ class Book:
     counters: dict[str, int] = field(default_factory=dict)
     deadlines: list[tuple[float, str]] = field(default_factory=list)  # heap
     running_count: int = 0
+    on_open: Callable[[OpenTask], None] | None = None  # a task was recorded or restored open
+    on_close: Callable[[OpenTask], None] | None = None  # it succeeded, died or was cancelled
 
     # -- bookkeeping ----------------------------------------------------------
 
@@ -95,6 +97,10 @@ class Book:
         self.pending.pop(t.request.id)
         if t.worker is not None:
             self.by_worker.get(t.worker, set()).discard(t.request.id)
+
+    def _closed(self, t: OpenTask) -> None:
+        if self.on_close is not None:
+            self.on_close(t)
 
     def _requeue(self, t: OpenTask, now: float, note: str, delay: float = 0.0) -> None:
         """Back to pending with the next attempt (the caller checked max_attempts)."""
@@ -134,6 +140,8 @@ class Book:
             else:
                 t.deadline = (row.assigned_at or row.updated_at) + row.timeout + self.result_grace
                 self._fly(t, row.worker)
+            if self.on_open is not None:
+                self.on_open(t)
 
     def submit(self, requests: list[TaskRequest], now: float) -> int:
         """Record new tasks; duplicates of known ids are ignored. Returns how many were new."""
@@ -141,14 +149,23 @@ class Book:
         for r in added:
             t = OpenTask(r, make_task(r, now))
             self.pending.add(t)
+            if self.on_open is not None:
+                self.on_open(t)
             self.events.append(Event(r.id, "pending", 1, None, now, "submitted"))
         self.count("submitted", len(added))
         self.count("duplicates", len(requests) - len(added))
         return len(added)
 
-    def due(self, now: float, limit: int | None = None) -> list[Task]:
-        """Pending tasks whose backoff is over; with ``limit``, the oldest that many per group."""
-        return self.pending.oldest(now, limit)
+    def due(
+        self,
+        now: float,
+        limit: int | None = None,
+        classes: int | None = None,
+        aging_interval: float = 0.0,
+    ) -> list[Task]:
+        """Pending tasks whose backoff is over; with ``limit``, the oldest that many per group;
+        with ``classes``, of that many groups at most (``Backlog.oldest``)."""
+        return self.pending.oldest(now, limit, classes, aging_interval)
 
     def dispatching(self, items: list[tuple[str, str]], now: float) -> None:
         """Dispatches of (id, worker) pairs are on their way: the slots are taken."""
@@ -211,6 +228,7 @@ class Book:
             self.ledger.update(r.id, now, state="succeeded", **ran, **done)
             self._event(t, "succeeded", now)
             self.count("succeeded")
+            self._closed(t)
             return "succeeded"
         return self.fail(t, r.error or "failed without a message", now, finished_at=r.finished_at)
 
@@ -224,6 +242,7 @@ class Book:
             self.ledger.update(t.request.id, now, state="dead")
             self._event(t, "dead", now, f"gave up after {t.attempt} attempts: {error}")
             self.count("dead")
+            self._closed(t)
             return "dead"
         delay = min(self.retry_backoff * 2 ** (t.attempt - 1), MAX_BACKOFF)
         self._requeue(t, now, f"retry in {delay:g}s", delay)
@@ -249,6 +268,7 @@ class Book:
         t.state = "cancelled"
         self.ledger.update(task_id, now, state="cancelled", finished_at=now)
         self._event(t, "cancelled", now)
+        self._closed(t)
         return True, worker
 
     def expire(self, now: float) -> int:

@@ -4,6 +4,12 @@ The file is ``--config PATH`` (or ``MM_CONFIG``); its keys are the field names
 below, at the top level. Environment variables are ``MM_`` plus the field
 name in capitals (``MM_BROKER_URL``, ``MM_ROUND_INTERVAL``...). Flags are the
 field names with dashes (``--broker-url``).
+
+Quotas (``matchmaker.limits``): the submit rate per owner is off by default,
+since a rate one benchmark client passes (20,000 tasks/s) is about all one
+scheduler takes in; ``max_pending_per_owner`` bounds a flood instead.
+``max_priority_by_role`` is a table (``{client = 7, admin = 9}``) or
+``client=7,admin=9``; a role it does not name may not submit.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from matchmaker.broker import DEFAULT_URL
-from matchmaker.models import STRATEGIES
+from matchmaker.models import MAX_PRIORITY, STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -42,6 +48,11 @@ class Config:
     result_grace: float = 30.0
     log_format: str = "text"
     log_level: str = "INFO"
+    max_pending_per_owner: int = 100_000  # open tasks (pending or in flight); 0: no limit
+    submit_rate_per_owner: float = 0.0  # tasks/s, a token bucket; 0: no limit
+    submit_burst: int = 10_000  # tokens an owner may save up (with a rate)
+    max_priority_by_role: tuple[tuple[str, int], ...] = (("admin", 9), ("client", 7))
+    max_classes_per_round: int = 1_000  # task classes one round considers; 0: no limit
 
     @property
     def ledger_path(self) -> Path:
@@ -60,11 +71,42 @@ class Config:
             raise ConfigError("log_format must be text or json")
         if not self.task_types:
             raise ConfigError("task_types must name at least one task type")
+        self._check_limits()
         return self
+
+    def _check_limits(self) -> None:
+        for name in ("max_pending_per_owner", "submit_rate_per_owner", "max_classes_per_round"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0 (0 turns the limit off)")
+        if self.submit_rate_per_owner and self.submit_burst < 1:
+            raise ConfigError("submit_burst must be at least 1 when submit_rate_per_owner is set")
+        for role, cap in self.max_priority_by_role:
+            if not 0 <= cap <= MAX_PRIORITY:
+                raise ConfigError(
+                    f"max_priority_by_role: the cap of {role!r} must be 0..{MAX_PRIORITY}"
+                )
+
+
+def _role_caps(name: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """A TOML table ``{client = 7}``, pairs, or ``"client=7,admin=9"``: (role, cap) pairs."""
+    if isinstance(value, str):
+        pairs: list[Any] = [p.split("=", 1) for p in value.split(",") if p.strip()]
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = list(value)
+    out = []
+    for pair in pairs:
+        if len(pair) != 2 or isinstance(pair[1], bool) or not str(pair[0]).strip():
+            raise ConfigError(f"{name}: write role=cap pairs, e.g. client=7,admin=9")
+        out.append((str(pair[0]).strip(), int(str(pair[1]).strip())))
+    return tuple(out)
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
     try:
+        if name == "max_priority_by_role":
+            return _role_caps(name, value)
         if kind == "Path" or kind is Path:
             return Path(value)
         if kind in ("float", float):
@@ -75,6 +117,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: cannot use {value!r} ({kind})") from None
 

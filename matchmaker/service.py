@@ -50,12 +50,13 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
-from matchmaker.book import Book, Event
+from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
 from matchmaker.frames import DeliveryReader, consume, reader_of
 from matchmaker.ledger import Ledger
+from matchmaker.limits import Quotas
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     VERSION,
@@ -85,6 +86,21 @@ HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
+SENDER = ("", "admin")  # (owner, role) of every request while all senders share one broker user
+
+
+def owner_of(t: OpenTask) -> str:
+    """The task's owner, as its request recorded it."""
+    return SENDER[0]
+
+
+def quotas_of(config: Config) -> Quotas:
+    return Quotas(
+        config.max_pending_per_owner,
+        config.submit_rate_per_owner,
+        config.submit_burst,
+        dict(config.max_priority_by_role),
+    )
 
 
 def settle_garbage_collector() -> None:
@@ -116,7 +132,8 @@ class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
-        self.book = Book(self.ledger, config.retry_backoff, config.result_grace)
+        self.quotas = quotas_of(config)
+        self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port)
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Inventory | None = None
@@ -175,6 +192,14 @@ class Scheduler:
                 self.connection.close()
             log.info("scheduler stopped")
 
+    def _new_book(self) -> Book:
+        """An empty book; the quotas count what it opens and closes from now on."""
+        self.quotas.forget_open()
+        book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
+        book.on_open = lambda t: self.quotas.opened(owner_of(t))
+        book.on_close = lambda t: self.quotas.closed(owner_of(t))
+        return book
+
     def _lead(self, connection: pika.BlockingConnection) -> BlockingChannel:
         """Wait until this scheduler holds the leader queue; returns a fresh channel."""
         announced = False
@@ -204,7 +229,7 @@ class Scheduler:
         control = self._lead(connection)
         broker.declare_core(control)
         # Leading now: the ledger is the truth (a previous leader may have written it).
-        self.book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
+        self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
         self.reasons.clear()
@@ -387,7 +412,11 @@ class Scheduler:
                         )
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
-                    new.setdefault(message.id, message)
+                    if message.id not in new:
+                        refusal = self.quotas.admit(*SENDER, message.priority)
+                        if refusal is not None:
+                            raise MessageError(refusal)
+                        new[message.id] = message
                 elif control is None:
                     break
                 else:
@@ -409,6 +438,7 @@ class Scheduler:
             self.book.submit(list(new.values()), now)
             new.clear()
             self.dirty = True
+        self.quotas.settle()
 
     def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
         was_open, worker = self.book.cancel(task_id, now)
@@ -502,7 +532,12 @@ class Scheduler:
         self.last_round, self.dirty = turn, False
         workers = self._loaded_workers()
         free = sum(w.free for w in workers)
-        tasks = self.book.due(started, limit=max(free, MIN_CONSIDERED))
+        tasks = self.book.due(
+            started,
+            limit=max(free, MIN_CONSIDERED),
+            classes=self.config.max_classes_per_round or None,
+            aging_interval=self.config.aging_interval,
+        )
         result = plan(tasks, workers, self._policy(started))
         planned = time.time()
         placed = list(result.assignments.items())
