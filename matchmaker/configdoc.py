@@ -38,6 +38,14 @@ DESCRIPTIONS: dict[str, str] = {
     "as failed.",
     "log_format": "`text` or `json` (one object a line).",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "max_pending_per_owner": "Open tasks (pending or in flight) one owner may have; a request "
+    "past it is dead-lettered with the reason. 0: no limit.",
+    "submit_rate_per_owner": "Tasks per second one owner may submit (a token bucket). 0: no limit.",
+    "submit_burst": "Tokens an owner may save up under `submit_rate_per_owner`.",
+    "max_priority_by_role": "Highest priority each role may use (`client=7,admin=9`); a role "
+    "not listed may not submit.",
+    "max_classes_per_round": "Task classes one round considers, highest priority then oldest "
+    "first; the rest wait for later rounds. 0: no limit.",
 }
 
 HEADER = """# Configuration reference
@@ -55,6 +63,8 @@ the key in capitals, e.g. `MM_BROKER_URL`) < command-line flags (the key with da
 
 
 def _default(value: Any) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        return ",".join(f"{k}={v}" for k, v in value)
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value) or "(empty)"
     if value == "":
