@@ -8,9 +8,20 @@ its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
 waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
 messages with the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
-cancellations (routing key ``cancel.<worker>``).
+cancellations (routing key ``cancel.<worker>``), bound by the scheduler to each
+worker's control queue ``mm.control.<worker>``.
 
-Declaring is idempotent: whichever side needs a queue declares it.
+Publishing rights are per exchange (docs/security.md), and the right to write
+the default exchange is the right to write every queue, which only the
+scheduler has. Clients publish requests to the direct exchange ``mm.requests``
+and workers their results, and the messages they dead-letter, to the direct
+exchange ``mm.results``; each routes by the name of the queue it feeds
+(``route``): ``mm.requests`` -> queue ``mm.requests``; ``mm.results`` -> queues
+``mm.results`` and ``mm.dead``.
+
+Declaring is idempotent. The scheduler (or the setup) declares the core
+objects; a process without the right to configure them checks they exist
+(``ensure_core``) and says what to run if they do not.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ DEAD = "mm.dead"
 EVENTS = "mm.events"
 CONTROL = "mm.control"
 DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
+ROUTES = {REQUESTS: REQUESTS, RESULTS: RESULTS, DEAD: RESULTS}  # queue -> the exchange feeding it
 QUEUE_TYPES = ("classic", "quorum")
 QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "classic")
 
@@ -50,8 +62,32 @@ def worker_queue(name: str) -> str:
     return f"mm.worker.{name}"
 
 
+def control_queue(name: str) -> str:
+    """A worker's queue of cancels. Not ``mm.worker.<name>.control``: a worker may be named
+    ``<name>.control``, and a worker's rights on its queues are by name."""
+    return f"mm.control.{name}"
+
+
 def pull_queue(task_type: str) -> str:
     return f"mm.pull.{task_type}"
+
+
+def route(queue: str) -> tuple[str, str]:
+    """(exchange, routing key) of a publish that should land on ``queue``: the core queues
+    through their exchanges (``ROUTES``), any other queue through the default exchange."""
+    exchange = ROUTES.get(queue)
+    return (exchange, queue) if exchange is not None else ("", queue)
+
+
+def sender(url: str) -> str:
+    """The broker user of ``url``: what the AMQP ``user_id`` of its messages must say."""
+    return pika.URLParameters(url).credentials.username
+
+
+def persistent(user: str | None) -> pika.BasicProperties:
+    """Properties of a persistent message sent by ``user`` (RabbitMQ checks ``user_id``
+    against the connection's user and refuses a message that claims another)."""
+    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, user_id=user)
 
 
 def describe(url: str) -> str:
@@ -128,18 +164,66 @@ def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
 
 
 def declare_core(channel: BlockingChannel) -> None:
-    """The scheduler's queues and exchanges."""
+    """The scheduler's queues and exchanges, and the bindings of ``ROUTES``."""
     _queue(channel, REQUESTS, **{"x-single-active-consumer": True})
     _queue(channel, RESULTS)
     _queue(channel, DEAD)
+    for queue, exchange in ROUTES.items():
+        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.queue_bind(queue, exchange, routing_key=queue)
     channel.exchange_declare(EVENTS, "topic", durable=True)
     channel.exchange_declare(CONTROL, "topic", durable=True)
 
 
-def declare_worker(channel: BlockingChannel, name: str) -> str:
+def ensure_core(connection: pika.BlockingConnection, url: str) -> None:
+    """The core objects exist: checked (which needs no rights), declared only if missing
+    (which needs the right to configure them), else a BrokerError that says what to run."""
+    probe = connection.channel()
+    try:
+        for name in (REQUESTS, RESULTS, DEAD):
+            probe.queue_declare(name, passive=True)
+        for exchange in (REQUESTS, RESULTS, EVENTS, CONTROL):
+            probe.exchange_declare(exchange, passive=True)
+        probe.close()
+        return
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 404:
+            raise
+    try:
+        declare_core(connection.channel())
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 403:
+            raise
+        raise BrokerError(
+            f"the broker at {describe(url)} lacks matchmaker's queues and user "
+            f"{sender(url)!r} may not create them: run scripts/broker.sh start (or start "
+            "the scheduler) first"
+        ) from None
+
+
+def declare_worker(channel: BlockingChannel, name: str, *, bind: bool = True) -> str:
+    """A worker's queue and its control queue; with ``bind``, the control queue bound to
+    ``mm.control`` for the worker's cancels (the scheduler's right, not a worker's)."""
     queue = worker_queue(name)
     _queue(channel, queue)
+    _queue(channel, control_queue(name))
+    if bind:
+        channel.queue_bind(control_queue(name), CONTROL, routing_key=f"cancel.{name}")
     return queue
+
+
+def bind_control(connection: pika.BlockingConnection, name: str) -> bool:
+    """Bind the worker's control queue if this user may (on a channel of its own, which a
+    refusal closes); False if it may not: the scheduler or the setup binds it."""
+    channel = connection.channel()
+    try:
+        channel.queue_bind(control_queue(name), CONTROL, routing_key=f"cancel.{name}")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 403:
+            raise
+        return False
+    channel.close()
+    return True
 
 
 def declare_pull(channel: BlockingChannel, task_type: str) -> str:
@@ -153,12 +237,14 @@ def send_requests(url: str, bodies: Iterable[bytes], *, name: str = "matchmaker-
     the broker has stored them all."""
     connection = connect(url, name=name)
     try:
+        ensure_core(connection, url)
         channel = connection.channel()
-        declare_core(channel)
         channel.tx_select()
         publish = queued_publish(channel)
+        exchange, key = route(REQUESTS)
+        properties = persistent(sender(url))
         for count, body in enumerate(bodies, 1):
-            publish("", REQUESTS, body, PERSISTENT)
+            publish(exchange, key, body, properties)
             if count % 1000 == 0:
                 channel.tx_commit()
         channel.tx_commit()
@@ -176,10 +262,15 @@ def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
         return ack if callable(ack) else channel.basic_ack
 
 
-def dead_letter_properties(reason: str, source: str) -> pika.BasicProperties:
-    """A dead letter's properties: persistent, the reason and the source queue in headers."""
+def dead_letter_properties(
+    reason: str, source: str, user: str | None = None
+) -> pika.BasicProperties:
+    """A dead letter's properties: persistent, the reason and the source queue in headers,
+    and, from a worker, its broker user as ``user_id`` (who says so)."""
     headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
-    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, headers=headers, user_id=user
+    )
 
 
 def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:
