@@ -14,13 +14,15 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
 
-from matchmaker import broker, logs
+from matchmaker import broker, identity, logs
 from matchmaker.config import Config, ConfigError, load
+from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
 from membership.errors import MembershipError
@@ -35,6 +37,27 @@ class UserError(Exception):
 def _config(args: argparse.Namespace) -> Config:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     return load(args.config, flags)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from matchmaker import users
+
+    secrets = Path(args.secrets)
+    if args.action == "setup":
+        made = users.setup(
+            args.vhost, secrets, workers=args.worker, clients=args.client or [identity.CLIENT],
+            rotate=args.rotate,
+        )  # fmt: skip
+    elif args.action == "add-worker":
+        made = [users.add_worker(args.name, args.vhost, secrets, rotate=args.rotate)]
+    elif args.action == "add-client":
+        made = [users.add_client(args.name, args.vhost, secrets, rotate=args.rotate)]
+    else:
+        users.remove(args.name, secrets)
+        print(f"removed {args.name}")
+        return 0
+    print(users.report(made))
+    return 0
 
 
 def _value(text: str) -> Any:
@@ -214,6 +237,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"
     )
+    common.add_argument(
+        "--broker-password-file",
+        dest="broker_password_file",
+        help="file with the broker URL's password (also MM_BROKER_PASSWORD_FILE)",
+    )
     common.add_argument("--serf-rpc", dest="serf_rpc", help="the local Serf agent's RPC address")
     common.add_argument("--serf-auth-key", dest="serf_auth_key", help="Serf RPC auth key")
     common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")
@@ -226,6 +254,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
     run.add_argument("--log-format", dest="log_format", choices=["text", "json"])
     run.add_argument("--log-level", dest="log_level")
+    run.add_argument(
+        "--trusted-users", dest="trusted_users", help="users who may report for any worker"
+    )
+    run.add_argument("--admin-users", dest="admin_users", help="users who may cancel any task")
     run.set_defaults(func=cmd_run)
 
     submit = sub.add_parser("submit", parents=[common], help="submit tasks")
@@ -259,7 +291,31 @@ def parser() -> argparse.ArgumentParser:
     drain.add_argument("worker")
     drain.add_argument("--undo", action="store_true", help="put the worker back in service")
     drain.set_defaults(func=cmd_drain)
+    _users_parser(sub)
     return top
+
+
+def _users_parser(sub: Any) -> None:
+    users = sub.add_parser("users", help="make the broker users of each role (docs/security.md)")
+    actions = users.add_subparsers(dest="action", required=True)
+    place = argparse.ArgumentParser(add_help=False)
+    place.add_argument("--vhost", default="matchmaker", help="broker vhost (default matchmaker)")
+    place.add_argument(
+        "--secrets", default="state/secrets", help="password files go here (default state/secrets)"
+    )
+    place.add_argument("--rotate", action="store_true", help="new passwords for these users")
+    setup = actions.add_parser(
+        "setup", parents=[place], help="the vhost, topology, scheduler, admin and client users"
+    )
+    setup.add_argument("--worker", action="append", default=[], help="a worker name (repeatable)")
+    setup.add_argument("--client", action="append", help="client users (default mm-client)")
+    for action, what in (("add-worker", "worker name"), ("add-client", "client user name")):
+        one = actions.add_parser(action, parents=[place], help=f"add a {what.split()[0]}")
+        one.add_argument("name", help=what)
+    remove = actions.add_parser("remove", help="delete a user and its password file")
+    remove.add_argument("name", help="the user name")
+    remove.add_argument("--secrets", default="state/secrets")
+    users.set_defaults(func=cmd_users)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (UserError, ConfigError, LedgerError, broker.BrokerError) as error:
+    except (UserError, ConfigError, LedgerError, broker.BrokerError, IdentityError) as error:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)

@@ -19,6 +19,7 @@ from types import FrameType
 
 from matchmaker import logs
 from matchmaker.broker import DEFAULT_URL, BrokerError
+from matchmaker.identity import resolve_url
 from workers.config import SerfConfig, WorkerConfig, parse_attribute
 from workers.presence import PresenceError, make_presence
 from workers.runtime import Worker
@@ -40,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
         "--broker-url",
         default=os.environ.get("MM_BROKER_URL", DEFAULT_URL),
         help="AMQP URL (default: $MM_BROKER_URL or the local matchmaker vhost)",
+    )
+    p.add_argument(
+        "--broker-password-file",
+        default=os.environ.get("MM_BROKER_PASSWORD_FILE"),
+        metavar="PATH",
+        help="file with the password of the URL's user (default: $MM_BROKER_PASSWORD_FILE)",
     )
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
@@ -96,7 +103,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         slots=args.slots,
         attributes=attributes,
         mode=args.mode,
-        broker_url=args.broker_url,
+        broker_url=resolve_url(args.broker_url, args.broker_password_file),
         serf=serf,
         aurora_url=args.aurora_url,
         grace=args.grace,
