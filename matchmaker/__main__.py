@@ -167,6 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"task      {row.id} ({row.type}, priority {row.priority})")
     print(f"state     {row.state}")
+    print(f"owner     {row.owner or '-'}")
     print(f"attempt   {row.attempt} of {row.max_attempts}")
     print(f"worker    {row.worker or '-'}")
     print(f"submitted {_when(row.submitted_at)}")

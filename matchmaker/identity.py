@@ -39,6 +39,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import orjson
 
 from matchmaker import broker
+from matchmaker.messages import MessageError
 
 SCHEDULER = "mm-scheduler"
 ADMIN = "mm-admin"
@@ -255,3 +256,46 @@ def definitions(
     if workers is not None:
         out.update(topology(vhost, workers))
     return out
+
+
+# -- senders -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Senders:
+    """What the scheduler lets a message's sender (its AMQP ``user_id``, which RabbitMQ
+    has checked against the sender's login) do.
+
+    ``required``: a message without ``user_id`` is refused; else it is anonymous
+    (owner ``''``) and trusted. ``trusted`` users may report for any worker and act
+    as admins (the single-user development setup); ``admins`` may cancel anyone's
+    task and drain workers. Anyone else reports only for the worker whose broker
+    user it is, and cancels only its own tasks.
+    """
+
+    required: bool = True
+    admins: frozenset[str] = frozenset({ADMIN})
+    trusted: frozenset[str] = frozenset()
+
+    def owner(self, user: str | None) -> str:
+        """Who sent a message: its user, '' if anonymous; MessageError if that is refused."""
+        if user is not None:
+            return user
+        if self.required:
+            raise MessageError(
+                "the message has no user_id: this scheduler requires authenticated senders"
+            )
+        return ""
+
+    def privileged(self, owner: str) -> bool:
+        """Trusted (or anonymous where that is allowed): any worker, any owner."""
+        return owner in self.trusted or (owner == "" and not self.required)
+
+    def admin(self, owner: str) -> bool:
+        return owner in self.admins or self.privileged(owner)
+
+    def reporting(self, owner: str, worker: str) -> str | None:
+        """Why ``owner`` may not report for ``worker``, or None if it may."""
+        if owner == worker_user(worker) or self.privileged(owner):
+            return None
+        return f"sent by {owner!r}: only {worker_user(worker)!r} reports for worker {worker}"

@@ -1,8 +1,10 @@
 """The task ledger: durable task states in embedded SQLite (WAL).
 
 One row per task, keyed by the client's id (so a second submit is a no-op),
-plus an append-only ``transitions`` log (every state change, stale and
-duplicate results included) and the set of drained workers.
+with its owner (the submitter's broker user, ``''`` when unknown: another
+owner's submit of a known id is a clash, ``add_owned``), plus an append-only
+``transitions`` log (every state change, stale and duplicate results
+included) and the set of drained workers.
 
 States: ``pending`` -> ``assigned`` -> ``running`` -> ``succeeded``; a failed
 attempt goes back to ``pending`` with attempt + 1 (after a backoff) or ends
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     output TEXT,
     error TEXT,
     reason TEXT,
-    received_at REAL
+    received_at REAL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(submitted_at) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS transitions (
@@ -90,9 +93,10 @@ CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
 
 INSERT_TASK = (
     "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
-    " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)"
+    " max_attempts, timeout, state, attempt, submitted_at, updated_at, owner)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?)"
 )
+Owned = tuple[TaskRequest, str]  # a request and its owner
 OPEN = "finished_at IS NULL AND state IN ('pending', 'assigned', 'running')"
 
 # Ledgers written before ``tasks_unfinished``: a retried task kept its failed attempt's
@@ -132,6 +136,7 @@ class TaskRow:
     error: str | None
     reason: str | None
     received_at: float | None = None  # when the worker took it off its queue
+    owner: str = ""  # the submitter's broker user ('' if unknown)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRow:
@@ -201,13 +206,15 @@ class Ledger:
                 columns = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
                 if "received_at" not in columns:  # a ledger written before the column
                     self.db.execute("ALTER TABLE tasks ADD COLUMN received_at REAL")
+                if "owner" not in columns:  # a ledger written before owners: unknown ('')
+                    self.db.execute("ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT 1 FROM tasks LIMIT 1")
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot open the ledger at {self.path}: {error}") from None
         self._in_batch = False
         self._inserts: list[tuple[Any, ...]] = []
-        self._inserting: set[str] = set()  # the ids of ``_inserts``
+        self._inserting: dict[str, str] = {}  # the ids of ``_inserts``, with their owners
         self._changes: dict[str, dict[str, Any]] = {}  # by task id: column -> value
         self._transitions: list[Transition] = []
         self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
@@ -273,18 +280,34 @@ class Ledger:
 
     def add(self, requests: Iterable[TaskRequest], now: float) -> list[TaskRequest]:
         """Record new tasks as pending; returns those that were new (ids are idempotency keys)."""
-        fresh: dict[str, TaskRequest] = {}
-        for r in requests:
-            if r.id not in self._inserting:  # else added since the last ``write()``
-                fresh.setdefault(r.id, r)
+        added, _ = self.add_owned(((r, "") for r in requests), now)
+        return [r for r, _ in added]
+
+    def add_owned(self, items: Iterable[Owned], now: float) -> tuple[list[Owned], list[Owned]]:
+        """Record new tasks of (request, owner) as pending. Returns those that were new, and
+        the clashes: requests whose id is known with another owner, each with that owner.
+        A known id with the same owner is a duplicate, left out of both."""
+        fresh: dict[str, Owned] = {}
+        clashes: list[Owned] = []
+        for r, owner in items:
+            known = self._inserting.get(r.id)  # added since the last ``write()``
+            if known is None and r.id in fresh:
+                known = fresh[r.id][1]
+            if known is None:
+                fresh[r.id] = (r, owner)
+            elif known != owner:
+                clashes.append((r, known))
         ids = list(fresh)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
-                del fresh[known]
+            query = f"SELECT id, owner FROM tasks WHERE id IN ({marks})"
+            for known_id, known_owner in self.db.execute(query, chunk):
+                r, owner = fresh.pop(known_id)
+                if known_owner != owner:
+                    clashes.append((r, known_owner))
         added = list(fresh.values())
-        self._inserting.update(fresh)
+        self._inserting.update((r.id, owner) for r, owner in added)
         self._inserts.extend(
             (
                 r.id,
@@ -297,11 +320,12 @@ class Ledger:
                 r.timeout,
                 now,
                 now,
+                owner,
             )
-            for r in added
+            for r, owner in added
         )
-        self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
-        return added
+        self.transitions((r.id, 1, "pending", None, now, "submitted") for r, _ in added)
+        return added, clashes
 
     def update(self, task_id: str, now: float, **fields: Any) -> None:
         """Set some columns of one task (the JSON column ``output`` is encoded here)."""

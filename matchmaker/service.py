@@ -29,6 +29,13 @@ waits on the broker: acks, dispatches and events are queued frames that the
 next turn's first step writes, so a busy turn costs one socket write and one
 commit.
 
+Senders (``identity.Senders``): each delivery carries its AMQP ``user_id``,
+which RabbitMQ has checked against the sender's login. A request's sender owns
+the task (an id is its owner's: another owner's submit of it is refused); a
+cancel of another owner's task, and a drain, need an admin; a result counts
+only from the broker user of the worker it names (``mm-worker-<name>``).
+Refusals go to ``mm.dead`` with the reason.
+
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
 (rebuilding from the ledger) when the first one's connection dies.
@@ -55,6 +62,7 @@ from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
 from matchmaker.frames import DeliveryReader, consume, reader_of
+from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
@@ -106,6 +114,7 @@ def settle_garbage_collector() -> None:
 class Delivery:
     tag: int
     body: bytes
+    user: str | None = None  # the AMQP user_id, checked by the broker
 
 
 class Scheduler:
@@ -115,6 +124,11 @@ class Scheduler:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.senders = Senders(
+            config.authenticated_senders,
+            frozenset(config.admin_users),
+            frozenset(config.trusted_users),
+        )
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.book = Book(self.ledger, config.retry_backoff, config.result_grace)
         self.metrics = Metrics(config.metrics_port)
@@ -257,12 +271,12 @@ class Scheduler:
 
     # -- the turn of the loop ---------------------------------------------------
 
-    def _on_request(self, tag: int, body: bytes) -> None:
-        self.requests.append(Delivery(tag, body))
+    def _on_request(self, tag: int, body: bytes, user: str | None) -> None:
+        self.requests.append(Delivery(tag, body, user))
         self.arrived += 1
 
-    def _on_result(self, tag: int, body: bytes) -> None:
-        self.results.append(Delivery(tag, body))
+    def _on_result(self, tag: int, body: bytes, user: str | None) -> None:
+        self.results.append(Delivery(tag, body, user))
         self.arrived += 1
 
     def _forget_deliveries(self) -> None:
@@ -371,10 +385,11 @@ class Scheduler:
         aside for ``mm.dead``. Without ``control`` (inside the wait) it stops before a
         cancel or a drain, which waits, with what came after it, for the turn."""
         now = time.time()
-        new: dict[str, TaskRequest] = {}
+        new: dict[str, tuple[TaskRequest, str, bytes]] = {}
         taken = 0
         for d in self.requests:
             try:
+                owner = self.senders.owner(d.user)
                 message = decode(d.body, expect=("submit", "cancel", "drain"))
                 if isinstance(message, TaskRequest):
                     if message.type not in self.config.task_types:
@@ -384,15 +399,17 @@ class Scheduler:
                         )
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
-                    new.setdefault(message.id, message)
+                    first = new.setdefault(message.id, (message, owner, d.body))
+                    if first[1] != owner and not self.senders.privileged(owner):
+                        raise MessageError(f"id {message.id} belongs to another owner")
                 elif control is None:
                     break
                 else:
                     self._submit(new, now)  # a cancel may name a task submitted just before it
                     if isinstance(message, Cancel):
-                        self._cancel(message.id, now, control)
+                        self._cancel(message.id, now, control, owner)
                     elif isinstance(message, Drain):
-                        self._drain(message, now)
+                        self._drain(message, now, owner)
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
                 self.rejects.append((broker.REQUESTS, d.body, str(error)))
@@ -401,13 +418,28 @@ class Scheduler:
         self._submit(new, now)
         del self.requests[:taken]
 
-    def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
-        if new:
-            self.book.submit(list(new.values()), now)
-            new.clear()
-            self.dirty = True
+    def _submit(self, new: dict[str, tuple[TaskRequest, str, bytes]], now: float) -> None:
+        """Record the new tasks; a known id of another owner is refused (a trusted sender's
+        is a duplicate, as it always was)."""
+        if not new:
+            return
+        _, clashes = self.book.submit_owned([(r, owner) for r, owner, _ in new.values()], now)
+        for request, _ in clashes:
+            _, owner, body = new[request.id]
+            if not self.senders.privileged(owner):
+                reason = f"id {request.id} belongs to another owner"
+                log.warning("rejected a request: %s", reason)
+                self.rejects.append((broker.REQUESTS, body, reason))
+        new.clear()
+        self.dirty = True
 
-    def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
+    def _cancel(self, task_id: str, now: float, control: BlockingChannel, sender: str) -> None:
+        owner = self.book.owner(task_id)
+        if owner is not None and owner != sender and not self.senders.admin(sender):
+            raise MessageError(
+                f"cancel of {task_id} refused: the task belongs to another owner "
+                "(only an admin may cancel it)"
+            )
         was_open, worker = self.book.cancel(task_id, now)
         if worker:
             control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
@@ -415,7 +447,9 @@ class Scheduler:
         log.info("cancel %s: %s", task_id, "cancelled" if was_open else "not open, nothing to do")
         self.dirty = True
 
-    def _drain(self, message: Drain, now: float) -> None:
+    def _drain(self, message: Drain, now: float, sender: str) -> None:
+        if not self.senders.admin(sender):
+            raise MessageError(f"drain of {message.worker} refused: only an admin may drain")
         if message.on:
             self.drained.add(message.worker)
         else:
@@ -431,6 +465,7 @@ class Scheduler:
         now = time.time()
         for d in self.results:
             try:
+                sender = self.senders.owner(d.user)
                 message = decode_results(d.body)
             except MessageError as error:
                 self._reject_result(d.body, str(error))
@@ -438,6 +473,11 @@ class Scheduler:
             for body, reason in message.invalid:
                 self._reject_result(body, reason)
             for result in message.items:
+                forged = self.senders.reporting(sender, result.worker)
+                if forged is not None:
+                    self.book.ignore(result, now, forged)
+                    self._reject_result(encode(result), f"result for {result.id}: {forged}")
+                    continue
                 outcome = self.book.result(result, now)
                 if outcome == "stale":
                     log.info(

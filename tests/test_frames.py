@@ -171,15 +171,20 @@ def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenCha
 
 
 def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> None:
-    """Bodies and tags in order, and ``process_data_events`` returns once they are in."""
+    """Bodies, tags and senders (``user_id``, checked by the broker) in order, and
+    ``process_data_events`` returns once they are in."""
     connection, channel = open_channel()
-    got: list[tuple[int, bytes]] = []
-    consume(channel, QUEUE, lambda tag, body: got.append((tag, body)))
+    got: list[tuple[int, bytes, str | None]] = []
+    consume(channel, QUEUE, lambda tag, body, user: got.append((tag, body, user)))
     publisher_connection, publisher = open_channel()
     publish = FramePublisher(publisher._impl)
     bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
-    for body in bodies:
-        publish("", QUEUE, body, broker.PERSISTENT)
+    signed = pika.BasicProperties(
+        delivery_mode=2, headers={"x-mm-reason": "r" * 300}, priority=1, user_id="matchmaker"
+    )
+    users = [None if i % 3 else "matchmaker" for i in range(len(bodies))]
+    for body, user in zip(bodies, users, strict=True):
+        publish("", QUEUE, body, signed if user else broker.PERSISTENT)
     publisher_connection.process_data_events(time_limit=0)
     waits = 0
     while len(got) < len(bodies) and waits < 50:
@@ -187,7 +192,7 @@ def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> 
         connection.process_data_events(time_limit=30)
         assert time.monotonic() - started < 20  # returned on data, not at the limit
         waits += 1
-    assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
+    assert got == list(zip(range(1, len(bodies) + 1), bodies, users, strict=True))
 
 
 def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None:
@@ -195,7 +200,7 @@ def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None
     the read, and the wait runs to its limit."""
     connection, channel = open_channel()
     got: list[bytes] = []
-    consume(channel, QUEUE, lambda _tag, body: got.append(body))
+    consume(channel, QUEUE, lambda _tag, body, _user: got.append(body))
     reader = reader_of(channel)
     assert reader is not None
     publisher_connection, publisher = open_channel()
@@ -225,7 +230,7 @@ def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     for i in range(6):
         channel.basic_publish("", QUEUE, f"a{i}".encode(), broker.PERSISTENT)
     got: list[int] = []
-    consume(channel, QUEUE, lambda tag, _body: got.append(tag))
+    consume(channel, QUEUE, lambda tag, _body, _user: got.append(tag))
     while len(got) < 6:
         connection.process_data_events(time_limit=5)
     ack = FrameAcker(channel._impl)
