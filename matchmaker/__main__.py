@@ -46,7 +46,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     if args.action == "setup":
         made = users.setup(
             args.vhost, secrets, workers=args.worker, clients=args.client or [identity.CLIENT],
-            rotate=args.rotate,
+            rotate=args.rotate, scheduler=args.scheduler_user, admin=args.admin_user,
         )  # fmt: skip
     elif args.action == "add-worker":
         made = [users.add_worker(args.name, args.vhost, secrets, rotate=args.rotate)]
@@ -310,6 +310,8 @@ def _users_parser(sub: Any) -> None:
     )
     setup.add_argument("--worker", action="append", default=[], help="a worker name (repeatable)")
     setup.add_argument("--client", action="append", help="client users (default mm-client)")
+    setup.add_argument("--scheduler-user", default=identity.SCHEDULER, help="default mm-scheduler")
+    setup.add_argument("--admin-user", default=identity.ADMIN, help="default mm-admin")
     for action, what in (("add-worker", "worker name"), ("add-client", "client user name")):
         one = actions.add_parser(action, parents=[place], help=f"add a {what.split()[0]}")
         one.add_argument("name", help=what)
