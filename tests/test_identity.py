@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -28,9 +29,10 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker, identity
+from matchmaker import broker, identity, users
 from matchmaker.frames import user_id
 from matchmaker.identity import IdentityError, Senders
+from matchmaker.ledger import Ledger
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, Drain, MessageError, TaskRequest, TaskResult, encode
 from tests.conftest import RoleUsers, rabbitmqctl
@@ -351,3 +353,76 @@ def test_setup_keeps_passwords_in_0600_files_and_off_command_lines(
         for user in made:
             with contextlib.suppress(pytest.fail.Exception):
                 rabbitmqctl("delete_user", user)
+
+
+# -- owners in the ledger ---------------------------------------------------------------
+
+
+def test_an_id_is_its_owners_and_old_ledgers_get_an_owner_column(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, type TEXT NOT NULL, payload TEXT NOT NULL,"
+        " priority INTEGER NOT NULL, constraints TEXT NOT NULL, preferences TEXT NOT NULL,"
+        " max_attempts INTEGER NOT NULL, timeout REAL NOT NULL, state TEXT NOT NULL,"
+        " attempt INTEGER NOT NULL, worker TEXT, submitted_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, not_before REAL NOT NULL DEFAULT 0, assigned_at REAL,"
+        " started_at REAL, finished_at REAL, output TEXT, error TEXT, reason TEXT,"
+        " received_at REAL)"
+    )
+    old.execute(
+        "INSERT INTO tasks (id, type, payload, priority, constraints, preferences,"
+        " max_attempts, timeout, state, attempt, submitted_at, updated_at)"
+        " VALUES ('legacy', 'sleep', '{}', 0, '{}', '{}', 3, 60, 'pending', 1, 0, 0)"
+    )
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    try:
+        legacy = ledger.get("legacy")
+        assert legacy is not None and legacy.owner == ""
+        a, b = TaskRequest("a", "sleep"), TaskRequest("b", "sleep")
+        added, clashes = ledger.add_owned([(a, "alice"), (a, "bob"), (b, "bob")], 1.0)
+        assert [(r.id, o) for r, o in added] == [("a", "alice"), ("b", "bob")]
+        assert [(r.id, o) for r, o in clashes] == [("a", "alice")]  # bob's, with its owner
+        ledger.commit()
+        added, clashes = ledger.add_owned([(a, "alice"), (b, "alice")], 2.0)
+        assert added == [] and [(r.id, o) for r, o in clashes] == [("b", "bob")]
+        assert ledger.add([a, TaskRequest("c", "sleep")], 3.0) == [TaskRequest("c", "sleep")]
+        row = ledger.get("a")
+        assert row is not None and row.owner == "alice"
+    finally:
+        ledger.close()
+
+
+def test_add_client_refuses_reserved_names(tmp_path: Path) -> None:
+    for name in ("mm-worker-w1", identity.SCHEDULER, "bad name"):
+        with pytest.raises(IdentityError):
+            users.add_client(name, "nowhere", tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before any file or broker call
+
+
+@pytest.mark.timeout(120)
+def test_add_worker_makes_a_user_that_reads_its_queue(broker_url: str, tmp_path: Path) -> None:
+    vhost = broker_url.rsplit("/", 1)[1]
+    name = f"w{uuid.uuid4().hex[:8]}"
+    secrets = tmp_path / "secrets"
+    argv = [sys.executable, "-m", "matchmaker", "users", "add-worker", name, "--vhost", vhost]
+    done = subprocess.run(
+        [*argv, "--secrets", str(secrets)], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    user = identity.worker_user(name)
+    try:
+        assert done.returncode == 0, done.stderr
+        path = identity.secret_path(secrets, user)
+        assert f"password in {path}" in done.stdout
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        url = identity.with_password(
+            f"amqp://{user}@127.0.0.1:5672/{vhost}", identity.read_secret(path)
+        )
+        assert refusal(url, lambda ch: ch.basic_get(broker.worker_queue(name))) is None
+        assert refusal(url, lambda ch: ch.basic_get(broker.control_queue(name))) is None
+    finally:
+        with contextlib.suppress(pytest.fail.Exception):
+            rabbitmqctl("delete_user", user)
