@@ -273,3 +273,24 @@ def test_sigterm_stops_a_scheduler_waiting_for_the_broker(tmp_path: Path) -> Non
         lines = [line for line in log.splitlines() if "retrying in" in line]
         assert all("unreachable (connection refused)" in line for line in lines)
         assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_after_a_channel_error_the_scheduler_reconnects_and_leads_at_once(
+    cluster: LocalCluster,
+) -> None:
+    """A channel error (here: purging a lost worker's queue that someone deleted) drops the
+    whole connection; one left open would keep the leader queue and its deliveries while
+    the new connection stood by."""
+    scheduler = cluster.start_scheduler()
+    victim = cluster.start_worker("victim", ["sleep"], 1)
+    cluster.start_worker("other", ["sleep"], 1)
+    cluster.wait_states(cluster.submit(sleep_task("before")))
+    connection = pika.BlockingConnection(pika.URLParameters(cluster.broker_url))
+    connection.channel().queue_delete(broker.worker_queue("victim"))
+    connection.close()
+    victim.popen.kill()
+    cluster.wait_log(scheduler, "lost the broker (ChannelClosedByBroker: (404", 60)
+    rows = cluster.wait_states(cluster.submit(sleep_task("after")), timeout=20)
+    assert rows["after"].worker == "other"
+    assert "standing by" not in scheduler.log.read_text()
+    assert scheduler.alive()
