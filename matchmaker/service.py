@@ -15,8 +15,11 @@ thread through a queue. Each turn of the loop:
 3. in a full turn, due once per round interval while work comes in: takes in
    what is still buffered (invalid requests and results are set aside for
    ``mm.dead``; a cancel or a drain is only acted on here, in order);
-4. commits the ledger once, then dead-letters what was set aside and queues
-   the acks of what it took in;
+4. puts what was set aside in the ledger's dead-letter outbox, commits the
+   ledger once, then publishes the new letters to ``mm.dead`` (under
+   publisher confirms, ``message_id`` = the letter's key; confirmed ones are
+   marked sent with a later commit, unsent ones are published again by the
+   next connection) and queues the acks of what it took in;
 5. every ``EVENT_INTERVAL``, publishes the events of the state changes so far;
 6. in a full turn, when work is pending and something changed, runs a round
    on the committed state: ``plan()``, then the dispatches are published, one
@@ -27,7 +30,24 @@ thread through a queue. Each turn of the loop:
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
 waits on the broker: acks, dispatches and events are queued frames that the
 next turn's first step writes, so a busy turn costs one socket write and one
-commit.
+commit. The ack invariant: a ``multiple`` ack of tag T is sent only after a
+commit, and only when every delivery up to T on that channel is recorded in
+the ledger or in its dead-letter outbox (``frames.AckWindow``).
+
+No input ends the loop: a message that fails validation is dead-lettered
+with the reason, and one whose handling fails in any other way is
+dead-lettered with ``internal error: <Class>: <text>`` (logged once with its
+traceback); only a broker or ledger failure ends a turn. Dead letters: each
+rejected message is one letter, keyed by the hash of its source queue and
+body, acked only once that letter is committed; a redelivered message whose
+letter exists is only acked. What remains: a letter published but not yet
+marked sent when the scheduler dies is published again after the restart,
+with the same ``message_id``, by which a consumer of ``mm.dead`` can drop it.
+
+The broker is retried for ever, with a capped backoff and one log line per
+attempt; SIGTERM is honoured between attempts as between turns. After any broker error the whole connection is closed before the
+next: one left open would keep the leader queue and its deliveries. The
+loop's timers are monotonic.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over

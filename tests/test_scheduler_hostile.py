@@ -126,6 +126,13 @@ def test_poison_messages_are_dead_lettered_and_the_scheduler_goes_on(
     assert scheduler.alive()
     assert "Traceback" not in scheduler.log.read_text()
     assert cluster.task("deep") is None
+    arguments = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", cluster.broker_url.rsplit("/", 1)[1],
+         "name", "arguments"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    dead = next(line for line in arguments.splitlines() if line.startswith(broker.DEAD + "\t"))
+    assert "x-max-length" in dead and "100000" in dead and "drop-head" in dead
     warm = cluster.task("warm")
     assert warm is not None and warm.output == {"slept": 0.0}
 
@@ -259,10 +266,12 @@ def test_a_scheduler_killed_mid_intake_loses_and_holds_nothing(cluster: LocalClu
 
 
 def test_sigterm_stops_a_scheduler_waiting_for_the_broker(tmp_path: Path) -> None:
+    """Without a broker the scheduler retries for ever (backoff capped at 5 s, one line per
+    attempt, no traceback), and SIGTERM ends it at once."""
     closed = f"amqp://u:p@127.0.0.1:{free_port()}/x"
     with LocalCluster(broker_url=closed, workdir=tmp_path) as c:
         scheduler = c.start_scheduler(wait=False)
-        wait_until(lambda: scheduler.log.read_text().count("retrying in") >= 4, 30, "retries")
+        wait_until(lambda: scheduler.log.read_text().count("retrying in") >= 6, 30, "retries")
         assert scheduler.alive()
         scheduler.signal(signal.SIGTERM)
         started = time.monotonic()
@@ -272,7 +281,24 @@ def test_sigterm_stops_a_scheduler_waiting_for_the_broker(tmp_path: Path) -> Non
         log = scheduler.log.read_text()
         lines = [line for line in log.splitlines() if "retrying in" in line]
         assert all("unreachable (connection refused)" in line for line in lines)
+        delays = [float(line.split("retrying in ")[1].split("s")[0]) for line in lines]
+        assert delays[:6] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
         assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_refused_credentials_are_retried_too(broker_url: str, tmp_path: Path) -> None:
+    wrong = broker_url.replace("matchmaker:matchmaker@", "matchmaker:wrong@")
+    with LocalCluster(broker_url=wrong, workdir=tmp_path) as c:
+        scheduler = c.start_scheduler(wait=False)
+        wait_until(
+            lambda: scheduler.log.read_text().count("refused the credentials; retrying") >= 2,
+            30,
+            "two refused attempts",
+        )
+        assert scheduler.alive()
+        scheduler.stop()
+        assert scheduler.popen.returncode == 0
+        assert "Traceback" not in scheduler.log.read_text()
 
 
 def test_after_a_channel_error_the_scheduler_reconnects_and_leads_at_once(
