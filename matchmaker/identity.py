@@ -225,7 +225,7 @@ def topology(vhost: str, workers: list[str]) -> dict[str, list[dict[str, Any]]]:
     queues = [
         _queue(vhost, broker.REQUESTS, **{"x-single-active-consumer": True}),
         _queue(vhost, broker.RESULTS),
-        _queue(vhost, broker.DEAD),
+        _queue(vhost, broker.DEAD, **broker.DEAD_ARGUMENTS),
     ]
     exchanges = [_exchange(vhost, e, "direct") for e in sorted(set(broker.ROUTES.values()))]
     exchanges += [_exchange(vhost, name, "topic") for name in (broker.EVENTS, broker.CONTROL)]
