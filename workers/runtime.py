@@ -496,7 +496,7 @@ class Worker:
                 elif item.requeue:
                     ch.reports.publish(*route(item.source), item.body, self._persistent, item)
                 else:
-                    properties = dead_letter_properties(item.reason, item.source, self._user)
+                    properties = dead_letter_properties(item.reason, item.source, user=self._user)
                     ch.reports.publish(*route(DEAD), item.body, properties, item)
             except BaseException:
                 self._give_back(outgoing[n:])
