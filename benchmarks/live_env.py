@@ -169,10 +169,12 @@ def publish_requests(url: str, bodies: Iterable[bytes], queue: str = broker.REQU
         channel = connection.channel()
         broker.declare_core(channel)
         channel.tx_select()
+        exchange, key = broker.route(queue)
+        properties = broker.persistent(broker.sender(url))
         for count, body in enumerate(bodies, 1):
             if not first:
                 first = time.time()
-            channel.basic_publish("", queue, body, broker.PERSISTENT)
+            channel.basic_publish(exchange, key, body, properties)
             if count % BATCH == 0:
                 channel.tx_commit()
         channel.tx_commit()
@@ -203,6 +205,8 @@ def paced(
         channel = connection.channel()
         broker.declare_core(channel)
         publish = broker.queued_publish(channel)
+        exchange, key = broker.route(queue)
+        properties = broker.persistent(broker.sender(url))
         when = list(offsets) if offsets is not None else [i / rate for i in range(count)]
         start = time.time()
         i = 0
@@ -210,7 +214,7 @@ def paced(
             now = time.time()
             while i < count and start + when[i] <= now:
                 body = make(i, now)
-                publish("", queue, body, broker.PERSISTENT)
+                publish(exchange, key, body, properties)
                 times.append(now)
                 i += 1
                 now = time.time()

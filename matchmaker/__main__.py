@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
 
-from matchmaker import broker, logs
+from matchmaker import broker, identity, logs
 from matchmaker.config import Config, ConfigError, load
+from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
 from membership.errors import MembershipError
@@ -35,6 +38,27 @@ class UserError(Exception):
 def _config(args: argparse.Namespace) -> Config:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     return load(args.config, flags)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from matchmaker import users
+
+    secrets = Path(args.secrets)
+    if args.action == "setup":
+        made = users.setup(
+            args.vhost, secrets, workers=args.worker, clients=args.client or [identity.CLIENT],
+            rotate=args.rotate, scheduler=args.scheduler_user, admin=args.admin_user,
+        )  # fmt: skip
+    elif args.action == "add-worker":
+        made = [users.add_worker(args.name, args.vhost, secrets, rotate=args.rotate)]
+    elif args.action == "add-client":
+        made = [users.add_client(args.name, args.vhost, secrets, rotate=args.rotate)]
+    else:
+        users.remove(args.name, secrets)
+        print(f"removed {args.name}")
+        return 0
+    print(users.report(made))
+    return 0
 
 
 def _value(text: str) -> Any:
@@ -115,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logs.setup(config.log_format, config.log_level)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
     return 0
 
@@ -149,6 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"task      {row.id} ({row.type}, priority {row.priority})")
     print(f"state     {row.state}")
+    print(f"owner     {row.owner or '-'}")
     print(f"attempt   {row.attempt} of {row.max_attempts}")
     print(f"worker    {row.worker or '-'}")
     print(f"submitted {_when(row.submitted_at)}")
@@ -224,6 +250,11 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--broker-cert", dest="broker_cert", help="client certificate (mTLS)")
     common.add_argument("--broker-key", dest="broker_key", help="the client certificate's key")
+    common.add_argument(
+        "--broker-password-file",
+        dest="broker_password_file",
+        help="file with the broker URL's password (also MM_BROKER_PASSWORD_FILE)",
+    )
     common.add_argument("--serf-rpc", dest="serf_rpc", help="the local Serf agent's RPC address")
     common.add_argument("--serf-auth-key", dest="serf_auth_key", help="Serf RPC auth key")
     common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")
@@ -236,6 +267,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
     run.add_argument("--log-format", dest="log_format", choices=["text", "json"])
     run.add_argument("--log-level", dest="log_level")
+    run.add_argument(
+        "--trusted-users", dest="trusted_users", help="users who may report for any worker"
+    )
+    run.add_argument("--admin-users", dest="admin_users", help="users who may cancel any task")
     run.set_defaults(func=cmd_run)
 
     submit = sub.add_parser("submit", parents=[common], help="submit tasks")
@@ -269,7 +304,33 @@ def parser() -> argparse.ArgumentParser:
     drain.add_argument("worker")
     drain.add_argument("--undo", action="store_true", help="put the worker back in service")
     drain.set_defaults(func=cmd_drain)
+    _users_parser(sub)
     return top
+
+
+def _users_parser(sub: Any) -> None:
+    users = sub.add_parser("users", help="make the broker users of each role (docs/security.md)")
+    actions = users.add_subparsers(dest="action", required=True)
+    place = argparse.ArgumentParser(add_help=False)
+    place.add_argument("--vhost", default="matchmaker", help="broker vhost (default matchmaker)")
+    place.add_argument(
+        "--secrets", default="state/secrets", help="password files go here (default state/secrets)"
+    )
+    place.add_argument("--rotate", action="store_true", help="new passwords for these users")
+    setup = actions.add_parser(
+        "setup", parents=[place], help="the vhost, topology, scheduler, admin and client users"
+    )
+    setup.add_argument("--worker", action="append", default=[], help="a worker name (repeatable)")
+    setup.add_argument("--client", action="append", help="client users (default mm-client)")
+    setup.add_argument("--scheduler-user", default=identity.SCHEDULER, help="default mm-scheduler")
+    setup.add_argument("--admin-user", default=identity.ADMIN, help="default mm-admin")
+    for action, what in (("add-worker", "worker name"), ("add-client", "client user name")):
+        one = actions.add_parser(action, parents=[place], help=f"add a {what.split()[0]}")
+        one.add_argument("name", help=what)
+    remove = actions.add_parser("remove", help="delete a user and its password file")
+    remove.add_argument("name", help="the user name")
+    remove.add_argument("--secrets", default="state/secrets")
+    users.set_defaults(func=cmd_users)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (UserError, ConfigError, LedgerError, broker.BrokerError) as error:
+    except (UserError, ConfigError, LedgerError, broker.BrokerError, IdentityError) as error:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)

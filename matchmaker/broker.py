@@ -6,11 +6,27 @@ are as durable (a persistent message is confirmed once on disk) and faster
 (README, "Decisions"). A queue that already exists is used as it is, whatever
 its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
 waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
-messages with the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
+messages with the reason in the ``x-mm-reason`` header and the source queue in
+``x-mm-source``; it is bounded (``DEAD_MAX_LENGTH`` letters, the oldest
+dropped first), and the scheduler's letters keep the first few KiB of their
+body, with the whole body's size and SHA-256 in ``x-mm-size`` and
+``x-mm-sha256`` and a stable ``message_id`` a consumer can deduplicate by.
+``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
-cancellations (routing key ``cancel.<worker>``).
+cancellations (routing key ``cancel.<worker>``), bound by the scheduler to each
+worker's control queue ``mm.control.<worker>``.
 
-Declaring is idempotent: whichever side needs a queue declares it.
+Publishing rights are per exchange (docs/security.md), and the right to write
+the default exchange is the right to write every queue, which only the
+scheduler has. Clients publish requests to the direct exchange ``mm.requests``
+and workers their results, and the messages they dead-letter, to the direct
+exchange ``mm.results``; each routes by the name of the queue it feeds
+(``route``): ``mm.requests`` -> queue ``mm.requests``; ``mm.results`` -> queues
+``mm.results`` and ``mm.dead``.
+
+Declaring is idempotent. The scheduler (or the setup) declares the core
+objects; a process without the right to configure them checks they exist
+(``ensure_core``) and says what to run if they do not.
 """
 
 from __future__ import annotations
@@ -41,10 +57,14 @@ DEAD = "mm.dead"
 EVENTS = "mm.events"
 CONTROL = "mm.control"
 DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
+ROUTES = {REQUESTS: REQUESTS, RESULTS: RESULTS, DEAD: RESULTS}  # queue -> the exchange feeding it
 QUEUE_TYPES = ("classic", "quorum")
 QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "classic")
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+DEAD_MAX_LENGTH = 100_000
+DEAD_ARGUMENTS = {"x-max-length": DEAD_MAX_LENGTH, "x-overflow": "drop-head"}
+MAX_BACKOFF = 5.0
 
 
 class BrokerError(RuntimeError):
@@ -55,8 +75,32 @@ def worker_queue(name: str) -> str:
     return f"mm.worker.{name}"
 
 
+def control_queue(name: str) -> str:
+    """A worker's queue of cancels. Not ``mm.worker.<name>.control``: a worker may be named
+    ``<name>.control``, and a worker's rights on its queues are by name."""
+    return f"mm.control.{name}"
+
+
 def pull_queue(task_type: str) -> str:
     return f"mm.pull.{task_type}"
+
+
+def route(queue: str) -> tuple[str, str]:
+    """(exchange, routing key) of a publish that should land on ``queue``: the core queues
+    through their exchanges (``ROUTES``), any other queue through the default exchange."""
+    exchange = ROUTES.get(queue)
+    return (exchange, queue) if exchange is not None else ("", queue)
+
+
+def sender(url: str) -> str:
+    """The broker user of ``url``: what the AMQP ``user_id`` of its messages must say."""
+    return pika.URLParameters(url).credentials.username
+
+
+def persistent(user: str | None) -> pika.BasicProperties:
+    """Properties of a persistent message sent by ``user`` (RabbitMQ checks ``user_id``
+    against the connection's user and refuses a message that claims another)."""
+    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, user_id=user)
 
 
 def describe(url: str) -> str:
@@ -208,9 +252,16 @@ def _quiet_pika() -> Iterator[None]:
 
 
 def connect(
-    url: str, *, attempts: int = 1, name: str = "matchmaker", tls: TLSFiles | None = None
+    url: str,
+    *,
+    attempts: int | None = 1,
+    name: str = "matchmaker",
+    stopping: Callable[[], bool] | None = None,
+    tls: TLSFiles | None = None,
 ) -> pika.BlockingConnection:
-    """A blocking connection; retries with backoff ``attempts`` times, then BrokerError.
+    """A blocking connection; retries with backoff (capped at ``MAX_BACKOFF`` seconds, one
+    log line per attempt) ``attempts`` times, or for ever with None, then BrokerError.
+    A ``stopping`` that turns true ends the retries at once, with BrokerError.
 
     ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
     not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
@@ -221,7 +272,9 @@ def connect(
     params.heartbeat = 30
     params.blocked_connection_timeout = 60
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             with _quiet_pika():
                 connection = pika.BlockingConnection(params)
@@ -236,12 +289,28 @@ def connect(
             if refusal is not None:
                 raise BrokerError(refusal) from None
             why = _handshake_hint(error, plain=params.ssl_options is None)
-            if attempt == attempts:
+            if attempts is not None and attempt >= attempts:
                 raise BrokerError(f"cannot reach the broker at {describe(url)}: {why}") from None
-            log.warning("broker %s unreachable (%s); retrying in %.1fs", describe(url), why, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+            log.warning(
+                "broker %s unreachable (%s); retrying in %.1fs (attempt %d)",
+                describe(url),
+                why,
+                delay,
+                attempt,
+            )
+        if pause(delay, stopping):
+            raise BrokerError(f"stopped while connecting to the broker at {describe(url)}")
+        delay = min(delay * 2, MAX_BACKOFF)
+
+
+def pause(seconds: float, stopping: Callable[[], bool] | None = None) -> bool:
+    """Sleep ``seconds`` in short steps; True at once if ``stopping`` turns true."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stopping is not None and stopping():
+            return True
+        time.sleep(min(left, 0.05))
+    return stopping is not None and stopping()
 
 
 def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
@@ -262,18 +331,66 @@ def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
 
 
 def declare_core(channel: BlockingChannel) -> None:
-    """The scheduler's queues and exchanges."""
+    """The scheduler's queues and exchanges, and the bindings of ``ROUTES``."""
     _queue(channel, REQUESTS, **{"x-single-active-consumer": True})
     _queue(channel, RESULTS)
-    _queue(channel, DEAD)
+    _queue(channel, DEAD, **DEAD_ARGUMENTS)
+    for queue, exchange in ROUTES.items():
+        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.queue_bind(queue, exchange, routing_key=queue)
     channel.exchange_declare(EVENTS, "topic", durable=True)
     channel.exchange_declare(CONTROL, "topic", durable=True)
 
 
-def declare_worker(channel: BlockingChannel, name: str) -> str:
+def ensure_core(connection: pika.BlockingConnection, url: str) -> None:
+    """The core objects exist: checked (which needs no rights), declared only if missing
+    (which needs the right to configure them), else a BrokerError that says what to run."""
+    probe = connection.channel()
+    try:
+        for name in (REQUESTS, RESULTS, DEAD):
+            probe.queue_declare(name, passive=True)
+        for exchange in (REQUESTS, RESULTS, EVENTS, CONTROL):
+            probe.exchange_declare(exchange, passive=True)
+        probe.close()
+        return
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 404:
+            raise
+    try:
+        declare_core(connection.channel())
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 403:
+            raise
+        raise BrokerError(
+            f"the broker at {describe(url)} lacks matchmaker's queues and user "
+            f"{sender(url)!r} may not create them: run scripts/broker.sh start (or start "
+            "the scheduler) first"
+        ) from None
+
+
+def declare_worker(channel: BlockingChannel, name: str, *, bind: bool = True) -> str:
+    """A worker's queue and its control queue; with ``bind``, the control queue bound to
+    ``mm.control`` for the worker's cancels (the scheduler's right, not a worker's)."""
     queue = worker_queue(name)
     _queue(channel, queue)
+    _queue(channel, control_queue(name))
+    if bind:
+        channel.queue_bind(control_queue(name), CONTROL, routing_key=f"cancel.{name}")
     return queue
+
+
+def bind_control(connection: pika.BlockingConnection, name: str) -> bool:
+    """Bind the worker's control queue if this user may (on a channel of its own, which a
+    refusal closes); False if it may not: the scheduler or the setup binds it."""
+    channel = connection.channel()
+    try:
+        channel.queue_bind(control_queue(name), CONTROL, routing_key=f"cancel.{name}")
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != 403:
+            raise
+        return False
+    channel.close()
+    return True
 
 
 def declare_pull(channel: BlockingChannel, task_type: str) -> str:
@@ -293,12 +410,14 @@ def send_requests(
     the broker has stored them all."""
     connection = connect(url, name=name, tls=tls)
     try:
+        ensure_core(connection, url)
         channel = connection.channel()
-        declare_core(channel)
         channel.tx_select()
         publish = queued_publish(channel)
+        exchange, key = route(REQUESTS)
+        properties = persistent(sender(url))
         for count, body in enumerate(bodies, 1):
-            publish("", REQUESTS, body, PERSISTENT)
+            publish(exchange, key, body, properties)
             if count % 1000 == 0:
                 channel.tx_commit()
         channel.tx_commit()
@@ -316,10 +435,29 @@ def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
         return ack if callable(ack) else channel.basic_ack
 
 
-def dead_letter_properties(reason: str, source: str) -> pika.BasicProperties:
-    """A dead letter's properties: persistent, the reason and the source queue in headers."""
-    headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
-    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+def dead_letter_properties(
+    reason: str,
+    source: str,
+    *,
+    user: str | None = None,
+    message_id: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+) -> pika.BasicProperties:
+    """A dead letter's properties: persistent, the reason and the source queue in headers,
+    and, when given, the sender's broker user as ``user_id`` (a worker's: who says so),
+    the letter's stable id and its whole body's size and SHA-256."""
+    headers: dict[str, Any] = {"x-mm-reason": reason[:1000], "x-mm-source": source}
+    if size is not None:
+        headers["x-mm-size"] = size
+    if sha256 is not None:
+        headers["x-mm-sha256"] = sha256
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        headers=headers,
+        message_id=message_id,
+        user_id=user,
+    )
 
 
 def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:

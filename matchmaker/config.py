@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from matchmaker.broker import DEFAULT_URL
+from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
 
 
@@ -34,6 +35,10 @@ class Config:
     broker_ca: str = ""
     broker_cert: str = ""
     broker_key: str = ""
+    broker_password_file: str = ""
+    authenticated_senders: bool = True
+    admin_users: tuple[str, ...] = (ADMIN,)
+    trusted_users: tuple[str, ...] = ()
     serf_rpc: str = "127.0.0.1:7373"
     serf_auth_key: str = ""
     state_dir: Path = Path("state")
@@ -113,6 +118,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             return float(value)
         if kind in ("int", int):
             return int(value)
+        if kind in ("bool", bool):
+            return _boolean(value)
         if "tuple" in str(kind):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
@@ -120,7 +127,18 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot use {value!r} ({kind})") from None
+        raise ConfigError(f"{name}: cannot use {redact(repr(value))} ({kind})") from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def load(path: Path | str | None = None, flags: dict[str, Any] | None = None) -> Config:
@@ -145,4 +163,11 @@ def load(path: Path | str | None = None, flags: dict[str, Any] | None = None) ->
             values[name] = env
     values.update({k: v for k, v in (flags or {}).items() if v is not None and k in known})
     converted = {k: _convert(k, known[k], v) for k, v in values.items()}
-    return replace(Config(), **converted).check()
+    config = replace(Config(), **converted).check()
+    if not config.broker_password_file:
+        return config
+    try:
+        url = resolve_url(config.broker_url, config.broker_password_file)
+    except IdentityError as error:
+        raise ConfigError(str(error)) from None
+    return replace(config, broker_url=url)

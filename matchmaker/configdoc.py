@@ -19,6 +19,13 @@ DESCRIPTIONS: dict[str, str] = {
     "(empty: the system trust store); the certificate must also match the URL's host.",
     "broker_cert": "PEM client certificate for mutual TLS with the broker (`amqps://` only).",
     "broker_key": "PEM private key of `broker_cert` (empty: the key is in that file).",
+    "broker_password_file": "File (0600) holding the password of the broker URL's user, so "
+    "that no password stands in a URL or on a command line.",
+    "authenticated_senders": "Refuse messages without an AMQP `user_id` (RabbitMQ checks it "
+    "against the sender's login): the sender is a request's owner and a result's worker.",
+    "admin_users": "Broker users that may cancel anyone's task and drain workers.",
+    "trusted_users": "Broker users whose messages count for any owner and any worker (a "
+    "single-user development setup; empty in production).",
     "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
     "inventory from.",
     "serf_auth_key": "The Serf agent's RPC auth key.",

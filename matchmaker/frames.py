@@ -24,7 +24,9 @@ This module does the two hot cases itself and leaves everything else to pika:
   live consumer goes to that consumer's pika callback as pika's ``Channel``
   would have called it (so ``BlockingChannel`` still dispatches it between
   I/O steps), or, for a consumer made with ``consume``, straight to its sink
-  ``(delivery tag, body)``. Publisher confirms, ``Basic.Ack`` (60.80:
+  ``(delivery tag, body, user id)``: the ``user-id`` property (``user_id``),
+  which RabbitMQ has checked against the sender's login, read from the
+  properties without decoding the rest (``user_id``). Publisher confirms, ``Basic.Ack`` (60.80:
   delivery tag, bit ``multiple``) and ``Basic.Nack`` (60.120: delivery tag,
   bits ``multiple`` and ``requeue``), go straight to a handler registered for
   their channel with ``on_confirm`` (which may ask them to end the wait, as a
@@ -37,6 +39,7 @@ This module does the two hot cases itself and leaves everything else to pika:
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +52,11 @@ from pika.spec import Basic, BasicProperties
 Publish = Callable[[str, str, bytes, BasicProperties], None]
 Taken = tuple[()] | tuple[int, tuple[Any, ...]]  # () = pika's; (next frame, consumer call)
 Confirm = Callable[[int, bool, bool], None]  # (delivery tag, multiple, acked)
-Sink = Callable[[int, bytes], None]  # (delivery tag, body); called inside the read: buffer only
+Sink = Callable[[int, bytes, str | None], None]  # (delivery tag, body, user id); inside the read
+# Basic's properties in flag order (bit 15 first) up to user-id (bit 4): how to skip each one.
+SHORT, TABLE, OCTET, LONGLONG = 0, 1, 2, 3
+BEFORE_USER_ID = (SHORT, SHORT, TABLE, OCTET, OCTET, SHORT, SHORT, SHORT, SHORT, LONGLONG, SHORT)
+USER_ID_FLAG = 1 << 4
 
 FRAME_END = b"\xce"
 FRAME_END_BYTE = FRAME_END[0]
@@ -165,6 +172,40 @@ def queued_publish(channel: BlockingChannel) -> Publish:
         return publish if callable(publish) else channel.basic_publish
 
 
+def user_id(raw: bytes) -> str | None:
+    """The ``user-id`` property of encoded Basic properties (a flag word, then the values
+    of the flags set, in order), or None if it is not set; pika decodes what this does not
+    expect (a continuation flag word, a value past the end)."""
+    try:
+        (flags,) = struct.unpack_from(">H", raw, 0)
+        if not flags & USER_ID_FLAG:
+            return None
+        if flags & 1:
+            raise ValueError("a continuation flag word")
+        at = 2
+        for bit, kind in enumerate(BEFORE_USER_ID):
+            if not flags & (1 << (15 - bit)):
+                continue
+            if kind == SHORT:
+                at += 1 + raw[at]
+            elif kind == TABLE:
+                at += 4 + struct.unpack_from(">I", raw, at)[0]
+            else:
+                at += 1 if kind == OCTET else 8
+        end = at + 1 + raw[at]
+        if end > len(raw):
+            raise ValueError("past the end")
+        return raw[at + 1 : end].decode()
+    except (IndexError, ValueError, struct.error):
+        properties = BasicProperties()
+        try:
+            properties.decode(raw)
+        except Exception:  # RabbitMQ sent it: the broker's properties are not in doubt
+            return None
+        found = properties.user_id
+        return found if isinstance(found, str) else None
+
+
 def _frame(buffer: bytes, at: int, kind: int, number: int) -> tuple[int, int] | tuple[()] | None:
     """(payload start, next frame's start) of the ``kind`` frame on channel ``number`` at
     ``at``; None while it is incomplete, () if it is some other frame."""
@@ -187,6 +228,7 @@ class DeliveryReader:
         self.channels: dict[int, Any] = connection._channels
         self.pending = b""
         self.properties: dict[bytes, BasicProperties] = {}
+        self.users: dict[bytes, str | None] = {}  # user-id by encoded properties
         self.confirms: dict[int, Confirm] = {}
         self.waking: set[int] = set()  # channels whose confirms end the wait
         self.sinks: dict[str, Sink] = {}  # by consumer tag
@@ -301,13 +343,23 @@ class DeliveryReader:
         if sink is not None:
             self.woken = self.woken or not self.hold
             self.sank_held = self.sank_held or self.hold
-            return at_body, (sink, delivery_tag, body)
+            return at_body, (sink, delivery_tag, body, self._user(raw_properties))
         n = buffer[names]
         exchange = buffer[names + 1 : names + 1 + n].decode()
         names += 1 + n
         routing_key = buffer[names + 1 : names + 1 + buffer[names]].decode()
         method = Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
         return at_body, (callback, channel, method, self._properties(raw_properties), body)
+
+    def _user(self, raw: bytes) -> str | None:
+        """``user_id(raw)``, remembered for the properties a sender sends again and again."""
+        try:
+            return self.users[raw]
+        except KeyError:
+            found = self.users[raw] = user_id(raw)
+            if len(self.users) > PROPERTY_CACHE:
+                self.users.clear()
+            return found
 
     def _properties(self, raw: bytes) -> BasicProperties:
         """Decoded properties, shared between deliveries whose encoded properties match."""
@@ -338,15 +390,59 @@ def read_deliveries(connection: pika.BlockingConnection) -> DeliveryReader | Non
 
 
 def consume(channel: BlockingChannel, queue: str, sink: Sink) -> str:
-    """``basic_consume`` whose deliveries reach ``sink(delivery_tag, body)``.
+    """``basic_consume`` whose deliveries reach ``sink(delivery_tag, body, user_id)``, in
+    the order of their tags.
 
     With a ``DeliveryReader`` on the connection the sink is called inside the
     read, with no pika objects made per message, so it must only buffer; the
-    connection's ``process_data_events`` returns after that read. Without
-    one, pika's callback calls the sink between I/O steps. Returns the tag.
+    connection's ``process_data_events`` returns after that read. The sink is
+    registered before the consumer exists: deliveries that come in the same read
+    as ``Consume-Ok`` would otherwise wait in pika's queue of channel events and
+    reach the sink after later ones. Without a reader, pika's callback calls
+    the sink between I/O steps. Returns the consumer tag.
     """
-    tag: str = channel.basic_consume(queue, lambda _c, m, _p, body: sink(m.delivery_tag, body))
     reader = reader_of(channel)
+    tag = f"ctag{channel.channel_number}.{uuid.uuid4().hex}"
     if reader is not None:
         reader.sinks[tag] = sink
+    try:
+        channel.basic_consume(
+            queue, lambda _c, m, p, body: sink(m.delivery_tag, body, p.user_id), consumer_tag=tag
+        )
+    except BaseException:
+        if reader is not None:
+            reader.sinks.pop(tag, None)
+        raise
     return tag
+
+
+class AckWindow:
+    """The deliveries of one channel that a ``multiple`` ack may cover.
+
+    A channel numbers its deliveries 1, 2, 3... with no gaps (the broker counts
+    each delivery; these channels have one consumer and no ``basic_get``).
+    ``settle(tag)`` notes that one delivery was recorded or dead-lettered;
+    ``due()`` is the highest tag T such that every delivery up to T is settled,
+    once each time it advances (0 when it did not): a ``multiple`` ack of T then
+    covers settled deliveries only, in whatever order they were settled.
+    """
+
+    def __init__(self) -> None:
+        self.settled = 0  # every tag up to this one is settled
+        self.acked = 0
+        self.ahead: set[int] = set()  # settled tags above ``settled`` + 1
+
+    def settle(self, tag: int) -> None:
+        if tag == self.settled + 1:
+            self.settled = tag
+            while self.ahead and self.settled + 1 in self.ahead:
+                self.settled += 1
+                self.ahead.discard(self.settled)
+        elif tag > self.settled:
+            self.ahead.add(tag)
+
+    def due(self) -> int:
+        if self.settled <= self.acked:
+            return 0
+        self.acked = self.settled
+        return self.acked

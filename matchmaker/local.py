@@ -20,13 +20,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from matchmaker import broker
+from matchmaker import broker, identity
 from matchmaker.config import Config
 from matchmaker.ledger import Ledger, LedgerError, TaskRow
 from matchmaker.messages import Single, TaskRequest, encode
@@ -79,6 +80,7 @@ class LocalCluster:
     round_interval: float = Config.round_interval
     encrypt_key: str = field(default_factory=generate_key)
     scheduler_args: tuple[str, ...] = ()
+    trusted_users: tuple[str, ...] | None = None  # None: the user of ``broker_url`` (dev setup)
     agent: SerfAgent | None = None
     scheduler: Process | None = None
     standby: Process | None = None
@@ -94,6 +96,19 @@ class LocalCluster:
         return self.workdir / "state"
 
     # -- processes ------------------------------------------------------------------
+
+    def _broker_args(self, url: str | None) -> list[str]:
+        """``--broker-url`` without its password and ``--broker-password-file`` (0600, in the
+        working directory): no password on a command line."""
+        url = url or self.broker_url
+        password = urllib.parse.urlsplit(url).password
+        if password is None:
+            return ["--broker-url", url]
+        user = broker.sender(url)
+        secret = self.workdir / "secrets" / f"{user}.password"
+        identity.write_secret(secret, urllib.parse.unquote(password))
+        bare = identity.with_password(url, None)
+        return ["--broker-url", bare, "--broker-password-file", str(secret)]
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Process:
         log = self.workdir / f"{name}.log"
@@ -119,11 +134,17 @@ class LocalCluster:
             ).start()
         return self.agent
 
-    def start_scheduler(self, *, standby: bool = False, wait: bool = True) -> Process:
+    def start_scheduler(
+        self, *, standby: bool = False, wait: bool = True, broker_url: str | None = None
+    ) -> Process:
         agent = self.start_agent()
+        trusted = self.trusted_users
+        if trusted is None:
+            trusted = (broker.sender(self.broker_url),)
         args = [
             "-m", "matchmaker", "run",
-            "--broker-url", self.broker_url,
+            *self._broker_args(broker_url),
+            "--trusted-users", ",".join(trusted),
             "--serf-rpc", agent.rpc_addr,
             "--state-dir", str(self.state_dir),
             "--round-interval", str(self.round_interval),
@@ -148,6 +169,7 @@ class LocalCluster:
         mode: str = "push",
         wait: bool = True,
         extra: Iterable[str] = (),
+        broker_url: str | None = None,
     ) -> Process:
         args = [
             "-m", "workers",
@@ -155,7 +177,7 @@ class LocalCluster:
             "--caps", ",".join(caps),
             "--slots", str(slots),
             "--mode", mode,
-            "--broker-url", self.broker_url,
+            *self._broker_args(broker_url),
             "--sandbox", str(self.workdir / "sandbox"),
             *extra,
         ]  # fmt: skip

@@ -13,10 +13,12 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from benchmarks.live_env import vhost_definitions
+from matchmaker import identity, users
 
 USER = "matchmaker"
 PASSWORD = "matchmaker"
@@ -88,3 +90,60 @@ def broker_url(vhost_pool: VhostPool) -> Iterator[str]:
     vhost = vhost_pool.take()
     yield f"amqp://{USER}:{PASSWORD}@127.0.0.1:5672/{vhost}"
     vhost_pool.give_back(vhost)
+
+
+class RoleUsers:
+    """Least-privilege users of every role (``matchmaker.identity``) on one test's vhost,
+    named uniquely for the test: made in one ``import_definitions``, deleted afterwards."""
+
+    def __init__(self, broker_url: str, secrets: Path) -> None:
+        self.vhost = broker_url.rsplit("/", 1)[1]
+        self.secrets = secrets
+        tag = uuid.uuid4().hex[:8]
+        self.scheduler = f"mm-scheduler-{tag}"
+        self.admin = f"mm-admin-{tag}"
+        self.clients = (f"mm-client-{tag}-a", f"mm-client-{tag}-b")
+        self.workers = (f"w{tag}-a", f"w{tag}-b")
+        self.made: list[str] = []
+
+    def make(self) -> RoleUsers:
+        roles = [
+            (identity.scheduler_role(self.scheduler), "scheduler"),
+            (identity.client_role(self.admin), "admin"),
+            *[(identity.client_role(user), "client") for user in self.clients],
+            *[(identity.worker_role(name), "worker") for name in self.workers],
+        ]
+        self.made = [role.user for role, _ in roles]
+        try:
+            users.apply(self.vhost, roles, self.secrets, rotate=False, workers=list(self.workers))
+        except identity.IdentityError as error:
+            pytest.fail(str(error))
+        return self
+
+    def url(self, user: str) -> str:
+        password = identity.read_secret(identity.secret_path(self.secrets, user))
+        return identity.with_password(f"amqp://{user}@127.0.0.1:5672/{self.vhost}", password)
+
+    def worker_url(self, name: str) -> str:
+        return self.url(identity.worker_user(name))
+
+    def delete(self) -> None:
+        names = ", ".join(f'<<"{user}">>' for user in self.made)
+        try:
+            rabbitmqctl(
+                "eval",
+                f'[rabbit_auth_backend_internal:delete_user(U, <<"tests">>) || U <- [{names}]].',
+            )
+        except pytest.fail.Exception:
+            for user in self.made:
+                rabbitmqctl("delete_user", user)
+
+
+@pytest.fixture
+def role_users(broker_url: str, tmp_path: Path) -> Iterator[RoleUsers]:
+    """Per-role broker users for this test's vhost, with password files under tmp_path."""
+    made = RoleUsers(broker_url, tmp_path / "secrets").make()
+    try:
+        yield made
+    finally:
+        made.delete()

@@ -19,7 +19,7 @@ def test_new_queues_get_the_configured_type_and_existing_ones_are_used_as_they_a
         monkeypatch.setattr(broker, "QUEUE_TYPE", "classic")
         broker.declare_core(channel)  # mm.requests declared classic would be refused (406)
         channel.confirm_delivery()
-        channel.basic_publish("", broker.REQUESTS, b"kept", broker.PERSISTENT)  # confirmed
+        channel.basic_publish(*broker.route(broker.REQUESTS), b"kept", broker.PERSISTENT)
         assert channel.queue_declare(broker.REQUESTS, passive=True).method.message_count == 1
         other = connection.channel()
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:

@@ -12,7 +12,14 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import DeliveryReader, FrameAcker, FramePublisher, consume, reader_of
+from matchmaker.frames import (
+    AckWindow,
+    DeliveryReader,
+    FrameAcker,
+    FramePublisher,
+    consume,
+    reader_of,
+)
 
 QUEUE = "mm.test.frames"
 
@@ -171,15 +178,20 @@ def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenCha
 
 
 def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> None:
-    """Bodies and tags in order, and ``process_data_events`` returns once they are in."""
+    """Bodies, tags and senders (``user_id``, checked by the broker) in order, and
+    ``process_data_events`` returns once they are in."""
     connection, channel = open_channel()
-    got: list[tuple[int, bytes]] = []
-    consume(channel, QUEUE, lambda tag, body: got.append((tag, body)))
+    got: list[tuple[int, bytes, str | None]] = []
+    consume(channel, QUEUE, lambda tag, body, user: got.append((tag, body, user)))
     publisher_connection, publisher = open_channel()
     publish = FramePublisher(publisher._impl)
     bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
-    for body in bodies:
-        publish("", QUEUE, body, broker.PERSISTENT)
+    signed = pika.BasicProperties(
+        delivery_mode=2, headers={"x-mm-reason": "r" * 300}, priority=1, user_id="matchmaker"
+    )
+    users = [None if i % 3 else "matchmaker" for i in range(len(bodies))]
+    for body, user in zip(bodies, users, strict=True):
+        publish("", QUEUE, body, signed if user else broker.PERSISTENT)
     publisher_connection.process_data_events(time_limit=0)
     waits = 0
     while len(got) < len(bodies) and waits < 50:
@@ -187,7 +199,7 @@ def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> 
         connection.process_data_events(time_limit=30)
         assert time.monotonic() - started < 20  # returned on data, not at the limit
         waits += 1
-    assert got == list(zip(range(1, len(bodies) + 1), bodies, strict=True))
+    assert got == list(zip(range(1, len(bodies) + 1), bodies, users, strict=True))
 
 
 def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None:
@@ -195,7 +207,7 @@ def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None
     the read, and the wait runs to its limit."""
     connection, channel = open_channel()
     got: list[bytes] = []
-    consume(channel, QUEUE, lambda _tag, body: got.append(body))
+    consume(channel, QUEUE, lambda _tag, body, _user: got.append(body))
     reader = reader_of(channel)
     assert reader is not None
     publisher_connection, publisher = open_channel()
@@ -225,7 +237,7 @@ def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     for i in range(6):
         channel.basic_publish("", QUEUE, f"a{i}".encode(), broker.PERSISTENT)
     got: list[int] = []
-    consume(channel, QUEUE, lambda tag, _body: got.append(tag))
+    consume(channel, QUEUE, lambda tag, _body, _user: got.append(tag))
     while len(got) < 6:
         connection.process_data_events(time_limit=5)
     ack = FrameAcker(channel._impl)
@@ -237,3 +249,38 @@ def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     left = [check.basic_get(QUEUE, auto_ack=True)[2] for _ in range(2)]
     assert sorted(left) == [b"a3", b"a5"]
     assert check.basic_get(QUEUE, auto_ack=True)[0] is None
+
+
+def test_deliveries_waiting_before_the_consumer_reach_the_sink_in_tag_order(
+    open_channel: OpenChannel,
+) -> None:
+    """Deliveries read with ``Consume-Ok`` go to the sink at once, not through pika's queue
+    of channel events after later ones (whose tags a ``multiple`` ack would then pass)."""
+    connection, channel = open_channel()
+    channel.queue_purge(QUEUE)
+    publish = FramePublisher(channel._impl)
+    for i in range(3000):
+        publish("", QUEUE, f"q{i}".encode(), broker.PERSISTENT)
+    channel.queue_declare(QUEUE, durable=True, passive=True)  # a round trip: all stored
+    intake = connection.channel()
+    got: list[int] = []
+    consume(intake, QUEUE, lambda tag, _body, _user: got.append(tag))
+    deadline = time.monotonic() + 30
+    while len(got) < 3000 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=1)
+    assert got == list(range(1, 3001))
+
+
+def test_an_ack_window_covers_only_settled_deliveries() -> None:
+    window = AckWindow()
+    assert window.due() == 0
+    for tag in (4, 5, 2):  # settled out of order: 1 and 3 are not
+        window.settle(tag)
+    assert window.due() == 0
+    window.settle(1)
+    assert window.due() == 2 and window.due() == 0
+    window.settle(3)
+    assert window.due() == 5
+    window.settle(5)  # settled twice (a redelivery's tag is a new one; this changes nothing)
+    window.settle(6)
+    assert window.due() == 6 and not window.ahead

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
+from pathlib import Path
 
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     Cancel,
@@ -120,3 +124,89 @@ def test_expect_limits_kinds() -> None:
 def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
     with contextlib.suppress(MessageError):
         decode(data)
+
+
+def nested(levels: int, leaf: bytes = b"1") -> bytes:
+    return b'{"a":' * levels + leaf + b"}" * levels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"kind":"submit","id":' + b"[" * 1000 + b"1" + b"]" * 1000 + b',"type":"sleep"}',
+        b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(300) + b"}",
+        b'{"v":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"v":1,"kind":' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"v":1,"kind":"result","id":"a","attempt":1,"worker":"w","state":"succeeded","output":'
+        + nested(300)
+        + b"}",
+    ],
+)
+def test_deep_nesting_is_refused_with_a_bounded_sentence(body: bytes) -> None:
+    with pytest.raises(MessageError, match="more than 32 levels deep") as error:
+        decode(body)
+    assert len(str(error.value)) < 200
+
+
+def test_what_is_accepted_can_be_written_again() -> None:
+    deepest = b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(31) + b"}"
+    request = decode(deepest)
+    assert isinstance(request, TaskRequest)
+    dispatch = TaskDispatch("a", 1, "sleep", request.payload, 1e9)
+    assert decode_dispatches(encode_batch("dispatches", [encode(dispatch)])).items == (dispatch,)
+    with pytest.raises(MessageError, match="32 levels"):
+        decode(b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(32) + b"}")
+
+
+def test_a_deep_item_of_a_batch_is_refused_alone() -> None:
+    ok = encode(TaskResult("b", 1, "w", "succeeded", output={"n": 1}))
+    deep = b'{"id":"a","attempt":1,"worker":"w","state":"succeeded","output":' + nested(300) + b"}"
+    batch = decode_results(encode_batch("results", [deep, ok, b"[" * 900 + b"]" * 900]))
+    assert [r.id for r in batch.items] == ["b"]
+    (first, why_first), (third, why_third) = batch.invalid
+    assert why_first == "results[0]: a result nests objects and arrays more than 32 levels deep"
+    assert why_third.startswith("results[2]: a result must be a JSON object")
+    assert len(first) < 200 and len(third) < 200  # described, not written out again
+
+
+def test_bad_values_are_described_not_repeated() -> None:
+    with pytest.raises(MessageError) as error:
+        decode(raw(id="x" * 10_000, type="sleep"))
+    assert len(str(error.value)) < 200 and "..." in str(error.value)
+    with pytest.raises(MessageError, match="a JSON array of 3 items"):
+        decode(raw(id=[1, 2, 3], type="sleep"))
+
+
+def json_values(max_leaves: int = 60) -> st.SearchStrategy[object]:
+    scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    return st.recursive(
+        scalars | st.floats(allow_nan=False, allow_infinity=False),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=max_leaves,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values(), st.integers(0, 40))
+def test_whatever_is_accepted_can_be_stored_and_dispatched(value: object, wrap: int) -> None:
+    for _ in range(wrap):
+        value = [value]
+    body = orjson.dumps(
+        {"v": 1, "kind": "submit", "id": "a", "type": "sleep", "payload": {"p": value}}
+    )
+    try:
+        request = decode(body)
+    except MessageError as error:
+        assert len(str(error)) < 300
+        return
+    assert isinstance(request, TaskRequest)
+    with tempfile.TemporaryDirectory() as directory:
+        ledger = Ledger(Path(directory) / "ledger.sqlite")
+        assert ledger.add([request], 1.0) == [request]
+        ledger.commit()
+        row = ledger.get("a")
+        ledger.close()
+    assert row is not None and row.payload == request.payload
+    dispatch = TaskDispatch("a", 1, "sleep", request.payload, 1e9)
+    batch = encode_batch("dispatches", [encode(dispatch), encode(dispatch)])
+    assert decode_dispatches(batch).items == (dispatch, dispatch)

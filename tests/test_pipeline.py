@@ -95,11 +95,13 @@ def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalC
         + b",".join([b"1e15"] * 40_000)
         + b"]}}",
     ]
+    sent_by = broker.persistent(broker.sender(cluster.broker_url))
     for body in bad:
-        channel.basic_publish("", broker.REQUESTS, body)
+        channel.basic_publish(*broker.route(broker.REQUESTS), body, sent_by)
     # A worker's batch of results with one bad item: that item is refused, the rest taken.
     ghost = encode(TaskResult("ghost", 1, "w1", "succeeded", 1.0, 2.0, {}))
-    channel.basic_publish("", broker.RESULTS, encode_batch("results", [ghost, b'{"id": "x"}']))
+    batch = encode_batch("results", [ghost, b'{"id": "x"}'])
+    channel.basic_publish(*broker.route(broker.RESULTS), batch, sent_by)
     connection.close()
     ids = cluster.submit(sleep_task("fine"), sleep_task("dup", 0.1), sleep_task("dup", 0.1))
     cluster.wait_states(ids)
@@ -213,6 +215,9 @@ def test_broker_restart_loses_nothing(cluster: LocalCluster) -> None:
     subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
     rows = cluster.wait_states(ids, timeout=120)
     assert len(rows) == 10
+    assert cluster.scheduler is not None
+    log = cluster.scheduler.log.read_text()
+    assert "lost the broker" in log and "Traceback" not in log  # one line of ours, no pika's
 
 
 def test_a_partitioned_worker_loses_its_tasks_and_its_late_results_are_stale(

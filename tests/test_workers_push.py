@@ -11,7 +11,7 @@ import time
 import pika.exceptions
 import pytest
 
-from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, worker_queue
+from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
 from matchmaker.messages import Cancel, TaskDispatch, TaskResult, decode_dispatches, encode
 from membership.agent import free_port
 from tests.conftest import rabbitmqctl
@@ -276,7 +276,7 @@ def test_a_result_the_broker_refuses_is_sent_again(spawn, client: Client, broker
 
     def refused() -> bool:  # a quorum queue takes one message past its limit, then nacks
         try:
-            probe.basic_publish("", RESULTS, filler, PERSISTENT)
+            probe.basic_publish(*route(RESULTS), filler, PERSISTENT)
         except pika.exceptions.NackError:
             return True
         return False

@@ -19,6 +19,7 @@ from types import FrameType
 
 from matchmaker import logs
 from matchmaker.broker import DEFAULT_URL, BrokerError
+from matchmaker.identity import resolve_url
 from workers.config import SerfConfig, WorkerConfig, parse_attribute
 from workers.presence import PresenceError, make_presence
 from workers.runtime import Worker
@@ -56,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
         "--broker-key",
         default=os.environ.get("MM_BROKER_KEY", ""),
         help="the client certificate's key (default: $MM_BROKER_KEY)",
+    )
+    p.add_argument(
+        "--broker-password-file",
+        default=os.environ.get("MM_BROKER_PASSWORD_FILE"),
+        metavar="PATH",
+        help="file with the password of the URL's user (default: $MM_BROKER_PASSWORD_FILE)",
     )
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
@@ -112,7 +119,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         slots=args.slots,
         attributes=attributes,
         mode=args.mode,
-        broker_url=args.broker_url,
+        broker_url=resolve_url(args.broker_url, args.broker_password_file),
         broker_ca=args.broker_ca,
         broker_cert=args.broker_cert,
         broker_key=args.broker_key,

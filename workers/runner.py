@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from matchmaker.identity import redact, redact_json
 from matchmaker.messages import MAX_MESSAGE_BYTES, TaskDispatch, TaskResult
 from workers.pool import Pool
 from workers.tasks.base import TaskContext, TaskError, TaskFunction
@@ -173,6 +174,7 @@ class Runner:
             if not isinstance(output, dict):
                 raise TypeError(f"task returned {type(output).__name__}, not a JSON object")
             _check_output(output)
+            output = redact_json(output)  # a URL's password stays with the worker
         except TaskError as error:
             self.finish(job, error=str(error) or "task failed")
         except BaseException as error:  # a bug in the task (even sys.exit): report it, keep going
@@ -191,6 +193,7 @@ class Runner:
         with self._lock:
             if job.final is not None:
                 return False
+            error = redact(error) if error is not None else None
             job.final = TaskResult(
                 id=job.dispatch.id,
                 attempt=job.dispatch.attempt,

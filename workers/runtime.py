@@ -14,8 +14,12 @@ to write; a crash in between means a redelivery (at-least-once), which the
 runner recognises by ``(id, attempt)`` and does not run twice. A report the
 broker refuses, or one unconfirmed when the connection drops, is sent again.
 
-Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and a private
-queue bound to ``mm.control`` with ``cancel.<name>``. A ``dispatches``
+Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and its control
+queue ``mm.control.<name>``, which the scheduler (or the setup) binds to
+``mm.control`` with ``cancel.<name>``; a worker may only read its own queues.
+Results and dead letters go to the ``mm.results`` exchange (``broker.route``),
+the one thing a worker may write, with the worker's broker user as the AMQP
+``user_id`` (checked by RabbitMQ, then by the scheduler). A ``dispatches``
 message holds what one round placed here; it is acked once every dispatch in
 it is reported (or dead-lettered), and its tasks run at most ``slots`` at once.
 Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities
@@ -50,17 +54,21 @@ from pika.spec import Basic, BasicProperties
 from matchmaker.broker import (
     CONTROL,
     DEAD,
-    PERSISTENT,
     RESULTS,
     BrokerError,
     TLSFiles,
+    bind_control,
     connect,
+    control_queue,
     dead_letter_properties,
-    declare_core,
     declare_pull,
     declare_worker,
     describe,
+    ensure_core,
+    persistent,
     queued_ack,
+    route,
+    sender,
 )
 from matchmaker.confirms import Confirms
 from matchmaker.messages import (
@@ -174,6 +182,8 @@ class Worker:
         self._last_flush = 0.0
         self._cancels: OrderedDict[str, None] = OrderedDict()
         self._advertised = False
+        self._user = sender(config.broker_url)
+        self._persistent = persistent(self._user)  # one object: its encoding is cached
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -279,19 +289,19 @@ class Worker:
         """Channels, topology and consumers for a new connection (a new session)."""
         self._session += 1
         session = self._session
-        consume, publish = conn.channel(), conn.channel()
-        declare_core(consume)
         cfg = self.config
+        ensure_core(conn, cfg.broker_url)
+        consume, publish = conn.channel(), conn.channel()
         if cfg.mode == "push":
-            queues = [declare_worker(consume, cfg.name)]
+            queues = [declare_worker(consume, cfg.name, bind=False)]
+            if not bind_control(conn, cfg.name):
+                log.info("cancels arrive once the scheduler binds %s", control_queue(cfg.name))
         else:
             queues = [declare_pull(consume, task_type) for task_type in cfg.capabilities]
         consume.basic_qos(prefetch_count=cfg.slots)  # per consumer (quorum: no global qos)
         channels = _Channels(session, consume, Confirms(publish, wake=True))
         if cfg.mode == "push":
-            control = consume.queue_declare("", exclusive=True, auto_delete=True).method.queue
-            consume.queue_bind(control, CONTROL, routing_key=f"cancel.{cfg.name}")
-            consume.basic_consume(control, self._on_control, auto_ack=True)
+            consume.basic_consume(control_queue(cfg.name), self._on_control, auto_ack=True)
         if not self._stopping.is_set():
             for queue in queues:
                 callback = functools.partial(self._on_message, channels, queue)
@@ -491,12 +501,12 @@ class Worker:
         for n, item in enumerate(outgoing):
             try:
                 if isinstance(item, ReportBatch):
-                    ch.reports.publish("", RESULTS, item.body, PERSISTENT, item)
+                    ch.reports.publish(*route(RESULTS), item.body, self._persistent, item)
                 elif item.requeue:
-                    ch.reports.publish("", item.source, item.body, PERSISTENT, item)
+                    ch.reports.publish(*route(item.source), item.body, self._persistent, item)
                 else:
-                    properties = dead_letter_properties(item.reason, item.source)
-                    ch.reports.publish("", DEAD, item.body, properties, item)
+                    properties = dead_letter_properties(item.reason, item.source, user=self._user)
+                    ch.reports.publish(*route(DEAD), item.body, properties, item)
             except BaseException:
                 self._give_back(outgoing[n:])
                 raise
