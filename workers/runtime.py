@@ -425,6 +425,8 @@ class Worker:
             sandbox=self.config.sandbox_dir,
             deadline=dispatch.deadline,
             aurora_url=self.config.aurora_url,
+            stage_roots=self.config.stage_roots,
+            allow_net=self.config.allow_net,
         )
         if dispatch.id in self._cancels:
             context.cancelled.set()
