@@ -89,6 +89,7 @@ REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
 REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
+ADVERTISE_RETRY = 5.0  # after advertising a changed capacity failed, the next try waits this long
 
 
 class Presence(Protocol):
@@ -98,6 +99,9 @@ class Presence(Protocol):
 
     def draining(self) -> None:
         """Advertise that no more work should come (``slots=0``)."""
+
+    def advertise(self, slots: int) -> None:
+        """Advertise ``slots`` free places (fewer while tasks that would not stop hold some)."""
 
     def leave(self) -> None: ...
 
@@ -173,6 +177,8 @@ class Worker:
         self._last_flush = 0.0
         self._cancels: OrderedDict[str, None] = OrderedDict()
         self._advertised = False
+        self._shown_slots = config.slots  # the capacity the gossip pool was last told
+        self._advertise_after = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -316,6 +322,30 @@ class Worker:
             self._settle(ch)
             if since >= interval:
                 self._flush(ch)
+            self._advertise_capacity()
+
+    def _advertise_capacity(self) -> None:
+        """Tell the gossip pool when slots are withheld by tasks that would not stop, or
+        given back (not while draining: then it is told 0)."""
+        capacity = self.runner.capacity()
+        now = time.monotonic()
+        if capacity == self._shown_slots or self._stopping.is_set() or now < self._advertise_after:
+            return
+        withheld = self.config.slots - capacity
+        if self.presence is not None and self._advertised:
+            try:
+                self.presence.advertise(capacity)
+            except Exception as error:  # tried again later; the runner limits itself meanwhile
+                log.warning("could not advertise slots=%d: %s", capacity, error)
+                self._advertise_after = now + ADVERTISE_RETRY
+                return
+        self._shown_slots = capacity
+        log.warning(
+            "advertised slots=%d of %d (%d withheld by tasks that did not stop)",
+            capacity,
+            self.config.slots,
+            withheld,
+        )
 
     def _drain_step(self, ch: _Channels) -> None:
         if ch.consumers:
