@@ -212,7 +212,7 @@ def _venv(setup: _Setup, step: dict[str, Any]) -> dict[str, Any]:
     if os.path.lexists(path) and ENVIRONMENTS.holding(path) != _real(path):
         raise TaskError(
             f"env_setup: venv 'path' {step['path']!r} already exists and is not an environment "
-            f"this worker made; choose a new path"
+            f"this worker process made; choose a new path"
         )
     make_dirs(setup.directory, step["path"], "'path'")
     argv = [sys.executable, "-I", "-m", "venv", "--symlinks"]
