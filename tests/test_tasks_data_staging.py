@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import os
+import shutil
 import socket
+import ssl
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +410,51 @@ def test_a_dripping_server_is_dropped_on_cancel(sandbox: Path) -> None:
         assert not thread.is_alive()
         assert time.monotonic() - cancelled_at < 1.5
     assert errors and "was cancelled" in errors[0]
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for the name ``localhost`` only (no IP address)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+            "-out", "server.csr", "-subj", "/CN=localhost")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2",
+            "-extfile", "san.ext")  # fmt: skip
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_checked_against_the_name_while_connecting_to_the_checked_address(
+    sandbox: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the default context trusts the test CA
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(source.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        # localhost may also resolve to ::1, which is not allowed here: 127.0.0.1 is used
+        run({"source": f"https://localhost:{port}/input.csv", "destination": "a"}, ctx(sandbox))
+        assert (sandbox / "a").read_bytes() == DATA
+        by_address = {"source": f"https://127.0.0.1:{port}/input.csv", "destination": "b"}
+        with pytest.raises(TaskError, match=r"cannot reach https://127\.0\.0\.1.*certificate"):
+            run(by_address, ctx(sandbox))  # the certificate names localhost only
+        by_name = {"source": f"https://localhost:{port}/input.csv", "destination": "b"}
+        with pytest.raises(TaskError, match=r"127\.0\.0\.1 \(loopback\)"):
+            run(by_name, bare(sandbox))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not (sandbox / "b").exists()

@@ -5,9 +5,10 @@ unicast only, unless a network in ``allow`` covers it); the connection goes
 to a checked address, the name travelling in the Host header and as TLS SNI
 (and certificate name), so a second DNS answer cannot move it elsewhere.
 Redirects are followed here, each hop checked the same way, at most
-``MAX_REDIRECTS``. Every read waits in slices of ``SLICE`` seconds and checks
-the deadline and the cancel flag between them, so a server that stalls or
-drips a byte at a time is dropped at the deadline or on cancel.
+``MAX_REDIRECTS``. Name resolution and every read wait in slices of
+``SLICE`` seconds and check the deadline and the cancel flag between them,
+so a resolver or server that stalls or drips a byte at a time is dropped at
+the deadline or on cancel.
 """
 
 from __future__ import annotations
@@ -78,10 +79,31 @@ def allowed(address: Address, allow: Sequence[Network]) -> str | None:
     return refusal(address)
 
 
-def resolve(host: str, port: int, allow: Sequence[Network], url: str) -> list[str]:
+def _lookup(host: str, port: int, guard: Guard) -> list[Any]:
+    """``getaddrinfo`` on a helper thread, waited for in slices that obey the guard (the
+    resolver itself cannot be interrupted; a late answer is dropped)."""
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as e:
+            answer.append(e)
+        done.set()
+
+    threading.Thread(target=ask, name="data-staging-resolve", daemon=True).start()
+    while not done.wait(min(SLICE, guard.left())):
+        pass
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return list(answer[0])
+
+
+def resolve(host: str, port: int, allow: Sequence[Network], url: str, guard: Guard) -> list[str]:
     """The addresses of ``host`` (of ``url``) the worker may connect to, in resolver order."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = _lookup(host, port, guard)
     except (OSError, UnicodeError) as e:
         raise FetchError(f"cannot reach {url}: cannot resolve {host!r}: {_why(e)}") from None
     good: list[str] = []
@@ -204,7 +226,7 @@ def _connection(url: str, allow: Sequence[Network], guard: Guard) -> tuple[Any, 
     if not host:
         raise FetchError(f"{url} names no host")
     port = port or (443 if parts.scheme == "https" else 80)
-    addresses = resolve(host, port, allow, url)
+    addresses = resolve(host, port, allow, url, guard)
     cls = _HTTPS if parts.scheme == "https" else _HTTP
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return cls(host, port, addresses, guard), target
