@@ -236,6 +236,16 @@ def test_a_symlinked_sandbox_root_is_refused(tmp_path: Path, source: Path) -> No
     assert list(real.iterdir()) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+def test_a_sandbox_root_of_another_user_is_refused(tmp_path: Path, source: Path) -> None:
+    planted = tmp_path / "planted"  # say, made in a shared /tmp before the worker started
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(TaskError, match="belongs to another user; refusing to use it"):
+        run({"source": source.as_uri(), "destination": "x"}, ctx(planted))
+    assert list(planted.iterdir()) == []
+
+
 def test_loopback_is_refused_by_default_and_allowed_by_the_worker(
     sandbox: Path, http_url: str
 ) -> None:

@@ -7,7 +7,7 @@ symbolic link: a link inside the sandbox that points out of it (or anywhere)
 is refused rather than followed. Files are written atomically: into a hidden
 temporary file in the target directory, renamed over the name on success.
 Directories are made 0700 and files 0600 (the worker's alone); a root that is
-itself a symbolic link is refused. ``open_regular`` opens a file for reading
+itself a symbolic link, or another user's, is refused. ``open_regular`` opens a file for reading
 the same way, without blocking (a FIFO would wait for a writer) and only if
 it is a regular file.
 """
@@ -84,7 +84,10 @@ def _open_root(root: Path, create: bool) -> int:
         raise PathError(f"{root} is not a directory") from None
     if create:
         info = os.fstat(fd)
-        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+        if info.st_uid != os.geteuid():
+            os.close(fd)
+            raise PathError(f"{root} belongs to another user; refusing to use it as a root")
+        if info.st_mode & 0o077:
             os.fchmod(fd, DIR_MODE)  # made before directories were private
     return fd
 
