@@ -468,3 +468,27 @@ def test_https_is_checked_against_the_name_while_connecting_to_the_checked_addre
         server.server_close()
         thread.join()
     assert not (sandbox / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1/x", "is not a valid URL"),
+        ("file://[::1/x", "is not a valid URL"),
+        ("http://[::1]:99999/", "not a valid URL: Port out of range"),
+        ("http://127.0.0.1:0/", "port 0"),
+        ("https://:80/", "names no host"),
+        ("file:///%00", "without '..'"),
+    ],
+)
+def test_malformed_sources_are_one_sentence(sandbox: Path, url: str, message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        run({"source": url, "destination": "x", "timeout": 5}, ctx(sandbox))
+
+
+def test_a_malformed_redirect_is_one_sentence(sandbox: Path) -> None:
+    with (
+        redirector("http://[::1/x") as (allowed, _server),
+        pytest.raises(TaskError, match=r"redirected to 'http://\[::1/x', not a valid URL"),
+    ):
+        run({"source": f"{allowed}/x", "destination": "a"}, ctx(sandbox))

@@ -126,7 +126,10 @@ def _stage(
 def _open_source(
     url: str, context: TaskContext, guard: fetch.Guard, max_bytes: int
 ) -> Iterator[Reader]:
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError as e:
+        raise TaskError(f"data_staging: 'source' {url!r} is not a valid URL: {e}") from None
     if parsed.scheme == "file":
         with _open_file(parsed, url, context.stage_roots, max_bytes) as reader:
             yield reader

@@ -216,20 +216,25 @@ class _HTTPS(http.client.HTTPSConnection):
 
 def _connection(url: str, allow: Sequence[Network], guard: Guard) -> tuple[Any, str]:
     """A connection to a checked address of ``url``'s host, and the request target."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise FetchError(f"{url!r} is not a valid URL: {e}") from None
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"{url} is not an http(s) URL")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise FetchError(f"{url} has an invalid port") from None
     if not host:
         raise FetchError(f"{url} names no host")
+    if port == 0:
+        raise FetchError(f"{url} names port 0")
     port = port or (443 if parts.scheme == "https" else 80)
     addresses = resolve(host, port, allow, url, guard)
     cls = _HTTPS if parts.scheme == "https" else _HTTP
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return cls(host, port, addresses, guard), target
+    try:
+        return cls(host, port, addresses, guard), target
+    except ValueError as e:  # http.client's InvalidURL
+        raise FetchError(f"{url!r} is not a valid URL: {e}") from None
 
 
 @contextlib.contextmanager
@@ -246,7 +251,7 @@ def get(
                 location = response.getheader("Location")
                 if not location:
                     raise FetchError(f"{url} redirected (HTTP {response.status}) to nowhere")
-                url = urllib.parse.urljoin(url, location.strip())
+                url = _follow(url, location)
                 continue
             if response.status != 200:
                 reason = str(response.reason)[:100]
@@ -258,6 +263,13 @@ def get(
             if response is not None:
                 response.close()
     raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _follow(url: str, location: str) -> str:
+    try:
+        return urllib.parse.urljoin(url, location.strip())
+    except ValueError as e:
+        raise FetchError(f"{url} redirected to {location[:200]!r}, not a valid URL: {e}") from None
 
 
 def _ask(
