@@ -332,16 +332,18 @@ class Worker:
         if capacity == self._shown_slots or self._stopping.is_set() or now < self._advertise_after:
             return
         withheld = self.config.slots - capacity
-        if self.presence is not None and self._advertised:
+        presence = self.presence if self._advertised else None
+        if presence is not None:
             try:
-                self.presence.advertise(capacity)
+                presence.advertise(capacity)
             except Exception as error:  # tried again later; the runner limits itself meanwhile
                 log.warning("could not advertise slots=%d: %s", capacity, error)
                 self._advertise_after = now + ADVERTISE_RETRY
                 return
         self._shown_slots = capacity
         log.warning(
-            "advertised slots=%d of %d (%d withheld by tasks that did not stop)",
+            "%s slots=%d of %d (%d withheld by tasks that did not stop)",
+            "running at most" if presence is None else "advertised",
             capacity,
             self.config.slots,
             withheld,
