@@ -42,12 +42,7 @@ def run_experiment(
                 "directory": name,
                 "steps": [
                     {"step": "mkdir", "path": "outputs"},
-                    {
-                        "step": "write_file",
-                        "path": "count.sh",
-                        "content": COUNT_SCRIPT,
-                        "executable": True,
-                    },
+                    {"step": "write_file", "path": "count.sh", "content": COUNT_SCRIPT},
                 ],
             },
             constraints=where,
@@ -63,13 +58,14 @@ def run_experiment(
         )
     )
     script, output = directory / "count.sh", directory / "outputs" / "count"
+    cmdline = f"/bin/sh {script} {staged['path']} {output}"  # a script is never made executable
     job = submit(
         TaskRequest(
             f"{name}-job",
             "job_submission",
             {
                 "job": {"role": "gateway", "environment": "demo", "name": name},
-                "processes": [{"name": "count", "cmdline": f"{script} {staged['path']} {output}"}],
+                "processes": [{"name": "count", "cmdline": cmdline}],
                 "resources": {"cpus": 0.1, "ram_mb": 16, "disk_mb": 16},
                 "timeout": 60,
             },

@@ -66,7 +66,10 @@ def demo(cluster: LocalCluster, storage: str) -> None:
     started = time.time()
     cluster.start_aurora()
     cluster.start_scheduler()
-    cluster.start_worker("stager", ["data_staging", "env_setup"], 4, {"site": "iu"})
+    own = cluster.workdir / "sandbox" / "stager"  # stage-out copies the job's output
+    own.mkdir(parents=True, exist_ok=True)
+    allowed = ["--stage-root", str(own), "--allow-net", "127.0.0.1/32"]  # + the storage site
+    cluster.start_worker("stager", ["data_staging", "env_setup"], 4, {"site": "iu"}, extra=allowed)
     cluster.start_worker("submitter", ["job_submission", "sleep"], 4, {"site": "iu"})
     cluster.start_worker("gpu-node", ["sleep"], 4, {"site": "tacc", "gpu": 1})
     print(

@@ -38,7 +38,11 @@ def test_experiment_chain_through_the_cli(broker_url: str, tmp_path: Path, stora
     with LocalCluster(broker_url=broker_url, workdir=tmp_path / "cluster") as cluster:
         cluster.start_aurora()
         cluster.start_scheduler()
-        cluster.start_worker("stager", ["data_staging", "env_setup"], 2, {"site": "iu"})
+        own = cluster.workdir / "sandbox" / "stager"  # stage-out copies the job's output
+        own.mkdir(parents=True)
+        allowed = ["--stage-root", str(own), "--allow-net", "127.0.0.1/32"]  # + the storage site
+        cluster.start_worker("stager", ["data_staging", "env_setup"], 2, {"site": "iu"},
+                             extra=allowed)  # fmt: skip
         cluster.start_worker("submitter", ["job_submission"], 2, {"site": "iu"})
         cluster.start_worker("elsewhere", ["data_staging", "env_setup"], 2, {"site": "tacc"})
         common = ["--broker-url", broker_url, "--state-dir", str(cluster.state_dir)]

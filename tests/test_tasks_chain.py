@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,11 @@ def test_experiment_chain(tmp_path: Path, storage: str) -> None:
     with LocalAurora(port=0, sandbox_root=tmp_path / "aurora") as aurora:
 
         def submit(r: TaskRequest) -> dict[str, Any]:
-            context = TaskContext(r.id, 1, "w1", sandbox, aurora_url=aurora.url)
+            context = TaskContext(
+                r.id, 1, "w1", sandbox, aurora_url=aurora.url,
+                stage_roots=(sandbox,),  # stage-out copies the job's output from here
+                allow_net=(ipaddress.ip_network("127.0.0.1/32"),),  # the storage site
+            )  # fmt: skip
             return REGISTRY[r.type](r.payload, context)
 
         steps = run_experiment(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -26,14 +28,15 @@ def test_registered() -> None:
 def test_directory_files_and_python_check(tmp_path: Path) -> None:
     steps = [
         {"step": "mkdir", "path": "inputs/raw"},
-        {"step": "write_file", "path": "run.sh", "content": "echo hi\n", "executable": True},
+        {"step": "write_file", "path": "run.sh", "content": "echo hi\n"},
         {"step": "check_python", "min_version": "3.11"},
     ]
     result = run({"directory": "exp-1", "steps": steps}, ctx(tmp_path))
     exp = tmp_path / "exp-1"
     assert result["directory"] == str(exp)
     assert (exp / "inputs/raw").is_dir()
-    assert (exp / "run.sh").read_text() == "echo hi\n" and (exp / "run.sh").stat().st_mode & 0o100
+    assert (exp / "run.sh").read_text() == "echo hi\n"
+    assert stat.S_IMODE((exp / "run.sh").stat().st_mode) == 0o600
     assert [s["step"] for s in result["steps"]] == ["mkdir", "write_file", "check_python"]
     assert result["steps"][2]["version"].startswith(f"{sys.version_info[0]}.{sys.version_info[1]}")
 
@@ -136,3 +139,76 @@ def test_venv_and_offline_pip_install(tmp_path: Path) -> None:
             },
             ctx(tmp_path),
         )
+
+
+# -- only the worker's own interpreters run, with nothing of the worker's environment ----
+
+FAKE_PYTHON = "#!/bin/sh\ntouch {marker}\necho 3.99.0\n"
+
+
+def test_the_fake_interpreter_attack_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    fake = {"step": "write_file", "path": "fake/bin/python",
+            "content": FAKE_PYTHON.format(marker=marker)}  # fmt: skip
+    with pytest.raises(TaskError, match="write_file cannot make a file executable"):
+        run({"directory": "e", "steps": [{**fake, "executable": True}]}, ctx(tmp_path))
+    assert not (tmp_path / "e" / "fake" / "bin" / "python").exists()
+    wheels = {"step": "mkdir", "path": "wheels"}
+    for use in (
+        {"step": "check_python", "venv": "fake"},
+        {"step": "pip_install", "venv": "fake", "packages": ["x"], "find_links": "wheels"},
+    ):
+        with pytest.raises(TaskError, match="'fake' is not a virtual environment this worker"):
+            run({"directory": "e", "steps": [fake, wheels, use]}, ctx(tmp_path))
+    # even made executable by some other means, it is not an interpreter the worker made
+    (tmp_path / "e" / "fake" / "bin" / "python").chmod(0o755)
+    with pytest.raises(TaskError, match="not a virtual environment this worker made"):
+        run({"directory": "e", "steps": [{"step": "check_python", "venv": "fake"}]}, ctx(tmp_path))
+    with pytest.raises(TaskError, match="already exists and is not an environment"):
+        run({"directory": "e", "steps": [{"step": "venv", "path": "fake"}]}, ctx(tmp_path))
+    assert not marker.exists()
+
+
+def test_a_swapped_interpreter_of_a_real_environment_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    run({"directory": "e", "steps": [{"step": "venv", "path": "venv"}]}, ctx(tmp_path))
+    check = {"step": "check_python", "venv": "venv", "min_version": "3.11"}
+    assert run({"directory": "e", "steps": [check]}, ctx(tmp_path))["steps"][0]["version"]
+    into_venv = {"step": "write_file", "path": "venv/bin/python", "content": "#!/bin/sh\n"}
+    with pytest.raises(TaskError, match="inside a virtual environment this worker made"):
+        run({"directory": "e", "steps": [into_venv]}, ctx(tmp_path))
+    python = tmp_path / "e" / "venv" / "bin" / "python"
+    python.unlink()  # changed behind the worker's back (say, by a job on the same machine)
+    python.write_text(FAKE_PYTHON.format(marker=marker))
+    python.chmod(0o755)
+    with pytest.raises(TaskError, match="no longer the one this worker made; refusing"):
+        run({"directory": "e", "steps": [check]}, ctx(tmp_path))
+    assert not marker.exists()
+
+
+def test_commands_see_a_minimal_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_BROKER_URL", "amqp://worker:s3cret-password@broker/")
+    monkeypatch.setenv("MM_TEST_SECRET", "s3cret-token")
+    run({"directory": "e", "steps": [{"step": "venv", "path": "venv"}]}, ctx(tmp_path))
+    # code that runs in the environment's interpreter (as an installed package's would)
+    dump = tmp_path / "environ.txt"
+    (site,) = (tmp_path / "e" / "venv" / "lib").glob("python3*/site-packages")
+    (site / "sitecustomize.py").write_text(
+        f"import os\nopen({str(dump)!r}, 'w').write(repr(dict(os.environ)))\n"
+    )
+    check = {"step": "check_python", "venv": "venv"}
+    run({"directory": "e", "steps": [check]}, ctx(tmp_path))
+    seen = eval(dump.read_text())
+    assert "s3cret" not in repr(seen)
+    assert {"PATH", "HOME", "LANG"} <= set(seen) <= {"PATH", "HOME", "LANG", *PIP_SETTINGS}
+    assert seen["HOME"] == str(tmp_path) and os.environ["MM_TEST_SECRET"] == "s3cret-token"
+
+
+PIP_SETTINGS = {
+    "PIP_CONFIG_FILE",
+    "PIP_NO_INDEX",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+}

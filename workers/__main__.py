@@ -20,7 +20,7 @@ from types import FrameType
 from matchmaker import logs
 from matchmaker.broker import DEFAULT_URL, BrokerError
 from matchmaker.identity import resolve_url
-from workers.config import SerfConfig, WorkerConfig, parse_attribute
+from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network
 from workers.presence import PresenceError, make_presence
 from workers.runtime import Worker
 from workers.tasks import REGISTRY
@@ -67,6 +67,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
     p.add_argument("--aurora-url", default="http://127.0.0.1:8081")
+    p.add_argument(
+        "--stage-root",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="data_staging may copy file:// sources under DIR (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--allow-net",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="data_staging may fetch from this loopback/private network (repeatable; "
+        "default: public addresses only)",
+    )
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS)
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     serf = p.add_argument_group("Serf (push mode)")
@@ -126,6 +142,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         serf=serf,
         aurora_url=args.aurora_url,
         grace=args.grace,
+        stage_roots=tuple(root.absolute() for root in args.stage_root),
+        allow_net=tuple(parse_network(net) for net in args.allow_net),
         **extra,
     )
 

@@ -4,11 +4,16 @@
 is a one-sentence ``ValueError`` before anything starts. ``SerfConfig`` says
 how the worker advertises itself: join an existing agent over RPC (``rpc``)
 or start its own agent (``bind``, ``rpc_bind``, ``join``, keys).
+``stage_roots`` and ``allow_net`` are what the worker lets its tasks reach:
+the directories ``file://`` sources may come from, and the networks fetched
+from although not public (both empty by default: no local file, no loopback,
+private or link-local address).
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +22,7 @@ from typing import Literal
 
 from matchmaker.broker import DEFAULT_URL
 from matchmaker.messages import NAME
+from workers.tasks.base import Network
 
 MODES = ("push", "pull")
 MAX_SLOTS = 1024
@@ -53,6 +59,8 @@ class WorkerConfig:
     aurora_url: str = "http://127.0.0.1:8081"
     grace: float = 30.0
     requeue_delay: float = 0.05
+    stage_roots: tuple[Path, ...] = ()
+    allow_net: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -76,6 +84,9 @@ class WorkerConfig:
             raise ValueError(f"mode must be push or pull (got {self.mode!r})")
         if not self.grace >= 0:
             raise ValueError("grace must be a number of seconds >= 0")
+        for root in self.stage_roots:
+            if not root.is_absolute() or not root.is_dir():
+                raise ValueError(f"stage root {str(root)!r} must be an existing absolute directory")
 
     @functools.cached_property  # asked for every task
     def sandbox_dir(self) -> Path:
@@ -89,3 +100,13 @@ def parse_attribute(text: str) -> tuple[str, str]:
     if not sep or not key or not value:
         raise ValueError(f"attribute {text!r} must look like key=value")
     return key.strip(), value.strip()
+
+
+def parse_network(text: str) -> Network:
+    """``10.0.0.0/8`` or an address (one host) -> a network; ValueError with a sentence."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"network {text!r} must be an address or CIDR, e.g. 127.0.0.1/32 or fd00::/8"
+        ) from None

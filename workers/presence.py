@@ -101,6 +101,9 @@ class OwnAgent:
     def draining(self) -> None:
         _set_tags(self.agent.rpc_addr, self.agent.rpc_auth, {SLOTS: "0"}, [])
 
+    def advertise(self, slots: int) -> None:
+        _set_tags(self.agent.rpc_addr, self.agent.rpc_auth, {SLOTS: str(slots)}, [])
+
     def leave(self) -> None:
         """Leave the pool gracefully (the agent broadcasts its leave and exits)."""
         if self.agent.running:
@@ -121,6 +124,9 @@ class ExistingAgent:
 
     def draining(self) -> None:
         _set_tags(self.rpc, self.auth, {SLOTS: "0"}, [])
+
+    def advertise(self, slots: int) -> None:
+        _set_tags(self.rpc, self.auth, {SLOTS: str(slots)}, [])
 
     def leave(self) -> None:
         _set_tags(self.rpc, self.auth, {}, list(self.tags))

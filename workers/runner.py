@@ -10,6 +10,13 @@ Only the connection thread touches the broker; task threads only change job
 state under the runner's lock and, when a job finishes, call ``wake`` so the
 loop flushes soon (a running report waits for the next flush or loop tick).
 
+A task that does not stop once cancelled (by a cancel, its deadline or the
+drain) is given ``stop_grace`` seconds; then its job fails as abandoned (if it
+has no result yet) and its thread's slot is *withheld*: ``capacity()`` drops
+by one, which the worker advertises, and since the thread still holds its
+pool place the runner runs at most the remaining slots. When the thread ends
+at last, the slot comes back.
+
 A job may hold several deliveries (the same dispatch delivered again after a
 reconnect, or twice), and a delivery may be shared by several jobs (a
 ``dispatches`` message): a delivery is acknowledged once every job it holds
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 REMEMBER_DONE = 10_000
+STOP_GRACE = 5.0  # after a cancel: how long a task gets to stop before its slot is withheld
 MAX_OUTPUT_BYTES = MAX_MESSAGE_BYTES - 16 * 1024  # the rest of the result fits beside it
 
 
@@ -76,6 +84,7 @@ class Job:
     final: TaskResult | None = None
     running_sent: bool = False
     final_sent: bool = False
+    cancel_seen: float | None = None  # when the runner first saw it cancelled while running
 
     @property
     def key(self) -> Key:
@@ -121,11 +130,16 @@ class Runner:
         slots: int,
         registry: Mapping[str, TaskFunction],
         wake: Callable[[], None] = lambda: None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self.worker = worker
         self.registry = registry
         self.wake = wake
+        self.slots = slots
+        self.stop_grace = stop_grace
         self._pool = Pool(slots, f"task-{worker}")
+        self._active: set[Job] = set()  # jobs whose function is running on a thread
+        self._withheld: set[Job] = set()  # of those, the ones that would not stop
         self._lock = threading.Lock()
         self._jobs: dict[Key, Job] = {}
         self._dirty: dict[Key, Job] = {}
@@ -166,9 +180,16 @@ class Runner:
             job.started_at = time.time()
             quiet = not self._dirty
             self._dirty[job.key] = job
+            self._active.add(job)
         if quiet:  # the loop may be in a long wait: it must time this job's running report
             self.wake()
         log.debug("task started id=%s attempt=%d type=%s", *job.key, job.dispatch.type)
+        try:
+            self._call(job, function)
+        finally:
+            self._ended(job)
+
+    def _call(self, job: Job, function: TaskFunction) -> None:
         try:
             output = function(dict(job.dispatch.payload), job.context)
             if not isinstance(output, dict):
@@ -182,6 +203,67 @@ class Runner:
             self.finish(job, error=f"internal error in {job.dispatch.type}: {error!r}")
         else:
             self.finish(job, output=output)
+
+    def _ended(self, job: Job) -> None:
+        """The job's thread is free again; a withheld slot comes back."""
+        with self._lock:
+            self._active.discard(job)
+            back = job in self._withheld
+            self._withheld.discard(job)
+            capacity = self.slots - len(self._withheld)
+        if back:
+            log.warning(
+                "task thread ended at last id=%s attempt=%d; its slot is back (capacity %d of %d)",
+                *job.key,
+                capacity,
+                self.slots,
+            )
+            self.wake()
+
+    def capacity(self) -> int:
+        """Slots the worker can offer: all but those held by tasks that would not stop."""
+        with self._lock:
+            return self.slots - len(self._withheld)
+
+    def _watch(self, now: float) -> float | None:
+        """Withhold the slots of tasks still running ``stop_grace`` after being cancelled;
+        the seconds until the next such check falls due."""
+        with self._lock:
+            running = [job for job in self._active if job not in self._withheld]
+        nearest: float | None = None
+        for job in running:
+            if not job.context.cancelled.is_set():
+                continue
+            if job.cancel_seen is None:
+                job.cancel_seen = now
+            left = job.cancel_seen + self.stop_grace - now
+            if left > 0:
+                nearest = left if nearest is None else min(nearest, left)
+            else:
+                self._withhold(job, now)
+        return nearest
+
+    def _withhold(self, job: Job, now: float) -> None:
+        with self._lock:
+            if job not in self._active:
+                return  # it ended meanwhile
+            self._withheld.add(job)
+            capacity = self.slots - len(self._withheld)
+        waited = now - (job.cancel_seen or now)
+        log.warning(
+            "task id=%s attempt=%d did not stop %.1fs after it was cancelled; abandoned, its "
+            "slot withheld until its thread ends (capacity %d of %d)",
+            *job.key,
+            waited,
+            capacity,
+            self.slots,
+        )
+        self.finish(
+            job,
+            error=f"abandoned: the task did not stop within {self.stop_grace:g}s of being "
+            f"cancelled; worker {self.worker} withholds its slot until it ends",
+        )
+        self.wake()
 
     # -- finishing (any thread) ----------------------------------------------------------
 
@@ -224,11 +306,12 @@ class Runner:
         return len(jobs)
 
     def expire(self, now: float | None = None) -> float | None:
-        """Fail running jobs past their deadline; the seconds until the next deadline."""
+        """Fail running jobs past their deadline and withhold the slots of those that do not
+        stop; the seconds until the next deadline or check."""
         now = time.time() if now is None else now
         with self._lock:
             live = [job for job in self._jobs.values() if job.final is None]
-        nearest: float | None = None
+        nearest = self._watch(now)
         for job in live:
             left = job.dispatch.deadline - now
             if left <= 0:

@@ -98,6 +98,7 @@ REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
 REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
+ADVERTISE_RETRY = 5.0  # after advertising a changed capacity failed, the next try waits this long
 
 
 class Presence(Protocol):
@@ -107,6 +108,9 @@ class Presence(Protocol):
 
     def draining(self) -> None:
         """Advertise that no more work should come (``slots=0``)."""
+
+    def advertise(self, slots: int) -> None:
+        """Advertise ``slots`` free places (fewer while tasks that would not stop hold some)."""
 
     def leave(self) -> None: ...
 
@@ -184,6 +188,8 @@ class Worker:
         self._advertised = False
         self._user = sender(config.broker_url)
         self._persistent = persistent(self._user)  # one object: its encoding is cached
+        self._shown_slots = config.slots  # the capacity the gossip pool was last told
+        self._advertise_after = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -335,6 +341,32 @@ class Worker:
             self._settle(ch)
             if since >= interval:
                 self._flush(ch)
+            self._advertise_capacity()
+
+    def _advertise_capacity(self) -> None:
+        """Tell the gossip pool when slots are withheld by tasks that would not stop, or
+        given back (not while draining: then it is told 0)."""
+        capacity = self.runner.capacity()
+        now = time.monotonic()
+        if capacity == self._shown_slots or self._stopping.is_set() or now < self._advertise_after:
+            return
+        withheld = self.config.slots - capacity
+        presence = self.presence if self._advertised else None
+        if presence is not None:
+            try:
+                presence.advertise(capacity)
+            except Exception as error:  # tried again later; the runner limits itself meanwhile
+                log.warning("could not advertise slots=%d: %s", capacity, error)
+                self._advertise_after = now + ADVERTISE_RETRY
+                return
+        self._shown_slots = capacity
+        log.warning(
+            "%s slots=%d of %d (%d withheld by tasks that did not stop)",
+            "running at most" if presence is None else "advertised",
+            capacity,
+            self.config.slots,
+            withheld,
+        )
 
     def _drain_step(self, ch: _Channels) -> None:
         if ch.consumers:
@@ -444,6 +476,8 @@ class Worker:
             sandbox=self.config.sandbox_dir,
             deadline=dispatch.deadline,
             aurora_url=self.config.aurora_url,
+            stage_roots=self.config.stage_roots,
+            allow_net=self.config.allow_net,
         )
         if dispatch.id in self._cancels:
             context.cancelled.set()

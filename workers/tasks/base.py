@@ -6,16 +6,23 @@ dict recorded as the task's result. A task that cannot do its work raises
 ``TaskError`` with a sentence a person can act on; anything else it raises is
 reported as an internal error. A long task polls ``context.cancelled`` (set on
 cancel, timeout or worker shutdown) and stops early by raising ``TaskError``.
+The context also carries what the worker's configuration lets tasks reach:
+``stage_roots`` (directories ``file://`` sources may come from; none by
+default) and ``allow_net`` (networks fetched from even though they are
+loopback, private or otherwise not public; none by default).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TaskError(Exception):
@@ -31,6 +38,8 @@ class TaskContext:
     deadline: float | None = None
     aurora_url: str = "http://127.0.0.1:8081"
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stage_roots: tuple[Path, ...] = ()
+    allow_net: tuple[Network, ...] = ()
 
     def remaining(self) -> float | None:
         """Seconds until the deadline (wall clock), or None without one."""
