@@ -16,6 +16,8 @@ from typing import Any
 
 from matchmaker.broker import DEFAULT_URL
 from matchmaker.models import STRATEGIES
+from membership.errors import MembershipError
+from membership.keys import resolve
 
 
 class ConfigError(ValueError):
@@ -26,7 +28,9 @@ class ConfigError(ValueError):
 class Config:
     broker_url: str = DEFAULT_URL
     serf_rpc: str = "127.0.0.1:7373"
-    serf_auth_key: str = ""
+    serf_auth_key: str = ""  # prefer serf_auth_key_file: a flag's value shows in ps
+    serf_auth_key_file: str = ""  # a 0600 file holding the Serf RPC auth key
+    insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # a full turn (intake, round, one commit) at most this often
     strategy: str = "spread"
@@ -43,6 +47,20 @@ class Config:
     @property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite"
+
+    def with_serf_auth(self) -> Config:
+        """This config with its Serf RPC auth key read (from the key, its file, or
+        ``MM_SERF_AUTH``/``MM_SERF_AUTH_FILE``); ConfigError if there is none and not insecure."""
+        try:
+            keys = resolve(
+                auth=self.serf_auth_key or None,
+                auth_file=self.serf_auth_key_file or None,
+                insecure=self.insecure,
+                gossip=False,
+            )
+        except MembershipError as error:
+            raise ConfigError(str(error)) from None
+        return replace(self, serf_auth_key=keys.auth or "")
 
     def check(self) -> Config:
         if self.strategy not in STRATEGIES:
@@ -68,12 +86,25 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             return float(value)
         if kind in ("int", int):
             return int(value)
+        if kind in ("bool", bool):
+            return _bool(value)
         if "tuple" in str(kind):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: cannot use {value!r} ({kind})") from None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
 
 
 def load(path: Path | str | None = None, flags: dict[str, Any] | None = None) -> Config:
