@@ -114,9 +114,16 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------------
 
+    @property
+    def aurora_token_file(self) -> Path:
+        """The local Aurora server's token, generated in its state directory at its start."""
+        return self.workdir / "aurora-state" / "api-token"
+
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Process:
         log = self.workdir / f"{name}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if self.aurora_url:  # the job_submission task sends it with every call
+            environment["MM_AURORA_TOKEN_FILE"] = str(self.aurora_token_file)
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, *args],
@@ -200,6 +207,7 @@ class LocalCluster:
             [
                 "-m", "aurora.local", "--port", str(port),
                 "--sandbox-root", str(self.workdir / "aurora"),
+                "--state-dir", str(self.aurora_token_file.parent),
             ],
         )  # fmt: skip
         self.aurora_url = f"http://127.0.0.1:{port}"
