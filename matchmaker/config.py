@@ -57,6 +57,7 @@ class Config:
                 auth_file=self.serf_auth_key_file or None,
                 insecure=self.insecure,
                 gossip=False,
+                auth_flag="--serf-auth-key-file",
             )
         except MembershipError as error:
             raise ConfigError(str(error)) from None

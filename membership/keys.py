@@ -28,12 +28,25 @@ ENCRYPT_SIZE = 16  # bytes, what ``serf keygen`` makes
 MAX_KEY = 512
 ENV_ENCRYPT, ENV_ENCRYPT_FILE = "MM_SERF_ENCRYPT", "MM_SERF_ENCRYPT_FILE"
 ENV_AUTH, ENV_AUTH_FILE = "MM_SERF_AUTH", "MM_SERF_AUTH_FILE"
-INSECURE_HINT = (
-    "Serf gossip encryption and RPC auth keys are required: create them with "
-    "`python -m membership keygen --out DIR` and pass --serf-encrypt-file DIR/"
-    f"{ENCRYPT_FILE} and --serf-auth-file DIR/{AUTH_FILE} (or set {ENV_ENCRYPT_FILE} and "
-    f"{ENV_AUTH_FILE}), or run with --insecure to go without them."
-)
+
+
+def insecure_hint(gossip: bool = True, auth_flag: str = "--serf-auth-file") -> str:
+    """The sentence a process says when it lacks the keys it needs."""
+    if not gossip:
+        return (
+            "a Serf RPC auth key is required: create the keys with `python -m membership keygen "
+            f"--out DIR` and pass {auth_flag} DIR/{AUTH_FILE} (or set {ENV_AUTH_FILE}), or run "
+            "with --insecure to go without it."
+        )
+    return (
+        "Serf gossip encryption and RPC auth keys are required: create them with "
+        "`python -m membership keygen --out DIR` and pass --serf-encrypt-file DIR/"
+        f"{ENCRYPT_FILE} and {auth_flag} DIR/{AUTH_FILE} (or set {ENV_ENCRYPT_FILE} and "
+        f"{ENV_AUTH_FILE}), or run with --insecure to go without them."
+    )
+
+
+INSECURE_HINT = insecure_hint()
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ def resolve(
     auth: str | None = None,
     insecure: bool = False,
     gossip: bool = True,
+    auth_flag: str = "--serf-auth-file",
     environ: Mapping[str, str] | None = None,
 ) -> SerfKeys:
     """The keys from explicit values, else files, else the environment.
@@ -115,7 +129,7 @@ def resolve(
         check_auth_key(auth)
     missing = auth is None or (gossip and encrypt is None)
     if missing and not insecure:
-        raise KeyFileError(INSECURE_HINT)
+        raise KeyFileError(insecure_hint(gossip, auth_flag))
     return SerfKeys(encrypt, auth, missing)
 
 

@@ -199,3 +199,36 @@ def test_unreachable_agent_is_a_clear_start_up_error(spawn) -> None:  # noqa: F8
     text = worker.text()
     assert "Traceback" not in text
     assert f"w3: cannot reach the Serf agent at {rpc}" in text
+
+
+def test_a_worker_restarts_its_agent_when_the_agent_alone_dies(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+) -> None:
+    worker = spawn("--name", "lazarus", "--caps", "sleep", "--serf-join", observer.bind)
+    wait_for(lambda: observer.members().get("lazarus", {}).get("status") == "alive", what="up")
+    (agent,) = wait_for(lambda: _children(worker.process.pid), what="the worker's agent")
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: "serf agent restarted node=lazarus" in worker.text(), what="the restart")
+    replaced = wait_for(lambda: [p for p in _children(worker.process.pid) if p != agent])
+    assert len(replaced) == 1 and worker.process.poll() is None
+    wait_for(
+        lambda: observer.members()["lazarus"]["status"] == "alive", what="alive again in the pool"
+    )
+
+
+def test_a_worker_whose_name_is_alive_elsewhere_stops_instead_of_hiding(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    spawn("--name", "dup", "--caps", "sleep", "--serf-join", observer.bind)
+    wait_for(lambda: observer.members().get("dup", {}).get("status") == "alive", what="first dup")
+    other = spawn(
+        "--name", "dup", "--caps", "sleep", "--serf-join", observer.bind,
+        "--sandbox", str(tmp_path / "elsewhere"), ready=False,
+    )  # fmt: skip
+    assert other.wait(timeout=60) == 2
+    text = other.text()
+    assert "another Serf member named 'dup' is alive at another address" in text
+    assert "Traceback" not in text

@@ -80,7 +80,7 @@ def spawn(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProce
     started: list[WorkerProcess] = []
 
     def start(*args: str, ready: bool = True, insecure: bool = True) -> WorkerProcess:
-        argv = [*args, "--sandbox", str(tmp_path / "sandbox")]
+        argv = [*args] if "--sandbox" in args else [*args, "--sandbox", str(tmp_path / "sandbox")]
         if insecure and "--serf-auth-file" not in args:
             argv.append("--insecure")
         worker = WorkerProcess(argv, broker_url, tmp_path / f"worker-{len(started)}.log")
