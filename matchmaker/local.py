@@ -79,8 +79,8 @@ class LocalCluster:
     broker_url: str = broker.DEFAULT_URL
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-cluster-")))
     round_interval: float = Config.round_interval
-    encrypt_key: str = ""  # read from <workdir>/keys, made there at first use
-    auth_key: str = ""
+    encrypt_key: str = field(default="", init=False)  # from <workdir>/keys, made at first use
+    auth_key: str = field(default="", init=False)
     scheduler_args: tuple[str, ...] = ()
     agent: SerfAgent | None = None
     scheduler: Process | None = None
