@@ -38,7 +38,7 @@ def check_token(token: str) -> str:
 
 def read_token_file(path: Path | str) -> str:
     """The token in ``path``; TokenError if it is missing, bad, or readable by others."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         info = path.stat()
         text = path.read_text(encoding="ascii").strip()

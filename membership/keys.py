@@ -82,7 +82,7 @@ def check_auth_key(key: str) -> str:
 
 def read_key_file(path: Path | str, what: str) -> str:
     """The key stored in ``path``: refused if missing, empty, or readable by group or others."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         info = path.stat()
         text = path.read_text(encoding="ascii").strip()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from membership.agent import SerfAgent, sweep_stale_workdirs
-from membership.errors import AgentError, KeyFileError
+from membership.agent import SerfAgent, free_port, sweep_stale_workdirs
+from membership.errors import AgentError, KeyFileError, SerfAuthError
 from membership.keys import (
     AUTH_FILE,
     ENCRYPT_FILE,
@@ -20,6 +20,7 @@ from membership.keys import (
     read_key_file,
     resolve,
 )
+from membership.rpc import SerfRPC
 from tests.workers_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def test_key_files_others_can_read_or_empty_or_missing_are_refused(tmp_path: Pat
         read_key_file(tmp_path / "nothing", "gossip key")
 
 
+@pytest.mark.serf
 def test_resolve_needs_both_keys_unless_insecure(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as caught:
         resolve(environ={})
@@ -101,6 +103,7 @@ def test_the_scheduler_and_its_cli_refuse_to_start_without_an_rpc_auth_key(
     assert refused.returncode == 2 and "readable by others" in refused.stderr
 
 
+@pytest.mark.serf
 def test_a_killed_process_s_agent_directory_is_swept_by_the_next_agent(tmp_path: Path) -> None:
     script = (
         "from membership.agent import SerfAgent\n"
@@ -126,3 +129,47 @@ def test_a_killed_process_s_agent_directory_is_swept_by_the_next_agent(tmp_path:
     assert live.workdir.exists()  # its creator, this process, is alive
     live.cleanup()
     assert not live.workdir.exists()
+
+
+@pytest.mark.serf
+def test_membership_agent_runs_a_keyed_agent_with_its_keys_out_of_ps(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run("-m", "membership", "keygen", "--out", str(keys)).returncode == 0
+    bind, rpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "membership", "agent", "--node", "scheduler", "--bind", bind,
+         "--rpc", rpc, "--tag", "role=scheduler", "--keys", str(keys),
+         "--state-dir", str(tmp_path / "serf")],
+        cwd=ROOT, env=CLEAN_ENV, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert agent.stdout is not None
+        assert "scheduler up" in agent.stdout.readline()
+        auth = read_key_file(keys / AUTH_FILE, "RPC auth key")
+        with SerfRPC(rpc, auth) as client:
+            (member,) = client.members()
+            assert member.tags == {"role": "scheduler"}
+            assert client.stats()["serf"]["encrypted"] == "true"
+        with pytest.raises(SerfAuthError), SerfRPC(rpc) as anonymous:
+            anonymous.members()
+        config = tmp_path / "serf" / "scheduler" / "scheduler.json"
+        assert config.stat().st_mode & 0o777 == 0o600
+        serf_cmdlines = [
+            p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p)
+        ]
+        assert not any(auth.encode() in c for c in serf_cmdlines)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0
+        assert "left the pool" in agent.stdout.read()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:
+        return False
+    return True
