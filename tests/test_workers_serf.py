@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -232,3 +234,26 @@ def test_a_worker_whose_name_is_alive_elsewhere_stops_instead_of_hiding(
     text = other.text()
     assert "another Serf member named 'dup' is alive at another address" in text
     assert "Traceback" not in text
+
+
+def test_after_a_graceful_leave_a_worker_may_come_back_on_another_port(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    args = ("--name", "returner", "--caps", "sleep", "--serf-join", observer.bind)
+    first = spawn(*args)
+    wait_for(lambda: observer.members().get("returner", {}).get("status") == "alive", what="up")
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    wait_for(lambda: observer.members()["returner"]["status"] == "left", what="the leave")
+    config = tmp_path / "sandbox" / ".serf-agents" / "returner" / "returner.json"
+    old_port = int(json.loads(config.read_text())["bind"].rsplit(":", 1)[1])
+    with socket.socket() as squatter:  # someone else took the old gossip port meanwhile
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+        spawn(*args)
+        wait_for(
+            lambda: observer.members()["returner"]["status"] == "alive", what="back in the pool"
+        )
+    assert int(json.loads(config.read_text())["bind"].rsplit(":", 1)[1]) != old_port

@@ -16,7 +16,8 @@ agent the worker does not own and removes them on ``leave()``.
 Restarts keep the member's address: the agent's state lives in
 ``<sandbox>/.serf-agents/<name>/`` (0700, locked while a worker uses it), and
 an agent started without a fixed ``--serf-bind`` reuses the gossip port
-recorded there. Serf refuses a known member name at a new address (the new
+recorded there, unless the last one left gracefully (Serf accepts a left
+member's name at a new address). Serf refuses a known member name at a new address (the new
 agent loses the name-conflict vote and quits, or stays unseen if the old
 member has failed), so the same address is what lets a worker killed outright
 rejoin under its name. A watchdog notices when the agent dies: it restarts it
@@ -50,6 +51,7 @@ AGENT_DIR = ".serf-agents"
 WATCH_INTERVAL = 0.5
 RESTARTS = 3  # agent restarts allowed within RESTART_WINDOW before the worker stops
 RESTART_WINDOW = 60.0
+LEFT_MARK = "left"  # the last agent left gracefully: any free port will do
 CONFLICT = "name conflict resolution"  # the agent's log when it lost a name-conflict vote
 
 
@@ -106,7 +108,8 @@ class OwnAgent:
         bind_host, bind_port = _address(serf.bind, "--serf-bind")
         rpc_host, rpc_port = _address(serf.rpc_bind, "--serf-rpc-bind")
         recorded = recorded_port(self.workdir, config.name, bind_host)
-        self.reused_port = None if bind_port else recorded
+        left = (self.workdir / LEFT_MARK).exists()  # Serf accepts a left member's name anywhere
+        self.reused_port = None if bind_port or left else recorded
         self.on_lost: Callable[[str], None] | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -148,6 +151,8 @@ class OwnAgent:
             ",".join(self.agent.join) or "-",
             self.workdir,
         )
+        with contextlib.suppress(OSError):
+            (self.workdir / LEFT_MARK).unlink(missing_ok=True)
         self._stopping.clear()
         self._watcher = threading.Thread(target=self._watch, name="serf-watchdog", daemon=True)
         self._watcher.start()
@@ -164,6 +169,8 @@ class OwnAgent:
         if self.agent.running:
             self.agent.cleanup()
             log.info("left the gossip pool node=%s", self.agent.node)
+            with contextlib.suppress(OSError):
+                (self.workdir / LEFT_MARK).touch(mode=0o600)
         self._unlock()
 
     # -- the agent's directory and its lock -----------------------------------------------
