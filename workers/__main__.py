@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -23,7 +24,7 @@ from matchmaker.broker import DEFAULT_URL, BrokerError
 from membership.errors import MembershipError
 from membership.keys import resolve
 from workers.config import SerfConfig, WorkerConfig, parse_attribute
-from workers.presence import OwnAgent, PresenceError, make_presence
+from workers.presence import OwnAgent, PresenceError, make_presence, worker_tags
 from workers.runtime import Worker
 from workers.tasks import REGISTRY
 
@@ -93,25 +94,11 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     attributes = dict(parse_attribute(a) for a in args.attr)
     serf = None
     if args.mode == "push" and not args.no_serf:
-        try:
-            keys = resolve(
-                encrypt_file=args.serf_encrypt_file,
-                auth_file=args.serf_auth_file,
-                encrypt=args.serf_encrypt,
-                auth=args.serf_auth,
-                insecure=args.insecure,
-                gossip=not args.serf_rpc,  # on an existing agent only the RPC key is used
-            )
-        except MembershipError as error:
-            raise ValueError(str(error)) from None
         serf = SerfConfig(
             rpc=args.serf_rpc,
             bind=args.serf_bind,
             rpc_bind=args.serf_rpc_bind,
             join=tuple(args.serf_join),
-            encrypt=keys.encrypt,
-            auth=keys.auth,
-            insecure=keys.insecure,
         )
     extra = {"sandbox": args.sandbox} if args.sandbox else {}
     return WorkerConfig(
@@ -128,6 +115,25 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
+def with_keys(config: WorkerConfig, args: argparse.Namespace) -> WorkerConfig:
+    """The config with its Serf keys; ValueError with one sentence if they are missing."""
+    if config.serf is None:
+        return config
+    try:
+        keys = resolve(
+            encrypt_file=args.serf_encrypt_file,
+            auth_file=args.serf_auth_file,
+            encrypt=args.serf_encrypt,
+            auth=args.serf_auth,
+            insecure=args.insecure,
+            gossip=not args.serf_rpc,  # on an existing agent only the RPC key is used
+        )
+    except MembershipError as error:
+        raise ValueError(str(error)) from None
+    serf = replace(config.serf, encrypt=keys.encrypt, auth=keys.auth, insecure=keys.insecure)
+    return replace(config, serf=serf)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -135,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
+        if config.serf is not None:
+            worker_tags(config)  # bad tags are told before missing keys
+        config = with_keys(config, args)
         presence = make_presence(config)
     except (ValueError, PresenceError) as error:
         p.error(str(error))
