@@ -6,6 +6,7 @@ on request), see ``aurora.transport``. A job is what the Aurora client's
 resources and an ``AuroraExecutor`` ExecutorConfig holding the Thermos task
 instance (``aurora.thermos``). Any answer but OK raises ``AuroraError`` with
 Aurora's own message; transport failures raise ``AuroraTransportError``.
+Every call carries the client's bearer token (``aurora.auth.client_token``).
 
 A job's state is read per instance from its newest task (a job key may have
 older, finished tasks from an earlier run).
@@ -18,12 +19,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TJSONProtocol import TJSONProtocol
 from thrift.Thrift import TApplicationException, TException
 
+from aurora.auth import client_token
 from aurora.errors import AuroraError, AuroraTransportError, AuroraWaitCancelled, AuroraWaitTimeout
 from aurora.gen.api import AuroraSchedulerManager, constants
 from aurora.gen.api.ttypes import (
@@ -118,13 +121,30 @@ class AuroraClient:
     """A client of one Aurora scheduler; safe to share between threads."""
 
     def __init__(
-        self, url: str, timeout: float = 10.0, protocol: str = "json", max_redirects: int = 3
+        self,
+        url: str,
+        timeout: float = 10.0,
+        protocol: str = "json",
+        max_redirects: int = 3,
+        *,
+        token: str | None = None,
+        token_file: Path | str | None = None,
     ) -> None:
+        """``token`` (or the one in ``token_file``) is sent as a bearer token on every call.
+
+        Without either, ``MM_AURORA_TOKEN_FILE`` or ``MM_AURORA_TOKEN`` is used if set.
+        """
         if protocol not in _PROTOCOLS:
             raise AuroraError(f"protocol must be one of {sorted(_PROTOCOLS)}, not {protocol!r}")
         factory, media_type = _PROTOCOLS[protocol]
         self.url = url.rstrip("/")
-        self._transport = HttpTransport(self.url + "/api", media_type, timeout, max_redirects)
+        self._transport = HttpTransport(
+            self.url + "/api",
+            media_type,
+            timeout,
+            max_redirects,
+            client_token(token, token_file),
+        )
         self._client = AuroraSchedulerManager.Client(factory(self._transport))
         self._lock = threading.Lock()
 

@@ -7,6 +7,8 @@ process that exits non-zero is rerun after ``min_duration`` seconds until it
 has failed ``max_failures`` times (0 = no limit); then the remaining regular
 processes are skipped and the task fails. Final processes always run last.
 Setting ``stop`` kills the running process group (SIGTERM, then SIGKILL).
+Processes get a small fixed environment (``task_env``), never the server's:
+the server's may hold secrets, and a job is whatever its submitter wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ from pathlib import Path
 from aurora.thermos import Process
 
 SHELL = shutil.which("bash") or "/bin/sh"
+TASK_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def task_env(sandbox: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a task's processes: a fixed PATH, the sandbox as HOME."""
+    return {
+        "PATH": TASK_PATH,
+        "HOME": str(sandbox),
+        "TMPDIR": str(sandbox),
+        "LANG": "C.UTF-8",
+        "MESOS_SANDBOX": str(sandbox),
+        **(extra or {}),
+    }
+
+
 KILL_GRACE = 2.0
 POLL = 0.05
 
@@ -43,8 +60,12 @@ def run_processes(
     on_start: Callable[[Process], None] = lambda p: None,
     env: dict[str, str] | None = None,
 ) -> Outcome:
-    """Run ``processes`` in order in ``sandbox`` until done, failed or stopped."""
-    sandbox.mkdir(parents=True, exist_ok=True)
+    """Run ``processes`` in order in ``sandbox`` until done, failed or stopped.
+
+    ``env`` is added to ``task_env(sandbox)``, the whole environment they get.
+    """
+    sandbox.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = task_env(sandbox, env)
     failure: str | None = None
     for process in processes:
         if stop.is_set():

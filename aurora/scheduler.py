@@ -368,7 +368,7 @@ class LocalScheduler:
             )
             for p in task.processes
         ]
-        env = {**os.environ, "MESOS_SANDBOX": str(sandbox), "AURORA_TASK_ID": task.id}
+        env = {"AURORA_TASK_ID": task.id}  # on top of the executor's minimal environment
         with self._lock:
             self._advance(task, ScheduleStatus.STARTING, "Initializing sandbox.")
 

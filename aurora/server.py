@@ -6,7 +6,9 @@ the body is read with (``application/vnd.apache.thrift.binary`` is TBinary;
 ``application/x-thrift`` or none is TJSON) and the ``Accept`` header picks the
 protocol of the answer; without a recognised ``Accept`` the answer uses the
 request's protocol. Responses carry the matching registered media type.
-``GET /health`` answers ``OK`` for readiness probes.
+Every request but ``GET /health`` (``OK``, for readiness probes) must carry
+``Authorization: Bearer <token>``; anything else is answered 401 before its
+body is read, and the connection is closed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TJSONProtocol import TJSONProtocol
 from thrift.transport.TTransport import TMemoryBuffer
 
+from aurora.auth import authorized
 from aurora.gen.api import AuroraSchedulerManager
 from aurora.transport import THRIFT_BINARY, THRIFT_JSON
 
@@ -47,8 +50,9 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, handler: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, handler: Any, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.processor = AuroraSchedulerManager.Processor(handler)
+        self.token = token
         super().__init__((host, port), _RequestHandler)
         self._thread: threading.Thread | None = None
 
@@ -67,25 +71,45 @@ class ApiServer(ThreadingHTTPServer):
         return self.url
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() waits for a serve_forever that never began
+            self.shutdown()
             self._thread.join()
+            self._thread = None
+        self.server_close()
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
 
+    def _refused(self) -> bool:
+        """Answer 401 unless the request carries the server's token."""
+        if authorized(self.headers.get("Authorization"), self.server.token):
+            return False
+        self.close_connection = True  # its body, if any, is never read
+        self.send_response(HTTPStatus.UNAUTHORIZED)
+        self.send_header("WWW-Authenticate", 'Bearer realm="aurora"')
+        self.send_header("Connection", "close")
+        body = b"A valid API token is required: send Authorization: Bearer <token>.\n"
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def do_GET(self) -> None:
         if self.path == "/health":
             self._reply(HTTPStatus.OK, b"OK", "text/plain")
+        elif self._refused():
+            return
         elif self.path == API_PATH:
             self._reply(HTTPStatus.METHOD_NOT_ALLOWED, b"POST Thrift calls to /api", "text/plain")
         else:
             self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         if self.path.split("?")[0] != API_PATH:
             self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
             return

@@ -1,10 +1,12 @@
 """Thrift over HTTP POST, the way Aurora's own client talks to its scheduler.
 
 One request per call: the buffered message is POSTed with ``Content-Type`` and
-``Accept`` set to the protocol's registered media type; the whole answer is
-buffered for the protocol to read. A 307/308 redirect (Aurora's non-leading
-schedulers send one to the leader) is followed up to ``max_redirects`` times,
-re-posting the same body, and the final URL is remembered for later calls.
+``Accept`` set to the protocol's registered media type (and the bearer token,
+if any); the whole answer is buffered for the protocol to read. A 307/308
+redirect is followed up to ``max_redirects`` times, re-posting the same body,
+and the final URL is remembered for later calls, but only within the same
+origin, or from http to https on the same host: the token and the job go
+nowhere else (a redirect to another host is an error, not a leader to follow).
 Anything else but 200 with the expected media type is an
 ``AuroraTransportError``. (Thrift's ``THttpClient`` always sends
 ``application/x-thrift``, ignores HTTP status codes and does not follow
@@ -29,8 +31,16 @@ THRIFT_BINARY = "application/vnd.apache.thrift.binary"
 class HttpTransport(TTransportBase):
     """A buffered Thrift transport over one HTTP POST per flush."""
 
-    def __init__(self, url: str, media_type: str, timeout: float, max_redirects: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        media_type: str,
+        timeout: float,
+        max_redirects: int = 3,
+        token: str | None = None,
+    ) -> None:
         self.url = url
+        self.token = token
         self.media_type = media_type
         self.timeout = timeout
         self.max_redirects = max_redirects
@@ -61,7 +71,7 @@ class HttpTransport(TTransportBase):
                 location = headers.get("Location")
                 if not location:
                     raise AuroraTransportError(f"{url} answered {status} without a Location header")
-                url = urllib.parse.urljoin(url, location)
+                url = redirect_target(url, location)
                 continue
             if status != 200:
                 snippet = answer[:200].decode("utf-8", "replace").strip()
@@ -92,6 +102,8 @@ class HttpTransport(TTransportBase):
             "Accept": self.media_type,
             "User-Agent": "matchmaker-aurora-client",
         }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
@@ -107,3 +119,28 @@ class HttpTransport(TTransportBase):
         if len(answer) > MAX_ANSWER:
             raise AuroraTransportError(f"{url} answered more than {MAX_ANSWER} bytes")
         return response.status, response.headers, answer
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def redirect_target(url: str, location: str) -> str:
+    """Where a redirect from ``url`` leads, if it may be followed: the same origin, or the
+    same host moving from http to https; AuroraTransportError otherwise."""
+    target = urllib.parse.urljoin(url, location)
+    try:
+        here, there = _origin(urllib.parse.urlsplit(url)), _origin(urllib.parse.urlsplit(target))
+    except ValueError:
+        raise AuroraTransportError(
+            f"{url} redirected to a malformed URL {target[:200]!r}"
+        ) from None
+    same_origin = here == there
+    upgrade = here[0] == "http" and there[0] == "https" and here[1] == there[1]
+    if not (same_origin or upgrade):
+        raise AuroraTransportError(
+            f"{url} redirected to {target[:200]!r}; only redirects within the same origin "
+            "(or from http to https on the same host) are followed"
+        )
+    return target

@@ -71,7 +71,9 @@ def _once(env: Env, k: int) -> dict[str, Any]:
                 gone[change.name] = time.time()
                 seen.set()
 
-        inventory = Inventory(cluster.agent.rpc_addr, on_change=on_change, resync=0.1).start()
+        inventory = Inventory(
+            cluster.agent.rpc_addr, cluster.auth_key, on_change=on_change, resync=0.1
+        ).start()
         stack.callback(inventory.stop)
         ledger = LedgerView(cluster)
         stack.callback(ledger.close)

@@ -111,12 +111,15 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
             tags=encode_worker_tags(name, ["sleep"], slots),
             join=[agent.bind_addr],
             encrypt_key=cluster.encrypt_key,
+            rpc_auth=cluster.auth_key,
             workdir=cluster.workdir / f"serf-{name}",
         )
         env.stack.callback(bare.kill)  # after the scheduler stopped: no one to tell
         bare.start()
     wait_for(
-        lambda: sum(1 for w in fetch_workers(agent.rpc_addr) if w.status == "alive"),
+        lambda: sum(
+            1 for w in fetch_workers(agent.rpc_addr, cluster.auth_key) if w.status == "alive"
+        ),
         workers,
         30,
         "the bare worker agents to join",

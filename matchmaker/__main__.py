@@ -137,7 +137,7 @@ def _send(config: Config, messages: Sequence[Single]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from matchmaker.service import Scheduler
 
-    config = _config(args)
+    config = _config(args).with_serf_auth()
     logs.setup(config.log_format, config.log_level)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
@@ -210,7 +210,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     from membership.table import fetch_workers, format_workers
 
-    config = _config(args)
+    config = _config(args).with_serf_auth()
     running: dict[str, int] = {}
     drained: set[str] = set()
     try:
@@ -256,7 +256,18 @@ def parser() -> argparse.ArgumentParser:
         help="file with the broker URL's password (also MM_BROKER_PASSWORD_FILE)",
     )
     common.add_argument("--serf-rpc", dest="serf_rpc", help="the local Serf agent's RPC address")
-    common.add_argument("--serf-auth-key", dest="serf_auth_key", help="Serf RPC auth key")
+    common.add_argument("--serf-auth-key", dest="serf_auth_key", help=argparse.SUPPRESS)
+    common.add_argument(
+        "--serf-auth-key-file",
+        dest="serf_auth_key_file",
+        help="0600 file with the Serf RPC auth key (also MM_SERF_AUTH_FILE)",
+    )
+    common.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="talk to the Serf agent without an RPC auth key",
+    )
     common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")
     sub = top.add_subparsers(dest="command", required=True)
 

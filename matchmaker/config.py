@@ -23,6 +23,8 @@ from typing import Any
 from matchmaker.broker import DEFAULT_URL
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
+from membership.errors import MembershipError
+from membership.keys import resolve
 
 
 class ConfigError(ValueError):
@@ -40,7 +42,9 @@ class Config:
     admin_users: tuple[str, ...] = (ADMIN,)
     trusted_users: tuple[str, ...] = ()
     serf_rpc: str = "127.0.0.1:7373"
-    serf_auth_key: str = ""
+    serf_auth_key: str = ""  # prefer serf_auth_key_file: a flag's value shows in ps
+    serf_auth_key_file: str = ""  # a 0600 file holding the Serf RPC auth key
+    insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # a full turn (intake, round, one commit) at most this often
     strategy: str = "spread"
@@ -62,6 +66,21 @@ class Config:
     @property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite"
+
+    def with_serf_auth(self) -> Config:
+        """This config with its Serf RPC auth key read (from the key, its file, or
+        ``MM_SERF_AUTH``/``MM_SERF_AUTH_FILE``); ConfigError if there is none and not insecure."""
+        try:
+            keys = resolve(
+                auth=self.serf_auth_key or None,
+                auth_file=self.serf_auth_key_file or None,
+                insecure=self.insecure,
+                gossip=False,
+                auth_flag="--serf-auth-key-file",
+            )
+        except MembershipError as error:
+            raise ConfigError(str(error)) from None
+        return replace(self, serf_auth_key=keys.auth or "")
 
     def check(self) -> Config:
         if self.strategy not in STRATEGIES:
@@ -119,7 +138,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if kind in ("int", int):
             return int(value)
         if kind in ("bool", bool):
-            return _boolean(value)
+            return _bool(value)
         if "tuple" in str(kind):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(v).strip() for v in items if str(v).strip())
@@ -130,13 +149,13 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: cannot use {redact(repr(value))} ({kind})") from None
 
 
-def _boolean(value: Any) -> bool:
+def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(value)
 

@@ -1,7 +1,8 @@
 """A whole matchmaker system on this machine, as real processes.
 
 ``LocalCluster`` starts, in a working directory of its own: the scheduler's
-Serf agent (gossip encrypted), the scheduler (``python -m matchmaker run``),
+Serf agent (gossip encrypted, RPC authenticated, with keys it generates in
+``<workdir>/keys``), the scheduler (``python -m matchmaker run``),
 workers (``python -m workers``, each with its own Serf agent joined to the
 scheduler's) and, on request, the local Aurora server. It talks to an
 existing RabbitMQ through ``broker_url``. The demo, the live benchmark and
@@ -31,7 +32,8 @@ from matchmaker import broker, identity
 from matchmaker.config import Config
 from matchmaker.ledger import Ledger, LedgerError, TaskRow
 from matchmaker.messages import Single, TaskRequest, encode
-from membership.agent import SerfAgent, free_port, generate_key
+from membership.agent import SerfAgent, free_port
+from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen, read_key_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +80,8 @@ class LocalCluster:
     broker_url: str = broker.DEFAULT_URL
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-cluster-")))
     round_interval: float = Config.round_interval
-    encrypt_key: str = field(default_factory=generate_key)
+    encrypt_key: str = field(default="", init=False)  # from <workdir>/keys, made at first use
+    auth_key: str = field(default="", init=False)
     scheduler_args: tuple[str, ...] = ()
     trusted_users: tuple[str, ...] | None = None  # None: the user of ``broker_url`` (dev setup)
     agent: SerfAgent | None = None
@@ -90,6 +93,22 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.keys_dir / ENCRYPT_FILE).exists():
+            keygen(self.keys_dir)
+        self.encrypt_key = read_key_file(self.keys_dir / ENCRYPT_FILE, "gossip key")
+        self.auth_key = read_key_file(self.keys_dir / AUTH_FILE, "RPC auth key")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.workdir / "keys"
+
+    @property
+    def key_args(self) -> list[str]:
+        """The flags that give a worker the cluster's Serf keys (files, not values)."""
+        return [
+            "--serf-encrypt-file", str(self.keys_dir / ENCRYPT_FILE),
+            "--serf-auth-file", str(self.keys_dir / AUTH_FILE),
+        ]  # fmt: skip
 
     @property
     def state_dir(self) -> Path:
@@ -110,9 +129,16 @@ class LocalCluster:
         bare = identity.with_password(url, None)
         return ["--broker-url", bare, "--broker-password-file", str(secret)]
 
+    @property
+    def aurora_token_file(self) -> Path:
+        """The local Aurora server's token, generated in its state directory at its start."""
+        return self.workdir / "aurora-state" / "api-token"
+
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Process:
         log = self.workdir / f"{name}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if self.aurora_url:  # the job_submission task sends it with every call
+            environment["MM_AURORA_TOKEN_FILE"] = str(self.aurora_token_file)
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, *args],
@@ -130,6 +156,7 @@ class LocalCluster:
                 "scheduler",
                 tags={"role": "scheduler"},
                 encrypt_key=self.encrypt_key,
+                rpc_auth=self.auth_key,
                 workdir=self.workdir / "serf-scheduler",
             ).start()
         return self.agent
@@ -146,6 +173,7 @@ class LocalCluster:
             *self._broker_args(broker_url),
             "--trusted-users", ",".join(trusted),
             "--serf-rpc", agent.rpc_addr,
+            "--serf-auth-key-file", str(self.keys_dir / AUTH_FILE),
             "--state-dir", str(self.state_dir),
             "--round-interval", str(self.round_interval),
             *self.scheduler_args,
@@ -187,7 +215,7 @@ class LocalCluster:
             args += ["--aurora-url", self.aurora_url]
         if mode == "push":
             agent = self.start_agent()
-            args += ["--serf-join", agent.bind_addr, "--serf-encrypt", self.encrypt_key]
+            args += ["--serf-join", agent.bind_addr, *self.key_args]
         process = self._spawn(f"worker-{name}", args)
         self.workers[name] = process
         if wait and mode == "push":
@@ -201,6 +229,7 @@ class LocalCluster:
             [
                 "-m", "aurora.local", "--port", str(port),
                 "--sandbox-root", str(self.workdir / "aurora"),
+                "--state-dir", str(self.aurora_token_file.parent),
             ],
         )  # fmt: skip
         self.aurora_url = f"http://127.0.0.1:{port}"
@@ -244,7 +273,10 @@ class LocalCluster:
         agent = self.start_agent()
         wait_until(
             lambda: (
-                any(r.name == name and r.status == "alive" for r in fetch_workers(agent.rpc_addr))
+                any(
+                    r.name == name and r.status == "alive"
+                    for r in fetch_workers(agent.rpc_addr, self.auth_key)
+                )
                 == present
             ),
             timeout,

@@ -5,6 +5,14 @@ node name, gossip bind and RPC addresses, tags, timing profile, join
 addresses, the gossip encryption key and the RPC auth key (the agent has no
 flag for the latter, and a file keeps both keys out of ``ps``).
 
+An agent refuses to start without both keys unless it is made ``insecure``
+(``membership.keys``). Its working directory is either given (a worker
+reuses its own, keyed by its name) or a temporary ``serf-<node>-*`` one
+holding an ``owner`` file with the creating and the agent's process ids; such
+a directory whose processes are both gone is removed by the next agent that
+makes one (``sweep_stale_workdirs``), so a killed process leaves nothing for
+long.
+
 Signals, as the agent handles them: SIGINT makes it leave the cluster
 gracefully and exit; SIGKILL is a crash the others detect by probing.
 """
@@ -27,7 +35,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from membership.errors import AgentError, SerfAuthError, SerfError
+from membership.errors import AgentError, KeyFileError, SerfAuthError, SerfError
+from membership.keys import INSECURE_HINT, check_auth_key, check_encrypt_key, write_secret
 from membership.rpc import SerfRPC
 
 LOOPBACK = "127.0.0.1"
@@ -35,6 +44,7 @@ PROFILES = ("lan", "wan", "local")
 PORT_ATTEMPTS = 3  # starts of one agent, when a port of its own choosing was taken
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # ports free_port gave in this process
+OWNER_FILE = "owner"
 
 
 def _below_ephemeral() -> range:
@@ -81,11 +91,36 @@ def generate_key(size: int = 32) -> str:
 
 def _check_key(key: str) -> None:
     try:
-        raw = base64.b64decode(key, validate=True)
-    except ValueError:
-        raise AgentError("the gossip encryption key is not valid base64") from None
-    if len(raw) not in (16, 24, 32):
-        raise AgentError(f"the gossip encryption key decodes to {len(raw)} bytes, not 16/24/32")
+        check_encrypt_key(key)
+    except KeyFileError as error:
+        raise AgentError(str(error)) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def sweep_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove temporary agent directories under ``root`` whose processes are all gone."""
+    root = root or Path(tempfile.gettempdir())
+    removed = []
+    for path in root.glob("serf-*"):
+        try:
+            if path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            pids = [int(p) for p in (path / OWNER_FILE).read_text().split()]
+        except (OSError, ValueError):
+            continue  # not ours, or being made right now
+        if pids and not any(_alive(pid) for pid in pids):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _die_with_parent() -> None:
@@ -101,7 +136,8 @@ class SerfAgent:
     ``stop()`` leaves gracefully (SIGINT) and kills after ``stop_timeout``;
     ``kill()`` is ``kill -9``. With ``die_with_parent`` the agent gets SIGKILL
     when the process that started it dies (a worker killed outright must not
-    keep looking alive).
+    keep looking alive). Without both ``encrypt_key`` and ``rpc_auth`` it is
+    refused unless ``insecure``.
     """
 
     def __init__(
@@ -123,6 +159,7 @@ class SerfAgent:
         bind_host: str = LOOPBACK,
         rpc_host: str = LOOPBACK,
         die_with_parent: bool = False,
+        insecure: bool = False,
     ) -> None:
         if profile not in PROFILES:
             raise AgentError(
@@ -130,6 +167,13 @@ class SerfAgent:
             )
         if encrypt_key is not None:
             _check_key(encrypt_key)
+        if rpc_auth is not None:
+            try:
+                check_auth_key(rpc_auth)
+            except KeyFileError as error:
+                raise AgentError(str(error)) from None
+        if not insecure and not (encrypt_key and rpc_auth):
+            raise AgentError(INSECURE_HINT)
         self.node = node
         self.bind_host = bind_host
         self.rpc_host = rpc_host
@@ -147,7 +191,11 @@ class SerfAgent:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"serf-{node}-"))
+        if workdir is None:
+            sweep_stale_workdirs()
+            workdir = tempfile.mkdtemp(prefix=f"serf-{node}-")
+            (Path(workdir) / OWNER_FILE).write_text(f"{os.getpid()}\n")
+        self.workdir = Path(workdir)
         self.config_path = self.workdir / f"{node}.json"
         self.log_path = self.workdir / f"{node}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -215,9 +263,9 @@ class SerfAgent:
         return True
 
     def _launch(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config(), indent=2))
-        self.config_path.chmod(0o600)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+        write_secret(self.config_path, json.dumps(self.config(), indent=2), replace=True)
         with open(self.log_path, "ab") as log_file:
             try:
                 self.process = subprocess.Popen(
@@ -232,6 +280,9 @@ class SerfAgent:
                 raise AgentError(
                     f"cannot start the Serf agent ({self.serf_bin}): {error}"
                 ) from None
+        if self._own_workdir:  # the directory is stale once both processes are gone
+            owner = self.workdir / OWNER_FILE
+            owner.write_text(f"{os.getpid()} {self.process.pid}\n")
         try:
             self._wait_until_ready()
         except BaseException:

@@ -29,3 +29,7 @@ class AgentError(MembershipError):
 
 class TagError(MembershipError, ValueError):
     """A worker's tags are malformed, unsafe or too large (the message says which and why)."""
+
+
+class KeyFileError(MembershipError):
+    """A Serf key is missing, malformed, or stored where others can read it."""

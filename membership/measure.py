@@ -24,6 +24,7 @@ from pathlib import Path
 
 from membership.agent import SerfAgent
 from membership.inventory import Change, Inventory
+from membership.keys import generate_auth_key, generate_encrypt_key
 from membership.tags import encode_worker_tags
 
 
@@ -76,9 +77,12 @@ class Samples:
 
 def measure(runs: int, root: Path, resync: float) -> dict[str, Samples]:
     agents: list[SerfAgent] = []
+    encrypt, auth = generate_encrypt_key(), generate_auth_key()  # this run's own pool
 
     def start(node: str, tags: dict[str, str], join: list[str]) -> SerfAgent:
-        agent = SerfAgent(node, tags=tags, join=join, workdir=root / node)
+        agent = SerfAgent(
+            node, tags=tags, join=join, workdir=root / node, encrypt_key=encrypt, rpc_auth=auth
+        )
         agents.append(agent)
         return agent.start()
 
@@ -90,7 +94,7 @@ def measure(runs: int, root: Path, resync: float) -> dict[str, Samples]:
         sched = start("sched", {"role": "scheduler"}, [])
         for i in range(3):
             worker(f"bystander{i}")
-        inventory = Inventory(sched.rpc_addr, on_change=clock, resync=resync).start()
+        inventory = Inventory(sched.rpc_addr, auth, on_change=clock, resync=resync).start()
         results: dict[str, list[float]] = {"kill": [], "tags": [], "leave": []}
         kinds: dict[str, list[str]] = {"kill": [], "tags": [], "leave": []}
 

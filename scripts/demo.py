@@ -77,7 +77,11 @@ def demo(cluster: LocalCluster, storage: str) -> None:
         f"scheduler, Aurora at {cluster.aurora_url}, 3 workers\n"
     )
     cli = [sys.executable, "-m", "matchmaker"]
-    common = ["--serf-rpc", cluster.start_agent().rpc_addr, "--state-dir", str(cluster.state_dir)]
+    common = [
+        "--serf-rpc", cluster.start_agent().rpc_addr,
+        "--serf-auth-key-file", str(cluster.keys_dir / "serf-rpc-auth.key"),
+        "--state-dir", str(cluster.state_dir),
+    ]  # fmt: skip
     subprocess.run([*cli, "workers", *common], check=False)
     print()
     experiment(cluster, storage)

@@ -45,6 +45,7 @@ class Cluster:
     def agent(self, node: str, tags: dict[str, str], **options: object) -> SerfAgent:
         """Start an agent joined to the scheduler's (unless it is the first)."""
         options.setdefault("encrypt_key", self.encrypt_key)
+        options.setdefault("insecure", not (options.get("encrypt_key") and options.get("rpc_auth")))
         if self.agents:
             options.setdefault("join", [self.scheduler.bind_addr])
         agent = SerfAgent(node, tags=tags, workdir=self.root / node, **options)  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ def aurora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAurora]:
 
 @pytest.fixture(params=["json", "binary"])
 def client(request: pytest.FixtureRequest, aurora: LocalAurora) -> AuroraClient:
-    return AuroraClient(aurora.url, timeout=5, protocol=request.param)
+    return AuroraClient(aurora.url, timeout=5, protocol=request.param, token=aurora.token)
 
 
 _names = iter(range(10**6))
@@ -163,7 +163,7 @@ def test_concurrent_clients(aurora: LocalAurora) -> None:
     outcomes: dict[str, str] = {}
 
     def submit(name: str, protocol: str) -> None:
-        client = AuroraClient(aurora.url, protocol=protocol)
+        client = AuroraClient(aurora.url, protocol=protocol, token=aurora.token)
         key = client.create_job("www", "test", name, [("p", "echo $AURORA_TASK_ID")], **SMALL)
         outcomes[name] = client.wait(key, timeout=30, poll=0.05).status
 

@@ -220,7 +220,7 @@ def test_connection_cut_mid_stream_recovers_a_correct_inventory(
     # The scheduler's agent comes back on the same ports and rejoins through w1.
     revived = SerfAgent(
         "sched", tags={"role": "scheduler"}, bind_port=sched.bind_port, rpc_port=sched.rpc_port,
-        join=[w1.bind_addr], workdir=sched.workdir,
+        join=[w1.bind_addr], workdir=sched.workdir, insecure=True,
     )  # fmt: skip
     cluster.agents.append(revived)
     revived.start()

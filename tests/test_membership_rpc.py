@@ -125,14 +125,14 @@ def test_unreachable_agent_and_dropped_connection(cluster: Cluster) -> None:  # 
 
 def test_agent_start_failures_are_clear(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="unknown Serf profile"):
-        SerfAgent("x", profile="fast")
+        SerfAgent("x", profile="fast", insecure=True)
     with pytest.raises(AgentError, match="decodes to 5 bytes"):
-        SerfAgent("x", encrypt_key="aGVsbG8=")
+        SerfAgent("x", encrypt_key="aGVsbG8=", insecure=True)
     with pytest.raises(ValueError, match="16, 24 or 32"):
         generate_key(10)
     port = free_port()
-    with SerfAgent("first", workdir=tmp_path / "first", bind_port=port):
-        second = SerfAgent("second", workdir=tmp_path / "second", bind_port=port)
+    with SerfAgent("first", workdir=tmp_path / "first", bind_port=port, insecure=True):
+        second = SerfAgent("second", workdir=tmp_path / "second", bind_port=port, insecure=True)
         with pytest.raises(AgentError, match="exited with code") as caught:
             second.start()
         assert "log tail" in str(caught.value)
@@ -140,7 +140,7 @@ def test_agent_start_failures_are_clear(tmp_path: Path) -> None:
 
 
 def test_ports_of_its_own_choosing_taken_before_start_are_chosen_again(tmp_path: Path) -> None:
-    agent = SerfAgent("squeezed", workdir=tmp_path)
+    agent = SerfAgent("squeezed", workdir=tmp_path, insecure=True)
     taken_rpc, taken_bind = agent.rpc_port, agent.bind_port
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", taken_rpc))
@@ -166,7 +166,7 @@ def test_split_addr() -> None:
 
 
 def test_encrypted_agent_with_a_16_byte_key(tmp_path: Path) -> None:
-    with SerfAgent("enc", encrypt_key=generate_key(16), workdir=tmp_path) as agent:
+    with SerfAgent("enc", encrypt_key=generate_key(16), workdir=tmp_path, insecure=True) as agent:
         with agent.rpc() as rpc:
             assert rpc.stats()["serf"]["encrypted"] == "true"
         assert "encrypt_key" in agent.config()

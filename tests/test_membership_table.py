@@ -72,7 +72,7 @@ def test_cli_reports_agent_errors_in_one_sentence(make_cluster) -> None:  # noqa
     for key, message in ((None, "requires an RPC auth key"), ("wrong", "refused the RPC auth key")):
         result = subprocess.run(
             [sys.executable, "-m", "matchmaker", "workers", "--serf-rpc", addr,
-             *(["--serf-auth-key", key] if key else [])],
+             *(["--serf-auth-key", key] if key else ["--insecure"])],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert result.returncode != 0

@@ -23,6 +23,12 @@ def aurora() -> Iterator[LocalAurora]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def token_in_env(aurora: LocalAurora, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's environment names the server's token file, as the local cluster does."""
+    monkeypatch.setenv("MM_AURORA_TOKEN_FILE", str(aurora.token_file))
+
+
 def context(aurora: LocalAurora, tmp_path: Path, **changes: Any) -> TaskContext:
     fields: dict[str, Any] = {"task_id": "t1", "attempt": 1, "worker": "w1", "sandbox": tmp_path}
     return TaskContext(**(fields | {"aurora_url": aurora.url} | changes))
@@ -153,3 +159,25 @@ def test_unreachable_aurora_is_a_clear_error(tmp_path: Path) -> None:
     ctx = TaskContext("t", 1, "w", tmp_path, aurora_url="http://127.0.0.1:9")
     with pytest.raises(TaskError, match=r"could not submit job .*cannot reach Aurora"):
         run(payload("true"), ctx)
+
+
+def test_without_the_token_aurora_refuses_and_runs_nothing(
+    aurora: LocalAurora, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MM_AURORA_TOKEN_FILE")
+    marker = tmp_path / "ran"
+    with pytest.raises(TaskError, match=r"could not submit job .*HTTP 401"):
+        run(payload(f"touch {marker}"), context(aurora, tmp_path))
+    assert not marker.exists()
+
+
+def test_a_token_file_others_can_read_is_a_clear_error(
+    aurora: LocalAurora, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert aurora.token_file is not None
+    leaky = tmp_path / "token"
+    leaky.write_text(aurora.token_file.read_text())
+    leaky.chmod(0o644)
+    monkeypatch.setenv("MM_AURORA_TOKEN_FILE", str(leaky))
+    with pytest.raises(TaskError, match=r"cannot talk to Aurora: .* is readable by others"):
+        run(payload("true"), context(aurora, tmp_path))

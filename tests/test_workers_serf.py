@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from membership.agent import free_port, generate_key
+from membership.agent import SerfAgent, free_port
+from membership.errors import AgentError, SerfAuthError
+from membership.keys import keygen
 from membership.rpc import SerfRPC
 from tests.workers_support import (  # noqa: F401
     Client,
@@ -62,17 +67,27 @@ def test_encrypted_pool_with_rpc_auth_and_an_agent_that_dies_with_its_worker(
     spawn,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    key = generate_key()
-    watcher = Observer("watcher", tmp_path / "watcher", encrypt_key=key)
+    encrypt_file, auth_file = keygen(tmp_path / "keys")
+    encrypt, auth = (p.read_text().strip() for p in (encrypt_file, auth_file))
+    watcher = Observer("watcher", tmp_path / "watcher", encrypt_key=encrypt, rpc_auth=auth)
     try:
         rpc = f"127.0.0.1:{free_port()}"
         worker = spawn(
             "--name", "w4", "--caps", "sleep", "--serf-join", watcher.bind,
-            "--serf-encrypt", key, "--serf-auth", "s3cret", "--serf-rpc-bind", rpc,
+            "--serf-encrypt-file", str(encrypt_file), "--serf-auth-file", str(auth_file),
+            "--serf-rpc-bind", rpc,
         )  # fmt: skip
         wait_for(lambda: "w4" in watcher.members(), what="w4 to join the encrypted pool")
-        with SerfRPC(rpc, "s3cret") as own:  # the worker's own agent wants the auth key
+        assert encrypt not in " ".join(worker.process.args)  # no key in ps
+        with SerfRPC(rpc, auth) as own:  # the worker's own agent wants the auth key
             assert tags_of(own, "w4")["q"] == "mm.worker.w4"
+            assert own.stats()["serf"]["encrypted"] == "true"
+        with pytest.raises(SerfAuthError), SerfRPC(rpc) as anonymous:
+            anonymous.members()
+        outsider = SerfAgent("outsider", join=[watcher.bind], workdir=tmp_path / "o", insecure=True)
+        with pytest.raises(AgentError, match="exited with code"):
+            outsider.start()  # an agent without the key cannot join the pool
+        assert "outsider" not in watcher.members()
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
         wait_for(
@@ -82,6 +97,76 @@ def test_encrypted_pool_with_rpc_auth_and_an_agent_that_dies_with_its_worker(
         )
     finally:
         watcher.stop()
+
+
+def test_a_worker_without_serf_keys_refuses_to_start(spawn, tmp_path: Path) -> None:  # noqa: F811
+    worker = spawn(
+        "--name", "w5", "--caps", "sleep", "--serf-join", "127.0.0.1:1",
+        ready=False, insecure=False,
+    )  # fmt: skip
+    assert worker.wait() == 2
+    text = worker.text()
+    assert "Traceback" not in text
+    assert "python -m membership keygen --out DIR" in text and "--insecure" in text
+    assert not (tmp_path / "sandbox" / ".serf-agents" / "w5").exists()  # refused before starting
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the worker's Serf agent)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_worker_killed_outright_and_restarted_the_same_way_rejoins_and_stays(
+    spawn,  # noqa: F811
+    client: Client,  # noqa: F811
+    observer: Observer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    name = f"phoenix-{os.getpid()}"
+    args = ("--name", name, "--caps", "sleep", "--slots", "2", "--serf-join", observer.bind)
+    first = spawn(*args, "--attr", "life=1")
+    wait_for(lambda: observer.members().get(name, {}).get("status") == "alive", what="first life")
+    agents = wait_for(lambda: _children(first.process.pid), what="the worker's own Serf agent")
+    for pid in [first.process.pid, *agents]:
+        os.kill(pid, signal.SIGKILL)
+    first.process.wait()
+
+    second = spawn(*args, "--attr", "life=2")
+
+    def back() -> bool:
+        member = observer.members().get(name, {})
+        return member.get("status") == "alive" and member["tags"].get("life") == "2"
+
+    wait_for(back, timeout=20, what="the restarted worker alive with its new tags")
+    # Serf settles a name conflict about two seconds after a join; a task that outlasts
+    # that window must reach the worker, and the worker must still be seen afterwards.
+    client.dispatch(name, "after-restart", {"seconds": 4.0})
+    assert client.final("after-restart", timeout=30).state == "succeeded"
+    assert back(), "the restarted worker dropped out of the pool"
+    assert second.process.poll() is None
+    assert "serf agent lost" not in second.text()
+    serf_dirs = tmp_path / "sandbox" / ".serf-agents"
+    assert [p.name for p in serf_dirs.iterdir()] == [name]  # one state dir, reused
+    assert not list(Path(tempfile.gettempdir()).glob(f"serf-{name}-*"))
+
+
+def test_a_second_worker_with_the_same_name_and_sandbox_is_refused(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+) -> None:
+    spawn("--name", "twin", "--caps", "sleep", "--serf-join", observer.bind)
+    other = spawn("--name", "twin", "--caps", "sleep", "--serf-join", observer.bind, ready=False)
+    assert other.wait() == 2
+    assert "another worker named 'twin' is running with this sandbox root" in other.text()
+    assert "Traceback" not in other.text()
 
 
 def test_worker_tags_an_existing_agent_over_rpc(
@@ -116,3 +201,59 @@ def test_unreachable_agent_is_a_clear_start_up_error(spawn) -> None:  # noqa: F8
     text = worker.text()
     assert "Traceback" not in text
     assert f"w3: cannot reach the Serf agent at {rpc}" in text
+
+
+def test_a_worker_restarts_its_agent_when_the_agent_alone_dies(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+) -> None:
+    worker = spawn("--name", "lazarus", "--caps", "sleep", "--serf-join", observer.bind)
+    wait_for(lambda: observer.members().get("lazarus", {}).get("status") == "alive", what="up")
+    (agent,) = wait_for(lambda: _children(worker.process.pid), what="the worker's agent")
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: "serf agent restarted node=lazarus" in worker.text(), what="the restart")
+    replaced = wait_for(lambda: [p for p in _children(worker.process.pid) if p != agent])
+    assert len(replaced) == 1 and worker.process.poll() is None
+    wait_for(
+        lambda: observer.members()["lazarus"]["status"] == "alive", what="alive again in the pool"
+    )
+
+
+def test_a_worker_whose_name_is_alive_elsewhere_stops_instead_of_hiding(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    spawn("--name", "dup", "--caps", "sleep", "--serf-join", observer.bind)
+    wait_for(lambda: observer.members().get("dup", {}).get("status") == "alive", what="first dup")
+    other = spawn(
+        "--name", "dup", "--caps", "sleep", "--serf-join", observer.bind,
+        "--sandbox", str(tmp_path / "elsewhere"), ready=False,
+    )  # fmt: skip
+    assert other.wait(timeout=60) == 2
+    text = other.text()
+    assert "another Serf member named 'dup' is alive at another address" in text
+    assert "Traceback" not in text
+
+
+def test_after_a_graceful_leave_a_worker_may_come_back_on_another_port(
+    spawn,  # noqa: F811
+    observer: Observer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    args = ("--name", "returner", "--caps", "sleep", "--serf-join", observer.bind)
+    first = spawn(*args)
+    wait_for(lambda: observer.members().get("returner", {}).get("status") == "alive", what="up")
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    wait_for(lambda: observer.members()["returner"]["status"] == "left", what="the leave")
+    config = tmp_path / "sandbox" / ".serf-agents" / "returner" / "returner.json"
+    old_port = int(json.loads(config.read_text())["bind"].rsplit(":", 1)[1])
+    with socket.socket() as squatter:  # someone else took the old gossip port meanwhile
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+        spawn(*args)
+        wait_for(
+            lambda: observer.members()["returner"]["status"] == "alive", what="back in the pool"
+        )
+    assert int(json.loads(config.read_text())["bind"].rsplit(":", 1)[1]) != old_port

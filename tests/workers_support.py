@@ -79,8 +79,10 @@ def spawn(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProce
     """Start worker subprocesses (``spawn("--name", "w1", ...)``); all killed at the end."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, ready: bool = True) -> WorkerProcess:
-        argv = [*args, "--sandbox", str(tmp_path / "sandbox")]
+    def start(*args: str, ready: bool = True, insecure: bool = True) -> WorkerProcess:
+        argv = [*args] if "--sandbox" in args else [*args, "--sandbox", str(tmp_path / "sandbox")]
+        if insecure and "--serf-auth-file" not in args:
+            argv.append("--insecure")
         worker = WorkerProcess(argv, broker_url, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker.wait_ready() if ready else worker
@@ -169,14 +171,24 @@ def client(broker_url: str) -> Iterator[Client]:
 class Observer:
     """Another member of the gossip pool (a real agent), asked about members with the CLI."""
 
-    def __init__(self, name: str, workdir: Path, encrypt_key: str | None = None) -> None:
-        self.agent = SerfAgent(name, encrypt_key=encrypt_key, workdir=workdir, log_level="warn")
+    def __init__(
+        self, name: str, workdir: Path, encrypt_key: str | None = None, rpc_auth: str | None = None
+    ) -> None:
+        self.agent = SerfAgent(
+            name,
+            encrypt_key=encrypt_key,
+            rpc_auth=rpc_auth,
+            workdir=workdir,
+            log_level="warn",
+            insecure=not (encrypt_key and rpc_auth),
+        )
         self.agent.start()
         self.bind, self.rpc = self.agent.bind_addr, self.agent.rpc_addr
 
     def members(self) -> dict[str, dict[str, Any]]:
+        auth = [f"-rpc-auth={self.agent.rpc_auth}"] if self.agent.rpc_auth else []
         done = subprocess.run(
-            ["serf", "members", f"-rpc-addr={self.rpc}", "-format=json"],
+            ["serf", "members", f"-rpc-addr={self.rpc}", *auth, "-format=json"],
             capture_output=True,
             text=True,
             timeout=5,

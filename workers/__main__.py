@@ -1,8 +1,9 @@
 """``python -m workers``: run one worker (push mode with its Serf agent, or pull mode).
 
 Exit status: 0 after a clean drain (SIGTERM/SIGINT), 1 if results could not be
-delivered before stopping, 2 for bad arguments, an unreachable broker or a
-Serf agent that cannot start.
+delivered before stopping, 2 for bad arguments, missing Serf keys (without
+``--insecure``), an unreachable broker, or a Serf agent that cannot start or
+that died and could not be restarted.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from matchmaker import logs
 from matchmaker.broker import DEFAULT_URL, BrokerError
 from matchmaker.identity import resolve_url
+from membership.errors import MembershipError
+from membership.keys import resolve
 from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network
-from workers.presence import PresenceError, make_presence
+from workers.presence import OwnAgent, PresenceError, make_presence, worker_tags
 from workers.runtime import Worker
 from workers.tasks import REGISTRY
 
@@ -95,16 +99,25 @@ def parser() -> argparse.ArgumentParser:
         "--serf-join", action="append", default=[], metavar="ADDR", help="join (repeatable)"
     )
     serf.add_argument(
-        "--serf-encrypt",
-        metavar="KEY",
-        default=os.environ.get("MM_SERF_ENCRYPT"),
-        help="gossip encryption key, base64 (default: $MM_SERF_ENCRYPT)",
+        "--serf-encrypt-file",
+        metavar="PATH",
+        help="file holding the gossip encryption key, mode 0600 (default: $MM_SERF_ENCRYPT_FILE, "
+        "else the key in $MM_SERF_ENCRYPT)",
     )
     serf.add_argument(
-        "--serf-auth",
-        metavar="KEY",
-        default=os.environ.get("MM_SERF_AUTH"),
-        help="RPC auth key (default: $MM_SERF_AUTH)",
+        "--serf-auth-file",
+        metavar="PATH",
+        help="file holding the agent RPC auth key, mode 0600 (default: $MM_SERF_AUTH_FILE, "
+        "else the key in $MM_SERF_AUTH)",
+    )
+    serf.add_argument(
+        "--serf-encrypt", metavar="KEY", help=argparse.SUPPRESS
+    )  # visible in ps: kept for old scripts, prefer the file
+    serf.add_argument("--serf-auth", metavar="KEY", help=argparse.SUPPRESS)
+    serf.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without gossip encryption and RPC auth (tests on one machine only)",
     )
     serf.add_argument("--no-serf", action="store_true", help="do not advertise (benchmarks)")
     return p
@@ -125,8 +138,6 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
             bind=args.serf_bind,
             rpc_bind=args.serf_rpc_bind,
             join=tuple(args.serf_join),
-            encrypt=args.serf_encrypt,
-            auth=args.serf_auth,
         )
     extra = {"sandbox": args.sandbox} if args.sandbox else {}
     return WorkerConfig(
@@ -148,6 +159,25 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
+def with_keys(config: WorkerConfig, args: argparse.Namespace) -> WorkerConfig:
+    """The config with its Serf keys; ValueError with one sentence if they are missing."""
+    if config.serf is None:
+        return config
+    try:
+        keys = resolve(
+            encrypt_file=args.serf_encrypt_file,
+            auth_file=args.serf_auth_file,
+            encrypt=args.serf_encrypt,
+            auth=args.serf_auth,
+            insecure=args.insecure,
+            gossip=not args.serf_rpc,  # on an existing agent only the RPC key is used
+        )
+    except MembershipError as error:
+        raise ValueError(str(error)) from None
+    serf = replace(config.serf, encrypt=keys.encrypt, auth=keys.auth, insecure=keys.insecure)
+    return replace(config, serf=serf)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -155,10 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
+        if config.serf is not None:
+            worker_tags(config)  # bad tags are told before missing keys
+        config = with_keys(config, args)
         presence = make_presence(config)
     except (ValueError, PresenceError) as error:
         p.error(str(error))
     worker = Worker(config, presence=presence)
+    lost: list[str] = []
+    if isinstance(presence, OwnAgent):
+
+        def on_lost(why: str) -> None:  # never keep consuming while unseen
+            lost.append(why)
+            worker.stop()
+
+        presence.on_lost = on_lost
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("workers").info("signal %s: draining", signal.Signals(signum).name)
@@ -171,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BrokerError, PresenceError) as error:
         print(f"worker {config.name}: {error}", file=sys.stderr)
         return 2
+    if lost:
+        print(f"worker {config.name}: stopped: {lost[0]}", file=sys.stderr)
+        status = 2
     if any(t.name.startswith("task-") and t.is_alive() for t in threading.enumerate()):
         logging.shutdown()  # a task ignored cancellation: do not wait for its thread
         os._exit(status)

@@ -41,6 +41,7 @@ class SerfConfig:
     encrypt: str | None = None
     auth: str | None = None
     profile: str = "local"
+    insecure: bool = False  # no gossip encryption / RPC auth (``--insecure``)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,30 @@ it leave the pool gracefully. That agent also dies with the worker process
 (PDEATHSIG): a worker killed outright is then seen as failed, never as alive.
 ``ExistingAgent`` sets the tags over RPC (``membership.rpc.SerfRPC``) on an
 agent the worker does not own and removes them on ``leave()``.
+
+Restarts keep the member's address: the agent's state lives in
+``<sandbox>/.serf-agents/<name>/`` (0700, locked while a worker uses it), and
+an agent started without a fixed ``--serf-bind`` reuses the gossip port
+recorded there, unless the last one left gracefully (Serf accepts a left
+member's name at a new address). Serf refuses a known member name at a new address (the new
+agent loses the name-conflict vote and quits, or stays unseen if the old
+member has failed), so the same address is what lets a worker killed outright
+rejoin under its name. A watchdog notices when the agent dies: it restarts it
+(same ports, current tags) a few times, and otherwise calls ``on_lost`` so
+the worker stops instead of consuming while invisible.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
-from collections.abc import Mapping
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from matchmaker.broker import worker_queue
 from membership.agent import LOOPBACK, SerfAgent
@@ -29,6 +47,12 @@ from workers.config import WorkerConfig
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 5.0
+AGENT_DIR = ".serf-agents"
+WATCH_INTERVAL = 0.5
+RESTARTS = 3  # agent restarts allowed within RESTART_WINDOW before the worker stops
+RESTART_WINDOW = 60.0
+LEFT_MARK = "left"  # the last agent left gracefully: any free port will do
+CONFLICT = "name conflict resolution"  # the agent's log when it lost a name-conflict vote
 
 
 class PresenceError(RuntimeError):
@@ -58,57 +82,180 @@ def _address(text: str | None, what: str) -> tuple[str, int | None]:
         raise PresenceError(f"{what} {text!r} must be host:port, e.g. 127.0.0.1:7946") from None
 
 
+def agent_dir(config: WorkerConfig) -> Path:
+    """Where the worker's own agent keeps its config and log, reused across restarts."""
+    return config.sandbox / AGENT_DIR / config.name
+
+
+def recorded_port(workdir: Path, node: str, host: str) -> int | None:
+    """The gossip port the agent in ``workdir`` last bound on ``host``, if any."""
+    try:
+        bind = json.loads((workdir / f"{node}.json").read_text())["bind"]
+        recorded_host, port = split_addr(bind)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return port if recorded_host == host else None
+
+
 class OwnAgent:
-    """The worker's own ``serf agent`` carrying its tags."""
+    """The worker's own ``serf agent`` carrying its tags, watched and restarted if it dies."""
 
     def __init__(self, config: WorkerConfig, tags: Mapping[str, str]) -> None:
         assert config.serf is not None
         serf = config.serf
+        self.name = config.name
+        self.workdir = agent_dir(config)
         bind_host, bind_port = _address(serf.bind, "--serf-bind")
         rpc_host, rpc_port = _address(serf.rpc_bind, "--serf-rpc-bind")
+        recorded = recorded_port(self.workdir, config.name, bind_host)
+        left = (self.workdir / LEFT_MARK).exists()  # Serf accepts a left member's name anywhere
+        self.reused_port = None if bind_port or left else recorded
+        self.on_lost: Callable[[str], None] | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self._restarts: list[float] = []
         try:
             self.agent = SerfAgent(
                 config.name,
                 tags=tags,
-                bind_port=bind_port,
+                bind_port=bind_port or self.reused_port,
                 rpc_port=rpc_port,
                 profile=serf.profile,
                 encrypt_key=serf.encrypt,
                 rpc_auth=serf.auth,
                 join=serf.join,
+                workdir=self.workdir,
                 log_level="warn",
                 bind_host=bind_host,
                 rpc_host=rpc_host,
                 die_with_parent=True,
+                insecure=serf.insecure,
             )
         except MembershipError as error:
             raise PresenceError(str(error)) from None
 
     def start(self) -> None:
+        self._lock()
         try:
             self.agent.start()
         except MembershipError as error:
-            self.agent.cleanup()
-            raise PresenceError(str(error).splitlines()[0]) from None
+            self.agent.stop()
+            self._unlock()
+            raise PresenceError(self._why_not_started(error)) from None
         log.info(
-            "serf agent up node=%s bind=%s rpc=%s join=%s",
+            "serf agent up node=%s bind=%s rpc=%s join=%s state=%s",
             self.agent.node,
             self.agent.bind_addr,
             self.agent.rpc_addr,
             ",".join(self.agent.join) or "-",
+            self.workdir,
         )
+        with contextlib.suppress(OSError):
+            (self.workdir / LEFT_MARK).unlink(missing_ok=True)
+        self._stopping.clear()
+        self._watcher = threading.Thread(target=self._watch, name="serf-watchdog", daemon=True)
+        self._watcher.start()
 
     def draining(self) -> None:
+        self.agent.tags[SLOTS] = "0"  # a restarted agent keeps advertising the drain
         _set_tags(self.agent.rpc_addr, self.agent.rpc_auth, {SLOTS: "0"}, [])
 
     def advertise(self, slots: int) -> None:
+        self.agent.tags[SLOTS] = str(slots)  # a restarted agent advertises what holds now
         _set_tags(self.agent.rpc_addr, self.agent.rpc_auth, {SLOTS: str(slots)}, [])
 
     def leave(self) -> None:
         """Leave the pool gracefully (the agent broadcasts its leave and exits)."""
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
         if self.agent.running:
             self.agent.cleanup()
             log.info("left the gossip pool node=%s", self.agent.node)
+            with contextlib.suppress(OSError):
+                (self.workdir / LEFT_MARK).touch(mode=0o600)
+        self._unlock()
+
+    # -- the agent's directory and its lock -----------------------------------------------
+
+    def _lock(self) -> None:
+        try:
+            self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.workdir.chmod(0o700)
+            fd = os.open(self.workdir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise PresenceError(
+                f"cannot use the Serf agent directory {self.workdir}: {error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise PresenceError(
+                f"another worker named {self.name!r} is running with this sandbox root "
+                f"(it holds {self.workdir / 'lock'})"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
+
+    def _why_not_started(self, error: MembershipError) -> str:
+        tail = self.agent.log_tail(5)
+        if self.reused_port and "address already in use" in tail:
+            return (
+                f"the Serf gossip port {self.agent.bind_addr} this worker used before (recorded "
+                f"in {self.workdir}) is taken by another process; free it, or pass --serf-bind "
+                "(a new address is accepted by the pool only once the old member is gone)"
+            )
+        if CONFLICT in tail:
+            return self._conflict()
+        return str(error).splitlines()[0]
+
+    def _conflict(self) -> str:
+        return (
+            f"another Serf member named {self.name!r} is alive at another address, so this "
+            "worker's agent gave up its name; stop that worker or use another --name"
+        )
+
+    # -- the watchdog ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            if self.agent.running:
+                continue
+            why = self._revive()
+            if why is None:
+                continue
+            log.error("serf agent lost: %s", why)
+            if self.on_lost is not None:
+                self.on_lost(why)
+            return
+
+    def _revive(self) -> str | None:
+        """Restart the dead agent on its old ports; the reason it cannot be, or None."""
+        tail = self.agent.log_tail(5)
+        log.warning("serf agent node=%s exited; log tail:\n%s", self.agent.node, tail)
+        if CONFLICT in tail:
+            return self._conflict()
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
+        if len(self._restarts) > RESTARTS:
+            return (
+                f"the Serf agent died {len(self._restarts)} times within {RESTART_WINDOW:g} s "
+                f"(log: {self.agent.log_path})"
+            )
+        try:
+            with contextlib.suppress(MembershipError):
+                self.agent.kill()  # reap the dead process
+            self.agent.start()
+        except MembershipError as error:
+            return f"the Serf agent died and could not be restarted: {self._why_not_started(error)}"
+        log.warning("serf agent restarted node=%s bind=%s", self.agent.node, self.agent.bind_addr)
+        return None
 
 
 class ExistingAgent:

@@ -9,7 +9,9 @@ Payload::
      "timeout": 3600}                                              # optional, seconds
 
 The job is created through ``AuroraClient(context.aurora_url)`` with the
-processes run in order, then polled until every instance is terminal. When
+processes run in order, then polled until every instance is terminal; the
+client sends the bearer token from ``MM_AURORA_TOKEN_FILE`` (a 0600 file) or
+``MM_AURORA_TOKEN`` in the worker's environment. When
 the task is cancelled or runs out of time the Aurora job is killed. A retry
 (attempt > 1) that finds the job still active from an earlier attempt waits
 for that job instead of failing. FINISHED returns ``{"job", "status",
@@ -57,7 +59,10 @@ def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         timeout = min(timeout, remaining)
     key = f"{role}/{environment}/{name}"
 
-    client = AuroraClient(context.aurora_url)
+    try:
+        client = AuroraClient(context.aurora_url)
+    except AuroraError as e:  # a token file that is missing or readable by others
+        raise TaskError(f"job_submission: cannot talk to Aurora: {e}") from None
     adopted = False
     try:
         client.create_job(role, environment, name, processes, instances=instances, **resources)
