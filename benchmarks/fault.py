@@ -336,14 +336,15 @@ def submitter(system: System, stop: threading.Event) -> None:
 
 
 def kill_workers(system: System, stop: threading.Event) -> None:
-    """Every ``worker_kill_every`` seconds a worker (in turn, never the frozen one) gets
-    kill -9 (its Serf agent dies with it) and is started again the README way: proves
-    that tasks of a worker that vanishes are neither lost nor completed twice, and that
-    a worker restarted under the same name is used again."""
+    """Every ``worker_kill_every`` seconds of the duration a worker (in turn, never the
+    frozen one) gets kill -9 (its Serf agent dies with it) and is started again the
+    README way: proves that tasks of a worker that vanishes are neither lost nor
+    completed twice, and that a worker restarted under the same name is used again."""
     interval = system.config.worker_kill_every
     names = sorted(system.workers)
     turn = 0
-    while interval > 0 and not stop.wait(interval):
+    until = time.monotonic() + system.config.duration
+    while interval > 0 and not stop.wait(interval) and time.monotonic() < until:
         candidates = [n for n in names if n != system.frozen]
         if not candidates:
             continue
@@ -661,7 +662,8 @@ def run(config: FaultConfig) -> Report:
             thread.start()
         sending.join()
         seconds["send"] = time.monotonic() - began - seconds["start"]
-        threads[2].join()  # the rare faults are all over before the settling
+        threads[1].join()  # the faults are all over before the settling
+        threads[2].join()
         settled_at = time.monotonic()
         settled = settle(system, config.timeout)
         seconds["settle"] = time.monotonic() - settled_at
@@ -734,6 +736,10 @@ def _report(
             "scheduler_kills": system.scheduler.kills if system.scheduler else 0,
             "scheduler_unexpected_exits": len(scheduler_exits),
             "worker_unexpected_exits": len(worker_exits),
+            "worker_exit_reasons": [
+                f"{e.name} code {e.code}: {(e.tail.splitlines() or [''])[-1][:160]}"
+                for e in worker_exits
+            ],
             "timeline": system.timeline,
         },
         counts={
@@ -789,6 +795,8 @@ def table(report: Report) -> str:
     for check in report.checks:
         lines.append(f"{check.name:<40} {'PASS' if check.ok else 'FAIL':<6}  {check.figure}")
         lines += [f"    {d}" for d in check.details]
+    for gone in f["worker_exit_reasons"][:5]:
+        lines.append(f"worker exit by itself: {gone}")
     lines.append("")
     lines.append(f"workdir: {report.workdir}")
     return "\n".join(lines)
