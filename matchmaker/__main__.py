@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import uuid
@@ -110,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     logs.setup(config.log_format, config.log_level)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
     return 0
 

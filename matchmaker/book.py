@@ -6,8 +6,11 @@ kind of event, writes the change to the ledger (uncommitted: the service
 commits once per batch) and queues an event for ``mm.events``.
 
 Attempts: a task starts at attempt 1; a failed attempt, a lost worker or a
-missed deadline moves it to attempt + 1. A result carrying any other attempt
-than the current one is stale: logged, changes nothing.
+missed deadline moves it to attempt + 1. A result counts only for a task in
+flight, for its current attempt, from the worker that attempt was dispatched
+to (``refusal``); any other (stale, forged, for a pending or unknown task) is
+recorded as an ``ignored-<state>`` transition with the reason, and changes
+nothing.
 
 Deadlines wait in a heap of (deadline, id), so a sweep looks only at the
 tasks whose deadline passed; entries of tasks that landed in the meantime
@@ -180,20 +183,32 @@ class Book:
                 t.state, t.worker = "pending", None
                 self.pending.add(t)
 
-    def result(self, r: TaskResult, now: float) -> str:
-        """Apply a worker's report; returns what it did (for logs and tests)."""
-        t = self.in_flight.get(r.id) or self.pending.get(r.id)
-        if t is None or r.attempt != t.attempt:
+    def refusal(self, r: TaskResult) -> str | None:
+        """Why a result cannot count, or None: it counts only for a task in flight, for
+        its current attempt, from the worker that attempt was dispatched to. (The one
+        place that decides; a check of who sent it belongs here too.)"""
+        t = self.in_flight.get(r.id)
+        if t is None:
+            if r.id in self.pending:
+                return "the task is pending: no attempt of it is in flight"
             known = self.ledger.get(r.id)
-            note = "unknown task" if known is None else f"stale: current is {known.state}"
-            if t is not None:
-                note = f"stale: attempt {r.attempt}, current attempt {t.attempt}"
-            self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, note)])
-            self.count("stale_results")
-            return "stale"
-        if t.worker != r.worker:  # the same attempt reached another worker after a restart
-            self._land(t)
-            self._fly(t, r.worker)
+            return "unknown task" if known is None else f"the task is {known.state}"
+        if r.attempt != t.attempt:
+            return f"stale: attempt {r.attempt}, current attempt {t.attempt}"
+        if r.worker != t.worker:
+            return f"attempt {t.attempt} was dispatched to {t.worker}, not to {r.worker}"
+        return None
+
+    def result(self, r: TaskResult, now: float) -> str:
+        """Apply a worker's report; returns what it did (for logs and tests). A result
+        ``refusal`` refuses is recorded as ``ignored-<state>`` with the reason and
+        changes nothing."""
+        why = self.refusal(r)
+        if why is not None:
+            self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, why)])
+            self.count("ignored_results")
+            return "ignored"
+        t = self.in_flight[r.id]
         if t.state == "dispatching":  # the worker's report overtook the broker's confirm
             self.assigned([(r.id, r.worker, r.received_at or r.started_at or now)])
         ran = {"worker": r.worker, "received_at": r.received_at, "started_at": r.started_at}

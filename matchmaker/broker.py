@@ -6,7 +6,12 @@ are as durable (a persistent message is confirmed once on disk) and faster
 (README, "Decisions"). A queue that already exists is used as it is, whatever
 its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
 waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
-messages with the reason in the ``x-mm-reason`` header. ``mm.events`` is a topic exchange
+messages with the reason in the ``x-mm-reason`` header and the source queue in
+``x-mm-source``; it is bounded (``DEAD_MAX_LENGTH`` letters, the oldest
+dropped first), and the scheduler's letters keep the first few KiB of their
+body, with the whole body's size and SHA-256 in ``x-mm-size`` and
+``x-mm-sha256`` and a stable ``message_id`` a consumer can deduplicate by.
+``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
 cancellations (routing key ``cancel.<worker>``).
 
@@ -40,6 +45,8 @@ QUEUE_TYPES = ("classic", "quorum")
 QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "classic")
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+DEAD_MAX_LENGTH = 100_000
+MAX_BACKOFF = 5.0
 
 
 class BrokerError(RuntimeError):
@@ -75,8 +82,16 @@ def _reason(error: BaseException) -> str:
     return str(error).strip() or error.__class__.__name__
 
 
-def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.BlockingConnection:
-    """A blocking connection; retries with backoff ``attempts`` times, then BrokerError.
+def connect(
+    url: str,
+    *,
+    attempts: int | None = 1,
+    name: str = "matchmaker",
+    stopping: Callable[[], bool] | None = None,
+) -> pika.BlockingConnection:
+    """A blocking connection; retries with backoff (capped at ``MAX_BACKOFF`` seconds, one
+    log line per attempt) ``attempts`` times, or for ever with None, then BrokerError.
+    A ``stopping`` that turns true ends the retries at once, with BrokerError.
 
     Its deliveries are parsed by ``frames.DeliveryReader`` (pika's path costs
     more than the rest of taking in a message)."""
@@ -85,7 +100,9 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
     params.heartbeat = 30
     params.blocked_connection_timeout = 60
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             connection = pika.BlockingConnection(params)
             read_deliveries(connection)
@@ -95,19 +112,30 @@ def connect(url: str, *, attempts: int = 1, name: str = "matchmaker") -> pika.Bl
         except pika.exceptions.ProbableAccessDeniedError:
             raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
         except (pika.exceptions.AMQPError, OSError) as error:
-            if attempt == attempts:
+            if attempts is not None and attempt >= attempts:
                 raise BrokerError(
                     f"cannot reach the broker at {describe(url)}: {_reason(error)}"
                 ) from None
             log.warning(
-                "broker %s unreachable (%s); retrying in %.1fs",
+                "broker %s unreachable (%s); retrying in %.1fs (attempt %d)",
                 describe(url),
                 _reason(error),
                 delay,
+                attempt,
             )
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+        if pause(delay, stopping):
+            raise BrokerError(f"stopped while connecting to the broker at {describe(url)}")
+        delay = min(delay * 2, MAX_BACKOFF)
+
+
+def pause(seconds: float, stopping: Callable[[], bool] | None = None) -> bool:
+    """Sleep ``seconds`` in short steps; True at once if ``stopping`` turns true."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stopping is not None and stopping():
+            return True
+        time.sleep(min(left, 0.05))
+    return stopping is not None and stopping()
 
 
 def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
@@ -131,7 +159,7 @@ def declare_core(channel: BlockingChannel) -> None:
     """The scheduler's queues and exchanges."""
     _queue(channel, REQUESTS, **{"x-single-active-consumer": True})
     _queue(channel, RESULTS)
-    _queue(channel, DEAD)
+    _queue(channel, DEAD, **{"x-max-length": DEAD_MAX_LENGTH, "x-overflow": "drop-head"})
     channel.exchange_declare(EVENTS, "topic", durable=True)
     channel.exchange_declare(CONTROL, "topic", durable=True)
 
@@ -176,10 +204,24 @@ def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
         return ack if callable(ack) else channel.basic_ack
 
 
-def dead_letter_properties(reason: str, source: str) -> pika.BasicProperties:
-    """A dead letter's properties: persistent, the reason and the source queue in headers."""
-    headers = {"x-mm-reason": reason[:1000], "x-mm-source": source}
-    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+def dead_letter_properties(
+    reason: str,
+    source: str,
+    *,
+    message_id: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+) -> pika.BasicProperties:
+    """A dead letter's properties: persistent, the reason and the source queue in headers,
+    and, when given, the letter's stable id and its whole body's size and SHA-256."""
+    headers: dict[str, Any] = {"x-mm-reason": reason[:1000], "x-mm-source": source}
+    if size is not None:
+        headers["x-mm-size"] = size
+    if sha256 is not None:
+        headers["x-mm-sha256"] = sha256
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, headers=headers, message_id=message_id
+    )
 
 
 def dead_letter(channel: BlockingChannel, body: bytes, reason: str, source: str) -> None:

@@ -37,6 +37,7 @@ This module does the two hot cases itself and leaves everything else to pika:
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -338,15 +339,59 @@ def read_deliveries(connection: pika.BlockingConnection) -> DeliveryReader | Non
 
 
 def consume(channel: BlockingChannel, queue: str, sink: Sink) -> str:
-    """``basic_consume`` whose deliveries reach ``sink(delivery_tag, body)``.
+    """``basic_consume`` whose deliveries reach ``sink(delivery_tag, body)``, in the
+    order of their tags.
 
     With a ``DeliveryReader`` on the connection the sink is called inside the
     read, with no pika objects made per message, so it must only buffer; the
-    connection's ``process_data_events`` returns after that read. Without
-    one, pika's callback calls the sink between I/O steps. Returns the tag.
+    connection's ``process_data_events`` returns after that read. The sink is
+    registered before the consumer exists: deliveries that come in the same read
+    as ``Consume-Ok`` would otherwise wait in pika's queue of channel events and
+    reach the sink after later ones. Without a reader, pika's callback calls
+    the sink between I/O steps. Returns the consumer tag.
     """
-    tag: str = channel.basic_consume(queue, lambda _c, m, _p, body: sink(m.delivery_tag, body))
     reader = reader_of(channel)
+    tag = f"ctag{channel.channel_number}.{uuid.uuid4().hex}"
     if reader is not None:
         reader.sinks[tag] = sink
+    try:
+        channel.basic_consume(
+            queue, lambda _c, m, _p, body: sink(m.delivery_tag, body), consumer_tag=tag
+        )
+    except BaseException:
+        if reader is not None:
+            reader.sinks.pop(tag, None)
+        raise
     return tag
+
+
+class AckWindow:
+    """The deliveries of one channel that a ``multiple`` ack may cover.
+
+    A channel numbers its deliveries 1, 2, 3... with no gaps (the broker counts
+    each delivery; these channels have one consumer and no ``basic_get``).
+    ``settle(tag)`` notes that one delivery was recorded or dead-lettered;
+    ``due()`` is the highest tag T such that every delivery up to T is settled,
+    once each time it advances (0 when it did not): a ``multiple`` ack of T then
+    covers settled deliveries only, in whatever order they were settled.
+    """
+
+    def __init__(self) -> None:
+        self.settled = 0  # every tag up to this one is settled
+        self.acked = 0
+        self.ahead: set[int] = set()  # settled tags above ``settled`` + 1
+
+    def settle(self, tag: int) -> None:
+        if tag == self.settled + 1:
+            self.settled = tag
+            while self.ahead and self.settled + 1 in self.ahead:
+                self.settled += 1
+                self.ahead.discard(self.settled)
+        elif tag > self.settled:
+            self.ahead.add(tag)
+
+    def due(self) -> int:
+        if self.settled <= self.acked:
+            return 0
+        self.acked = self.settled
+        return self.acked

@@ -2,7 +2,11 @@
 
 One row per task, keyed by the client's id (so a second submit is a no-op),
 plus an append-only ``transitions`` log (every state change, stale and
-duplicate results included) and the set of drained workers.
+duplicate results included), the set of drained workers and the dead-letter
+outbox (``dead_letters``: each rejected message once, keyed by the hash of its
+source queue and body, marked sent once the broker confirmed it on
+``mm.dead``). The writer makes its files 0600 (the database, its log and its
+index); the CLI opens it read-only through a percent-encoded ``file:`` URI.
 
 States: ``pending`` -> ``assigned`` -> ``running`` -> ``succeeded``; a failed
 attempt goes back to ``pending`` with attempt + 1 (after a backoff) or ends
@@ -32,9 +36,12 @@ starts the log again.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -85,6 +92,17 @@ CREATE TABLE IF NOT EXISTS transitions (
 );
 CREATE INDEX IF NOT EXISTS transitions_id ON transitions(id);
 CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    key TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    at REAL NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS dead_letters_unsent ON dead_letters(at) WHERE sent = 0;
 """
 
 
@@ -103,8 +121,47 @@ DROP INDEX tasks_open;
 """
 
 
+DEAD_BODY_BYTES = 4096  # a dead letter keeps this much of its body, and its size and hash
+INSERT_LETTER = "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
 class LedgerError(RuntimeError):
     """The ledger file cannot be opened or is not a matchmaker ledger."""
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A rejected message on its way to ``mm.dead``: ``key`` (the SHA-256 of its source
+    queue and whole body) names it for good, so a redelivery of the same message is the
+    same letter; ``body`` is its first ``DEAD_BODY_BYTES``, ``size`` and ``sha256`` the
+    whole body's."""
+
+    key: str
+    source: str
+    reason: str
+    body: bytes
+    size: int
+    sha256: str
+    at: float
+
+    @classmethod
+    def of(cls, source: str, body: bytes, reason: str, at: float) -> Letter:
+        key = hashlib.sha256(source.encode() + b"\0" + body).hexdigest()
+        digest = hashlib.sha256(body).hexdigest()
+        return cls(key, source, reason[:1000], body[:DEAD_BODY_BYTES], len(body), digest, at)
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and its parents) if missing, the last one 0700; an existing one open
+    to others is closed to them, unless it is a shared sticky directory such as /tmp."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if mode & 0o077 and not mode & stat.S_ISVTX:
+        path.chmod(PRIVATE_DIR)
+    elif mode & 0o077:
+        log.warning("%s is a shared directory: only the ledger's own files are private", path)
 
 
 @dataclass
@@ -185,16 +242,21 @@ class Ledger:
             if readonly:
                 if not self.path.exists():
                     raise LedgerError(f"no ledger at {self.path} (has the scheduler run here?)")
-                uri = f"file:{self.path}?mode=ro"
+                uri = self.path.resolve().as_uri() + "?mode=ro"  # the path percent-encoded
                 self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                if background_checkpoints:
-                    self.db.execute("PRAGMA wal_autocheckpoint=0")
-                self.db.executescript(SCHEMA)
+                umask = os.umask(0o077)  # the file, its log and its index made 0600
+                try:
+                    self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                    self.db.execute("PRAGMA synchronous=NORMAL")
+                    if background_checkpoints:
+                        self.db.execute("PRAGMA wal_autocheckpoint=0")
+                    self.db.executescript(SCHEMA)
+                finally:
+                    os.umask(umask)
+                self._private_files()
                 old = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tasks_open'"
                 if self.db.execute(old).fetchone():
                     self.db.executescript(f"BEGIN; {MIGRATE_OPEN_INDEX} COMMIT;")
@@ -211,7 +273,17 @@ class Ledger:
         self._changes: dict[str, dict[str, Any]] = {}  # by task id: column -> value
         self._transitions: list[Transition] = []
         self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
+        self._letters: dict[str, Letter] = {}  # by key: into the outbox at the next write
+        self._sent: list[tuple[str]] = []
         self.checkpoints = Checkpointer(self.path).start() if background_checkpoints else None
+
+    def _private_files(self) -> None:
+        """The database, its write-ahead log and its shared-memory index: owner only (SQLite
+        makes the last two with the database's mode, this corrects older files)."""
+        for suffix in ("", "-wal", "-shm"):
+            file = self.path.with_name(self.path.name + suffix)
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(PRIVATE_FILE)
 
     def close(self) -> None:
         if self.checkpoints is not None:
@@ -230,7 +302,14 @@ class Ledger:
 
     def write(self) -> None:
         """Run the batched writes in the open transaction (begun here if none is), uncommitted."""
-        if not (self._inserts or self._changes or self._transitions or self._drained):
+        if not (
+            self._inserts
+            or self._changes
+            or self._transitions
+            or self._drained
+            or self._letters
+            or self._sent
+        ):
             return
         if not self._in_batch:
             self.db.execute("BEGIN IMMEDIATE")
@@ -254,6 +333,13 @@ class Ledger:
         for sql, row in self._drained:
             self.db.execute(sql, row)
         self._drained = []
+        if self._letters:
+            rows = [(*vars(letter).values(),) for letter in self._letters.values()]
+            self.db.executemany(INSERT_LETTER, rows)
+            self._letters = {}
+        if self._sent:
+            self.db.executemany("UPDATE dead_letters SET sent = 1 WHERE key = ?", self._sent)
+            self._sent = []
 
     def _change(self, task_id: str, columns: dict[str, Any]) -> None:
         known = self._changes.get(task_id)
@@ -284,8 +370,7 @@ class Ledger:
             for (known,) in self.db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk):
                 del fresh[known]
         added = list(fresh.values())
-        self._inserting.update(fresh)
-        self._inserts.extend(
+        rows = [  # all encoded before anything changes: an error leaves nothing half added
             (
                 r.id,
                 r.type,
@@ -299,7 +384,9 @@ class Ledger:
                 now,
             )
             for r in added
-        )
+        ]
+        self._inserting.update(fresh)
+        self._inserts.extend(rows)
         self.transitions((r.id, 1, "pending", None, now, "submitted") for r in added)
         return added
 
@@ -338,6 +425,42 @@ class Ledger:
             self._drained.append(("INSERT OR REPLACE INTO drained VALUES (?, ?)", (worker, now)))
         else:
             self._drained.append(("DELETE FROM drained WHERE worker = ?", (worker,)))
+
+    def outbox(self, letters: Iterable[Letter]) -> list[Letter]:
+        """Put rejected messages in the dead-letter outbox (written with the next commit);
+        returns those that were not there already (a redelivery of a message the outbox
+        holds is the same letter: it is not sent again)."""
+        fresh: dict[str, Letter] = {}
+        for letter in letters:
+            if letter.key not in self._letters:
+                fresh.setdefault(letter.key, letter)
+        keys = list(fresh)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT key FROM dead_letters WHERE key IN ({marks})"
+            for (known,) in self.db.execute(query, chunk):
+                del fresh[known]
+        self._letters.update(fresh)
+        return list(fresh.values())
+
+    def letters_sent(self, keys: Iterable[str]) -> None:
+        """The broker confirmed these letters on ``mm.dead``."""
+        self._sent.extend((key,) for key in keys)
+
+    def unsent_letters(self) -> list[Letter]:
+        """The outbox's letters not yet confirmed by the broker, oldest first."""
+        self.write()
+        rows = self.db.execute(
+            "SELECT key, source, reason, body, size, sha256, at FROM dead_letters"
+            " WHERE sent = 0 ORDER BY at"
+        )
+        return [Letter(k, s, r, bytes(b), n, h, at) for k, s, r, b, n, h, at in rows]
+
+    def prune_letters(self, before: float) -> None:
+        """Forget letters sent before ``before`` (their messages were acked long since)."""
+        self.write()
+        self.db.execute("DELETE FROM dead_letters WHERE sent = 1 AND at < ?", (before,))
 
     # -- reads --------------------------------------------------------------
 

@@ -25,9 +25,14 @@ checked on its own: an invalid one is refused with its index and the others
 are taken (``decode_batch``).
 
 Decoding never raises anything but ``MessageError``, whose text says what is
-wrong in one sentence; the caller dead-letters the message with it. JSON is
-read and written by orjson: strict RFC 8259 (no ``NaN``, integers within 64
-bits, valid UTF-8), several times faster than the standard library here.
+wrong in one sentence; the caller dead-letters the message with it. The text
+describes a bad value in bounded form (``show``), never its full ``repr``.
+JSON is read and written by orjson: strict RFC 8259 (no ``NaN``, integers
+within 64 bits, valid UTF-8), several times faster than the standard library
+here. A message nests at most ``MAX_DEPTH`` levels of objects and arrays (a
+batch's items each count from their own top), checked without recursion:
+whatever is accepted can be written again (orjson writes at most 254 levels)
+as a dispatch, a batch or a ledger column.
 """
 
 from __future__ import annotations
@@ -49,10 +54,45 @@ MAX_ATTEMPTS = 100
 MAX_TIMEOUT = 7 * 24 * 3600.0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 RESULT_STATES = ("running", "succeeded", "failed")
+MAX_DEPTH = 32  # levels of objects and arrays in one message (or one item of a batch)
+CONTAINERS = (dict, list)
 
 
 class MessageError(ValueError):
     """A message that cannot be accepted; the text says why."""
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A bounded description of a JSON value for an error text: never a full ``repr`` (a
+    deep value would exhaust the recursion limit, a long one the log)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, dict):
+        return f"a JSON object of {len(value)} keys"
+    if isinstance(value, list):
+        return f"a JSON array of {len(value)} items"
+    return repr(value)[:limit]  # None, a bool or a number
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels (a walk with
+    a stack of its own, so no depth can exhaust the interpreter's)."""
+    if type(value) not in CONTAINERS:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if type(node) is dict else node:
+            if type(child) in CONTAINERS:
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> None:
+    if too_deep(value, limit):
+        raise MessageError(f"{what} nests objects and arrays more than {limit} levels deep")
 
 
 # The messages are values: nothing changes one after it is made. They are not frozen
@@ -186,7 +226,7 @@ def _name(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise MessageError(
-            f"'{key}' must be 1-128 characters of letters, digits and _ . : @ - (got {value!r:.60})"
+            f"'{key}' must be 1-128 characters of letters, digits and _ . : @ - (got {show(value)})"
         )
     return value
 
@@ -194,7 +234,7 @@ def _name(body: dict[str, Any], key: str) -> str:
 def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise MessageError(f"'{key}' must be an integer from {low} to {high} (got {value!r:.60})")
+        raise MessageError(f"'{key}' must be an integer from {low} to {high} (got {show(value)})")
     return value
 
 
@@ -203,7 +243,7 @@ def _seconds(body: dict[str, Any], key: str, default: float | None, high: float)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MessageError(f"'{key}' must be a number of seconds (got {value!r:.60})")
+        raise MessageError(f"'{key}' must be a number of seconds (got {show(value)})")
     if not 0 <= value <= high:
         raise MessageError(f"'{key}' must be between 0 and {high:g} seconds (got {value})")
     return float(value)
@@ -224,7 +264,7 @@ def _request(body: dict[str, Any]) -> TaskRequest:
         parse_constraints(constraints)
         parse_constraints(preferences)
     except ValueError as error:
-        raise MessageError(str(error)) from None
+        raise MessageError(str(error)[:300]) from None
     timeout = _seconds(body, "timeout", 3600.0, MAX_TIMEOUT)
     if not timeout:
         raise MessageError("'timeout' must be more than 0 seconds")
@@ -243,7 +283,7 @@ def _request(body: dict[str, Any]) -> TaskRequest:
 def _result(body: dict[str, Any]) -> TaskResult:
     state = body.get("state")
     if state not in RESULT_STATES:
-        raise MessageError(f"'state' must be one of {', '.join(RESULT_STATES)} (got {state!r:.60})")
+        raise MessageError(f"'state' must be one of {', '.join(RESULT_STATES)} (got {show(state)})")
     output = body.get("output")
     if output is not None and not isinstance(output, dict):
         raise MessageError("'output' must be a JSON object or null")
@@ -298,13 +338,22 @@ def _batch(single: str) -> Callable[[dict[str, Any]], Message]:
                     raise MessageError(
                         f"a {single} must be a JSON object (got {type(item).__name__})"
                     )
+                check_depth(item, f"a {single}")
                 valid.append(decoder(item))
             except MessageError as error:
-                alone = {"v": VERSION, **item, "kind": single} if isinstance(item, dict) else item
-                invalid.append((orjson.dumps(alone), f"{kind}[{n}]: {error}"))
+                invalid.append((_alone(item, single), f"{kind}[{n}]: {error}"))
         return Batch(kind, tuple(valid), tuple(invalid))
 
     return decode_items
+
+
+def _alone(item: Any, single: str) -> bytes:
+    """An invalid batch item as a message of its own; one too deep to write again is
+    described instead."""
+    alone = {"v": VERSION, **item, "kind": single} if isinstance(item, dict) else item
+    if too_deep(alone, MAX_DEPTH + 1):
+        return orjson.dumps({"v": VERSION, "kind": single, "unwritable": show(item)})
+    return orjson.dumps(alone)
 
 
 _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
@@ -315,6 +364,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "result": _result,
 }
 _DECODERS.update({BATCHES[single]: _batch(single) for single in BATCHES})
+_BATCH_KINDS = frozenset(BATCHES.values())
 
 
 def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
@@ -327,15 +377,20 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
         raise MessageError(f"not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")
+    kind = body.get("kind", "submit")
+    batch = isinstance(kind, str) and kind in _BATCH_KINDS  # its items are checked one by one
+    if not batch and raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # else it cannot be deep
+        check_depth(body, "the message")
     version = body.get("v")
     if type(version) is not int or version != VERSION:  # not True, not 1.0
         raise MessageError(
-            f"unsupported message version {version!r:.20} (this is version {VERSION})"
+            f"unsupported message version {show(version)} (this is version {VERSION})"
         )
-    kind = body.get("kind", "submit")
     allowed = expect or tuple(_DECODERS)
-    if kind not in allowed:
-        raise MessageError(f"unexpected message kind {kind!r} here (expected {', '.join(allowed)})")
+    if not isinstance(kind, str) or kind not in allowed:
+        raise MessageError(
+            f"unexpected message kind {show(kind)} here (expected {', '.join(allowed)})"
+        )
     return _DECODERS[kind](body)
 
 

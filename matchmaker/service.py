@@ -15,8 +15,11 @@ thread through a queue. Each turn of the loop:
 3. in a full turn, due once per round interval while work comes in: takes in
    what is still buffered (invalid requests and results are set aside for
    ``mm.dead``; a cancel or a drain is only acted on here, in order);
-4. commits the ledger once, then dead-letters what was set aside and queues
-   the acks of what it took in;
+4. puts what was set aside in the ledger's dead-letter outbox, commits the
+   ledger once, then publishes the new letters to ``mm.dead`` (under
+   publisher confirms, ``message_id`` = the letter's key; confirmed ones are
+   marked sent with a later commit, unsent ones are published again by the
+   next connection) and queues the acks of what it took in;
 5. every ``EVENT_INTERVAL``, publishes the events of the state changes so far;
 6. in a full turn, when work is pending and something changed, runs a round
    on the committed state: ``plan()``, then the dispatches are published, one
@@ -27,7 +30,24 @@ thread through a queue. Each turn of the loop:
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
 waits on the broker: acks, dispatches and events are queued frames that the
 next turn's first step writes, so a busy turn costs one socket write and one
-commit.
+commit. The ack invariant: a ``multiple`` ack of tag T is sent only after a
+commit, and only when every delivery up to T on that channel is recorded in
+the ledger or in its dead-letter outbox (``frames.AckWindow``).
+
+No input ends the loop: a message that fails validation is dead-lettered
+with the reason, and one whose handling fails in any other way is
+dead-lettered with ``internal error: <Class>: <text>`` (logged once with its
+traceback); only a broker or ledger failure ends a turn. Dead letters: each
+rejected message is one letter, keyed by the hash of its source queue and
+body, acked only once that letter is committed; a redelivered message whose
+letter exists is only acked. What remains: a letter published but not yet
+marked sent when the scheduler dies is published again after the restart,
+with the same ``message_id``, by which a consumer of ``mm.dead`` can drop it.
+
+The broker is retried for ever, with a capped backoff and one log line per
+attempt; SIGTERM is honoured between attempts as between turns. After any broker error the whole connection is closed before the
+next: one left open would keep the leader queue and its deliveries. The
+loop's timers are monotonic.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
@@ -36,10 +56,12 @@ Leadership: only the scheduler holding the exclusive queue
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import queue
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +74,11 @@ from pika.adapters.blocking_connection import BlockingChannel
 from matchmaker import broker
 from matchmaker.book import Book, Event
 from matchmaker.config import Config
+from matchmaker.confirms import Confirms
 from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
-from matchmaker.frames import DeliveryReader, consume, reader_of
-from matchmaker.ledger import Ledger
+from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
+from matchmaker.ledger import Ledger, Letter, private_dir
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     VERSION,
@@ -64,6 +87,7 @@ from matchmaker.messages import (
     MessageError,
     TaskDispatch,
     TaskRequest,
+    TaskResult,
     check_dispatchable,
     decode,
     decode_results,
@@ -85,6 +109,26 @@ HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
 EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
+RECONNECT_BACKOFF = (0.5, 5.0)  # first and longest wait between attempts to reach the broker
+LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then pruned)
+PRUNE_INTERVAL = 3600.0
+# Not one message's fault: the broker or the ledger itself failed. They end the turn.
+FATAL = (pika.exceptions.AMQPError, sqlite3.OperationalError)
+BROKER_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.ChannelClosed,
+)
+
+
+def describe_error(error: BaseException) -> str:
+    """``Class: text`` of an exception, bounded, even if its text cannot be made."""
+    try:
+        text = str(error)
+    except Exception:  # its str() is itself broken (a value too deep to repr)
+        text = "(no text)"
+    return f"{error.__class__.__name__}: {text[:300]}"
 
 
 def settle_garbage_collector() -> None:
@@ -115,6 +159,7 @@ class Scheduler:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        private_dir(config.state_dir)
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.book = Book(self.ledger, config.retry_backoff, config.result_grace)
         self.metrics = Metrics(config.metrics_port)
@@ -127,9 +172,13 @@ class Scheduler:
         self.requests: list[Delivery] = []  # delivered, not yet taken in
         self.results: list[Delivery] = []
         self.arrived = 0  # deliveries since the last full turn
-        self.request_tag = 0  # the last request taken in: acked after the next commit
-        self.result_tag = 0
+        self.request_acks = AckWindow()  # what a multiple ack may cover, after the next commit
+        self.result_acks = AckWindow()
         self.rejects: list[tuple[str, bytes, str]] = []  # (source queue, body, reason)
+        self.letters: list[Letter] = []  # in the outbox, to publish after the commit
+        self.unconfirmed: dict[str, Letter] = {}  # published, by key, until the broker confirms
+        self.letter_confirms: Confirms[str] | None = None
+        # the loop's timers are monotonic: a wall clock set back must not hold a turn
         self.next_held_intake = 0.0
         self.dirty = True
         self.last_round = 0.0
@@ -137,6 +186,7 @@ class Scheduler:
         self.reader: DeliveryReader | None = None
         self.last_events = 0.0
         self.next_sweep = 0.0
+        self.next_prune = 0.0
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
 
@@ -146,34 +196,55 @@ class Scheduler:
         self.stopping = True
 
     def run(self) -> None:
+        """Serve until SIGTERM or SIGINT; a lost or unreachable broker is retried for
+        ever, with a capped backoff and one log line per attempt."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self.inventory = Inventory(
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
         self.inventory.start()
+        first, longest = RECONNECT_BACKOFF
+        delay = first
         try:
             while not self.stopping:
                 try:
                     self._serve()
-                except (
-                    pika.exceptions.AMQPConnectionError,
-                    pika.exceptions.StreamLostError,
-                    pika.exceptions.ConnectionClosed,
-                    pika.exceptions.ChannelClosed,
-                ) as error:
+                    delay = first
+                except BROKER_LOST as error:
                     if self.stopping:
                         break
-                    log.warning("lost the broker (%s); reconnecting", error.__class__.__name__)
-                    self._forget_deliveries()
-                    time.sleep(0.5)
+                    log.warning(
+                        "lost the broker (%s); reconnecting in %.1fs",
+                        describe_error(error),
+                        delay,
+                    )
+                except broker.BrokerError as error:
+                    if self.stopping:
+                        break
+                    log.warning("%s; retrying in %.1fs", error, delay)
+                self._drop_connection()
+                if broker.pause(delay, lambda: self.stopping):
+                    break
+                delay = min(delay * 2, longest)
         finally:
             self.inventory.stop()
             self.ledger.commit()
             self.ledger.close()
             if self.connection and self.connection.is_open:
-                self.connection.close()
+                with contextlib.suppress(Exception):
+                    self.connection.close()
             log.info("scheduler stopped")
+
+    def _drop_connection(self) -> None:
+        """Forget what the connection delivered (it comes again) and close it: one left
+        open by a channel error would keep the leader queue and its unacked deliveries
+        while the next connection stood by."""
+        self._forget_deliveries()
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(Exception):
+                connection.close()
 
     def _lead(self, connection: pika.BlockingConnection) -> BlockingChannel:
         """Wait until this scheduler holds the leader queue; returns a fresh channel."""
@@ -195,7 +266,10 @@ class Scheduler:
 
     def _serve(self) -> None:
         connection = broker.connect(
-            self.config.broker_url, attempts=30, name="matchmaker-scheduler"
+            self.config.broker_url,
+            attempts=None,
+            name="matchmaker-scheduler",
+            stopping=lambda: self.stopping,
         )
         self.connection = connection
         control = self._lead(connection)
@@ -213,6 +287,8 @@ class Scheduler:
         )
         settle_garbage_collector()
         self.dispatcher = Dispatcher(connection.channel())
+        self.letter_confirms = Confirms(connection.channel())
+        self.letters = self.ledger.unsent_letters()  # published, maybe not confirmed, before
         self._reconcile_inventory()
         intake = connection.channel()
         intake.basic_qos(prefetch_count=PREFETCH)
@@ -222,35 +298,38 @@ class Scheduler:
         consume(results, broker.RESULTS, self._on_result)
         ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
         self.reader = reader_of(intake)
+        self._send_letters()
         try:
             while not self.stopping:
                 self._await_turn(connection)
-                now = time.time()
+                clock = time.monotonic()
                 self._apply_changes()
                 self._apply_confirms()  # before the results, which a confirm precedes
-                arrived, full = self.arrived, now >= self.next_turn or self.arrived >= HOLD_BELOW
+                arrived = self.arrived
+                full = clock >= self.next_turn or arrived >= HOLD_BELOW
                 if full:
                     self.arrived = 0
                     self._take_requests(control)
                     self._take_results()
-                if now >= self.next_sweep:
+                if clock >= self.next_sweep:
                     self._sweep()
+                self._outbox()  # the letters of what was rejected, in this turn's commit
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
-                self._dead_letter(control)  # before the acks of what it rejected
-                if self.request_tag:
-                    ack_request(self.request_tag, True)
-                    self.request_tag = 0
-                if self.result_tag:
-                    ack_result(self.result_tag, True)
-                    self.result_tag = 0
-                if time.time() - self.last_events >= EVENT_INTERVAL:
+                self._send_letters()
+                # Acks only after the commit, and only as far as every delivery up to the
+                # tag is recorded or in the outbox (AckWindow): nothing else is ever acked.
+                if tag := self.request_acks.due():
+                    ack_request(tag, True)
+                if tag := self.result_acks.due():
+                    ack_result(tag, True)
+                if time.monotonic() - self.last_events >= EVENT_INTERVAL:
                     self._publish_events(control)  # before the round: its frames go out last
-                ran_round = full and self._round_due(now)
+                ran_round = full and self._round_due(clock)
                 if ran_round:  # on committed state: what it writes itself (reasons) can wait
-                    self._round(now)
+                    self._round(clock)
                 if full and (arrived or ran_round):
                     # a backlog (a large intake) is paced by the prefetch window instead
-                    self.next_turn = now + self.config.round_interval * (arrived < HOLD_BELOW)
+                    self.next_turn = clock + self.config.round_interval * (arrived < HOLD_BELOW)
         finally:
             if connection.is_open:
                 self._publish_events(control)
@@ -266,11 +345,16 @@ class Scheduler:
         self.arrived += 1
 
     def _forget_deliveries(self) -> None:
-        """The connection is gone: what it delivered and was not acked comes again."""
+        """The connection is gone: what it delivered and was not acked comes again; letters
+        not yet confirmed are in the outbox still, and go again from the next one."""
         self.requests.clear()
         self.results.clear()
         self.rejects.clear()
-        self.arrived = self.request_tag = self.result_tag = 0
+        self.letters.clear()
+        self.unconfirmed.clear()
+        self.letter_confirms = None
+        self.arrived = 0
+        self.request_acks, self.result_acks = AckWindow(), AckWindow()
 
     def _await_turn(self, connection: pika.BlockingConnection) -> None:
         """Wait for broker events until the next turn has work (``_wait``); deliveries
@@ -288,10 +372,10 @@ class Scheduler:
         recorded pending or applied, written to the ledger uncommitted, so the due turn
         has only its round and the COMMIT left. What needs the broker (dead letters,
         cancels, acks) still waits for that turn."""
-        now = time.time()
-        if now < self.next_held_intake:
+        clock = time.monotonic()
+        if clock < self.next_held_intake:
             return
-        self.next_held_intake = now + HELD_INTAKE_INTERVAL
+        self.next_held_intake = clock + HELD_INTAKE_INTERVAL
         self._apply_confirms()
         self._take_requests(None)
         self._take_results()
@@ -314,7 +398,7 @@ class Scheduler:
         """
         if not self.changes.empty():
             return 0
-        now = time.time()
+        now = time.monotonic()
         until_turn = self.next_turn - now
         held = until_turn > 0
         if self.reader is not None:
@@ -368,11 +452,14 @@ class Scheduler:
 
     def _take_requests(self, control: BlockingChannel | None) -> None:
         """Take in the buffered requests: new tasks recorded pending, invalid ones set
-        aside for ``mm.dead``. Without ``control`` (inside the wait) it stops before a
-        cancel or a drain, which waits, with what came after it, for the turn."""
+        aside for ``mm.dead``, each settled in ``request_acks``. Without ``control``
+        (inside the wait) it stops before a cancel or a drain, which waits, with what
+        came after it, for the turn. A request whose handling fails in any other way
+        is dead-lettered with the error (``_internal_error``); the rest go on."""
         now = time.time()
-        new: dict[str, TaskRequest] = {}
+        new: dict[str, tuple[TaskRequest, bytes]] = {}
         taken = 0
+        settle = self.request_acks.settle
         for d in self.requests:
             try:
                 message = decode(d.body, expect=("submit", "cancel", "drain"))
@@ -384,7 +471,7 @@ class Scheduler:
                         )
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
-                    new.setdefault(message.id, message)
+                    new.setdefault(message.id, (message, d.body))
                 elif control is None:
                     break
                 else:
@@ -396,16 +483,42 @@ class Scheduler:
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
                 self.rejects.append((broker.REQUESTS, d.body, str(error)))
+            except FATAL:
+                raise
+            except Exception as error:
+                self._internal_error(broker.REQUESTS, d.body, error)
             taken += 1
-            self.request_tag = d.tag
+            settle(d.tag)
         self._submit(new, now)
         del self.requests[:taken]
 
-    def _submit(self, new: dict[str, TaskRequest], now: float) -> None:
-        if new:
-            self.book.submit(list(new.values()), now)
-            new.clear()
-            self.dirty = True
+    def _submit(self, new: dict[str, tuple[TaskRequest, bytes]], now: float) -> None:
+        """Record the new tasks in one go; if that fails, one by one, and only the one
+        that fails is dead-lettered."""
+        if not new:
+            return
+        items = list(new.values())
+        new.clear()
+        self.dirty = True
+        try:
+            self.book.submit([r for r, _ in items], now)
+        except FATAL:
+            raise
+        except Exception:
+            for request, body in items:
+                try:
+                    self.book.submit([request], now)
+                except FATAL:
+                    raise
+                except Exception as error:
+                    self._internal_error(broker.REQUESTS, body, error)
+
+    def _internal_error(self, source: str, body: bytes, error: Exception) -> None:
+        """A message whose handling failed for a reason no check foresaw: dead-lettered
+        with the error, logged once with its traceback; the loop goes on."""
+        reason = f"internal error: {describe_error(error)}"
+        log.error("dead-lettered a message from %s: %s", source, reason, exc_info=error)
+        self.rejects.append((source, body, reason))
 
     def _cancel(self, task_id: str, now: float, control: BlockingChannel) -> None:
         was_open, worker = self.book.cancel(task_id, now)
@@ -425,45 +538,93 @@ class Scheduler:
         self.dirty = True
 
     def _take_results(self) -> None:
-        """Apply the buffered results; invalid ones are set aside for ``mm.dead``."""
+        """Apply the buffered results, each settled in ``result_acks``; invalid ones (and
+        any whose handling fails, ``_internal_error``) are set aside for ``mm.dead``."""
         if not self.results:
             return
         now = time.time()
+        settle = self.result_acks.settle
         for d in self.results:
             try:
                 message = decode_results(d.body)
             except MessageError as error:
                 self._reject_result(d.body, str(error))
+                settle(d.tag)
+                continue
+            except FATAL:
+                raise
+            except Exception as error:
+                self._internal_error(broker.RESULTS, d.body, error)
+                settle(d.tag)
                 continue
             for body, reason in message.invalid:
                 self._reject_result(body, reason)
             for result in message.items:
-                outcome = self.book.result(result, now)
-                if outcome == "stale":
-                    log.info(
-                        "stale result for %s attempt %d from %s ignored",
-                        result.id,
-                        result.attempt,
-                        result.worker,
-                    )
-                else:
-                    self.reasons.pop(result.id, None)
-        self.result_tag = self.results[-1].tag
+                try:
+                    self._apply_result(result, now)
+                except FATAL:
+                    raise
+                except Exception as error:
+                    self._internal_error(broker.RESULTS, encode(result), error)
+            settle(d.tag)
         self.results.clear()
         self.dirty = True
+
+    def _apply_result(self, result: TaskResult, now: float) -> None:
+        outcome = self.book.result(result, now)
+        if outcome == "ignored":
+            log.info(
+                "result for %s attempt %d from %s ignored",
+                result.id,
+                result.attempt,
+                result.worker,
+            )
+        else:
+            self.reasons.pop(result.id, None)
 
     def _reject_result(self, body: bytes, reason: str) -> None:
         log.warning("rejected a result: %s", reason)
         self.rejects.append((broker.RESULTS, body, reason))
 
-    def _dead_letter(self, control: BlockingChannel) -> None:
-        """Park the rejected requests and results on ``mm.dead``, each with its reason."""
-        for source, body, reason in self.rejects:
-            broker.dead_letter(control, body, reason, source)
-            self.book.count("rejected")
+    def _outbox(self) -> None:
+        """The turn's rejected messages into the ledger's dead-letter outbox, committed
+        with the turn; those the outbox did not hold yet are published after the commit."""
+        if not self.rejects:
+            return
+        now = time.time()
+        letters = [Letter.of(source, body, reason, now) for source, body, reason in self.rejects]
         self.rejects.clear()
+        fresh = self.ledger.outbox(letters)
+        self.letters.extend(fresh)
+        self.book.count("rejected", len(fresh))
+
+    def _send_letters(self) -> None:
+        """Publish the committed letters to ``mm.dead`` under publisher confirms, each with
+        its key as ``message_id``; ``_apply_confirms`` marks the confirmed ones sent."""
+        if not self.letters or self.letter_confirms is None:
+            return
+        publish = self.letter_confirms.publish
+        for letter in self.letters:
+            properties = broker.dead_letter_properties(
+                letter.reason,
+                letter.source,
+                message_id=letter.key,
+                size=letter.size,
+                sha256=letter.sha256,
+            )
+            publish("", broker.DEAD, letter.body, properties, letter.key)
+            self.unconfirmed[letter.key] = letter
+        self.letters = []
 
     def _apply_confirms(self) -> None:
+        if self.letter_confirms is not None and self.letter_confirms.outstanding():
+            sent, refused = self.letter_confirms.confirmed()
+            self.ledger.letters_sent(key for key, _ in sent)
+            for key, _ in sent:
+                self.unconfirmed.pop(key, None)
+            for key in refused:  # published again after the next commit
+                if (letter := self.unconfirmed.pop(key, None)) is not None:
+                    self.letters.append(letter)
         acked, nacked = self.dispatcher.confirmed()
         if nacked:
             log.warning("the broker refused %d dispatches; they go back to pending", len(nacked))
@@ -473,9 +634,13 @@ class Scheduler:
             self.book.assigned(acked)
 
     def _sweep(self) -> None:
-        """Periodically: deadlines passed with no result, retries whose backoff ended, metrics."""
-        now = time.time()
-        self.next_sweep = now + SWEEP_INTERVAL
+        """Periodically: deadlines passed with no result, retries whose backoff ended, metrics,
+        and (rarely) the sent dead letters old enough to forget."""
+        now, clock = time.time(), time.monotonic()
+        self.next_sweep = clock + SWEEP_INTERVAL
+        if clock >= self.next_prune:
+            self.next_prune = clock + PRUNE_INTERVAL
+            self.ledger.prune_letters(now - LETTERS_KEPT)
         self._observe()
         if self.book.expire(now):
             self.dirty = True
@@ -494,7 +659,7 @@ class Scheduler:
         return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
 
     def _round(self, turn: float) -> None:
-        """The round of the full turn that started at ``turn``."""
+        """The round of the full turn that started at ``turn`` (monotonic)."""
         started = time.time()
         self.last_round, self.dirty = turn, False
         workers = self._loaded_workers()
@@ -552,7 +717,7 @@ class Scheduler:
 
     def _publish_events(self, channel: BlockingChannel) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
-        self.last_events = time.time()
+        self.last_events = time.monotonic()
         if not self.book.events:
             return
         events, self.book.events = self.book.events, []

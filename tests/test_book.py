@@ -41,11 +41,11 @@ def test_success_path_and_stale_results(tmp_path: Path) -> None:
     assign(book, [("a", "w1")], 2.0)
     assert book.running("w1") == 1
     assert book.result(TaskResult("a", 1, "w1", "running", 2.5), 3.0) == "running"
-    assert book.result(TaskResult("a", 2, "w1", "succeeded"), 3.5) == "stale"
+    assert book.result(TaskResult("a", 2, "w1", "succeeded"), 3.5) == "ignored"
     assert (
         book.result(TaskResult("a", 1, "w1", "succeeded", 2.5, 3.9, {"ok": 1}), 4.0) == "succeeded"
     )
-    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 5.0) == "stale"
+    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 5.0) == "ignored"
     book.ledger.commit()
     row = book.ledger.get("a")
     assert row is not None and row.state == "succeeded" and row.output == {"ok": 1}
@@ -75,14 +75,14 @@ def test_lost_worker_moves_its_tasks_with_the_next_attempt(tmp_path: Path) -> No
     assert book.worker_lost("w1", 2.0, "failed") == 2
     assert sorted(book.pending) == ["a", "b"] and book.pending["a"].attempt == 2
     assert book.running("w1") == 0 and book.running("w2") == 1
-    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.0) == "stale"
+    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.0) == "ignored"
 
 
 def test_restore_rebuilds_open_tasks(tmp_path: Path) -> None:
     book = make(tmp_path)
     book.submit([TaskRequest(i, "sleep") for i in "abc"], 0.0)
-    assign(book, [("a", "w1")], 1.0)
-    book.result(TaskResult("b", 1, "w1", "succeeded"), 1.5)
+    assign(book, [("a", "w1"), ("b", "w1")], 1.0)
+    assert book.result(TaskResult("b", 1, "w1", "succeeded"), 1.5) == "succeeded"
     book.ledger.commit()
     again = make(tmp_path)
     again.restore(again.ledger.open_tasks())
@@ -225,3 +225,32 @@ def test_deadlines_and_running_count_match_a_full_scan(
             assert not late & set(book.in_flight)
         running = sum(1 for f in book.in_flight.values() if f.state == "running")
         assert book.running_count == running
+
+
+def test_a_result_counts_only_from_the_worker_of_the_attempt_in_flight(tmp_path: Path) -> None:
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep"), TaskRequest("p", "sleep")], 1.0)
+    assign(book, [("a", "w1")], 2.0)
+    forged = [
+        TaskResult("a", 1, "mallory", "succeeded", output={"x": 1}),  # another worker
+        TaskResult("a", 2, "w1", "succeeded"),  # not the current attempt
+        TaskResult("p", 1, "w1", "succeeded"),  # pending, never dispatched
+        TaskResult("nope", 1, "w1", "succeeded"),  # unknown
+    ]
+    assert [book.result(r, 3.0) for r in forged] == ["ignored"] * 4
+    assert book.in_flight["a"].worker == "w1" and "mallory" not in book.by_worker
+    assert "p" in book.pending and book.pending["p"].attempt == 1
+    done = TaskResult("a", 1, "w1", "succeeded", 2.5, 3.5, {"real": True})
+    assert book.result(done, 4.0) == "succeeded"
+    book.ledger.commit()
+    row = book.ledger.get("a")
+    assert row is not None and row.output == {"real": True} and row.worker == "w1"
+    notes = [(h["state"], h["worker"], h["note"]) for h in book.ledger.history("a")]
+    assert ("ignored-succeeded", "mallory", "attempt 1 was dispatched to w1, not to mallory") in (
+        notes
+    )
+    assert ("ignored-succeeded", "w1", "stale: attempt 2, current attempt 1") in notes
+    pending = book.ledger.history("p")
+    assert pending[-1]["note"] == "the task is pending: no attempt of it is in flight"
+    assert book.ledger.history("nope")[0]["note"] == "unknown task"
+    assert book.ledger.counts() == {"pending": 1, "succeeded": 1}

@@ -12,7 +12,14 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from matchmaker import broker
-from matchmaker.frames import DeliveryReader, FrameAcker, FramePublisher, consume, reader_of
+from matchmaker.frames import (
+    AckWindow,
+    DeliveryReader,
+    FrameAcker,
+    FramePublisher,
+    consume,
+    reader_of,
+)
 
 QUEUE = "mm.test.frames"
 
@@ -237,3 +244,38 @@ def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     left = [check.basic_get(QUEUE, auto_ack=True)[2] for _ in range(2)]
     assert sorted(left) == [b"a3", b"a5"]
     assert check.basic_get(QUEUE, auto_ack=True)[0] is None
+
+
+def test_deliveries_waiting_before_the_consumer_reach_the_sink_in_tag_order(
+    open_channel: OpenChannel,
+) -> None:
+    """Deliveries read with ``Consume-Ok`` go to the sink at once, not through pika's queue
+    of channel events after later ones (whose tags a ``multiple`` ack would then pass)."""
+    connection, channel = open_channel()
+    channel.queue_purge(QUEUE)
+    publish = FramePublisher(channel._impl)
+    for i in range(3000):
+        publish("", QUEUE, f"q{i}".encode(), broker.PERSISTENT)
+    channel.queue_declare(QUEUE, durable=True, passive=True)  # a round trip: all stored
+    intake = connection.channel()
+    got: list[int] = []
+    consume(intake, QUEUE, lambda tag, _body: got.append(tag))
+    deadline = time.monotonic() + 30
+    while len(got) < 3000 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=1)
+    assert got == list(range(1, 3001))
+
+
+def test_an_ack_window_covers_only_settled_deliveries() -> None:
+    window = AckWindow()
+    assert window.due() == 0
+    for tag in (4, 5, 2):  # settled out of order: 1 and 3 are not
+        window.settle(tag)
+    assert window.due() == 0
+    window.settle(1)
+    assert window.due() == 2 and window.due() == 0
+    window.settle(3)
+    assert window.due() == 5
+    window.settle(5)  # settled twice (a redelivery's tag is a new one; this changes nothing)
+    window.settle(6)
+    assert window.due() == 6 and not window.ahead

@@ -3,17 +3,22 @@ restarted by the writer)."""
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from matchmaker.book import Book
-from matchmaker.ledger import Ledger
+from matchmaker.config import Config
+from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter
 from matchmaker.messages import TaskRequest
+from matchmaker.service import Scheduler
 
 
 def log_restarts(path: Path) -> int:
@@ -166,4 +171,63 @@ def test_a_ledger_from_before_received_at_gets_the_column(tmp_path: Path) -> Non
     ledger.update("a", 2.0, state="running", received_at=1.5)
     ledger.commit()
     assert (got := ledger.get("a")) is not None and got.received_at == 1.5
+    ledger.close()
+
+
+def test_a_state_dir_named_like_a_uri_query_still_opens_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "odd?mode=rwc#x%41" / "ledger.sqlite"
+    writer = Ledger(path)
+    writer.add([TaskRequest("a", "sleep")], 1.0)
+    writer.commit()
+    reader = Ledger(path, readonly=True)
+    try:
+        assert reader.counts() == {"pending": 1}
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("DELETE FROM tasks")
+    finally:
+        reader.close()
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd?mode=rwc#x%41"]
+
+
+def test_the_ledger_files_and_the_state_dir_are_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    old = state / "ledger.sqlite"
+    sqlite3.connect(old).close()
+    old.chmod(0o644)  # left by an older version
+    scheduler = Scheduler(Config(state_dir=state))
+    try:
+        scheduler.ledger.add([TaskRequest("a", "sleep")], 1.0)
+        scheduler.ledger.commit()
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        assert set(files) == {"ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"}
+        assert set(files.values()) == {0o600}
+    finally:
+        scheduler.ledger.close()
+    fresh = tmp_path / "new" / "deeper"
+    Scheduler(Config(state_dir=fresh)).ledger.close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert stat.S_IMODE((fresh / "ledger.sqlite").stat().st_mode) == 0o600
+
+
+def test_the_outbox_holds_each_letter_once(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    big = b"x" * 10_000
+    first = Letter.of("mm.requests", big, "why", 1.0)
+    assert len(first.body) == DEAD_BODY_BYTES and first.size == 10_000
+    assert ledger.outbox([first, Letter.of("mm.requests", big, "again", 2.0)]) == [first]
+    assert ledger.outbox([first]) == []  # pending in this batch
+    ledger.commit()
+    assert ledger.outbox([Letter.of("mm.requests", big, "redelivered", 3.0)]) == []
+    other = Letter.of("mm.results", big, "same body, other queue", 3.0)
+    assert ledger.outbox([other]) == [other]
+    ledger.commit()
+    assert [letter.key for letter in ledger.unsent_letters()] == [first.key, other.key]
+    ledger.letters_sent([first.key])
+    ledger.commit()
+    assert ledger.unsent_letters() == [other]
+    ledger.prune_letters(before=2.0)  # the sent one is forgotten, the unsent one kept
+    assert ledger.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 1
     ledger.close()

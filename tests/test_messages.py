@@ -120,3 +120,54 @@ def test_expect_limits_kinds() -> None:
 def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
     with contextlib.suppress(MessageError):
         decode(data)
+
+
+def nested(levels: int, leaf: bytes = b"1") -> bytes:
+    return b'{"a":' * levels + leaf + b"}" * levels
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"kind":"submit","id":' + b"[" * 1000 + b"1" + b"]" * 1000 + b',"type":"sleep"}',
+        b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(300) + b"}",
+        b'{"v":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"v":1,"kind":' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"v":1,"kind":"result","id":"a","attempt":1,"worker":"w","state":"succeeded","output":'
+        + nested(300)
+        + b"}",
+    ],
+)
+def test_deep_nesting_is_refused_with_a_bounded_sentence(body: bytes) -> None:
+    with pytest.raises(MessageError, match="more than 32 levels deep") as error:
+        decode(body)
+    assert len(str(error.value)) < 200
+
+
+def test_what_is_accepted_can_be_written_again() -> None:
+    deepest = b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(31) + b"}"
+    request = decode(deepest)
+    assert isinstance(request, TaskRequest)
+    dispatch = TaskDispatch("a", 1, "sleep", request.payload, 1e9)
+    assert decode_dispatches(encode_batch("dispatches", [encode(dispatch)])).items == (dispatch,)
+    with pytest.raises(MessageError, match="32 levels"):
+        decode(b'{"v":1,"kind":"submit","id":"a","type":"sleep","payload":' + nested(32) + b"}")
+
+
+def test_a_deep_item_of_a_batch_is_refused_alone() -> None:
+    ok = encode(TaskResult("b", 1, "w", "succeeded", output={"n": 1}))
+    deep = b'{"id":"a","attempt":1,"worker":"w","state":"succeeded","output":' + nested(300) + b"}"
+    batch = decode_results(encode_batch("results", [deep, ok, b"[" * 900 + b"]" * 900]))
+    assert [r.id for r in batch.items] == ["b"]
+    (first, why_first), (third, why_third) = batch.invalid
+    assert why_first == "results[0]: a result nests objects and arrays more than 32 levels deep"
+    assert why_third.startswith("results[2]: a result must be a JSON object")
+    assert len(first) < 200 and len(third) < 200  # described, not written out again
+
+
+def test_bad_values_are_described_not_repeated() -> None:
+    with pytest.raises(MessageError) as error:
+        decode(raw(id="x" * 10_000, type="sleep"))
+    assert len(str(error.value)) < 200 and "..." in str(error.value)
+    with pytest.raises(MessageError, match="a JSON array of 3 items"):
+        decode(raw(id=[1, 2, 3], type="sleep"))

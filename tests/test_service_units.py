@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+
 from matchmaker.config import Config
+from matchmaker.messages import TaskRequest, TaskResult, encode, encode_batch
 from matchmaker.models import Worker
-from matchmaker.service import Scheduler
+from matchmaker.service import Delivery, Scheduler
 
 
 def test_round_workers_follow_the_in_flight_counts(tmp_path: Path) -> None:
@@ -25,3 +29,59 @@ def test_round_workers_follow_the_in_flight_counts(tmp_path: Path) -> None:
         assert [w.name for w in scheduler._loaded_workers()] == ["b"]
     finally:
         scheduler.ledger.close()
+
+
+def test_a_message_whose_handling_fails_is_dead_lettered_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = Scheduler(Config(state_dir=tmp_path))
+    try:
+        submit, result = scheduler.book.submit, scheduler.book.result
+
+        def fragile_submit(requests: list[TaskRequest], now: float) -> int:
+            if any(r.id == "boom" for r in requests):
+                raise KeyError([[[["a value too deep to show"]]]])
+            return submit(requests, now)
+
+        def fragile_result(r: TaskResult, now: float) -> str:
+            if r.id == "boom":
+                raise RuntimeError("x" * 10_000)
+            return result(r, now)
+
+        monkeypatch.setattr(scheduler.book, "submit", fragile_submit)
+        monkeypatch.setattr(scheduler.book, "result", fragile_result)
+        requests = [
+            TaskRequest("a", "sleep"),
+            TaskRequest("boom", "sleep"),
+            TaskRequest("b", "sleep"),
+        ]
+        scheduler.requests = [Delivery(n, encode(r)) for n, r in enumerate(requests, 1)]
+        results = [TaskResult("boom", 1, "w", "succeeded"), TaskResult("c", 1, "w", "succeeded")]
+        scheduler.results = [Delivery(1, encode_batch("results", [encode(r) for r in results]))]
+        with caplog.at_level(logging.ERROR):
+            scheduler._take_requests(None)
+            scheduler._take_results()
+        assert sorted(scheduler.book.pending) == ["a", "b"]
+        assert [(source, reason[:40]) for source, _, reason in scheduler.rejects] == [
+            ("mm.requests", "internal error: KeyError: [[[['a value t"),
+            ("mm.results", "internal error: RuntimeError: xxxxxxxxxx"),
+        ]
+        assert all(len(reason) < 400 for _, _, reason in scheduler.rejects)
+        assert scheduler.rejects[0][1] == encode(requests[1])
+        assert scheduler.rejects[1][1] == encode(results[0])  # the one item, not the batch
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 2 and all(r.exc_info for r in errors)
+        assert scheduler.request_acks.due() == 3 and scheduler.result_acks.due() == 1
+        scheduler._outbox()
+        scheduler.ledger.commit()
+        assert [letter.body for letter in scheduler.letters] == [
+            encode(requests[1]),
+            encode(results[0]),
+        ]
+        assert history(scheduler, "c") == ["ignored-succeeded"]
+    finally:
+        scheduler.ledger.close()
+
+
+def history(scheduler: Scheduler, task_id: str) -> list[str]:
+    return [h["state"] for h in scheduler.ledger.history(task_id)]
