@@ -466,8 +466,17 @@ def finished_count(system: System, ids: set[str]) -> int:
     return sum(1 for (task_id,) in rows if task_id in ids)
 
 
-def drain_dead(url: str) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every message on ``mm.dead``, taken off it: (body, headers)."""
+@dataclass
+class Letter:
+    """A message taken off ``mm.dead``."""
+
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+
+
+def drain_dead(url: str) -> list[Letter]:
+    """Every message on ``mm.dead``, taken off it."""
     connection = broker.connect(url, attempts=10, name="fault-dead")
     out = []
     try:
@@ -476,7 +485,8 @@ def drain_dead(url: str) -> list[tuple[bytes, dict[str, Any]]]:
             method, properties, body = channel.basic_get(broker.DEAD, auto_ack=True)
             if method is None:
                 break
-            out.append((body or b"", dict(getattr(properties, "headers", None) or {})))
+            headers = dict(getattr(properties, "headers", None) or {})
+            out.append(Letter(body or b"", headers, getattr(properties, "message_id", None)))
     finally:
         with suppress(Exception):
             connection.close()
@@ -541,26 +551,34 @@ def check_scheduler_exits(system: System) -> Check:
 
 
 def check_dead_letters(
-    fuzzed: Sequence[Fuzz],
-    dead: Sequence[tuple[bytes, dict[str, Any]]],
-    uncertain: set[str],
-    accepted: set[str],
+    fuzzed: Sequence[Fuzz], dead: Sequence[Letter], uncertain: set[str], accepted: set[str]
 ) -> Check:
     """Every fuzzed message (each unit: a message, or an item of a bad ``results`` batch)
-    is on ``mm.dead`` exactly once, with a reason header."""
+    is on ``mm.dead`` exactly once, with a reason header. Letters with the same
+    ``message_id`` are one letter published again (a consumer drops the copies).
+    A unit with no marker of its own (a batch item too deep to write again, which the
+    scheduler describes instead) is counted among the letters that carry no marker."""
+    letters = {letter.message_id or f"#{n}": letter for n, letter in enumerate(dead)}
     seen: Counter[str] = Counter()
     reasonless = 0
-    for body, headers in dead:
-        markers = markers_in(body)
+    anonymous: list[Letter] = []
+    for letter in letters.values():
+        markers = markers_in(letter.body)
         seen.update(markers)
-        if markers and not str(headers.get("x-mm-reason", "")).strip():
+        if not markers:
+            anonymous.append(letter)
+        if not str(letter.headers.get("x-mm-reason", "")).strip():
             reasonless += 1
     missing: Counter[str] = Counter()
     duplicated: Counter[str] = Counter()
-    units = 0
+    units = unmarked = 0
     for f in fuzzed:
         if f.expect != "dead":
             continue
+        if not f.units:  # its letter carries its marker, or no marker at all
+            unmarked += seen.get(f.marker, 0) == 0
+            if seen.get(f.marker, 0) > 1:
+                duplicated[f.family] += 1
         for unit in f.units:
             units += 1
             count = seen.get(unit, 0)
@@ -568,15 +586,22 @@ def check_dead_letters(
                 missing[f.family] += 1
             elif count > 1 and unit not in uncertain:
                 duplicated[f.family] += 1
-    marked = sum(1 for body, _ in dead if markers_in(body))
+    if len(anonymous) < unmarked:
+        missing["(units without a marker)"] += unmarked - len(anonymous)
+    elif len(anonymous) > unmarked:
+        duplicated["(letters without a marker)"] += len(anonymous) - unmarked
     details = [
-        f"dead letters: {len(dead):,} ({marked:,} of fuzzed messages); units expected {units:,}",
+        f"dead letters: {len(dead):,}; distinct by message_id {len(letters):,};"
+        f" units expected {units + unmarked:,} ({unmarked} without a marker)",
         f"accepted as tasks instead: {len(accepted)} {sorted(accepted)[:3] if accepted else ''}",
-    ]  # fmt: skip
+    ]
     if uncertain:
         details.append(f"sent during a failed send (not counted): {len(uncertain)}")
     details += [f"missing {family}: {n}" for family, n in missing.most_common(12)]
     details += [f"duplicated {family}: {n}" for family, n in duplicated.most_common(12)]
+    for letter in anonymous[unmarked : unmarked + 3]:
+        reason = str(letter.headers.get("x-mm-reason", ""))[:120]
+        details.append(f"letter without a marker: {letter.body[:100]!r} reason {reason!r}")
     ok = not missing and not duplicated and not reasonless
     figure = f"missing {sum(missing.values()):,}, duplicated {sum(duplicated.values()):,}"
     if reasonless:
@@ -589,7 +614,7 @@ def check_forged(
     tasks: dict[str, tuple[str, str | None]],
     outputs: dict[str, str],
     transitions: Sequence[tuple[str, str, str | None, str | None]],
-    dead: Sequence[tuple[bytes, dict[str, Any]]],
+    dead: Sequence[Letter],
 ) -> Check:
     """A forged result (a well-formed result from a worker the attempt was not dispatched
     to) changes nothing: no task ends with its output, error or worker, no accepted
@@ -616,7 +641,7 @@ def check_forged(
             recorded_keys.add((task_id, worker))
             if marker:
                 recorded_keys.add((marker, None))
-    in_dead = set().union(*(markers_in(body) for body, _ in dead)) if dead else set()
+    in_dead = set().union(*(markers_in(letter.body) for letter in dead))
     unrecorded = [
         f for f in forged
         if f.marker not in in_dead and (f.target, f.worker) not in recorded_keys
