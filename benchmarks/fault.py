@@ -141,8 +141,10 @@ class System:
         environment, not the command line."""
         import os
 
+        (self.workdir / "tmp").mkdir(exist_ok=True)
         return {
             **os.environ,
+            "TMPDIR": str(self.workdir / "tmp"),  # what a killed process leaves, counted
             "MM_BROKER_URL": self.broker.url,
             "MM_STATE_DIR": str(self.state_dir),
             "MM_SERF_ENCRYPT": self.encrypt_key,
@@ -466,6 +468,29 @@ def finished_count(system: System, ids: set[str]) -> int:
     return sum(1 for (task_id,) in rows if task_id in ids)
 
 
+def workers_seen(system: System, timeout: float) -> dict[str, str]:
+    """Each worker's status as ``python -m matchmaker workers --json`` shows it, polled
+    (bounded) until every one is ``alive``."""
+    assert system.agent is not None
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-m", "matchmaker", "workers", "--json",
+             "--serf-rpc", system.agent.rpc_addr],
+            cwd=ROOT, env=system.env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        try:
+            rows = json.loads(done.stdout)
+            seen = {str(r["name"]): str(r["status"]) for r in rows}
+        except (ValueError, KeyError, TypeError):
+            seen = {"(matchmaker workers)": (done.stderr.strip() or done.stdout)[:200]}
+        statuses = [seen.get(name, "absent") for name in system.workers]
+        if all(s == "alive" for s in statuses) or time.monotonic() > deadline:
+            return seen
+        time.sleep(1.0)
+
+
 @dataclass
 class Letter:
     """A message taken off ``mm.dead``."""
@@ -548,6 +573,16 @@ def check_scheduler_exits(system: System) -> Check:
     if len(exits) > 3:
         details.append(f"... and {len(exits) - 3} more exits")
     return Check("scheduler exits not caused by the run", not exits, f"{len(exits)}", details)
+
+
+def check_workers_seen(system: System, seen: dict[str, str]) -> Check:
+    """Every worker, killed and started again the README way or frozen and thawed, is
+    back in the pool the scheduler sees (``matchmaker workers``), so it gets work again."""
+    gone = {name: seen.get(name, "absent") for name in system.workers}
+    gone = {name: status for name, status in gone.items() if status != "alive"}
+    details = [f"{name}: {status}" for name, status in sorted(gone.items())]
+    figure = f"{len(system.workers) - len(gone)} of {len(system.workers)} alive"
+    return Check("workers back in the pool", not gone, figure, details)
 
 
 def check_dead_letters(
@@ -670,6 +705,7 @@ def run(config: FaultConfig) -> Report:
     stop = threading.Event()
     threads: list[threading.Thread] = []
     settled = False
+    seen: dict[str, str] = {}
     try:
         system.start()
     except BaseException:
@@ -692,13 +728,14 @@ def run(config: FaultConfig) -> Report:
         settled_at = time.monotonic()
         settled = settle(system, config.timeout)
         seconds["settle"] = time.monotonic() - settled_at
+        seen = workers_seen(system, 30.0)
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
         codes = system.stop()
     try:
-        report = _report(system, config, seconds, settled, codes)
+        report = _report(system, config, seconds, settled, codes, seen)
     finally:
         system.broker.stop()
     report.seconds["total"] = round(time.monotonic() - began, 1)
@@ -711,6 +748,7 @@ def _report(
     seconds: dict[str, float],
     settled: bool,
     codes: dict[str, Any],
+    seen: dict[str, str],
 ) -> Report:
     dead = drain_dead(system.broker.url)
     ledger = system.ledger()
@@ -747,6 +785,7 @@ def _report(
         check_lost(rows, real),
         check_completed_twice(succeeded, executions(system), real),
         check_scheduler_exits(system),
+        check_workers_seen(system, seen),
         check_dead_letters(system.fuzzed, dead, system.uncertain, accepted),
         check_forged(system.fuzzed, rows, outputs, transitions, dead),
     ]
@@ -775,6 +814,7 @@ def _report(
             "settled": settled,
             "send_errors": system.send_errors[:10],
             "stop_codes": codes,
+            "left_in_tmp": sorted(p.name for p in (system.workdir / "tmp").glob("*"))[:50],
             "cli_status_agrees": cli,
         },
         checks=checks,
@@ -820,6 +860,8 @@ def table(report: Report) -> str:
     for check in report.checks:
         lines.append(f"{check.name:<40} {'PASS' if check.ok else 'FAIL':<6}  {check.figure}")
         lines += [f"    {d}" for d in check.details]
+    if n["left_in_tmp"]:
+        lines.append(f"left in TMPDIR after the stop: {len(n['left_in_tmp'])} entries")
     for gone in f["worker_exit_reasons"][:5]:
         lines.append(f"worker exit by itself: {gone}")
     lines.append("")

@@ -11,6 +11,7 @@ one of the harness's checks on that run; a failure prints the check's details.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,12 +44,15 @@ SHORT = FaultConfig(
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
+def report() -> Iterator[Report]:
     if shutil.which("rabbitmq-server") is None and not Path("/usr/lib/rabbitmq/bin").exists():
         pytest.skip("rabbitmq-server is not installed")
-    workdir = tmp_path_factory.mktemp("fault")
+    workdir = Path(tempfile.mkdtemp(prefix="mm-fault-test-"))  # kept if a check fails
     config = FaultConfig(**{**vars(SHORT), "workdir": workdir})
-    yield run(config)
+    result = run(config)
+    yield result
+    if result.ok:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _explain(report: Report, name: str) -> str:
@@ -91,4 +95,9 @@ def test_every_fuzzed_message_is_dead_lettered_once(report: Report) -> None:
 
 def test_forged_results_change_nothing(report: Report) -> None:
     name = "forged results changed nothing"
+    assert report.check(name).ok, _explain(report, name)
+
+
+def test_restarted_workers_are_back_in_the_pool(report: Report) -> None:
+    name = "workers back in the pool"
     assert report.check(name).ok, _explain(report, name)
