@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,8 +141,6 @@ class System:
     def env(self) -> dict[str, str]:
         """What every process of the system gets: broker and Serf keys through the
         environment, not the command line."""
-        import os
-
         (self.workdir / "tmp").mkdir(exist_ok=True)
         return {
             **os.environ,
@@ -575,12 +575,33 @@ def check_scheduler_exits(system: System) -> Check:
     return Check("scheduler exits not caused by the run", not exits, f"{len(exits)}", details)
 
 
+def idle_restarts(log: Path) -> list[int]:
+    """The incarnations (2, 3, ...) of a worker, from its log, that came up (consumed
+    from the broker) and started no task."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    parts = text.split("--- start ")[1:]
+    return [
+        n
+        for n, part in enumerate(parts, 1)
+        if n > 1 and "consuming mode=" in part and EXECUTION not in part
+    ]
+
+
 def check_workers_seen(system: System, seen: dict[str, str]) -> Check:
     """Every worker, killed and started again the README way or frozen and thawed, is
     back in the pool the scheduler sees (``matchmaker workers``), so it gets work again."""
     gone = {name: seen.get(name, "absent") for name in system.workers}
     gone = {name: status for name, status in gone.items() if status != "alive"}
     details = [f"{name}: {status}" for name, status in sorted(gone.items())]
+    idle = [f"{w.name}#{n}" for w in system.workers.values() for n in idle_restarts(w.log)]
+    restarts = sum(w.starts - 1 for w in system.workers.values())
+    details.append(
+        f"restarted incarnations that ran no task before their end: {len(idle)} of {restarts}"
+        + (f" ({', '.join(idle[:8])})" if idle else "")
+    )
     figure = f"{len(system.workers) - len(gone)} of {len(system.workers)} alive"
     return Check("workers back in the pool", not gone, figure, details)
 
@@ -908,8 +929,6 @@ def to_json(report: Report) -> dict[str, Any]:
 
 
 def cleanup(report: Report, keep: bool) -> None:
-    import shutil
-
     if report.ok and not keep:
         shutil.rmtree(report.workdir, ignore_errors=True)
 

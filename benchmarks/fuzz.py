@@ -38,7 +38,12 @@ MARKER = re.compile(rb"fz[0-9a-f]{10}(?:i[0-9])?")  # a message's, or an item's 
 MARK = "@@MARK@@"  # placeholder replaced by the marker after encoding
 RAW = "@@RAW@@"  # placeholder replaced by raw JSON text after encoding
 DEPTHS = (255, 300, 600, 1000, 1023, 1100)  # orjson reads 1,024 levels, writes 254
-UNMARKED = {"batch:results.deep-item"}  # its letter may describe the item, not carry it
+# a batch item too deep to write again: its letter may describe it instead of carrying it
+UNMARKED = {
+    "batch:results.deep-item",
+    "batch:results.deep-item.again",
+    "batch:results.deep-dict-item",
+}
 HUGE_EVERY = 40  # one huge message in this many (each is ~256 KiB)
 FORGE_EVERY = 10  # one forged result in this many
 
@@ -346,11 +351,17 @@ def _batch_cases() -> list[Case]:
         items = [result(f"{marker}i{k}", **fields) for k, fields in enumerate(bad)]
         return orjson.dumps({"fuzz": marker, "v": 1, "kind": "results", "results": items})
 
+    def deep_dict_item(marker: str, rng: random.Random) -> bytes:
+        inner = with_raw({"fuzz": marker, "id": RAW}, nest_list(rng.choice(DEPTHS[:4])))
+        return with_raw({"fuzz": marker, "v": 1, "kind": "results", "results": [RAW]}, inner)
+
     return [
         ("batch:results.bad-items", RESULTS, bad_items),
+        ("batch:results.deep-item", RESULTS, deep_item),
+        ("batch:results.deep-item.again", RESULTS, deep_item),  # the same shape twice a cycle
+        ("batch:results.deep-dict-item", RESULTS, deep_dict_item),
         ("batch:results.not-a-list", RESULTS, not_a_list),
         ("batch:results.empty", RESULTS, empty),
-        ("batch:results.deep-item", RESULTS, deep_item),
     ]
 
 
