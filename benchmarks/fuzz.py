@@ -22,6 +22,7 @@ is one unit per item, as the scheduler refuses each item on its own).
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ UNMARKED = {
     "batch:results.deep-dict-item",
 }
 HUGE_EVERY = 40  # one huge message in this many (each is ~256 KiB)
+UNMARKED_EVERY = 50  # one batch with a too-deep item in this many (several in a short run)
 FORGE_EVERY = 10  # one forged result in this many
 
 
@@ -457,7 +459,8 @@ def deep_output_forged(marker: str, target: Target, rng: random.Random) -> Fuzz:
 
 class Fuzzer:
     """Fuzzed messages in a fixed, seeded order that covers every case once per cycle
-    (huge ones one in ``HUGE_EVERY``, forged results one in ``FORGE_EVERY``)."""
+    (huge ones one in ``HUGE_EVERY``, forged results one in ``FORGE_EVERY``, batches with a
+    too-deep item one in ``UNMARKED_EVERY``)."""
 
     def __init__(self, seed: int, families: Sequence[str] = ()) -> None:
         self.rng = random.Random(seed)
@@ -467,7 +470,9 @@ class Fuzzer:
         def wanted(case: Case) -> bool:
             return not families or any(case[0].startswith(f) for f in families)
 
-        self.cases = [c for c in self._cases() if wanted(c)]
+        cases = [c for c in self._cases() if wanted(c)]
+        self.cases = [c for c in cases if c[0] not in UNMARKED]
+        self.unmarked = itertools.cycle([c for c in cases if c[0] in UNMARKED] or [None])
         self.huge = [c for c in _huge_cases() if wanted(c)]
         self.forge = not families or any(f.startswith("forged") for f in families)
         self.deep_output = not families or any("deep:result" in f for f in families)
@@ -491,6 +496,8 @@ class Fuzzer:
         marker = self.marker()
         if self.huge and n % HUGE_EVERY == 0:
             return self._build(marker, self._next_huge())
+        if n % UNMARKED_EVERY == UNMARKED_EVERY // 2 and (case := next(self.unmarked)):
+            return self._build(marker, case)
         if self.forge and n % FORGE_EVERY == 0:
             variant = FORGERIES[(n // FORGE_EVERY) % len(FORGERIES)]
             return forged(marker, variant, target(), workers)
