@@ -328,7 +328,11 @@ def submitter(system: System, stop: threading.Event) -> None:
         real = [real_task(system, n) for n in range(sent_tasks, upto_tasks)]
         fuzz = [fuzzer.next(target, names) for _ in range(sent_fuzz, upto_fuzz)]
         sent_tasks, sent_fuzz = upto_tasks, upto_fuzz
-        send_batch(system, batch, real, fuzz)
+        try:
+            send_batch(system, batch, real, fuzz)
+        except RuntimeError as error:  # the broker is gone for good: the checks say so
+            system.note(f"sending stopped: {error}")
+            return
         system.real.extend(r.id for r in real)
         system.fuzzed.extend(fuzz)
     system.note(f"sent {len(system.real)} tasks and {len(system.fuzzed)} fuzzed messages")

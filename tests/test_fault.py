@@ -69,6 +69,7 @@ def test_the_faults_happened(report: Report) -> None:
     timeline = " ".join(text for _, text in report.faults["timeline"])
     assert "broker start_app done" in timeline
     assert "SIGCONT Serf agent" in timeline
+    assert "sending stopped" not in timeline
     assert report.counts["tasks"] == 300
     assert report.counts["fuzzed"] == 300
     assert report.counts["cli_status_agrees"]
