@@ -332,13 +332,15 @@ def _batch(single: str) -> Callable[[dict[str, Any]], Message]:
             raise MessageError(f"'{kind}' must be a non-empty JSON array of {single} messages")
         valid: list[Any] = []
         invalid: list[tuple[bytes, str]] = []
+        deep = too_deep(items, MAX_DEPTH + 1)  # one walk; each item only if some is too deep
         for n, item in enumerate(items):
             try:
                 if not isinstance(item, dict):
                     raise MessageError(
                         f"a {single} must be a JSON object (got {type(item).__name__})"
                     )
-                check_depth(item, f"a {single}")
+                if deep:
+                    check_depth(item, f"a {single}")
                 valid.append(decoder(item))
             except MessageError as error:
                 invalid.append((_alone(item, single), f"{kind}[{n}]: {error}"))

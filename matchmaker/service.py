@@ -45,9 +45,10 @@ marked sent when the scheduler dies is published again after the restart,
 with the same ``message_id``, by which a consumer of ``mm.dead`` can drop it.
 
 The broker is retried for ever, with a capped backoff and one log line per
-attempt; SIGTERM is honoured between attempts as between turns. After any broker error the whole connection is closed before the
-next: one left open would keep the leader queue and its deliveries. The
-loop's timers are monotonic.
+attempt; SIGTERM is honoured between attempts as between turns. After any
+broker error the whole connection is closed before the next: one left open
+would keep the leader queue and its deliveries. The loop's timers are
+monotonic.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over

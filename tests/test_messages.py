@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
+from pathlib import Path
 
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from matchmaker.ledger import Ledger
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     Cancel,
@@ -171,3 +175,38 @@ def test_bad_values_are_described_not_repeated() -> None:
     assert len(str(error.value)) < 200 and "..." in str(error.value)
     with pytest.raises(MessageError, match="a JSON array of 3 items"):
         decode(raw(id=[1, 2, 3], type="sleep"))
+
+
+def json_values(max_leaves: int = 60) -> st.SearchStrategy[object]:
+    scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    return st.recursive(
+        scalars | st.floats(allow_nan=False, allow_infinity=False),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=max_leaves,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values(), st.integers(0, 40))
+def test_whatever_is_accepted_can_be_stored_and_dispatched(value: object, wrap: int) -> None:
+    for _ in range(wrap):
+        value = [value]
+    body = orjson.dumps(
+        {"v": 1, "kind": "submit", "id": "a", "type": "sleep", "payload": {"p": value}}
+    )
+    try:
+        request = decode(body)
+    except MessageError as error:
+        assert len(str(error)) < 300
+        return
+    assert isinstance(request, TaskRequest)
+    with tempfile.TemporaryDirectory() as directory:
+        ledger = Ledger(Path(directory) / "ledger.sqlite")
+        assert ledger.add([request], 1.0) == [request]
+        ledger.commit()
+        row = ledger.get("a")
+        ledger.close()
+    assert row is not None and row.payload == request.payload
+    dispatch = TaskDispatch("a", 1, "sleep", request.payload, 1e9)
+    batch = encode_batch("dispatches", [encode(dispatch), encode(dispatch)])
+    assert decode_dispatches(batch).items == (dispatch, dispatch)

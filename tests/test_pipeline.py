@@ -213,6 +213,9 @@ def test_broker_restart_loses_nothing(cluster: LocalCluster) -> None:
     subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
     rows = cluster.wait_states(ids, timeout=120)
     assert len(rows) == 10
+    assert cluster.scheduler is not None
+    log = cluster.scheduler.log.read_text()
+    assert "lost the broker" in log and "Traceback" not in log  # one line of ours, no pika's
 
 
 def test_a_partitioned_worker_loses_its_tasks_and_its_late_results_are_stale(
