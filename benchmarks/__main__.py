@@ -1,9 +1,11 @@
-"""``python -m benchmarks <solver|sim|ledger|live> [options]``: the project's benchmarks.
+"""``python -m benchmarks <solver|sim|ledger|live|fault> [options]``: the project's benchmarks.
 
 - ``solver``: round time of ``plan()`` vs problem size, against networkx and greedy;
 - ``sim``: push vs pull in a seeded discrete-event simulation (scenarios and an SWF trace);
 - ``ledger``: the loop's time in ``Ledger.commit()``, automatic vs background checkpoints;
-- ``live``: the same comparison on the real broker and workers (``benchmarks.live``).
+- ``live``: the same comparison on the real broker and workers (``benchmarks.live``);
+- ``fault``: real tasks and fuzzed messages through kill -9s, a broker restart and a
+  frozen Serf agent; checks nothing is lost, done twice or let through (``benchmarks.fault``).
 
 Each writes a table to stdout, a JSON report and PNG plots under ``results/``.
 """
@@ -84,6 +86,12 @@ def _live(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return result
 
 
+def _fault(args: argparse.Namespace) -> int:
+    from benchmarks import fault
+
+    return fault.main(args)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -145,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=_positive_float, default=12.0, help="per mode")
     g.add_argument("--out", type=Path, default=Path("results/ledger.json"))
     g.set_defaults(handler=_ledger)
+
+    f = sub.add_parser("fault", help="tasks and fuzzed messages through kills and restarts")
+    from benchmarks.fault import add_arguments as fault_arguments
+
+    fault_arguments(f)
+    f.set_defaults(handler=_fault)
 
     live = sub.add_parser(
         "live", help="push vs pull on the real broker and workers", add_help=False
