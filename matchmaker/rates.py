@@ -12,8 +12,11 @@ reference speed). With p the prior's decayed weight, the estimate is
                     / (p + sum of decayed weights)
 
 and the relative speed handed to the engine is ``base(T) / seconds(w, T)``,
-kept in ``MIN_SPEED..MAX_SPEED``. Before any run of T, the speed is ``perf``;
-after many runs, it is what the runs say. Only the ratios between workers
+kept in ``MIN_SPEED..MAX_SPEED``. Before any run of T, the speed is
+``perf``; after many runs, it is what the runs say. ``speeds()`` rounds it
+to the engine's tier grid (powers of ``engine.speed.STEP``): the engine
+tells speeds apart only by tiers, and workers that run alike then form one
+worker group. Only the ratios between workers
 matter to the engine, so a type's scale (milliseconds or hours) does not.
 
 Pure and single-threaded: no clock, no I/O.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from matchmaker.engine.speed import STEP
 from matchmaker.models import MAX_SPEED, MIN_SPEED
 
 SHORTEST = 1e-6  # run times are counted as at least a microsecond
@@ -92,5 +96,12 @@ class ServiceRates:
         return min(MAX_SPEED, max(MIN_SPEED, reference / seconds))
 
     def speeds(self, worker: str) -> dict[str, float]:
-        """The learned speed of every type the worker has run: ``Worker(speeds=...)``."""
-        return {t: self.rate(worker, t) for t in self._runs.get(worker, {})}
+        """The learned speed of every type the worker has run, on the tier grid:
+        ``Worker(speeds=...)``."""
+        return {t: on_grid(self.rate(worker, t)) for t in self._runs.get(worker, {})}
+
+
+def on_grid(speed: float) -> float:
+    """The power of ``STEP`` nearest to a speed (in log terms), within the speed range."""
+    power = STEP ** round(math.log(speed) / math.log(STEP))
+    return min(MAX_SPEED, max(MIN_SPEED, power))

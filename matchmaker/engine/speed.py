@@ -32,25 +32,20 @@ def group_speed(group: WorkerGroup, task_type: str) -> float:
     return group.workers[0].speed(task_type)
 
 
-def _uniform(group: WorkerGroup) -> bool:
-    return all(w.perf == 1.0 and not w.speeds for w in group.workers)
-
-
 def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[WorkerGroup]:
     """The groups, with every group of mixed speeds split into groups of one speed each."""
-    if all(_uniform(g) for g in groups):
-        return groups
     out: list[WorkerGroup] = []
     ordered = sorted(types)
     for g in groups:
+        mine = [t for t in ordered if t in g.capabilities]
         parts: dict[tuple[float, ...], list[Worker]] = {}
         for w in g.workers:
-            key = tuple(w.speed(t) for t in ordered if t in g.capabilities)
+            key = tuple(w.speed(t) for t in mine) if w.speeds or w.perf != 1.0 else ()
             parts.setdefault(key, []).append(w)
         if len(parts) == 1:
             out.append(g)
             continue
-        for key in sorted(parts, reverse=True):
+        for key in sorted(parts, key=lambda k: k or tuple(1.0 for _ in mine), reverse=True):
             out.append(WorkerGroup(parts[key], g.running, g.free, g.capabilities, dict(g.values)))
     return out
 
