@@ -22,7 +22,11 @@ work comes faster than rounds complete, and the batch grows with the load
 (a busier round takes longer). Intake never holds a round back more than
 ``interval`` after the first change it is to see (the service's
 ``round_interval``, 15 ms). ``rounds="clock"`` is the earlier policy: at
-most one round per ``interval``.
+most one round per ``interval``. An immediate placement is a full round:
+``plan()`` over everything the loop has taken in, so it keeps every
+guarantee of a round (no lower-priority task takes a slot that a pending
+higher-priority one could use); what it cannot see is what is still on its
+way to the scheduler.
 
 Each round hands ``plan()`` what the service's backlog hands it: for each
 (class, priority) group, its oldest tasks, at most as many as there are

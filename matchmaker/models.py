@@ -230,7 +230,8 @@ class Worker:
     task runs ``perf`` times as fast), the prior for every task type;
     ``speeds`` maps a task type to a learned relative speed that overrides it
     (``matchmaker.rates.ServiceRates``). Speeds lie in ``MIN_SPEED..MAX_SPEED``.
-    ``profile`` (derived) names what the worker offers, without its name and load.
+    ``profile`` (derived) names what the worker offers, without its name and
+    load; ``timed`` (derived) says whether it has a speed other than 1.0.
     """
 
     name: str
@@ -241,6 +242,7 @@ class Worker:
     perf: float = 1.0
     speeds: Mapping[str, float] = field(default_factory=dict)
     profile: str = field(default="", compare=False, repr=False)
+    timed: bool = field(default=False, compare=False, repr=False)
 
     def __init__(
         self,
@@ -278,6 +280,7 @@ class Worker:
                 for t, v in (speeds or {}).items()
             },
         )
+        set_(self, "timed", self.perf != 1.0 or bool(self.speeds))
         profile = json.dumps([sorted(caps), sorted(attrs.items())], separators=(",", ":"))
         set_(self, "profile", sys.intern(profile))
 
@@ -289,7 +292,16 @@ class Worker:
         if isinstance(running, bool) or not isinstance(running, int) or running < 0:
             raise ValueError(f"worker {self.name!r}: running must be a non-negative integer")
         copy = object.__new__(Worker)
-        for name in ("name", "capabilities", "slots", "attributes", "perf", "speeds", "profile"):
+        for name in (
+            "name",
+            "capabilities",
+            "slots",
+            "attributes",
+            "perf",
+            "speeds",
+            "profile",
+            "timed",
+        ):
             object.__setattr__(copy, name, getattr(self, name))
         object.__setattr__(copy, "running", running)
         return copy

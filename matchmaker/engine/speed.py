@@ -18,6 +18,7 @@ Cost: O(n) for n workers, plus O(C * G) tier computations.
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 from matchmaker.engine.classes import WorkerGroup
 from matchmaker.models import Worker
@@ -25,6 +26,7 @@ from matchmaker.models import Worker
 STEP = 1.25  # one tier: a quarter slower
 MAX_TIER = 24  # 1.25 ** 24 ~ 211x, beyond the range of speeds
 _LOG_STEP = math.log(STEP)
+_timed = attrgetter("timed")
 
 
 def group_speed(group: WorkerGroup, task_type: str) -> float:
@@ -37,10 +39,13 @@ def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[Wor
     out: list[WorkerGroup] = []
     ordered = sorted(types)
     for g in groups:
+        if not any(map(_timed, g.workers)):
+            out.append(g)
+            continue
         mine = [t for t in ordered if t in g.capabilities]
         parts: dict[tuple[float, ...], list[Worker]] = {}
         for w in g.workers:
-            key = tuple(w.speed(t) for t in mine) if w.speeds or w.perf != 1.0 else ()
+            key = tuple(w.speed(t) for t in mine) if w.timed else ()
             parts.setdefault(key, []).append(w)
         if len(parts) == 1:
             out.append(g)
