@@ -306,6 +306,18 @@ class Worker:
         object.__setattr__(copy, "running", running)
         return copy
 
+    def with_speeds(self, speeds: Mapping[str, float]) -> Worker:
+        """The same worker with learned speeds per type (``ServiceRates.speeds``)."""
+        return Worker(
+            self.name,
+            self.capabilities,
+            self.slots,
+            self.running,
+            self.attributes,
+            self.perf,
+            speeds,
+        )
+
     @property
     def free(self) -> int:
         return max(0, self.slots - self.running)

@@ -75,6 +75,9 @@ def test_learned_speeds_steer_the_plan() -> None:
         rates.observe("b", "x", 1.0)
     workers = [Worker(n, {"x"}, 2, speeds=rates.speeds(n)) for n in ("a", "b")]
     assert plan([Task("t", "x")], workers).assignments == {"t": "b"}
+    slow = Worker("b", {"x"}, 2, running=1, perf=2.0).with_speeds({"x": 0.25})
+    assert (slow.running, slow.perf, slow.speed("x"), slow.speed("y")) == (1, 2.0, 0.25, 2.0)
+    assert plan([Task("t", "x")], [workers[0], slow]).assignments == {"t": "a"}
 
 
 def test_speeds_stay_in_range_and_zero_runs_count() -> None:
