@@ -59,6 +59,10 @@ def _sim(args: argparse.Namespace) -> int:
     config = sim.SimConfig.from_args(args)
     report = sim.run(config)
     print(sim.table(report))
+    from benchmarks.targets import table
+
+    print(f"\nissue 20's targets, {config.seeds} seed(s) per synthetic scenario:\n")
+    print(table(report["targets"]))
     _write_json(report, args.out)
     if not args.no_plot:
         from benchmarks.plots import utilisation_plot, wait_cdf_plot

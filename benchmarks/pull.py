@@ -2,8 +2,12 @@
 
 Model (how RabbitMQ delivers, as documented for basic.qos / basic.consume):
 
-- Publishing: a task is published to the queue of its type and reaches the
-  broker ``latency`` after it arrives. With ``priority_queues`` the queue is
+- Costs: ``latency`` is one network hop (client, worker -> broker or back);
+  the broker spends ``broker`` on each message it takes in (the same
+  per-message cost push pays on each of its messages; queueing inside the
+  broker is not modelled: at these rates it is a few percent busy).
+- Publishing: a task is published to the queue of its type and is ready
+  there ``latency + broker`` after it arrives. With ``priority_queues`` the queue is
   declared with ``x-max-priority`` = 10 and delivers the highest priority
   first (FIFO within a priority); otherwise it is plain FIFO.
 - Consuming: each worker consumes every queue of its capabilities on one
@@ -18,7 +22,7 @@ Model (how RabbitMQ delivers, as documented for basic.qos / basic.consume):
 - Constraints: the broker knows only the type. A worker that receives a
   task whose constraints (site, gpu) it does not meet rejects it with
   ``basic.reject(requeue=true)``: the message goes back to its place near the
-  head of the queue ``latency`` later and is delivered again, possibly to
+  head of the queue ``latency + broker`` later and is delivered again, possibly to
   another unsuitable worker. Each such reject counts as one requeue. The
   ``naive`` variant runs the task anyway and counts a constraint violation.
 - Preferences are invisible to the broker: a locality hit happens by chance.
@@ -46,7 +50,8 @@ PUBLISH, DELIVER, COMPLETE, ACK, REJECT, FAIL, CLOSE = range(7)
 
 @dataclass(frozen=True)
 class PullParams:
-    latency: float = 0.001
+    latency: float = 0.0003
+    broker: float = 0.0001
     prefetch: int | None = None  # None: each worker's slots
     priority_queues: bool = True
     naive: bool = False
@@ -93,7 +98,7 @@ def simulate_pull(
 
     for i in range(len(tasks)):
         msg_seq[i] = i
-        push(float(arrival[i]) + params.latency, PUBLISH, i)
+        push(float(arrival[i]) + params.latency + params.broker, PUBLISH, i)
     for k, w in enumerate(sims):
         record.capacity(0.0, w.slots)
         if w.fails_at is not None:
@@ -155,7 +160,7 @@ def simulate_pull(
                 check = checks[key] = check_placement(tasks[a], base[b])
             if check[1] and not params.naive:
                 record.requeues += 1
-                push(t + params.latency, REJECT, a, b)
+                push(t + params.latency + params.broker, REJECT, a, b)
             elif running[b] < sims[b].slots:
                 start(a, b, t)
             else:

@@ -1,12 +1,13 @@
 """``python -m benchmarks sim``: push vs pull on the same work, simulated.
 
 Each scenario (``benchmarks.scenarios``, ``benchmarks.trace``) runs in push
-mode (``benchmarks.push``: the real ``plan()`` in rounds) and in pull mode
+mode (``benchmarks.push``: the real ``plan()`` in event-driven rounds) and in pull mode
 (``benchmarks.pull``: RabbitMQ competing consumers); scenarios with hard
 constraints also run the naive pull variant that ignores them, and the
 priorities scenario also runs pull with plain FIFO queues. Everything is
 seeded: the same options give the same figures (apart from the measured
-wall and plan() times).
+wall and plan() times). ``--seeds N`` runs every synthetic scenario over N
+seeds (the trace once) and checks issue 20's targets (``benchmarks.targets``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 
 from benchmarks.progress import Progress
 from benchmarks.pull import PullParams, simulate_pull
-from benchmarks.push import PushParams, simulate_push
+from benchmarks.push import ROUND_COSTS, ROUND_POLICIES, SPEED_MODES, PushParams, simulate_push
 from benchmarks.record import metrics
 from benchmarks.scenarios import BUILDERS, NAMES, Scenario, ScenarioParams
+from benchmarks.targets import judge
 from benchmarks.trace import trace_scenario
 
 
@@ -35,6 +37,8 @@ class SimConfig:
     trace_load: float = 0.9
     trace_time_scale: float = 0.01
     trace_jobs: int | None = None
+    trace_speeds: tuple[float, ...] = (1.0,)
+    seeds: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimConfig:
@@ -45,11 +49,18 @@ class SimConfig:
             push=PushParams(
                 interval=args.interval,
                 latency=args.latency,
+                broker=args.broker,
+                intake=args.intake,
+                dispatch=args.dispatch,
                 detection=args.detection,
                 strategy=args.strategy,
+                rounds=args.rounds,
+                round_cost=args.round_cost,
+                speeds=args.speeds,
             ),
             pull=PullParams(
                 latency=args.latency,
+                broker=args.broker,
                 prefetch=args.prefetch,
                 priority_queues=args.pull_queues == "priority",
                 detection=args.pull_detection,
@@ -58,6 +69,8 @@ class SimConfig:
             trace_load=args.trace_load,
             trace_time_scale=args.trace_time_scale,
             trace_jobs=args.trace_jobs,
+            trace_speeds=args.trace_speeds,
+            seeds=args.seeds,
         )
 
 
@@ -78,6 +91,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _speeds(text: str) -> tuple[float, ...]:
+    try:
+        speeds = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected speeds like 0.5,1,2, got {text}") from None
+    if not all(1 / 64 <= v <= 64 for v in speeds):
+        raise argparse.ArgumentTypeError(f"speeds must be from 1/64 to 64, got {text}")
+    return speeds
+
+
 def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
     add = parser.add_argument
     add(
@@ -91,9 +114,27 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
     add("--workers", type=_positive(int), default=200, help="workers (4 slots each)")
     add("--seed", type=int, default=1)
     add("--mean-duration", type=_positive(float), default=1.0, help="mean task run time (s)")
-    add("--interval", type=_positive(float), default=0.05, help="push: least time between rounds")
-    add("--latency", type=_non_negative, default=0.001, help="one network hop (s), both modes")
+    add(
+        "--interval",
+        type=_positive(float),
+        default=0.015,
+        help="push: most a round waits for intake (the service's round_interval); "
+        "with --rounds clock, the least time between rounds",
+    )
+    add("--latency", type=_non_negative, default=0.0003, help="one network hop (s), both modes")
+    add("--broker", type=_non_negative, default=0.0001, help="broker time per message (s)")
+    add("--intake", type=_non_negative, default=40e-6, help="push: loop time per message in")
+    add("--dispatch", type=_non_negative, default=15e-6, help="push: loop time per dispatch")
     add("--detection", type=_non_negative, default=5.0, help="push: failure detection delay (s)")
+    add("--rounds", choices=ROUND_POLICIES, default="event", help="push: when rounds run")
+    add(
+        "--round-cost",
+        choices=ROUND_COSTS,
+        default="model",
+        help="push: a round costs the fitted model of plan() or its measured time",
+    )
+    add("--speeds", choices=SPEED_MODES, default="advertised", help="push: worker speeds")
+    add("--seeds", type=_positive(int), default=1, help="run every scenario over N seeds")
     add("--strategy", choices=("spread", "binpack"), default="spread", help="push: policy")
     add("--prefetch", type=_positive(int), default=None, help="pull: prefetch (default: slots)")
     add(
@@ -117,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
         help="trace: simulated seconds per logged second",
     )
     add("--trace-jobs", type=_positive(int), default=None, help="trace: replay the first N jobs")
+    add(
+        "--trace-speeds",
+        type=_speeds,
+        default=(1.0,),
+        help="trace: worker speeds, dealt in turn (e.g. 0.5,1,2); default all 1",
+    )
 
 
 def build_scenario(name: str, config: SimConfig) -> Scenario:
@@ -124,7 +171,11 @@ def build_scenario(name: str, config: SimConfig) -> Scenario:
         if config.trace is None:
             raise ValueError("the trace scenario needs --trace PATH")
         return trace_scenario(
-            config.trace, config.trace_load, config.trace_time_scale, config.trace_jobs
+            config.trace,
+            config.trace_load,
+            config.trace_time_scale,
+            config.trace_jobs,
+            config.trace_speeds,
         )
     return BUILDERS[name](config.params)
 
@@ -175,6 +226,7 @@ def verdict(name: str, modes: dict[str, Any]) -> list[str]:
     compare("max wait (s)", push["wait"]["max"], pull["wait"]["max"])
     compare("99% done at (s)", push["t99"], pull["t99"])
     compare("makespan (s)", push["makespan"], pull["makespan"])
+    compare("mean completion (s)", push["completion"]["mean"], pull["completion"]["mean"])
     if push["wait_by_priority"]:
         top = max(push["wait_by_priority"], key=int)
         compare(
@@ -195,21 +247,39 @@ def verdict(name: str, modes: dict[str, Any]) -> list[str]:
 
 
 def run(config: SimConfig) -> dict[str, Any]:
-    results = [run_scenario(build_scenario(name, config), config) for name in config.scenarios]
+    results = []
+    runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for name in config.scenarios:
+        seeds = range(config.params.seed, config.params.seed + config.seeds)
+        for seed in seeds if name in BUILDERS else seeds[:1]:
+            seeded = replace(config, params=replace(config.params, seed=seed))
+            result = run_scenario(build_scenario(name, seeded), seeded)
+            result["seed"] = seed
+            modes = result["modes"]
+            runs.setdefault(name, []).append((modes["push"], modes["pull"]))
+            if seed != config.params.seed:
+                for m in modes.values():
+                    m.pop("wait_cdf", None)
+                    m.pop("utilisation_series", None)
+            results.append(result)
     return {
         "benchmark": "sim",
         "config": {
             "tasks": config.params.tasks,
             "workers": config.params.workers,
             "seed": config.params.seed,
+            "seeds": config.seeds,
             "mean_duration": config.params.mean_duration,
             "push": config.push.__dict__,
             "pull": config.pull.__dict__,
             "trace": str(config.trace) if config.trace else None,
             "trace_load": config.trace_load,
             "trace_time_scale": config.trace_time_scale,
+            "trace_speeds": list(config.trace_speeds),
         },
-        "scenarios": results,
+        "scenarios": [r for r in results if r["seed"] == config.params.seed],
+        "other_seeds": [r for r in results if r["seed"] != config.params.seed],
+        "targets": [judge(name, pairs) for name, pairs in runs.items()],
     }
 
 

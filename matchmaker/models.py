@@ -29,6 +29,8 @@ Scalar = str | int | float
 Attributes = Mapping[str, Scalar]
 
 MAX_PRIORITY = 9
+MIN_SPEED = 1 / 64  # relative worker speeds (perf, learned rates) are kept in this range
+MAX_SPEED = 64.0
 STRATEGIES = ("spread", "binpack")
 
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
@@ -65,6 +67,14 @@ def _number(value: Any) -> float | None:
             return None
         return number if math.isfinite(number) else None
     return None
+
+
+def _speed(value: Any, what: str) -> float:
+    """A relative speed: a finite number in MIN_SPEED..MAX_SPEED."""
+    number = _number(value) if not isinstance(value, str | bool) else None
+    if number is None or not MIN_SPEED <= number <= MAX_SPEED:
+        raise ValueError(f"{what} must be a number from {MIN_SPEED:g} to {MAX_SPEED:g}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +226,12 @@ class Task:
 class Worker:
     """A live worker: it runs ``capabilities`` and has ``slots - running`` free slots.
 
-    ``profile`` (derived) names what the worker offers, without its name and load.
+    ``perf`` is its advertised relative speed (1.0 = the reference machine; a
+    task runs ``perf`` times as fast), the prior for every task type;
+    ``speeds`` maps a task type to a learned relative speed that overrides it
+    (``matchmaker.rates.ServiceRates``). Speeds lie in ``MIN_SPEED..MAX_SPEED``.
+    ``profile`` (derived) names what the worker offers, without its name and
+    load; ``timed`` (derived) says whether it has a speed other than 1.0.
     """
 
     name: str
@@ -224,7 +239,10 @@ class Worker:
     slots: int
     running: int = 0
     attributes: Mapping[str, Scalar] = field(default_factory=dict)
+    perf: float = 1.0
+    speeds: Mapping[str, float] = field(default_factory=dict)
     profile: str = field(default="", compare=False, repr=False)
+    timed: bool = field(default=False, compare=False, repr=False)
 
     def __init__(
         self,
@@ -233,6 +251,8 @@ class Worker:
         slots: int,
         running: int = 0,
         attributes: Mapping[str, Any] | None = None,
+        perf: float = 1.0,
+        speeds: Mapping[str, float] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("worker name must be a non-empty string")
@@ -251,6 +271,16 @@ class Worker:
         set_(self, "slots", slots)
         set_(self, "running", running)
         set_(self, "attributes", attrs)
+        set_(self, "perf", _speed(perf, f"worker {name!r} perf"))
+        set_(
+            self,
+            "speeds",
+            {
+                str(t): _speed(v, f"worker {name!r} speed of {t!r}")
+                for t, v in (speeds or {}).items()
+            },
+        )
+        set_(self, "timed", self.perf != 1.0 or bool(self.speeds))
         profile = json.dumps([sorted(caps), sorted(attrs.items())], separators=(",", ":"))
         set_(self, "profile", sys.intern(profile))
 
@@ -262,14 +292,39 @@ class Worker:
         if isinstance(running, bool) or not isinstance(running, int) or running < 0:
             raise ValueError(f"worker {self.name!r}: running must be a non-negative integer")
         copy = object.__new__(Worker)
-        for name in ("name", "capabilities", "slots", "attributes", "profile"):
+        for name in (
+            "name",
+            "capabilities",
+            "slots",
+            "attributes",
+            "perf",
+            "speeds",
+            "profile",
+            "timed",
+        ):
             object.__setattr__(copy, name, getattr(self, name))
         object.__setattr__(copy, "running", running)
         return copy
 
+    def with_speeds(self, speeds: Mapping[str, float]) -> Worker:
+        """The same worker with learned speeds per type (``ServiceRates.speeds``)."""
+        return Worker(
+            self.name,
+            self.capabilities,
+            self.slots,
+            self.running,
+            self.attributes,
+            self.perf,
+            speeds,
+        )
+
     @property
     def free(self) -> int:
         return max(0, self.slots - self.running)
+
+    def speed(self, task_type: str) -> float:
+        """Its relative speed on a task type: the learned one, else ``perf``."""
+        return self.speeds.get(task_type, self.perf)
 
 
 @dataclass(frozen=True, slots=True)

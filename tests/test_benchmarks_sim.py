@@ -1,4 +1,5 @@
-"""The push/pull simulation: determinism, conservation, constraints, failures."""
+"""The push/pull simulation: determinism, conservation, constraints, failures, and the
+event-driven push (placement at once, batching under load, speeds)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 
 from benchmarks.pull import PullParams, simulate_pull
-from benchmarks.push import PushParams, simulate_push
+from benchmarks.push import TURN, PushParams, modelled_round, simulate_push
 from benchmarks.record import RunRecord, metrics
-from benchmarks.scenarios import BUILDERS, Scenario, ScenarioParams
+from benchmarks.scenarios import BUILDERS, Scenario, ScenarioParams, SimWorker, Workload
+from matchmaker.models import Task
 
 SMALL = ScenarioParams(tasks=1_500, workers=24, seed=7)
 
@@ -100,3 +102,96 @@ def test_priority_queues_serve_high_priority_first_under_contention() -> None:
     ):
         by = metrics(record, scenario)["wait_by_priority"]
         assert by["9"]["p95"] < by["0"]["p95"], record.mode
+
+
+# ---------------------------------------------------------------- the event-driven push
+
+
+def tiny(arrivals: list[float], durations: list[float], workers: list[SimWorker]) -> Scenario:
+    arrival = np.asarray(arrivals, dtype=np.float64)
+    tasks = [Task(f"t{i}", "a", submitted_at=float(t)) for i, t in enumerate(arrivals)]
+    return Scenario("tiny", "", workers, Workload(tasks, arrival, np.asarray(durations)))
+
+
+def one_round(params: PushParams, tasks: int, workers: int) -> float:
+    return modelled_round(tasks, workers) + TURN + params.dispatch * tasks
+
+
+def test_an_arrival_with_a_free_slot_is_placed_at_once() -> None:
+    params = PushParams()
+    leg = 2 * params.latency + params.broker
+    scenario = tiny([0.0, 1.0, 2.5], [0.1] * 3, [SimWorker("w", ("a",), 1)])
+    record = simulate_push(scenario, params)
+    wait = record.start - scenario.workload.arrival
+    expected = leg + params.intake + one_round(params, 1, 1) + leg
+    assert wait == pytest.approx([expected] * 3)
+    assert record.rounds == 3
+
+
+def test_a_result_that_frees_a_slot_places_the_next_task_at_once() -> None:
+    params = PushParams()
+    leg = 2 * params.latency + params.broker
+    scenario = tiny([0.0, 0.0], [0.5, 0.5], [SimWorker("w", ("a",), 1)])
+    record = simulate_push(scenario, params)
+    second = int(np.argmax(record.start))
+    first = 1 - second
+    result_in = record.finish[first] + leg + params.intake
+    assert record.start[second] == pytest.approx(result_in + one_round(params, 1, 1) + leg)
+
+
+def test_rounds_batch_only_when_work_outpaces_them() -> None:
+    params = PushParams()
+    workers = [SimWorker(f"w{k}", ("a",), 4) for k in range(50)]
+    burst = tiny([0.0] * 200, [1.0] * 200, workers)
+    record = simulate_push(burst, params)
+    assert record.rounds < 10  # 200 arrivals taken in while rounds run: a few big rounds
+    wait = record.start - burst.workload.arrival
+    assert wait.max() < params.interval + 3 * one_round(params, 200, 50)
+    sparse = tiny([0.1 * i for i in range(50)], [0.05] * 50, workers)
+    assert simulate_push(sparse, params).rounds == 50  # idle loop: one round per arrival
+
+
+def test_clock_rounds_wait_for_the_clock() -> None:
+    workers = [SimWorker(f"w{k}", ("a",), 4) for k in range(10)]
+    scenario = tiny([0.002 * i for i in range(40)], [0.01] * 40, workers)
+    event = simulate_push(scenario, PushParams(rounds="event"))
+    clock = simulate_push(scenario, PushParams(rounds="clock", interval=0.05))
+    arrival = scenario.workload.arrival
+    assert np.median(clock.start - arrival) > 5 * np.median(event.start - arrival)
+
+
+def test_pull_pays_two_hops_and_the_broker() -> None:
+    params = PullParams()
+    scenario = tiny([0.0, 1.0], [0.1, 0.1], [SimWorker("w", ("a",), 1)])
+    record = simulate_pull(scenario, params)
+    wait = record.start - scenario.workload.arrival
+    assert wait == pytest.approx([2 * params.latency + params.broker] * 2)
+
+
+def test_push_places_work_on_faster_workers_and_finishes_it_sooner() -> None:
+    scenario = BUILDERS["heterogeneous"](SMALL)
+    speed = np.array([w.speed for w in scenario.workers])
+    runs = {
+        mode: simulate_push(scenario, PushParams(speeds=mode))
+        for mode in ("advertised", "learned", "ignored")
+    }
+    pull = simulate_pull(scenario, PullParams())
+
+    def on_fast(record: RunRecord) -> float:
+        return float((speed[record.worker] == 2.0).mean())
+
+    def completion(record: RunRecord) -> float:
+        return float(metrics(record, scenario)["completion"]["mean"])
+
+    assert on_fast(runs["advertised"]) > on_fast(pull) + 0.05
+    assert on_fast(runs["learned"]) > on_fast(runs["ignored"])
+    assert completion(runs["advertised"]) < 0.95 * completion(pull)
+    assert completion(runs["advertised"]) < completion(runs["ignored"])
+
+
+def test_bad_push_settings_are_refused_with_a_sentence() -> None:
+    scenario = tiny([0.0], [0.1], [SimWorker("w", ("a",), 1)])
+    with pytest.raises(ValueError, match="rounds must be one of"):
+        simulate_push(scenario, PushParams(rounds="sometimes"))
+    with pytest.raises(ValueError, match="speeds must be one of"):
+        simulate_push(scenario, PushParams(speeds="fast"))

@@ -1,7 +1,7 @@
 """The matchmaking engine: ``plan(tasks, workers, policy) -> Plan``.
 
 One stage per module, composed here:
-classes -> feasibility -> network -> solve -> disaggregate -> explain.
+classes -> speed -> feasibility -> network -> solve -> disaggregate -> explain.
 
 ``plan`` is pure: no I/O and no clock of its own (ages come from
 ``Policy.now`` and each task's ``submitted_at``). The same input gives the
@@ -23,6 +23,7 @@ from matchmaker.engine.explain import explain
 from matchmaker.engine.feasibility import eligibility
 from matchmaker.engine.network import build
 from matchmaker.engine.solve import SolverError, solve
+from matchmaker.engine.speed import split_by_speed
 from matchmaker.models import Plan, Policy, Task, Worker
 
 __all__ = ["SolverError", "plan"]
@@ -33,7 +34,7 @@ def plan(tasks: Sequence[Task], workers: Sequence[Worker], policy: Policy | None
     policy = policy or Policy()
     classes = task_classes(tasks, policy)
     types = frozenset(c.sample.type for c in classes)
-    groups = worker_groups(workers, types, referenced_attributes(classes))
+    groups = split_by_speed(worker_groups(workers, types, referenced_attributes(classes)), types)
     usable = eligibility(classes, groups)
     network = build(classes, groups, usable, policy)
     flows, cost = solve(network)

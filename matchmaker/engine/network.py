@@ -4,26 +4,40 @@ Nodes: one per task class (supply = its size), one per worker group, one
 ``unscheduled`` node and the sink (demand = all tasks). Arcs:
 
 - class -> group, for every eligible group with free slots: capacity
-  min(class size, the group's free slots), cost ``P - bonus * matches``
-  where P is the largest possible preference bonus (so costs stay >= 0);
+  min(class size, the group's free slots), cost ``P - bonus * matches +
+  U * tier``, where P is the largest possible preference bonus (so costs
+  stay >= 0), ``tier`` says how much slower the group runs the class's type
+  than the fastest group the class could use (``engine.speed``: 0 for the
+  fastest, +1 per factor of 1.25) and ``U = P + S + 1``;
 - class -> unscheduled: capacity = class size, cost = the waiting penalty
   ``W + step * band``;
 - unscheduled -> sink: capacity = all tasks, cost 0;
-- group -> sink, the strategy's slot arcs:
+- group -> sink, the strategy's slot arcs (costs in [0, S]):
   spread: level k (k = 1..K) of a group of g workers has capacity g and cost
   ``running + k``, the load a worker reaches with its k-th task, so the
   convex sum balances load; binpack: one arc per worker with capacity = its
   free slots and cost = its rank (open and fullest workers first), so a
   worker fills before the next opens.
 
-Why the constants make the answer right. Every arc cost except the waiting
-penalty lies in [0, P] (placement) or [0, S] (slots). An augmenting cycle that
-places one more task passes the sink once and at most C placement arcs
-forward, so its cost is at most ``C * P + S - W``; with ``W > C * P + S`` it
-is negative, hence the optimum places the maximum number of tasks. A cycle
-that swaps an unplaced higher band for a placed lower band on the same worker
-costs ``-step * (band gap) + P``; with ``step > P`` it is negative, hence no
-lower band keeps a slot a higher band could use.
+A task's expected completion is its run time on the worker it gets (a free
+slot starts it at once), so speed is what the costs compare first among the
+slots a task may take; preferences and the strategy decide among equally
+fast workers. When every worker has the same speed every tier is 0 and the
+network is the plain one.
+
+Why the constants make the answer right. Every placement arc costs at most
+``A = P + U * T`` (T the largest tier of the round), every slot arc at most
+S. An augmenting cycle that places one more task passes the sink once and at
+most C placement arcs forward, so its cost is at most ``C * A + S - W``;
+with ``W > C * A + S`` it is negative, hence the optimum places the maximum
+number of tasks. A cycle that swaps an unplaced higher band for a placed
+lower band on the same worker costs ``-step * (band gap) + A``; with
+``step > A`` it is negative, hence no lower band keeps a slot a higher band
+could use. Moving one placed task to a slot of a faster tier that the round
+leaves free changes its preference cost by at most P and its slot cost by
+at most S, and saves at least U: negative, hence no task runs a tier slower
+than an eligible slot left free. Costs stay below ``step * (MAX_BAND + 1) +
+W``, about 10^12 for 10^4 workers under binpack, far inside int64.
 
 Size: C + G + 2 nodes and at most C * G + C + G * K + 1 arcs.
 """
@@ -37,6 +51,7 @@ import numpy.typing as npt
 
 from matchmaker.engine.classes import TaskClass, WorkerGroup
 from matchmaker.engine.feasibility import preference_matches
+from matchmaker.engine.speed import group_speed, tier
 from matchmaker.models import Policy
 
 IntArray = npt.NDArray[np.int64]
@@ -87,14 +102,17 @@ def build(
         return len(tails) - 1
 
     placement_arcs = []
+    placement_tiers: list[int] = []
     demand = [0] * num_groups
     for i, c in enumerate(classes):
-        for j in eligible[i]:
+        open_groups = [j for j in eligible[i] if groups[j].free]
+        speeds = {j: group_speed(groups[j], c.sample.type) for j in open_groups}
+        fastest = max(speeds.values(), default=1.0)
+        for j in open_groups:
             g = groups[j]
-            if g.free == 0:
-                continue
             cost = top - policy.preference_bonus * preference_matches(c, g)
             placement_arcs.append((arc(i, num_classes + j, min(c.size, g.total_free), cost), i, j))
+            placement_tiers.append(tier(speeds[j], fastest))
             demand[j] += c.size
 
     slot_arcs: list[list[tuple[int, int]]] = [[] for _ in groups]
@@ -116,8 +134,12 @@ def build(
                 rank += 1
         slot_cost_max = rank
 
-    step = max(policy.priority_weight, top + 1)
-    waiting = (num_classes + 1) * (top + 1) + slot_cost_max + 1
+    unit = top + slot_cost_max + 1
+    for (a, _, _), t in zip(placement_arcs, placement_tiers, strict=True):
+        costs[a] += unit * t
+    most = top + unit * max(placement_tiers, default=0)
+    step = max(policy.priority_weight, most + 1)
+    waiting = (num_classes + 1) * (most + 1) + slot_cost_max + 1
     for i, c in enumerate(classes):
         arc(i, unscheduled, c.size, waiting + step * c.band)
     arc(unscheduled, sink, total, 0)

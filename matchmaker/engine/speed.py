@@ -1,0 +1,62 @@
+"""Stage 1b: worker speeds, as groups and as tiers.
+
+A worker's speed on a task type is ``Worker.speed(type)``: a learned rate
+when there is one, else its advertised ``perf`` (1.0 by default). Workers of
+one group must be interchangeable for every class, so a group whose workers
+run the round's types at different speeds is split by speed (in a
+deterministic order). When every worker has the default speed nothing
+changes, and the rest of the engine sees the groups of stage 1.
+
+A class compares the groups it may use by speed tier: the fastest eligible
+group with a free slot is tier 0, and a group ``STEP ** t`` times slower is
+tier ``t`` (rounded; at most ``MAX_TIER``). Speeds within a few percent share
+a tier, so noise in learned rates does not override the strategy.
+
+Cost: O(n) for n workers, plus O(C * G) tier computations.
+"""
+
+from __future__ import annotations
+
+import math
+from operator import attrgetter
+
+from matchmaker.engine.classes import WorkerGroup
+from matchmaker.models import Worker
+
+STEP = 1.25  # one tier: a quarter slower
+MAX_TIER = 24  # 1.25 ** 24 ~ 211x, beyond the range of speeds
+_LOG_STEP = math.log(STEP)
+_timed = attrgetter("timed")
+
+
+def group_speed(group: WorkerGroup, task_type: str) -> float:
+    """The speed of the group's workers on a type (they all share it after the split)."""
+    return group.workers[0].speed(task_type)
+
+
+def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[WorkerGroup]:
+    """The groups, with every group of mixed speeds split into groups of one speed each."""
+    out: list[WorkerGroup] = []
+    ordered = sorted(types)
+    for g in groups:
+        if not any(map(_timed, g.workers)):
+            out.append(g)
+            continue
+        mine = [t for t in ordered if t in g.capabilities]
+        parts: dict[tuple[float, ...], list[Worker]] = {}
+        for w in g.workers:
+            key = tuple(w.speed(t) for t in mine) if w.timed else ()
+            parts.setdefault(key, []).append(w)
+        if len(parts) == 1:
+            out.append(g)
+            continue
+        for key in sorted(parts, key=lambda k: k or tuple(1.0 for _ in mine), reverse=True):
+            out.append(WorkerGroup(parts[key], g.running, g.free, g.capabilities, dict(g.values)))
+    return out
+
+
+def tier(speed: float, fastest: float) -> int:
+    """How many ``STEP``s slower than the fastest a speed is, rounded, at most ``MAX_TIER``."""
+    if speed >= fastest:
+        return 0
+    return min(MAX_TIER, round(math.log(fastest / speed) / _LOG_STEP))
