@@ -46,6 +46,12 @@ DESCRIPTIONS: dict[str, str] = {
     "not listed may not submit.",
     "max_classes_per_round": "Task classes one round considers, highest priority then oldest "
     "first; the rest wait for later rounds. 0: no limit.",
+    "http_port": "Port of the HTTP API and dashboard (`docs/api.md`); 0 turns it off. Needs "
+    "the `api` extra (starlette, uvicorn).",
+    "http_bind": "Address the HTTP API listens on; beyond loopback only with `api_tokens_file`.",
+    "api_tokens_file": "File of bearer tokens, one `token role owner` a line (roles: read, "
+    "submit, admin), readable by its owner only (0600). Empty: anonymous read-only access, "
+    "on loopback only.",
 }
 
 HEADER = """# Configuration reference

@@ -50,6 +50,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
+from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
 from matchmaker.dispatch import Dispatcher
@@ -156,6 +157,7 @@ class Scheduler:
         self.next_sweep = 0.0
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
+        self.api: api_server.ApiServer | None = None  # api hook
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class Scheduler:
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
         self.inventory.start()
+        self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
         try:
             while not self.stopping:
                 try:
@@ -185,6 +188,8 @@ class Scheduler:
                     self._forget_deliveries()
                     time.sleep(0.5)
         finally:
+            if self.api is not None:  # api hook
+                self.api.stop()
             self.inventory.stop()
             self.ledger.commit()
             self.ledger.close()
@@ -609,3 +614,5 @@ class Scheduler:
         m.assigned.set(len(self.book.in_flight) - self.book.running_count)
         m.workers.set(len(self.live))
         m.sync(self.book.counters)
+        if self.api is not None:  # api hook: a snapshot at most every 0.5 s
+            self.api.offer(self)
