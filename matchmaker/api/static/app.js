@@ -10,7 +10,11 @@ function esc(v) {
 }
 function when(t) { return t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "-"; }
 function headers() { return token ? {Authorization: "Bearer " + token} : {}; }
-function say(text) { $("#message").textContent = text || ""; }
+function say(text, bad) {
+  const m = $("#message");
+  m.textContent = text || ""; m.className = bad ? "bad" : "";
+  if (text && !bad) setTimeout(() => { if (m.textContent === text) m.textContent = ""; }, 4000);
+}
 
 async function get(path) {
   const r = await fetch(path, {headers: headers()});
@@ -83,7 +87,11 @@ function chart(svg, series, colors) {
     return `<polyline fill="none" stroke="${colors[i]}" stroke-width="1.6" points="${pts.join(" ")}"/>`;
   });
   el.setAttribute("viewBox", `0 0 ${w} ${h}`);
-  el.innerHTML = `<text x="${w - pad}" y="12" text-anchor="end" font-size="10" fill="#6b7385">max ${max.toPrecision(3)}</text>` + lines.join("");
+  const grid = `<line x1="0" x2="${w}" y1="${h - pad}" y2="${h - pad}" stroke="#dde1e8"/>` +
+    `<line x1="0" x2="${w}" y1="${pad}" y2="${pad}" stroke="#eef1f5" stroke-dasharray="3 3"/>`;
+  el.innerHTML = grid + lines.join("") +
+    `<text x="4" y="14" font-size="10" fill="#6b7385">${+max.toPrecision(3)}</text>` +
+    `<text x="4" y="${h - 8}" font-size="10" fill="#6b7385">0</text>`;
 }
 
 async function loadRounds() {
@@ -93,6 +101,9 @@ async function loadRounds() {
   chart("#chart-throughput", [s.map((x) => x.placed / x.seconds), s.map((x) => x.succeeded / x.seconds)], ["#2b6cb0", "#1f8a4c"]);
   chart("#chart-rounds", [s.map((x) => x.round_ms)], ["#6b46c1"]);
   chart("#chart-waits", [r.waits.map((x) => x.wait)], ["#c53030"]);
+  const span = s.length ? Math.round(s[s.length - 1].at - s[0].at + s[0].seconds) : 0;
+  document.querySelectorAll("figcaption .span").forEach((e) => { e.textContent = `last ${span} s`; });
+  $("figcaption .span-waits").textContent = `${r.waits.length} tasks`;
   $("#reasons tbody").innerHTML = r.unplaced_by_reason.map((x) =>
     `<tr><td class="num">${x.tasks}</td><td>${esc(x.reason)}</td></tr>`).join("") ||
     `<tr><td colspan="2" class="muted">nothing is waiting</td></tr>`;
@@ -102,18 +113,19 @@ async function showTask(id) {
   const t = await get("/v1/tasks/" + encodeURIComponent(id));
   $("#task").hidden = false;
   $("#task-id").textContent = t.id;
+  const t0 = t.history.length ? t.history[0].at : 0;
   const steps = t.history.map((h) => `<li><b class="state state-${esc(h.state)}">${esc(h.state)}</b> ${when(h.at)}
-    attempt ${h.attempt}${h.worker ? " on " + esc(h.worker) : ""}${h.note ? ` <span class="muted">(${esc(h.note)})</span>` : ""}</li>`);
+    <span class="muted">+${((h.at - t0) * 1000).toFixed(0)} ms</span> attempt ${h.attempt}${h.worker ? " on " + esc(h.worker) : ""}${h.note ? ` <span class="muted">(${esc(h.note)})</span>` : ""}</li>`);
   $("#task-body").innerHTML = `<p><b class="state state-${esc(t.state)}">${esc(t.state)}</b> ${esc(t.type)},
     attempt ${t.attempt} of ${t.max_attempts}, priority ${t.priority}, worker ${esc(t.worker || "-")}</p>
-    <p>${esc(t.explanation)}</p><h3>history</h3><ul class="timeline">${steps.join("")}</ul>
+    <p class="explain">${esc(t.explanation)}</p><h3>history</h3><ul class="timeline">${steps.join("")}</ul>
     ${t.error ? `<h3>error</h3><pre>${esc(t.error)}</pre>` : ""}
     <h3>output</h3><pre>${esc(JSON.stringify(t.output, null, 2))}</pre>
     <h3>payload</h3><pre>${esc(JSON.stringify(t.payload, null, 2))}</pre>`;
 }
 
 async function act(fn, done) {
-  try { await fn(); say(done); await refresh(); } catch (e) { say(e.message); }
+  try { await fn(); say(done); await refresh(); } catch (e) { say(e.message, true); }
 }
 
 document.addEventListener("click", (ev) => {
@@ -124,12 +136,12 @@ document.addEventListener("click", (ev) => {
   if (b.dataset.drain) act(() => post(`/v1/workers/${encodeURIComponent(b.dataset.drain)}/drain`), "drain requested");
   if (b.dataset.undrain) act(() => post(`/v1/workers/${encodeURIComponent(b.dataset.undrain)}/drain`, {on: false}), "undrain requested");
 });
-$("#more").addEventListener("click", () => loadTasks(true).catch((e) => say(e.message)));
+$("#more").addEventListener("click", () => loadTasks(true).catch((e) => say(e.message, true)));
 $("#task-close").addEventListener("click", () => { location.hash = ""; $("#task").hidden = true; });
 $("#filters").addEventListener("submit", (ev) => {
   ev.preventDefault();
   filters = Object.fromEntries(new FormData(ev.target));
-  loadTasks(false).catch((e) => say(e.message));
+  loadTasks(false).catch((e) => say(e.message, true));
 });
 $("#login").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -141,7 +153,7 @@ $("#login").addEventListener("submit", (ev) => {
 window.addEventListener("hashchange", route);
 function route() {
   const m = location.hash.match(/^#\/task\/(.+)$/);
-  if (m) showTask(decodeURIComponent(m[1])).catch((e) => say(e.message));
+  if (m) showTask(decodeURIComponent(m[1])).catch((e) => say(e.message, true));
 }
 
 let lastSnapshot = null;
@@ -159,7 +171,7 @@ function onSnapshot(s) {
   lastSnapshot = s;
   if (changed || !window.lastRefresh || Date.now() - window.lastRefresh > 5000) {
     window.lastRefresh = Date.now();
-    refresh().catch((e) => say(e.message));
+    refresh().catch((e) => say(e.message, true));
   }
 }
 
@@ -186,7 +198,7 @@ async function follow() {
     }
   } catch (e) {
     if (e.name === "AbortError") return;
-    $("#status").textContent = "disconnected"; $("#status").className = "pill bad"; say(e.message);
+    $("#status").textContent = "disconnected"; $("#status").className = "pill bad"; say(e.message, true);
   }
   setTimeout(follow, 2000);
 }
@@ -197,7 +209,7 @@ async function start() {
     const w = await get("/v1/workers");
     renderWorkers(w.workers);
     await refresh();
-  } catch (e) { say(e.message); }
+  } catch (e) { say(e.message, true); }
   follow();
   route();
 }
