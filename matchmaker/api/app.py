@@ -82,6 +82,12 @@ def params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     return dict(request.query_params)
 
 
+def local_host(host: str) -> bool:
+    """Whether a Host header names the loopback (with or without a port)."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.strip("[]") in ("127.0.0.1", "localhost", "::1") or name.startswith("127.")
+
+
 def name(value: str | None, what: str) -> str | None:
     if value is None:
         return None
@@ -142,6 +148,9 @@ class Api:
     # guards ----------------------------------------------------------------
 
     def who(self, request: Request, role: str) -> auth.Identity:
+        if self.tokens is None and not local_host(request.headers.get("host", "")):
+            # anonymous reads are for this host's own users, not a page that rebound a name
+            raise Refused(403, "without tokens the API answers only requests for localhost")
         identity = auth.identify(request.headers.get("authorization"), self.tokens)
         if identity is None:
             raise Refused(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
