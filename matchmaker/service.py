@@ -167,11 +167,11 @@ class Scheduler:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
         self.inventory = Inventory(
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
         self.inventory.start()
-        self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
         try:
             while not self.stopping:
                 try:

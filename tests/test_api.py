@@ -205,3 +205,23 @@ def test_without_tokens_only_local_reads(broker_url: str, tmp_path: Path) -> Non
         assert caught.value.code == 403
     finally:
         c.stop()
+
+
+def test_a_busy_port_is_one_sentence(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = [sys.executable, "-m", "matchmaker", "run", "--http-port", str(port)]
+        result = subprocess.run(
+            [*run, "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"matchmaker: the HTTP API cannot listen on 127.0.0.1:{port} (is the port in use?)"
+    )
+    assert "Traceback" not in result.stderr

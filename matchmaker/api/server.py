@@ -30,11 +30,13 @@ class ApiServer:
                 host=config.http_bind,
                 port=config.http_port,
                 log_level="warning",
+                log_config=None,  # the scheduler's own logging
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=1,
             )
         )
+        self.where = f"{config.http_bind}:{config.http_port}"
         self.thread = threading.Thread(target=self.server.run, name="http-api", daemon=True)
 
     def start(self) -> ApiServer:
@@ -43,7 +45,7 @@ class ApiServer:
         while not self.server.started and self.thread.is_alive() and time.time() < deadline:
             time.sleep(0.01)
         if not self.server.started:
-            raise ApiError("the HTTP API did not start (is the port in use?)")
+            raise ApiError(f"the HTTP API cannot listen on {self.where} (is the port in use?)")
         return self
 
     def offer(self, scheduler: Any) -> None:
