@@ -80,7 +80,7 @@ def test_dashboard_shows_the_system_and_cancels(api_cluster: ApiCluster, page: A
     assert "succeeded" in timeline and "assigned" in timeline
     page.screenshot(path=str(SHOTS / "dashboard-task.png"), full_page=True)
     if os.environ.get("MM_DOCS_SCREENSHOT"):  # refresh the one in the docs on request
-        shutil.copy(SHOTS / "dashboard.png", ROOT / "docs" / "dashboard.png")
+        shutil.copy(SHOTS / "dashboard-before-cancel.png", ROOT / "docs" / "dashboard.png")
 
 
 def test_dashboard_without_token_is_read_only(api_cluster: ApiCluster, page: Any) -> None:
