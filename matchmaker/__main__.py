@@ -22,6 +22,7 @@ import pika
 import pika.exceptions
 
 from matchmaker import broker, identity, logs
+from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
@@ -276,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", choices=["spread", "binpack"])
     run.add_argument("--aging-interval", dest="aging_interval", type=float)
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
+    run.add_argument("--http-port", dest="http_port", type=int, help="HTTP API port (0: off)")
+    run.add_argument("--http-bind", dest="http_bind", help="HTTP API address")
+    run.add_argument("--api-tokens-file", dest="api_tokens_file", help="API bearer tokens")
     run.add_argument("--log-format", dest="log_format", choices=["text", "json"])
     run.add_argument("--log-level", dest="log_level")
     run.add_argument(
@@ -349,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (UserError, ConfigError, LedgerError, broker.BrokerError, IdentityError) as error:
+    except (
+        UserError,
+        ConfigError,
+        LedgerError,
+        broker.BrokerError,
+        IdentityError,
+        ApiError,
+    ) as error:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)

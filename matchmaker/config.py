@@ -14,6 +14,7 @@ scheduler takes in; ``max_pending_per_owner`` bounds a flood instead.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -62,6 +63,9 @@ class Config:
     submit_burst: int = 10_000  # tokens an owner may save up (with a rate)
     max_priority_by_role: tuple[tuple[str, int], ...] = (("admin", 9), ("client", 7))
     max_classes_per_round: int = 1_000  # task classes one round considers; 0: no limit
+    http_port: int = 0  # the HTTP API and dashboard; 0: off
+    http_bind: str = "127.0.0.1"
+    api_tokens_file: str = ""  # ``token role owner`` lines, mode 0600
 
     @property
     def ledger_path(self) -> Path:
@@ -91,6 +95,10 @@ class Config:
             raise ConfigError("round_interval must be >= 0 seconds")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port must be a TCP port (0 turns metrics off)")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError("http_port must be a TCP port (0 turns the HTTP API off)")
+        if self.http_port and not self.api_tokens_file and not _loopback(self.http_bind):
+            raise ConfigError("http_bind beyond loopback needs api_tokens_file (bearer tokens)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         if not self.task_types:
@@ -109,6 +117,13 @@ class Config:
                 raise ConfigError(
                     f"max_priority_by_role: the cap of {role!r} must be 0..{MAX_PRIORITY}"
                 )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _role_caps(name: str, value: Any) -> tuple[tuple[str, int], ...]:

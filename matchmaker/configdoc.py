@@ -29,6 +29,10 @@ DESCRIPTIONS: dict[str, str] = {
     "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
     "inventory from.",
     "serf_auth_key": "The Serf agent's RPC auth key.",
+    "serf_auth_key_file": "File (0600) holding the Serf agent's RPC auth key (make one with "
+    "`python -m membership keygen`).",
+    "insecure": "Run without Serf gossip encryption and RPC auth (a scheduler refuses to start "
+    "without an auth key otherwise).",
     "state_dir": "Directory of the scheduler's state (the ledger).",
     "round_interval": "Seconds between full turns of the loop while work comes in: intake, "
     "one commit and a round.",
@@ -53,6 +57,12 @@ DESCRIPTIONS: dict[str, str] = {
     "not listed may not submit.",
     "max_classes_per_round": "Task classes one round considers, highest priority then oldest "
     "first; the rest wait for later rounds. 0: no limit.",
+    "http_port": "Port of the HTTP API and dashboard (`docs/api.md`); 0 turns it off. Needs "
+    "the `api` extra (starlette, uvicorn).",
+    "http_bind": "Address the HTTP API listens on; beyond loopback only with `api_tokens_file`.",
+    "api_tokens_file": "File of bearer tokens, one `token role owner` a line (roles: read, "
+    "submit, admin), readable by its owner only (0600). Empty: anonymous read-only access, "
+    "on loopback only.",
 }
 
 HEADER = """# Configuration reference

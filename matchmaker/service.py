@@ -80,6 +80,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
+from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
 from matchmaker.confirms import Confirms
@@ -220,6 +221,7 @@ class Scheduler:
         self.next_prune = 0.0
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
+        self.api: api_server.ApiServer | None = None  # api hook
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class Scheduler:
         ever, with a capped backoff and one log line per attempt."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
         self.inventory = Inventory(
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
@@ -259,6 +262,8 @@ class Scheduler:
                     break
                 delay = min(delay * 2, longest)
         finally:
+            if self.api is not None:  # api hook
+                self.api.stop()
             self.inventory.stop()
             self.ledger.commit()
             self.ledger.close()
@@ -822,3 +827,5 @@ class Scheduler:
         m.assigned.set(len(self.book.in_flight) - self.book.running_count)
         m.workers.set(len(self.live))
         m.sync(self.book.counters)
+        if self.api is not None:  # api hook: a snapshot at most every 0.5 s
+            self.api.offer(self)
