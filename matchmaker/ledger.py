@@ -138,7 +138,8 @@ class LedgerError(RuntimeError):
 @dataclass(frozen=True)
 class Letter:
     """A rejected message on its way to ``mm.dead``: ``key`` (the SHA-256 of its source
-    queue and whole body) names it for good, so a redelivery of the same message is the
+    queue and its origin: the whole body, or for an item of a batch the batch's body and
+    the item's place in it) names it for good, so a redelivery of the same message is the
     same letter; ``body`` is its first ``DEAD_BODY_BYTES``, ``size`` and ``sha256`` the
     whole body's."""
 
@@ -151,8 +152,11 @@ class Letter:
     at: float
 
     @classmethod
-    def of(cls, source: str, body: bytes, reason: str, at: float) -> Letter:
-        key = hashlib.sha256(source.encode() + b"\0" + body).hexdigest()
+    def of(
+        cls, source: str, body: bytes, reason: str, at: float, origin: bytes | None = None
+    ) -> Letter:
+        named = source.encode() + b"\0" + (body if origin is None else origin)
+        key = hashlib.sha256(named).hexdigest()
         digest = hashlib.sha256(body).hexdigest()
         return cls(key, source, reason[:1000], body[:DEAD_BODY_BYTES], len(body), digest, at)
 

@@ -206,7 +206,9 @@ class Scheduler:
         self.arrived = 0  # deliveries since the last full turn
         self.request_acks = AckWindow()  # what a multiple ack may cover, after the next commit
         self.result_acks = AckWindow()
-        self.rejects: list[tuple[str, bytes, str]] = []  # (source queue, body, reason)
+        # (source queue, body, reason, origin): ``origin`` names the letter for good (the
+        # body, or for an item of a batch the batch and the item's place in it)
+        self.rejects: list[tuple[str, bytes, str, bytes]] = []
         self.letters: list[Letter] = []  # in the outbox, to publish after the commit
         self.unconfirmed: dict[str, Letter] = {}  # published, by key, until the broker confirms
         self.letter_confirms: Confirms[str] | None = None
@@ -535,7 +537,7 @@ class Scheduler:
                         self._drain(message, now, owner)
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
-                self.rejects.append((broker.REQUESTS, d.body, str(error)))
+                self.rejects.append((broker.REQUESTS, d.body, str(error), d.body))
             except FATAL:
                 raise
             except Exception as error:
@@ -583,14 +585,16 @@ class Scheduler:
             if not self.senders.privileged(owner):
                 reason = f"id {request.id} belongs to another owner"
                 log.warning("rejected a request: %s", reason)
-                self.rejects.append((broker.REQUESTS, body, reason))
+                self.rejects.append((broker.REQUESTS, body, reason, body))
 
-    def _internal_error(self, source: str, body: bytes, error: Exception) -> None:
+    def _internal_error(
+        self, source: str, body: bytes, error: Exception, origin: bytes | None = None
+    ) -> None:
         """A message whose handling failed for a reason no check foresaw: dead-lettered
         with the error, logged once with its traceback; the loop goes on."""
         reason = f"internal error: {describe_error(error)}"
         log.error("dead-lettered a message from %s: %s", source, reason, exc_info=error)
-        self.rejects.append((source, body, reason))
+        self.rejects.append((source, body, reason, body if origin is None else origin))
 
     def _cancel(self, task_id: str, now: float, control: BlockingChannel, sender: str) -> None:
         owner = self.book.owner(task_id)
@@ -638,20 +642,22 @@ class Scheduler:
                 self._internal_error(broker.RESULTS, d.body, error)
                 settle(d.tag)
                 continue
-            for body, reason in message.invalid:
-                self._reject_result(body, reason)
-            for result in message.items:
+            for n, (body, reason) in enumerate(message.invalid):
+                self._reject_result(body, reason, d.body + b"\0invalid %d" % n)
+            for n, result in enumerate(message.items):
+                origin = d.body + b"\0item %d" % n
                 try:
                     forged = self.senders.reporting(sender, result.worker)
                     if forged is not None:
                         self.book.ignore(result, now, forged)
-                        self._reject_result(encode(result), f"result for {result.id}: {forged}")
+                        reason = f"result for {result.id}: {forged}"
+                        self._reject_result(encode(result), reason, origin)
                         continue
                     self._apply_result(result, now)
                 except FATAL:
                     raise
                 except Exception as error:
-                    self._internal_error(broker.RESULTS, encode(result), error)
+                    self._internal_error(broker.RESULTS, encode(result), error, origin)
             settle(d.tag)
         self.results.clear()
         self.dirty = True
@@ -668,9 +674,9 @@ class Scheduler:
         else:
             self.reasons.pop(result.id, None)
 
-    def _reject_result(self, body: bytes, reason: str) -> None:
+    def _reject_result(self, body: bytes, reason: str, origin: bytes | None = None) -> None:
         log.warning("rejected a result: %s", reason)
-        self.rejects.append((broker.RESULTS, body, reason))
+        self.rejects.append((broker.RESULTS, body, reason, body if origin is None else origin))
 
     def _outbox(self) -> None:
         """The turn's rejected messages into the ledger's dead-letter outbox, committed
@@ -678,7 +684,10 @@ class Scheduler:
         if not self.rejects:
             return
         now = time.time()
-        letters = [Letter.of(source, body, reason, now) for source, body, reason in self.rejects]
+        letters = [
+            Letter.of(source, body, reason, now, origin)
+            for source, body, reason, origin in self.rejects
+        ]
         self.rejects.clear()
         fresh = self.ledger.outbox(letters)
         self.letters.extend(fresh)

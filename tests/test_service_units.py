@@ -64,11 +64,11 @@ def test_a_message_whose_handling_fails_is_dead_lettered_and_the_rest_go_on(
             scheduler._take_requests(None)
             scheduler._take_results()
         assert sorted(scheduler.book.pending) == ["a", "b"]
-        assert [(source, reason[:40]) for source, _, reason in scheduler.rejects] == [
+        assert [(source, reason[:40]) for source, _, reason, _ in scheduler.rejects] == [
             ("mm.requests", "internal error: KeyError: [[[['a value t"),
             ("mm.results", "internal error: RuntimeError: xxxxxxxxxx"),
         ]
-        assert all(len(reason) < 400 for _, _, reason in scheduler.rejects)
+        assert all(len(reason) < 400 for _, _, reason, _ in scheduler.rejects)
         assert scheduler.rejects[0][1] == encode(requests[1])
         assert scheduler.rejects[1][1] == encode(results[0])  # the one item, not the batch
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -87,3 +87,22 @@ def test_a_message_whose_handling_fails_is_dead_lettered_and_the_rest_go_on(
 
 def history(scheduler: Scheduler, task_id: str) -> list[str]:
     return [h["state"] for h in scheduler.ledger.history(task_id)]
+
+
+def test_refused_items_of_different_batches_are_different_letters(tmp_path: Path) -> None:
+    """Two batches whose too-deep items are described alike still make two dead letters,
+    and a redelivery of one of them makes none more."""
+    scheduler = Scheduler(Config(state_dir=tmp_path))
+    try:
+        deep = "[" * 300 + "]" * 300
+        batches = [
+            b'{"v":1,"kind":"results","results":[%s],"n":%d}' % (deep.encode(), n)
+            for n in (1, 2, 1)
+        ]
+        scheduler.results = [Delivery(n, body, "mm-worker-w") for n, body in enumerate(batches, 1)]
+        scheduler._take_results()
+        origins = [origin for _, _, _, origin in scheduler.rejects]
+        assert len(scheduler.rejects) == 3 and len(set(origins)) == 2
+        assert scheduler.rejects[0][1] == scheduler.rejects[1][1]  # described alike
+    finally:
+        scheduler.ledger.close()
