@@ -215,7 +215,7 @@ def test_a_busy_port_is_one_sentence(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        run = [sys.executable, "-m", "matchmaker", "run", "--http-port", str(port)]
+        run = [sys.executable, "-m", "matchmaker", "run", "--insecure", "--http-port", str(port)]
         result = subprocess.run(
             [*run, "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
         )

@@ -74,6 +74,23 @@ def test_a_short_task_reports_only_its_final_result(runner: Runner) -> None:
     assert runner.seen(("a", 1)) and runner.busy() == 0
 
 
+def test_a_redelivered_finished_task_sends_its_result_again(runner: Runner, gate: Gate) -> None:
+    """A scheduler that restarted before recording a dispatch refuses its first report and
+    dispatches it again: the worker answers with the same result, without running it again."""
+    runner.start(job("r"))
+    wait_for(lambda: (r := runner.find(("r", 1))) is not None and r.final, what="r to finish")
+    first, _ = runner.take()
+    runner.sent(first)
+    again = Delivery(2, 7)
+    assert runner.replay(("r", 1), again)
+    reports, _ = runner.take()
+    assert [(r.result.id, r.result.state) for r in reports] == [("r", "succeeded")]
+    assert [j.deliveries for j in runner.sent(reports)] == [[again]]
+    assert gate.ran == ["r"]  # ran once
+    assert runner.replay(("r", 1), Delivery(3, 7))  # and again for a later redelivery
+    assert not runner.replay(("never", 1), Delivery(4, 7))
+
+
 def test_a_long_task_reports_running_after_the_hold(runner: Runner, gate: Gate) -> None:
     runner.start(job("b", {"block": True}))
     wait_for(lambda: gate.ran, what="b to start")

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 REMEMBER_DONE = 10_000
+REPLAYABLE = 1_000  # of those, the last ones whose final result can be sent again
 STOP_GRACE = 5.0  # after a cancel: how long a task gets to stop before its slot is withheld
 MAX_OUTPUT_BYTES = MAX_MESSAGE_BYTES - 16 * 1024  # the rest of the result fits beside it
 
@@ -144,6 +145,7 @@ class Runner:
         self._jobs: dict[Key, Job] = {}
         self._dirty: dict[Key, Job] = {}
         self._done: OrderedDict[Key, None] = OrderedDict()
+        self._replayable: OrderedDict[Key, Job] = OrderedDict()
 
     # -- intake (connection thread) ------------------------------------------------------
 
@@ -155,6 +157,22 @@ class Runner:
         """Whether this dispatch's final result already went out (a redelivery)."""
         with self._lock:
             return key in self._done
+
+    def replay(self, key: Key, delivery: Delivery) -> bool:
+        """A redelivery of a dispatch whose final result went out: the result is sent again
+        and the delivery acked once it is in the broker (a scheduler that restarted before
+        recording the dispatch refused the first report and has dispatched it again).
+        False if the result is no longer kept (the caller acks the redelivery as seen)."""
+        with self._lock:
+            job = self._replayable.pop(key, None)
+            if job is None:
+                return False
+            job.final_sent = False
+            job.deliveries = [delivery]
+            self._jobs[key] = job
+            self._dirty[key] = job
+        self.wake()
+        return True
 
     def start(self, job: Job) -> None:
         """Hold ``job`` and run it on the pool; unknown types and late dispatches fail here."""
@@ -396,8 +414,11 @@ class Runner:
                     job.final_sent = True
                     self._jobs.pop(job.key, None)
                     self._done[job.key] = None
+                    self._replayable[job.key] = job
                     if len(self._done) > REMEMBER_DONE:
                         self._done.popitem(last=False)
+                    if len(self._replayable) > REPLAYABLE:
+                        self._replayable.popitem(last=False)
                     done.append(job)
                 else:
                     job.running_sent = True

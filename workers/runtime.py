@@ -458,16 +458,19 @@ class Worker:
 
     def _accept(self, ch: _Channels, dispatch: TaskDispatch, delivery: Delivery) -> None:
         key = (dispatch.id, dispatch.attempt)
-        if self.runner.seen(key):
-            self.stats.redelivered += 1
-            log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
-            ch.done_with([delivery])
-            return
         held = self.runner.find(key)
         if held is not None:
             self.stats.redelivered += 1
             log.info("redelivery joins the held task id=%s attempt=%d", *key)
             held.deliveries.append(delivery)
+            return
+        if self.runner.seen(key):
+            self.stats.redelivered += 1
+            if self.runner.replay(key, delivery):
+                log.info("redelivery of a reported task: result sent again id=%s attempt=%d", *key)
+            else:
+                log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
+                ch.done_with([delivery])
             return
         context = TaskContext(
             task_id=dispatch.id,
