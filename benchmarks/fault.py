@@ -163,6 +163,9 @@ class System:
             workdir=self.workdir / "serf-scheduler",
         ).start()
         args = ["-m", "matchmaker", "run", "--serf-rpc", self.agent.rpc_addr]
+        # every process here shares the node's one user, which the scheduler must trust (a
+        # forged result then reaches the book's own check, which is the one on trial)
+        args += ["--trusted-users", broker.sender(self.broker.url)]
         self.scheduler = Managed("scheduler", args, self.workdir / "scheduler.log", self.env())
         self.scheduler.start()
         self.wait_log(self.scheduler, "this scheduler is active", 60)
@@ -269,8 +272,10 @@ def publish_results(url: str, bodies: Sequence[bytes]) -> None:
     try:
         channel = connection.channel()
         channel.tx_select()
+        exchange, key = broker.route(broker.RESULTS)
+        properties = broker.persistent(broker.sender(url))
         for body in bodies:
-            channel.basic_publish("", broker.RESULTS, body, broker.PERSISTENT)
+            channel.basic_publish(exchange, key, body, properties)
         channel.tx_commit()
     finally:
         with suppress(Exception):
