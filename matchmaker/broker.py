@@ -71,6 +71,11 @@ class BrokerError(RuntimeError):
     """The broker cannot be reached or refused us; the text says which and where."""
 
 
+class TLSRefused(BrokerError):
+    """The TLS handshake failed in a way no retry can fix (a certificate that does not
+    verify, a client certificate the broker requires or refuses): a configuration error."""
+
+
 def worker_queue(name: str) -> str:
     return f"mm.worker.{name}"
 
@@ -287,7 +292,7 @@ def connect(
         except (pika.exceptions.AMQPError, OSError) as error:
             refusal = _tls_refusal(url, tls, error) if params.ssl_options else None
             if refusal is not None:
-                raise BrokerError(refusal) from None
+                raise TLSRefused(refusal) from None
             why = _handshake_hint(error, plain=params.ssl_options is None)
             if attempts is not None and attempt >= attempts:
                 raise BrokerError(f"cannot reach the broker at {describe(url)}: {why}") from None

@@ -255,6 +255,8 @@ class Scheduler:
                         describe_error(error),
                         delay,
                     )
+                except broker.TLSRefused:
+                    raise  # a configuration error: said in one sentence, not retried
                 except broker.BrokerError as error:
                     if self.stopping:
                         break

@@ -157,7 +157,7 @@ def test_the_book_opens_and_closes_each_task_once(tmp_path: Path) -> None:
     book.dispatching([("a", "w1"), ("b", "w1"), ("c", "w2")], 2.0)
     book.assigned([("a", "w1", 2.0), ("b", "w1", 2.0), ("c", "w2", 2.0)])
     assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.0) == "succeeded"
-    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.1) == "stale"
+    assert book.result(TaskResult("a", 1, "w1", "succeeded"), 3.1) == "ignored"
     assert book.result(TaskResult("b", 1, "w1", "failed", error="no"), 3.2) == "dead"
     assert book.worker_lost("w2", 3.3, "failed") == 1  # "c" stays open, pending again
     assert book.cancel("d", 3.4) == (True, None)

@@ -15,7 +15,8 @@ from matchmaker.messages import Cancel, TaskRequest
 pytestmark = pytest.mark.timeout(240)
 
 LIMIT = 40
-FULL = f"the anonymous owner has {LIMIT} open tasks, the limit is {LIMIT}"
+OWNER = "owner 'matchmaker'"  # the test's broker user: every request here is its
+FULL = f"{OWNER} has {LIMIT} open tasks, the limit is {LIMIT}"
 
 
 def make_cluster(broker_url: str, tmp_path: Path, config_text: str) -> LocalCluster:
@@ -118,8 +119,6 @@ def test_a_flood_over_the_submit_rate_is_dead_lettered(broker_url: str, tmp_path
         cluster.submit(*(task(i) for i in range(8)))
         reasons = dead.wait(3)
         assert (
-            reasons
-            == ["the anonymous owner submits faster than 0.001 tasks/s (burst 5): request refused"]
-            * 3
+            reasons == [f"{OWNER} submits faster than 0.001 tasks/s (burst 5): request refused"] * 3
         )
         assert wait_open(cluster, 5) == {f"q{i:03d}" for i in range(5)}

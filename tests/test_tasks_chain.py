@@ -28,9 +28,10 @@ def storage(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def test_experiment_chain(tmp_path: Path, storage: str) -> None:
+def test_experiment_chain(tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sandbox = tmp_path / "worker-sandbox"
-    with LocalAurora(port=0, sandbox_root=tmp_path / "aurora") as aurora:
+    with LocalAurora(port=0, sandbox_root=tmp_path / "aurora", state_dir=tmp_path / "a") as aurora:
+        monkeypatch.setenv("MM_AURORA_TOKEN", aurora.token)  # as a worker is given it
 
         def submit(r: TaskRequest) -> dict[str, Any]:
             context = TaskContext(

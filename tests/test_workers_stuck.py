@@ -106,7 +106,7 @@ def test_the_withheld_slot_is_advertised_through_serf(
         capabilities=("sleep",),
         slots=3,
         broker_url=broker_url,
-        serf=SerfConfig(rpc_bind=rpc, join=(observer.bind,)),
+        serf=SerfConfig(rpc_bind=rpc, join=(observer.bind,), insecure=True),
         sandbox=tmp_path / "sandbox",
         grace=1.0,
     )
