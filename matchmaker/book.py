@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from matchmaker.backlog import Backlog
 from matchmaker.ledger import Ledger, Owned, TaskRow
-from matchmaker.messages import TaskRequest, TaskResult
+from matchmaker.messages import MAX_ATTEMPTS, MessageError, TaskRequest, TaskResult
 from matchmaker.models import Task
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,30 @@ class Book:
         for its worker): an ``ignored-<state>`` transition with the reason."""
         self.ledger.transitions([(r.id, r.attempt, f"ignored-{r.state}", r.worker, now, why)])
         self.count("ignored_results")
+
+    def retry(self, row: TaskRow, now: float) -> None:
+        """A dead or cancelled task pending again as one more attempt; MessageError if the
+        task is in any other state (open tasks run already; succeeded ones are done)."""
+        if row.state not in ("dead", "cancelled"):
+            raise MessageError(
+                f"retry of {row.id} refused: it is {row.state}; only a dead or cancelled task "
+                "runs again"
+            )
+        if row.attempt >= MAX_ATTEMPTS:
+            raise MessageError(f"retry of {row.id} refused: it has had {MAX_ATTEMPTS} attempts")
+        request = row.request()
+        t = OpenTask(
+            request, make_task(request, row.submitted_at), row.attempt + 1, owner=row.owner
+        )
+        self.pending.add(t)
+        self.ledger.update(
+            row.id, now, state="pending", attempt=t.attempt, worker=None, not_before=0.0,
+            finished_at=None, error=None, reason=None,
+        )  # fmt: skip
+        self._event(t, "pending", now, "retried")
+        if self.on_open is not None:
+            self.on_open(t)
+        self.count("retried")
 
     def cancel(self, task_id: str, now: float) -> tuple[bool, str | None]:
         """Cancel an open task; returns (whether it was open, the worker running it)."""

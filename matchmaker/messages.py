@@ -5,8 +5,8 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
 - ``submit`` (TaskRequest, client -> ``mm.requests``): id, type, payload,
   priority, constraints, preferences, max_attempts, timeout. The id is the
   idempotency key: a second submit with the same id changes nothing.
-- ``cancel`` / ``drain`` (control, CLI -> ``mm.requests``): a task id / a
-  worker name (``"on": false`` undrains).
+- ``cancel`` / ``retry`` / ``drain`` (control, CLI or API -> ``mm.requests``): a task
+  id / a dead or cancelled task's id / a worker name (``"on": false`` undrains).
 - ``dispatch`` (TaskDispatch, scheduler -> ``mm.worker.<name>`` or
   ``mm.pull.<type>``): id, attempt, type, payload, deadline (Unix seconds).
 - ``dispatches`` (scheduler -> ``mm.worker.<name>``): ``"dispatches": [...]``,
@@ -120,6 +120,14 @@ class Cancel:
 
 
 @dataclass
+class Retry:
+    """A dead or cancelled task runs again, as one more attempt (its owner or an admin)."""
+
+    id: str
+    kind: str = "retry"
+
+
+@dataclass
 class Drain:
     worker: str
     on: bool = True
@@ -150,7 +158,7 @@ class TaskResult:
     kind: str = "result"
 
 
-Single = TaskRequest | Cancel | Drain | TaskDispatch | TaskResult
+Single = TaskRequest | Cancel | Retry | Drain | TaskDispatch | TaskResult
 BATCHES = {"dispatch": "dispatches", "result": "results"}  # single kind -> its batch kind
 T = TypeVar("T", TaskDispatch, TaskResult)
 X = TypeVar("X")
@@ -361,6 +369,7 @@ def _alone(item: Any, single: str) -> bytes:
 _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "submit": _request,
     "cancel": lambda body: Cancel(id=_name(body, "id")),
+    "retry": lambda body: Retry(id=_name(body, "id")),
     "drain": _drain,
     "dispatch": _dispatch,
     "result": _result,

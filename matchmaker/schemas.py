@@ -79,6 +79,7 @@ SUBMIT = _message(
     optional_kind=True,  # a message without a kind is a submit
 )
 CANCEL = _message("cancel", {"id": NAME_SCHEMA}, ["id"])
+RETRY = _message("retry", {"id": NAME_SCHEMA}, ["id"])
 DRAIN = _message("drain", {"worker": NAME_SCHEMA, "on": {"type": "boolean"}}, ["worker"])
 DISPATCH_FIELDS: Schema = {
     "id": NAME_SCHEMA,
@@ -134,6 +135,7 @@ EVENTS = _message(
 SCHEMAS: dict[str, Schema] = {
     "submit": SUBMIT,
     "cancel": CANCEL,
+    "retry": RETRY,
     "drain": DRAIN,
     "dispatch": DISPATCH,
     "dispatches": _batch("dispatches", DISPATCH),

@@ -96,6 +96,7 @@ from matchmaker.messages import (
     Cancel,
     Drain,
     MessageError,
+    Retry,
     TaskDispatch,
     TaskRequest,
     TaskResult,
@@ -512,7 +513,7 @@ class Scheduler:
         for d in self.requests:
             try:
                 owner = self.senders.owner(d.user)
-                message = decode(d.body, expect=("submit", "cancel", "drain"))
+                message = decode(d.body, expect=("submit", "cancel", "retry", "drain"))
                 if isinstance(message, TaskRequest):
                     if message.type not in self.config.task_types:
                         raise MessageError(
@@ -535,6 +536,8 @@ class Scheduler:
                     self._submit(new, now)  # a cancel may name a task submitted just before it
                     if isinstance(message, Cancel):
                         self._cancel(message.id, now, control, owner)
+                    elif isinstance(message, Retry):
+                        self._retry(message.id, now, owner)
                     elif isinstance(message, Drain):
                         self._drain(message, now, owner)
             except MessageError as error:
@@ -610,6 +613,19 @@ class Scheduler:
             control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
         self.reasons.pop(task_id, None)
         log.info("cancel %s: %s", task_id, "cancelled" if was_open else "not open, nothing to do")
+        self.dirty = True
+
+    def _retry(self, task_id: str, now: float, sender: str) -> None:
+        row = self.ledger.get(task_id)
+        if row is None:
+            raise MessageError(f"retry of {task_id} refused: no such task")
+        if row.owner != sender and not self.senders.admin(sender):
+            raise MessageError(
+                f"retry of {task_id} refused: the task belongs to another owner "
+                "(only an admin may retry it)"
+            )
+        self.book.retry(row, now)
+        log.info("retry %s: pending again as attempt %d", task_id, row.attempt + 1)
         self.dirty = True
 
     def _drain(self, message: Drain, now: float, sender: str) -> None:

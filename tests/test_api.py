@@ -112,7 +112,9 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
     wait_until(lambda: api_cluster.get("/v1/workers")["workers"], 10, "the worker listed")
     assert api_cluster.call("POST", "/v1/workers/w1/drain", "submit")[0] == 403
     status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"deadline": 60})
-    assert status == 202 and body["deadline"] > 0
+    assert status == 501 and "not supported" in body["error"]
+    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin")
+    assert status == 202 and body["state"] == "drain requested"
 
     def drained() -> bool:
         return api_cluster.get("/v1/workers")["workers"][0]["status"] == "drained"
@@ -124,6 +126,15 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
     c.wait_states(c.submit(sleep_task("ok", 0)))
     status, body, _ = api_cluster.call("POST", "/v1/tasks/ok/retry", "admin")
     assert status == 409 and "succeeded" in body["error"]
+    c.submit(TaskRequest("bad", "sleep", {"fail": True}, max_attempts=1))
+
+    def state(task_id: str) -> tuple[str, int]:
+        task = api_cluster.get(f"/v1/tasks/{task_id}")
+        return task["state"], task["attempt"]
+
+    wait_until(lambda: state("bad") == ("dead", 1), 30, "the failing task dead")
+    assert api_cluster.call("POST", "/v1/tasks/bad/retry", "admin")[0] == 202
+    wait_until(lambda: state("bad") == ("dead", 2), 30, "the retried task run again, and dead")
 
 
 def test_openapi_document_and_events(api_cluster: ApiCluster) -> None:

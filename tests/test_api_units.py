@@ -5,26 +5,18 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from matchmaker.api.control import decode_retry, encode_drain, encode_retry
+from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.snapshot import Board, Snapshot
 from matchmaker.config import ConfigError, load
-from matchmaker.messages import Drain, MessageError, decode
+from matchmaker.messages import Drain, MessageError, Retry, decode
 
 
-def test_retry_round_trips_and_refuses_bad_ids() -> None:
-    body = orjson.loads(encode_retry("exp-1"))
-    assert body == {"v": 1, "kind": "retry", "id": "exp-1"}
-    assert decode_retry(body).id == "exp-1"
+def test_retry_and_drain_are_the_loop_s_own_messages() -> None:
+    assert orjson.loads(encode_retry("exp-1")) == {"v": 1, "kind": "retry", "id": "exp-1"}
+    assert decode(encode_retry("exp-1"), expect=("retry",)) == Retry("exp-1")
     with pytest.raises(MessageError, match="'id'"):
-        decode_retry({"v": 1, "kind": "retry", "id": "../x"})
-
-
-def test_drain_with_deadline_is_still_a_drain_to_the_current_loop() -> None:
-    message = decode(encode_drain("w1", True, 1e9), expect=("drain",))
-    assert message == Drain("w1", True)
-    assert orjson.loads(encode_drain("w1", True, 1e9))["deadline"] == 1e9
-    with pytest.raises(MessageError):
-        encode_drain("w1", True, float("inf"))
+        decode(b'{"v": 1, "kind": "retry", "id": "../x"}', expect=("retry",))
+    assert decode(encode_drain("w1", False), expect=("drain",)) == Drain("w1", False)
 
 
 def snap(at: float, placed: int, rounds: int, spent: float) -> Snapshot:

@@ -254,3 +254,30 @@ def test_a_result_counts_only_from_the_worker_of_the_attempt_in_flight(tmp_path:
     assert pending[-1]["note"] == "the task is pending: no attempt of it is in flight"
     assert book.ledger.history("nope")[0]["note"] == "unknown task"
     assert book.ledger.counts() == {"pending": 1, "succeeded": 1}
+
+
+def test_a_dead_or_cancelled_task_runs_again_as_one_more_attempt(tmp_path: Path) -> None:
+    from matchmaker.messages import MessageError
+
+    book = make(tmp_path)
+    book.submit([TaskRequest("a", "sleep", max_attempts=1), TaskRequest("b", "sleep")], 0.0)
+    assign(book, [("a", "w1")], 1.0)
+    assert book.result(TaskResult("a", 1, "w1", "failed", error="boom"), 2.0) == "dead"
+    book.cancel("b", 2.0)
+    book.ledger.commit()
+    for task_id in ("a", "b"):
+        row = book.ledger.get(task_id)
+        assert row is not None
+        book.retry(row, 3.0)
+    assert book.pending["a"].attempt == 2 and book.pending["b"].attempt == 2
+    assign(book, [("a", "w2")], 4.0)
+    assert book.result(TaskResult("a", 2, "w2", "succeeded"), 5.0) == "succeeded"
+    book.ledger.commit()
+    row = book.ledger.get("a")
+    assert row is not None and row.state == "succeeded" and row.error is None
+    assert "retried" in [h["note"] for h in book.ledger.history("a")]
+    with pytest.raises(MessageError, match="only a dead or cancelled task"):
+        book.retry(row, 6.0)  # succeeded: done
+    reopened = Book(book.ledger, retry_backoff=1.0, result_grace=5.0)
+    reopened.restore(book.ledger.open_tasks())
+    assert sorted(reopened.pending) == ["b"]  # a restart keeps the retried task open

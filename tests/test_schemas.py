@@ -31,6 +31,7 @@ VALID: dict[str, dict[str, Any]] = {
         "timeout": 60,
     },
     "cancel": {"v": 1, "kind": "cancel", "id": "t-1"},
+    "retry": {"v": 1, "kind": "retry", "id": "t-1"},
     "drain": {"v": 1, "kind": "drain", "worker": "w1", "on": False},
     "dispatch": {
         "v": 1,

@@ -32,7 +32,6 @@ from matchmaker.api.snapshot import Board, Snapshot
 from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
-    MAX_TIMEOUT,
     NAME,
     Cancel,
     MessageError,
@@ -341,29 +340,19 @@ class Api:
         snapshot = self.active()
         worker = name(request.path_params["worker"], "the worker name") or ""
         body = await json_body(request, 4096)
-        unknown = sorted(set(body) - {"deadline", "on"})
+        if "deadline" in body:
+            raise Refused(501, "drain deadlines are not supported yet: drain without one")
+        unknown = sorted(set(body) - {"on"})
         if unknown:
-            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: deadline, on)")
+            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: on)")
         on = body.get("on", True)
         if not isinstance(on, bool):
             raise Refused(400, "on must be true or false")
-        deadline = body.get("deadline")
-        if deadline is not None:
-            ok = isinstance(deadline, int | float) and not isinstance(deadline, bool)
-            if not ok or not math.isfinite(deadline) or not 0 <= deadline <= MAX_TIMEOUT:
-                raise Refused(400, "deadline must be seconds from now, 0 to 604800")
-            deadline = snapshot.at + float(deadline)
         if on and worker not in {w["name"] for w in snapshot.workers}:
             raise Refused(404, f"no live worker {worker!r}")
-        await asyncio.to_thread(self.send, [encode_drain(worker, on, deadline)])
-        return answer(
-            {
-                "worker": worker,
-                "state": "drain requested" if on else "undrain requested",
-                "deadline": deadline,
-            },
-            202,
-        )
+        await asyncio.to_thread(self.send, [encode_drain(worker, on)])
+        state = "drain requested" if on else "undrain requested"
+        return answer({"worker": worker, "state": state}, 202)
 
     async def openapi(self, request: Request) -> Response:
         params(request, ())

@@ -87,7 +87,7 @@ def document() -> dict[str, Any]:
         "/v1/workers/{worker}/drain": {
             "post": {
                 **_op(
-                    "Drain a worker (body: on, deadline in seconds from now)",
+                    "Drain a worker (body: on; false undrains)",
                     "admin",
                     body=True,
                     status="202",
