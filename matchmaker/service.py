@@ -107,6 +107,7 @@ from matchmaker.messages import (
 )
 from matchmaker.metrics import Metrics
 from matchmaker.models import Policy, Worker
+from matchmaker.rates import ServiceRates
 from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")
@@ -200,6 +201,8 @@ class Scheduler:
         self.inventory: Inventory | None = None
         self.live: dict[str, Worker] = {}
         self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
+        self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
+        self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()
         self.reasons: dict[str, str] = {}
         self.requests: list[Delivery] = []  # delivered, not yet taken in
@@ -464,9 +467,14 @@ class Scheduler:
     def _refresh_live(self) -> None:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
-        self.live = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
-        self.loaded = {}
-        for name in self.live:
+        advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        for gone in set(self.live) - set(advertised):
+            self.rates.forget(gone)
+        self.live, self.loaded = {}, {}
+        for name, worker in advertised.items():
+            self.rates.advertise(name, worker.perf)
+            speeds = self.rates.speeds(name)
+            self.live[name] = worker.with_speeds(speeds) if speeds else worker
             self.dispatcher.declare(name)
 
     def _reconcile_inventory(self) -> None:
@@ -681,7 +689,10 @@ class Scheduler:
         self.dirty = True
 
     def _apply_result(self, result: TaskResult, now: float) -> None:
+        flying = self.book.in_flight.get(result.id)
         outcome = self.book.result(result, now)
+        if outcome == "succeeded" and flying is not None:
+            self._observe_run(result, flying.request.type)
         if outcome == "ignored":
             log.info(
                 "result for %s attempt %d from %s ignored",
@@ -691,6 +702,26 @@ class Scheduler:
             )
         else:
             self.reasons.pop(result.id, None)
+
+    def _observe_run(self, result: TaskResult, task_type: str) -> None:
+        """A succeeded run's time teaches the worker's speed on its type (a worker's report of
+        its own times is trusted as far as its own placements go)."""
+        if result.started_at is None or result.finished_at is None:
+            return
+        try:
+            self.rates.observe(result.worker, task_type, result.finished_at - result.started_at)
+        except ValueError:
+            return  # a negative or absurd time: nothing learned
+        self.timed.add(result.worker)
+
+    def _refresh_speeds(self) -> None:
+        """The workers whose learned speeds moved get views with them before the round."""
+        for name in self.timed:
+            live = self.live.get(name)
+            if live is not None:
+                self.live[name] = live.with_speeds(self.rates.speeds(name))
+                self.loaded.pop(name, None)
+        self.timed.clear()
 
     def _reject_result(self, body: bytes, reason: str, origin: bytes | None = None) -> None:
         log.warning("rejected a result: %s", reason)
@@ -775,6 +806,7 @@ class Scheduler:
         """The round of the full turn that started at ``turn`` (monotonic)."""
         started = time.time()
         self.last_round, self.dirty = turn, False
+        self._refresh_speeds()
         workers = self._loaded_workers()
         free = sum(w.free for w in workers)
         tasks = self.book.due(

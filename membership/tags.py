@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from matchmaker.models import Worker
+from matchmaker.models import MAX_SPEED, MIN_SPEED, Worker
 from membership.errors import TagError
 
 ROLE = "role"
@@ -38,7 +38,8 @@ WORKER_ROLE = "worker"
 QUEUE = "q"
 CAPS = "caps"
 SLOTS = "slots"
-SCHEMA_KEYS = frozenset({ROLE, QUEUE, CAPS, SLOTS})
+PERF = "perf"  # relative speed, 1 = the reference machine; absent means 1
+SCHEMA_KEYS = frozenset({ROLE, QUEUE, CAPS, SLOTS, PERF})
 RESERVED = frozenset({"name", "running", "free", "status"})
 QUEUE_PREFIX = "mm.worker."
 
@@ -126,6 +127,7 @@ def encode_worker_tags(
     slots: int,
     attributes: Mapping[str, Any] | None = None,
     queue: str | None = None,
+    perf: float = 1.0,
 ) -> dict[str, str]:
     """The Serf tags advertising this worker; TagError if they are unsafe or exceed 512 bytes."""
     _safe_name(name, "worker name")
@@ -142,6 +144,12 @@ def encode_worker_tags(
     if len(attributes) > MAX_ATTRIBUTES:
         raise TagError(f"worker {name!r}: {len(attributes)} attributes, at most {MAX_ATTRIBUTES}")
     tags = {ROLE: WORKER_ROLE, QUEUE: queue, CAPS: ",".join(caps), SLOTS: str(slots)}
+    if isinstance(perf, bool) or not isinstance(perf, int | float):
+        raise TagError(f"worker {name!r}: perf must be a number, got {perf!r}")
+    if not (math.isfinite(perf) and MIN_SPEED <= perf <= MAX_SPEED):
+        raise TagError(f"worker {name!r}: perf must be from {MIN_SPEED:g} to {MAX_SPEED:g}")
+    if perf != 1.0:
+        tags[PERF] = f"{perf:g}"
     for key in sorted(attributes):
         if key in SCHEMA_KEYS:
             raise TagError(f"worker {name!r}: attribute {key!r} clashes with a schema tag")
@@ -185,6 +193,17 @@ def decode_worker(member_name: str, tags: Mapping[str, str]) -> WorkerInfo | Non
         notes.append(f"slots {slots} clamped to {clamped}")
         slots = clamped
 
+    perf: float = 1.0
+    perf_text = tags.get(PERF)
+    if perf_text is not None:
+        if not _DECIMAL.fullmatch(perf_text) or len(perf_text) > 32:
+            raise TagError(f"perf {perf_text[:32]!r} is not a decimal number")
+        perf = float(perf_text)
+        if not math.isfinite(perf) or not MIN_SPEED <= perf <= MAX_SPEED:
+            bounded = min(max(perf, MIN_SPEED), MAX_SPEED) if math.isfinite(perf) else 1.0
+            notes.append(f"perf {perf_text[:32]} clamped to {bounded:g}")
+            perf = bounded
+
     queue = QUEUE_PREFIX + name
     if tags.get(QUEUE, queue) != queue:
         raise TagError(f"queue {tags[QUEUE][:80]!r} is not this worker's own queue {queue!r}")
@@ -195,7 +214,7 @@ def decode_worker(member_name: str, tags: Mapping[str, str]) -> WorkerInfo | Non
             continue
         attributes[_check_key(key)] = _parse_value(key, value)
     try:
-        worker = Worker(name, caps, slots, running=0, attributes=attributes)
+        worker = Worker(name, caps, slots, running=0, attributes=attributes, perf=perf)
     except ValueError as error:  # models' own checks, as a second line
         raise TagError(str(error)) from None
     return WorkerInfo(worker, queue, tuple(notes))

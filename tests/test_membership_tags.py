@@ -167,3 +167,20 @@ def test_decode_never_crashes_on_arbitrary_tags(tags: dict[str, str], name: str)
         assert str(error)
         return
     assert info is not None and 0 <= info.worker.slots <= MAX_SLOTS
+
+
+def test_perf_is_advertised_parsed_and_clamped() -> None:
+    from matchmaker.models import MAX_SPEED
+
+    tags = encode_worker_tags("fast", ["sleep"], 2, perf=2.5)
+    assert tags["perf"] == "2.5"
+    assert "perf" not in encode_worker_tags("plain", ["sleep"], 2)  # 1 is the default
+    info = decode_worker("fast", tags)
+    assert info is not None and info.worker.perf == 2.5
+    huge = decode_worker("fast", {**tags, "perf": "1e9"})
+    assert huge is not None and huge.worker.perf == MAX_SPEED and "clamped" in huge.notes[0]
+    for bad in ("fast!", "nan", "1,5"):
+        with pytest.raises(TagError, match="perf"):
+            decode_worker("fast", {**tags, "perf": bad})
+    with pytest.raises(TagError, match="perf"):
+        encode_worker_tags("zero", ["sleep"], 2, perf=0.0)

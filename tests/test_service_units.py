@@ -106,3 +106,23 @@ def test_refused_items_of_different_batches_are_different_letters(tmp_path: Path
         assert scheduler.rejects[0][1] == scheduler.rejects[1][1]  # described alike
     finally:
         scheduler.ledger.close()
+
+
+def test_run_times_teach_the_round_each_worker_s_speed(tmp_path: Path) -> None:
+    scheduler = Scheduler(Config(state_dir=tmp_path))
+    try:
+        scheduler.live = {
+            "slow": Worker("slow", ["sleep"], 1),
+            "fast": Worker("fast", ["sleep"], 1),
+        }
+        for worker, seconds in (("slow", 4.0), ("fast", 1.0)) * 5:
+            scheduler._observe_run(
+                TaskResult("t", 1, worker, "succeeded", 10.0, 10.0 + seconds), "sleep"
+            )
+        scheduler._observe_run(TaskResult("t", 1, "fast", "succeeded", 10.0, 9.0), "sleep")  # no
+        scheduler._refresh_speeds()
+        views = {w.name: w for w in scheduler._loaded_workers()}
+        assert views["fast"].speed("sleep") > views["slow"].speed("sleep")
+        assert not scheduler.timed
+    finally:
+        scheduler.ledger.close()

@@ -69,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
         help="file with the password of the URL's user (default: $MM_BROKER_PASSWORD_FILE)",
     )
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
+    p.add_argument(
+        "--perf",
+        type=float,
+        default=1.0,
+        help="relative speed to advertise (1 = the reference machine; the scheduler learns "
+        "the real one from run times)",
+    )
     p.add_argument("--sandbox", type=Path, help="sandbox root; the worker uses <sandbox>/<name>")
     p.add_argument("--aurora-url", default="http://127.0.0.1:8081")
     p.add_argument(
@@ -153,6 +160,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         serf=serf,
         aurora_url=args.aurora_url,
         grace=args.grace,
+        perf=args.perf,
         stage_roots=tuple(root.absolute() for root in args.stage_root),
         allow_net=tuple(parse_network(net) for net in args.allow_net),
         **extra,

@@ -59,6 +59,7 @@ class WorkerConfig:
     sandbox: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mm-sandbox")
     aurora_url: str = "http://127.0.0.1:8081"
     grace: float = 30.0
+    perf: float = 1.0  # advertised relative speed, the scheduler's prior
     requeue_delay: float = 0.05
     stage_roots: tuple[Path, ...] = ()
     allow_net: tuple[Network, ...] = ()

@@ -68,6 +68,7 @@ def worker_tags(config: WorkerConfig) -> dict[str, str]:
             config.slots,
             config.attributes,
             queue=worker_queue(config.name),
+            perf=config.perf,
         )
     except MembershipError as error:
         raise PresenceError(str(error)) from None
