@@ -69,7 +69,6 @@ import gc
 import logging
 import queue
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +87,8 @@ from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
 from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
 from matchmaker.identity import Senders
-from matchmaker.ledger import Ledger, Letter, private_dir
+from matchmaker.ledger import FAILURES, LeaderLost, Letter, open_ledger, private_dir
+from matchmaker.ledger.retention import Pruner
 from matchmaker.limits import Quotas
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
@@ -126,7 +126,7 @@ RECONNECT_BACKOFF = (0.5, 5.0)  # first and longest wait between attempts to rea
 LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then pruned)
 PRUNE_INTERVAL = 3600.0
 # Not one message's fault: the broker or the ledger itself failed. They end the turn.
-FATAL = (pika.exceptions.AMQPError, sqlite3.OperationalError)
+FATAL = (pika.exceptions.AMQPError, *FAILURES)
 BROKER_LOST = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.StreamLostError,
@@ -193,7 +193,8 @@ class Scheduler:
             frozenset(config.trusted_users),
         )
         private_dir(config.state_dir)
-        self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
+        self.ledger = open_ledger(config, background_checkpoints=True)
+        self.pruner = Pruner(config.ledger_retention)  # finished tasks past retention
         self.quotas = quotas_of(config)
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port)
@@ -261,6 +262,9 @@ class Scheduler:
                     )
                 except broker.TLSRefused:
                     raise  # a configuration error: said in one sentence, not retried
+                except LeaderLost as error:  # fenced: another scheduler leads the ledger
+                    log.error("%s", error)
+                    raise
                 except broker.BrokerError as error:
                     if self.stopping:
                         break
@@ -327,7 +331,10 @@ class Scheduler:
         self.connection = connection
         control = self._lead(connection)
         broker.declare_core(control)
-        # Leading now: the ledger is the truth (a previous leader may have written it).
+        # Leading now: the ledger is the truth (a previous leader may have written it),
+        # and this scheduler's epoch in it fences every commit of the one before.
+        epoch = self.ledger.take_lead()
+        log.info("leader epoch %d in the ledger at %s", epoch, self.ledger.location)
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
@@ -336,7 +343,7 @@ class Scheduler:
             "restored %d pending and %d in-flight tasks from %s",
             len(self.book.pending),
             len(self.book.in_flight),
-            self.ledger.path,
+            self.ledger.location,
         )
         settle_garbage_collector()
         self.dispatcher = Dispatcher(connection.channel())
@@ -367,6 +374,7 @@ class Scheduler:
                 if clock >= self.next_sweep:
                     self._sweep()
                 self._outbox()  # the letters of what was rejected, in this turn's commit
+                self.pruner.step(self.ledger)  # a bounded batch of expired tasks, if due
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
                 self._send_letters()
                 # Acks only after the commit, and only as far as every delivery up to the
