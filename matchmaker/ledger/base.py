@@ -157,7 +157,7 @@ class TaskLedger:
             self._begin()
             self._in_batch = True
         if self._inserts:
-            self._many(INSERT_TASK, self._inserts)
+            self._insert_tasks(self._inserts)
             self._inserts = []
             self._inserting.clear()
         if self._changes:
@@ -165,13 +165,13 @@ class TaskLedger:
             for task_id, columns in self._changes.items():
                 by_columns.setdefault(tuple(columns), []).append((*columns.values(), task_id))
             for names, rows in by_columns.items():
-                self._many(_update_sql(names), rows)
+                self._update_tasks(names, rows)
             self._changes = {}
         if self._transitions:
-            self._many(INSERT_TRANSITION, self._transitions)
+            self._insert_transitions(self._transitions)
             self._transitions = []
         for sql, row in self._drained:
-            self._run(sql, row)
+            self._many(sql, [row])
         self._drained = []
         if self._letters:
             rows = [(*vars(letter).values(),) for letter in self._letters.values()]
@@ -180,6 +180,27 @@ class TaskLedger:
         if self._sent:
             self._many("UPDATE dead_letters SET sent = 1 WHERE key = ?", self._sent)
             self._sent = []
+
+    def _insert_tasks(self, rows: list[tuple[Any, ...]]) -> None:
+        """New tasks: rows of ``INSERT_TASK``'s parameters."""
+        self._many(INSERT_TASK, rows)
+
+    def _update_tasks(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Set the columns ``names`` of tasks: rows of (*values, id)."""
+        self._many(_update_sql(names), rows)
+
+    def _insert_transitions(self, rows: list[Transition]) -> None:
+        self._many(INSERT_TRANSITION, rows)
+
+    def _known_owners(self, ids: list[str]) -> list[tuple[str, str]]:
+        """(id, owner) of those of ``ids`` the ledger holds."""
+        found: list[tuple[str, str]] = []
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT id, owner FROM tasks WHERE id IN ({marks})"
+            found += [(i, o) for i, o in self._run(query, chunk)]
+        return found
 
     def _change(self, task_id: str, columns: dict[str, Any]) -> None:
         known = self._changes.get(task_id)
@@ -204,6 +225,13 @@ class TaskLedger:
         self._in_batch = False
         self._committed()
 
+    def _deposed(self, epoch: object, holder: object) -> LeaderLost:
+        return LeaderLost(
+            f"another scheduler ({holder or 'unknown'}) took the lead in the ledger at "
+            f"{self.location} (epoch {epoch}, this one held {self.epoch}): this one "
+            "stops, and its last turn was rolled back"
+        )
+
     def rollback(self) -> None:
         """Forget the open transaction and everything batched."""
         if self._in_batch:
@@ -220,11 +248,7 @@ class TaskLedger:
         rows = self._run(f"SELECT epoch, holder FROM leader WHERE id = 1{self.LOCK_LEADER}")
         epoch, holder = rows[0] if rows else (None, "")
         if epoch != self.epoch:
-            raise LeaderLost(
-                f"another scheduler ({holder or 'unknown'}) took the lead in the ledger at "
-                f"{self.location} (epoch {epoch}, this one held {self.epoch}): this one "
-                "stops, and its last turn was rolled back"
-            )
+            raise self._deposed(epoch, holder)
 
     def take_lead(self, holder: str | None = None) -> int:
         """Become the ledger's leader: commit what is batched (under the old epoch, if
@@ -264,15 +288,10 @@ class TaskLedger:
                 fresh[r.id] = (r, owner)
             elif known != owner:
                 clashes.append((r, known))
-        ids = list(fresh)
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT id, owner FROM tasks WHERE id IN ({marks})"
-            for known_id, known_owner in self._run(query, chunk):
-                r, owner = fresh.pop(known_id)
-                if known_owner != owner:
-                    clashes.append((r, known_owner))
+        for known_id, known_owner in self._known_owners(list(fresh)) if fresh else ():
+            r, owner = fresh.pop(known_id)
+            if known_owner != owner:
+                clashes.append((r, known_owner))
         added = list(fresh.values())
         rows = [  # all encoded before anything changes: an error leaves nothing half added
             (
