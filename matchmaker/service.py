@@ -391,6 +391,9 @@ class Scheduler:
                 if full and (arrived or ran_round):
                     # a backlog (a large intake) is paced by the prefetch window instead
                     self.next_turn = clock + self.config.round_interval * (arrived < HOLD_BELOW)
+        except LeaderLost:
+            self.book.events.clear()  # changes rolled back: none of them happened
+            raise
         finally:
             if connection.is_open:
                 self._publish_events(control)
