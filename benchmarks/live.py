@@ -218,10 +218,7 @@ def main(argv: list[str] | Sequence[str]) -> int:
             result = _runner(name, args)(env)
             result["wall_s"] = round(time.monotonic() - started, 2)
             result["ledger"] = label
-            if len(ledgers) > 1:
-                _add_run(report["scenarios"], name, result)
-            else:
-                report["scenarios"][name] = result
+            _record(report, name, result, len(ledgers) > 1)
             print(f"ledger: {label}")
             print(_table(name, result), flush=True)
             print(flush=True)
@@ -234,14 +231,15 @@ def main(argv: list[str] | Sequence[str]) -> int:
             if isinstance(error, pika.exceptions.AMQPError):
                 text = f"lost the broker ({type(error).__name__}: {error})"
             print(f"live {name}: {text}", file=sys.stderr)
-            report["scenarios"][name] = {"error": text}
+            _record(report, name, {"error": text, "ledger": label}, len(ledgers) > 1)
             status = 1
             if isinstance(error, BrokerError):  # every scenario needs it: stop here
                 break
         except Exception as error:  # report, clean up, go on with the next scenario
             traceback.print_exc()
             print(f"live {name}: failed: {error}", file=sys.stderr)
-            report["scenarios"][name] = {"error": f"{type(error).__name__}: {error}"}
+            failed = {"error": f"{type(error).__name__}: {error}", "ledger": label}
+            _record(report, name, failed, len(ledgers) > 1)
             status = 1
         finally:
             env.close()
@@ -282,8 +280,12 @@ HEADLINE: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
 }
 
 
-def _add_run(scenarios: dict[str, Any], name: str, result: dict[str, Any]) -> None:
-    entry = scenarios.setdefault(name, {"runs": [], "by_ledger": {}})
+def _record(report: dict[str, Any], name: str, result: dict[str, Any], several: bool) -> None:
+    """A scenario's result (or error); with several ledgers, one run of it among others."""
+    if not several:
+        report["scenarios"][name] = result
+        return
+    entry = report["scenarios"].setdefault(name, {"runs": [], "by_ledger": {}})
     entry["runs"].append(result)
     if name in HEADLINE and "error" not in result:
         entry["by_ledger"].setdefault(result["ledger"], []).append(HEADLINE[name][1](result))
