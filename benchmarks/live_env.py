@@ -132,18 +132,9 @@ class Env:
         new schema in ``ledger_url``'s database (dropped on close)."""
         if not self.ledger_url.startswith(("postgresql://", "postgres://")):
             return self.ledger_url
-        import psycopg
-
-        schema = f"mm_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-        try:
-            with psycopg.connect(self.ledger_url, autocommit=True, connect_timeout=10) as db:
-                db.execute(f"CREATE SCHEMA {schema}")
-        except psycopg.Error as error:
-            raise LiveError(f"cannot make a schema on {self.ledger_url}: {error}") from None
-        self.stack.callback(_drop_schema, self.ledger_url, schema)
-        parts = urllib.parse.urlsplit(self.ledger_url)
-        query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+        url, schema = fresh_schema(self.ledger_url, label)
+        self.stack.callback(drop_schema, self.ledger_url, schema)
+        return url
 
     def bar(self, total: float, label: str) -> Progress:
         return Progress(total, label, force=self.progress)
@@ -152,7 +143,26 @@ class Env:
         self.stack.close()
 
 
-def _drop_schema(url: str, schema: str) -> None:
+def fresh_schema(url: str, label: str) -> tuple[str, str]:
+    """A new schema in the PostgreSQL database ``url`` names: (a URL whose sessions use
+    it, its name). LiveError if it cannot be made."""
+    import psycopg
+
+    schema = f"mm_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+            db.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise LiveError(
+            f"cannot make a schema in the PostgreSQL ledger database: {first}"
+        ) from None
+    parts = urllib.parse.urlsplit(url)
+    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))), schema
+
+
+def drop_schema(url: str, schema: str) -> None:
     import psycopg
 
     try:
