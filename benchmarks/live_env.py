@@ -158,8 +158,10 @@ def fresh_schema(url: str, label: str) -> tuple[str, str]:
             f"cannot make a schema in the PostgreSQL ledger database: {first}"
         ) from None
     parts = urllib.parse.urlsplit(url)
-    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))), schema
+    query = dict(urllib.parse.parse_qsl(parts.query))  # other options (synchronous_commit) stay
+    query["options"] = f"{query.get('options', '')} -csearch_path={schema}".strip()
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # %20, not +
+    return urllib.parse.urlunsplit(parts._replace(query=encoded)), schema
 
 
 def drop_schema(url: str, schema: str) -> None:

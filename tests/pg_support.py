@@ -36,9 +36,11 @@ def admin_url() -> str:
 def in_schema(url: str, schema: str) -> str:
     """``url`` with its session's search_path set to ``schema``."""
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-csearch_path={schema}"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} -csearch_path={schema}".strip()
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote))
+    )
 
 
 class Schemas:
