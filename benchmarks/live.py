@@ -34,6 +34,7 @@ import signal
 import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -270,7 +271,10 @@ def _ledger(text: str) -> str:
 
 
 def _label(url: str) -> str:
-    return "sqlite" if not url or url.startswith("sqlite") else "postgresql"
+    if not url or url.startswith("sqlite"):
+        return "sqlite"
+    options = urllib.parse.unquote(urllib.parse.urlsplit(url).query).replace(" ", "")
+    return "postgresql-async" if "synchronous_commit=off" in options else "postgresql"
 
 
 HEADLINE: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
@@ -300,10 +304,10 @@ def _ledger_summary(name: str, scenario: dict[str, Any]) -> str:
         shown = ", ".join(f"{v:,.1f}" for v in values)
         lines.append(f"{label:<11} {shown}  (range {min(values):,.1f}-{max(values):,.1f})")
     figures = scenario["by_ledger"]
-    if "sqlite" in figures and "postgresql" in figures:
-        ratios = [p / s for s, p in zip(figures["sqlite"], figures["postgresql"], strict=False)]
-        scenario["postgresql_over_sqlite"] = ratios
-        lines.append("postgresql / sqlite, run by run: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    for label in [k for k in figures if k != "sqlite" and "sqlite" in figures]:
+        ratios = [p / s for s, p in zip(figures["sqlite"], figures[label], strict=False)]
+        scenario[f"{label.replace('-', '_')}_over_sqlite"] = ratios
+        lines.append(f"{label} / sqlite, run by run: " + ", ".join(f"{r:.2f}x" for r in ratios))
     return "\n".join(lines)
 
 
