@@ -143,7 +143,10 @@ class SqliteLedger(TaskLedger):
         self.db.execute("BEGIN IMMEDIATE")
 
     def _end(self, commit: bool) -> None:
-        self.db.execute("COMMIT" if commit else "ROLLBACK")
+        if commit:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # SQLite may have rolled it back itself
+            self.db.execute("ROLLBACK")
 
     def _committed(self) -> None:
         if self.checkpoints is not None and self.checkpoints.caught_up.is_set():
