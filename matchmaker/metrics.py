@@ -9,7 +9,7 @@ users) and worker names; a task's id is never a label.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -87,6 +87,7 @@ class Metrics:
         self._seen: dict[str, int] = {}
         self._open: dict[str, tuple[str, str]] = {}  # id -> (type, owner) while open
         self._since: dict[str, float] = {}  # id -> when it became pending, then running
+        self._children: dict[tuple[str, ...], Any] = {}  # labels() takes a lock: cache them
         if port:
             start_http_server(port, addr=bind, registry=r)
 
@@ -103,6 +104,13 @@ class Metrics:
         """A task is open (submitted, retried or restored): its labels, until it closes."""
         self._open[task_id] = (task_type, owner or "-")
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def record(self, events: Iterable[TaskEvent]) -> None:
         """Count the book's events (before they are published)."""
         for e in events:
@@ -113,22 +121,22 @@ class Metrics:
             if e.state == "pending":
                 self._since[e.id] = e.at
                 if e.note == "submitted":
-                    self.tasks.labels(task_type, owner, "submitted").inc()
+                    self._child(self.tasks, task_type, owner, "submitted").inc()
                 continue
             if e.state in ("assigned", "running"):
                 began = self._since.get(e.id)
                 if began is not None and e.state == "assigned":
-                    self.queue_wait.labels(task_type).observe(max(0.0, e.at - began))
+                    self._child(self.queue_wait, task_type).observe(max(0.0, e.at - began))
                 self._since[e.id] = e.at
                 continue
             if e.state not in FINAL:
                 continue
-            self.tasks.labels(task_type, owner, e.state).inc()
+            self._child(self.tasks, task_type, owner, e.state).inc()
             began = self._since.pop(e.id, None)
             if e.state in ("succeeded", "failed"):
                 if began is not None:
-                    self.run_time.labels(task_type).observe(max(0.0, e.at - began))
+                    self._child(self.run_time, task_type).observe(max(0.0, e.at - began))
                 if e.worker:
-                    self.worker_tasks.labels(e.worker, e.state).inc()
+                    self._child(self.worker_tasks, e.worker, e.state).inc()
             if e.state != "failed":  # a failed attempt may run again
                 del self._open[e.id]
