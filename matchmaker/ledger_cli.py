@@ -20,7 +20,7 @@ from matchmaker.config import ConfigError, load
 from matchmaker.ledger import open_ledger
 from matchmaker.ledger.retention import archive, prune
 
-TABLES = ("tasks", "transitions", "drained", "leader", "schema_version")
+TABLES = ("tasks", "transitions", "task_logs", "drained", "leader", "schema_version")
 ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 

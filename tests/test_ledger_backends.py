@@ -244,3 +244,20 @@ def test_a_ledger_that_is_not_there_says_so(tmp_path: Path) -> None:
         open_url("postgresql://u:secret@127.0.0.1:1/db", tmp_path)
     with pytest.raises(LedgerError, match="ledger_url must be"):
         open_url("mysql://x", tmp_path)
+
+
+def test_attempt_logs_are_kept_replaced_and_pruned_with_their_task(
+    ledger_url: str, open_ledgers: Open, tmp_path: Path
+) -> None:
+    ledger = open_ledgers(ledger_url)
+    _finished(ledger, ["a"], 10.0)
+    ledger.add_log("a", 1, "w1", 10.0, "first\x00try")
+    ledger.add_log("a", 1, "w1", 10.5, "replaced")  # the same attempt again: the last one
+    ledger.add_log("a", 2, "w2", 11.0, "second")
+    ledger.commit()
+    assert [(g["attempt"], g["text"]) for g in ledger.logs("a")] == [(1, "replaced"), (2, "second")]
+    assert [g["worker"] for g in ledger.logs("a", attempt=2)] == ["w2"]
+    out = tmp_path / "archive.jsonl"
+    assert archive(ledger, before=50.0, out=out) == 1
+    assert [g["text"] for g in json.loads(out.read_text())["logs"]] == ["replaced", "second"]
+    assert ledger.logs("a") == [] and ledger.query("SELECT COUNT(*) FROM task_logs") == [(0,)]

@@ -65,6 +65,11 @@ INSERT_LETTER = (
     "INSERT INTO dead_letters (key, source, reason, body, size, sha256, at, sent)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT DO NOTHING"
 )
+INSERT_LOG = (
+    "INSERT INTO task_logs (id, attempt, worker, at, text) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (id, attempt) DO UPDATE"
+    " SET worker = excluded.worker, at = excluded.at, text = excluded.text"
+)
 SET_DRAINED = (
     "INSERT INTO drained (worker, at) VALUES (?, ?)"
     " ON CONFLICT (worker) DO UPDATE SET at = excluded.at"
@@ -104,6 +109,7 @@ class TaskLedger:
         self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
         self._letters: dict[str, Letter] = {}  # by key: into the outbox at the next write
         self._sent: list[tuple[str]] = []
+        self._logs: dict[tuple[str, int], tuple[str, int, str | None, float, str]] = {}
 
     # -- the backend's primitives ---------------------------------------------
 
@@ -147,6 +153,7 @@ class TaskLedger:
             or self._drained
             or self._letters
             or self._sent
+            or self._logs
         )
 
     def write(self) -> None:
@@ -180,6 +187,9 @@ class TaskLedger:
         if self._sent:
             self._many("UPDATE dead_letters SET sent = 1 WHERE key = ?", self._sent)
             self._sent = []
+        if self._logs:
+            self._many(INSERT_LOG, list(self._logs.values()))
+            self._logs = {}
 
     def _insert_tasks(self, rows: list[tuple[Any, ...]]) -> None:
         """New tasks: rows of ``INSERT_TASK``'s parameters."""
@@ -381,6 +391,10 @@ class TaskLedger:
         )
         return [Letter(k, s, r, bytes(b), n, h, at) for k, s, r, b, n, h, at in rows]
 
+    def add_log(self, task_id: str, attempt: int, worker: str | None, at: float, text: str) -> None:
+        """Keep an attempt's log (written with the next commit; a second one replaces it)."""
+        self._logs[(task_id, attempt)] = (task_id, attempt, worker, at, text)
+
     def prune_letters(self, before: float) -> None:
         """Forget letters sent before ``before`` (their messages were acked long since)."""
         self._ensure_batch()
@@ -426,6 +440,7 @@ class TaskLedger:
             if done:
                 marks = ", ".join("?" * len(done))
                 self._run(f"DELETE FROM transitions WHERE id IN ({marks})", done)
+                self._run(f"DELETE FROM task_logs WHERE id IN ({marks})", done)
             deleted += done
         return deleted
 
@@ -484,6 +499,34 @@ class TaskLedger:
                 out[i].append(
                     {"attempt": attempt, "state": state, "worker": worker, "at": at, "note": note}
                 )
+        return out
+
+    def logs(self, task_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        """The kept logs of a task's attempts (or of one), by attempt."""
+        self.write()
+        query = "SELECT attempt, worker, at, text FROM task_logs WHERE id = ?"
+        args: tuple[Any, ...] = (task_id,)
+        if attempt is not None:
+            query += " AND attempt = ?"
+            args += (attempt,)
+        names = ("attempt", "worker", "at", "text")
+        rows = self._run(query + " ORDER BY attempt", args)
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def logs_of(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The logs of each of these tasks, by attempt (for archives)."""
+        self.write()
+        out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._run(
+                "SELECT id, attempt, worker, at, text FROM task_logs"
+                f" WHERE id IN ({marks}) ORDER BY attempt",
+                chunk,
+            )
+            for i, attempt, worker, at, text in rows:
+                out[i].append({"attempt": attempt, "worker": worker, "at": at, "text": text})
         return out
 
     def counts(self) -> dict[str, int]:

@@ -87,6 +87,19 @@ CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at) WHERE finished_a
 """
 
 
+# Each attempt's log (the tail of its captured output, as its result carried it).
+TASK_LOGS = """
+CREATE TABLE IF NOT EXISTS task_logs (
+    id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    at REAL NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (id, attempt)
+);
+"""
+
+
 def _sqlite_baseline(db: sqlite3.Connection) -> None:
     """Migration 1: the schema, and a file from before versions brought up to it."""
     for statement in SQLITE_BASELINE.split(";"):
@@ -116,6 +129,7 @@ def _script(text: str) -> Callable[[sqlite3.Connection], None]:
 SQLITE: list[Callable[[sqlite3.Connection], None]] = [
     _sqlite_baseline,  # 1
     _script(LEADER_AND_RETENTION),  # 2
+    _script(TASK_LOGS),  # 3
 ]
 
 POSTGRES: list[str] = [
@@ -191,6 +205,17 @@ POSTGRES: list[str] = [
                 USING ERRCODE = 'MM001', DETAIL = current::text, HINT = who;
         END IF;
     END $$;
+    """,
+    # 3: each attempt's log
+    """
+    CREATE TABLE task_logs (
+        id TEXT COLLATE "C" NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        at DOUBLE PRECISION NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (id, attempt)
+    );
     """,
 ]
 LATEST = len(SQLITE)

@@ -307,6 +307,9 @@ class PostgresLedger(TaskLedger):
     def transitions(self, rows: Iterable[Transition]) -> None:
         super().transitions((i, a, s, _clean(w), at, _clean(n)) for i, a, s, w, at, n in rows)
 
+    def add_log(self, task_id: str, attempt: int, worker: str | None, at: float, text: str) -> None:
+        super().add_log(task_id, attempt, _clean(worker), at, _clean(text))
+
     def set_reasons(self, reasons: Iterable[tuple[str, str]]) -> None:
         super().set_reasons((i, _clean(r)) for i, r in reasons)
 

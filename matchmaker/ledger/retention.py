@@ -13,7 +13,7 @@ idle step is one indexed query (``tasks_finished``).
 
 By hand: ``prune()`` and ``archive()`` (``python -m matchmaker ledger
 prune|archive``) go in batches of their own, one transaction each. The
-archive writes a batch as JSON lines (each task's row and its history),
+archive writes a batch as JSON lines (each task's row, history and logs),
 flushes it to disk, and only then deletes it: a crash in between leaves the
 batch in the file and in the ledger, so a second run appends it again (at
 least once in the file, never lost).
@@ -72,9 +72,11 @@ def archive(ledger: TaskLedger, before: float, out: Path, batch: int = HAND_BATC
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as file:
         while rows := ledger.finished_before(before, batch):
-            histories = ledger.histories([r.id for r in rows])
+            ids = [r.id for r in rows]
+            histories, logs = ledger.histories(ids), ledger.logs_of(ids)
             for row in rows:
-                file.write(json.dumps({**vars(row), "history": histories[row.id]}) + "\n")
+                line = {**vars(row), "history": histories[row.id], "logs": logs[row.id]}
+                file.write(json.dumps(line) + "\n")
             file.flush()
             os.fsync(file.fileno())
             total += len(ledger.delete_finished([r.id for r in rows], before))
