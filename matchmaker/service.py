@@ -69,45 +69,33 @@ import gc
 import logging
 import queue
 import signal
-import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
 from matchmaker.api import server as api_server  # api hook
-from matchmaker.book import Book, Event, OpenTask
+from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
 from matchmaker.confirms import Confirms
 from matchmaker.dispatch import Dispatcher
-from matchmaker.engine import plan
 from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter, private_dir
 from matchmaker.limits import Quotas
-from matchmaker.messages import (
-    MAX_MESSAGE_BYTES,
-    VERSION,
-    Cancel,
-    Drain,
-    MessageError,
-    Retry,
-    TaskDispatch,
-    TaskRequest,
-    TaskResult,
-    check_dispatchable,
-    decode,
-    decode_results,
-    encode,
-)
 from matchmaker.metrics import Metrics
-from matchmaker.models import Policy, Worker
+from matchmaker.models import Worker
 from matchmaker.rates import ServiceRates
+from matchmaker.scheduler.events import Events
+from matchmaker.scheduler.intake import Intake
+from matchmaker.scheduler.letters import Letters
+from matchmaker.scheduler.results import Results
+from matchmaker.scheduler.rounds import Rounds
+from matchmaker.scheduler.state import Delivery as Delivery  # re-exported
+from matchmaker.scheduler.state import describe_error
 from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")
@@ -115,33 +103,17 @@ log = logging.getLogger("matchmaker.service")
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 HOLD_BELOW = PREFETCH // 4  # an intake this large means a backlog: the next turn does not wait
-SWEEP_INTERVAL = 0.25
 IDLE_WAIT = 0.05  # confirms are collected at the next turn, at the latest this late
 EVENT_INTERVAL = 0.02
 HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
-MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
-EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
 RECONNECT_BACKOFF = (0.5, 5.0)  # first and longest wait between attempts to reach the broker
-LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then pruned)
-PRUNE_INTERVAL = 3600.0
-# Not one message's fault: the broker or the ledger itself failed. They end the turn.
-FATAL = (pika.exceptions.AMQPError, sqlite3.OperationalError)
 BROKER_LOST = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.StreamLostError,
     pika.exceptions.ConnectionClosed,
     pika.exceptions.ChannelClosed,
 )
-
-
-def describe_error(error: BaseException) -> str:
-    """``Class: text`` of an exception, bounded, even if its text cannot be made."""
-    try:
-        text = str(error)
-    except Exception:  # its str() is itself broken (a value too deep to repr)
-        text = "(no text)"
-    return f"{error.__class__.__name__}: {text[:300]}"
 
 
 def owner_of(t: OpenTask) -> str:
@@ -173,14 +145,7 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG, 50, 100)
 
 
-@dataclass
-class Delivery:
-    tag: int
-    body: bytes
-    user: str | None = None  # the AMQP user_id, checked by the broker
-
-
-class Scheduler:
+class Scheduler(Intake, Results, Letters, Rounds, Events):
     """``python -m matchmaker run``: the push pipeline's scheduler."""
 
     dispatcher: Dispatcher
@@ -389,14 +354,6 @@ class Scheduler:
 
     # -- the turn of the loop ---------------------------------------------------
 
-    def _on_request(self, tag: int, body: bytes, user: str | None) -> None:
-        self.requests.append(Delivery(tag, body, user))
-        self.arrived += 1
-
-    def _on_result(self, tag: int, body: bytes, user: str | None) -> None:
-        self.results.append(Delivery(tag, body, user))
-        self.arrived += 1
-
     def _forget_deliveries(self) -> None:
         """The connection is gone: what it delivered and was not acked comes again; letters
         not yet confirmed are in the outbox still, and go again from the next one."""
@@ -463,428 +420,3 @@ class Scheduler:
         if self.book.events and not held:  # else they go out with the coming turn
             wait = min(wait, self.last_events + EVENT_INTERVAL - now)
         return max(0.0, wait)
-
-    def _refresh_live(self) -> None:
-        """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
-        assert self.inventory is not None
-        advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
-        for gone in set(self.live) - set(advertised):
-            self.rates.forget(gone)
-        self.live, self.loaded = {}, {}
-        for name, worker in advertised.items():
-            self.rates.advertise(name, worker.perf)
-            speeds = self.rates.speeds(name)
-            self.live[name] = worker.with_speeds(speeds) if speeds else worker
-            self.dispatcher.declare(name)
-
-    def _reconcile_inventory(self) -> None:
-        self._refresh_live()
-        now = time.time()
-        for worker in sorted(set(self.book.by_worker) - set(self.live)):
-            moved = self.book.worker_lost(worker, now, "is not in the inventory")
-            log.info("worker %s is gone; %d tasks back to pending", worker, moved)
-        self.ledger.commit()
-        self.dirty = True
-
-    def _apply_changes(self) -> None:
-        if self.changes.empty():
-            return
-        assert self.inventory is not None
-        now = time.time()
-        while not self.changes.empty():
-            change = self.changes.get_nowait()
-            if change.kind == "rejected":
-                log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
-            if change.gone:
-                moved = self.book.worker_lost(change.name, now, change.kind)
-                drained = self.dispatcher.purge(change.name)
-                log.info(
-                    "worker %s %s: %d tasks rescheduled, %d queued dispatch messages drained",
-                    change.name,
-                    change.kind,
-                    moved,
-                    drained,
-                )
-        self._refresh_live()
-        self.dirty = True
-
-    def _take_requests(self, control: BlockingChannel | None) -> None:
-        """Take in the buffered requests: new tasks recorded pending, invalid ones set
-        aside for ``mm.dead``, each settled in ``request_acks``. Without ``control``
-        (inside the wait) it stops before a cancel or a drain, which waits, with what
-        came after it, for the turn. A request whose handling fails in any other way
-        is dead-lettered with the error (``_internal_error``); the rest go on."""
-        now = time.time()
-        new: dict[str, tuple[TaskRequest, str, bytes]] = {}
-        taken = 0
-        settle = self.request_acks.settle
-        for d in self.requests:
-            try:
-                owner = self.senders.owner(d.user)
-                message = decode(d.body, expect=("submit", "cancel", "retry", "drain"))
-                if isinstance(message, TaskRequest):
-                    if message.type not in self.config.task_types:
-                        raise MessageError(
-                            f"unknown task type {message.type!r} (this scheduler knows "
-                            f"{', '.join(self.config.task_types)})"
-                        )
-                    if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
-                        check_dispatchable(message)
-                    first = new.get(message.id)
-                    if first is None:
-                        refusal = self.quotas.admit(owner, self._role(owner), message.priority)
-                        if refusal is not None:
-                            raise MessageError(refusal)
-                        new[message.id] = (message, owner, d.body)
-                    elif first[1] != owner and not self.senders.privileged(owner):
-                        raise MessageError(f"id {message.id} belongs to another owner")
-                elif control is None:
-                    break
-                else:
-                    self._submit(new, now)  # a cancel may name a task submitted just before it
-                    if isinstance(message, Cancel):
-                        self._cancel(message.id, now, control, owner)
-                    elif isinstance(message, Retry):
-                        self._retry(message.id, now, owner)
-                    elif isinstance(message, Drain):
-                        self._drain(message, now, owner)
-            except MessageError as error:
-                log.warning("rejected a request: %s", error)
-                self.rejects.append((broker.REQUESTS, d.body, str(error), d.body))
-            except FATAL:
-                raise
-            except Exception as error:
-                self._internal_error(broker.REQUESTS, d.body, error)
-            taken += 1
-            settle(d.tag)
-        self._submit(new, now)
-        del self.requests[:taken]
-
-    def _submit(self, new: dict[str, tuple[TaskRequest, str, bytes]], now: float) -> None:
-        """Record the new tasks in one go; if that fails, one by one, and only the one
-        that fails is dead-lettered. A known id of another owner is refused (a trusted
-        sender's is a duplicate, as it always was)."""
-        if not new:
-            self.quotas.settle()
-            return
-        items = list(new.values())
-        new.clear()
-        self.dirty = True
-        try:
-            self._submit_owned(items, now)
-        except FATAL:
-            raise
-        except Exception:
-            for item in items:
-                try:
-                    self._submit_owned([item], now)
-                except FATAL:
-                    raise
-                except Exception as error:
-                    self._internal_error(broker.REQUESTS, item[2], error)
-        self.quotas.settle()
-
-    def _role(self, owner: str) -> str:
-        """The quota role of a request's sender: ``admin`` or ``client``."""
-        return "admin" if self.senders.admin(owner) else "client"
-
-    def _submit_owned(self, items: list[tuple[TaskRequest, str, bytes]], now: float) -> None:
-        _, clashes = self.book.submit_owned([(r, owner) for r, owner, _ in items], now)
-        if not clashes:
-            return
-        by_id = {r.id: (owner, body) for r, owner, body in items}
-        for request, _ in clashes:
-            owner, body = by_id[request.id]
-            if not self.senders.privileged(owner):
-                reason = f"id {request.id} belongs to another owner"
-                log.warning("rejected a request: %s", reason)
-                self.rejects.append((broker.REQUESTS, body, reason, body))
-
-    def _internal_error(
-        self, source: str, body: bytes, error: Exception, origin: bytes | None = None
-    ) -> None:
-        """A message whose handling failed for a reason no check foresaw: dead-lettered
-        with the error, logged once with its traceback; the loop goes on."""
-        reason = f"internal error: {describe_error(error)}"
-        log.error("dead-lettered a message from %s: %s", source, reason, exc_info=error)
-        self.rejects.append((source, body, reason, body if origin is None else origin))
-
-    def _cancel(self, task_id: str, now: float, control: BlockingChannel, sender: str) -> None:
-        owner = self.book.owner(task_id)
-        if owner is not None and owner != sender and not self.senders.admin(sender):
-            raise MessageError(
-                f"cancel of {task_id} refused: the task belongs to another owner "
-                "(only an admin may cancel it)"
-            )
-        was_open, worker = self.book.cancel(task_id, now)
-        if worker:
-            control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
-        self.reasons.pop(task_id, None)
-        log.info("cancel %s: %s", task_id, "cancelled" if was_open else "not open, nothing to do")
-        self.dirty = True
-
-    def _retry(self, task_id: str, now: float, sender: str) -> None:
-        row = self.ledger.get(task_id)
-        if row is None:
-            raise MessageError(f"retry of {task_id} refused: no such task")
-        if row.owner != sender and not self.senders.admin(sender):
-            raise MessageError(
-                f"retry of {task_id} refused: the task belongs to another owner "
-                "(only an admin may retry it)"
-            )
-        self.book.retry(row, now)
-        log.info("retry %s: pending again as attempt %d", task_id, row.attempt + 1)
-        self.dirty = True
-
-    def _drain(self, message: Drain, now: float, sender: str) -> None:
-        if not self.senders.admin(sender):
-            raise MessageError(f"drain of {message.worker} refused: only an admin may drain")
-        if message.on:
-            self.drained.add(message.worker)
-        else:
-            self.drained.discard(message.worker)
-        self.ledger.set_drained(message.worker, message.on, now)
-        log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
-        self.dirty = True
-
-    def _take_results(self) -> None:
-        """Apply the buffered results, each settled in ``result_acks``; invalid ones (and
-        any whose handling fails, ``_internal_error``) are set aside for ``mm.dead``."""
-        if not self.results:
-            return
-        now = time.time()
-        settle = self.result_acks.settle
-        for d in self.results:
-            try:
-                sender = self.senders.owner(d.user)
-                message = decode_results(d.body)
-            except MessageError as error:
-                self._reject_result(d.body, str(error))
-                settle(d.tag)
-                continue
-            except FATAL:
-                raise
-            except Exception as error:
-                self._internal_error(broker.RESULTS, d.body, error)
-                settle(d.tag)
-                continue
-            for n, (body, reason) in enumerate(message.invalid):
-                self._reject_result(body, reason, d.body + b"\0invalid %d" % n)
-            for n, result in enumerate(message.items):
-                origin = d.body + b"\0item %d" % n
-                try:
-                    forged = self.senders.reporting(sender, result.worker)
-                    if forged is not None:
-                        self.book.ignore(result, now, forged)
-                        reason = f"result for {result.id}: {forged}"
-                        self._reject_result(encode(result), reason, origin)
-                        continue
-                    self._apply_result(result, now)
-                except FATAL:
-                    raise
-                except Exception as error:
-                    self._internal_error(broker.RESULTS, encode(result), error, origin)
-            settle(d.tag)
-        self.results.clear()
-        self.dirty = True
-
-    def _apply_result(self, result: TaskResult, now: float) -> None:
-        flying = self.book.in_flight.get(result.id)
-        outcome = self.book.result(result, now)
-        if outcome == "succeeded" and flying is not None:
-            self._observe_run(result, flying.request.type)
-        if outcome == "ignored":
-            log.info(
-                "result for %s attempt %d from %s ignored",
-                result.id,
-                result.attempt,
-                result.worker,
-            )
-        else:
-            self.reasons.pop(result.id, None)
-
-    def _observe_run(self, result: TaskResult, task_type: str) -> None:
-        """A succeeded run's time teaches the worker's speed on its type (a worker's report of
-        its own times is trusted as far as its own placements go)."""
-        if result.started_at is None or result.finished_at is None:
-            return
-        try:
-            self.rates.observe(result.worker, task_type, result.finished_at - result.started_at)
-        except ValueError:
-            return  # a negative or absurd time: nothing learned
-        self.timed.add(result.worker)
-
-    def _refresh_speeds(self) -> None:
-        """The workers whose learned speeds moved get views with them before the round."""
-        for name in self.timed:
-            live = self.live.get(name)
-            if live is not None:
-                self.live[name] = live.with_speeds(self.rates.speeds(name))
-                self.loaded.pop(name, None)
-        self.timed.clear()
-
-    def _reject_result(self, body: bytes, reason: str, origin: bytes | None = None) -> None:
-        log.warning("rejected a result: %s", reason)
-        self.rejects.append((broker.RESULTS, body, reason, body if origin is None else origin))
-
-    def _outbox(self) -> None:
-        """The turn's rejected messages into the ledger's dead-letter outbox, committed
-        with the turn; those the outbox did not hold yet are published after the commit."""
-        if not self.rejects:
-            return
-        now = time.time()
-        letters = [
-            Letter.of(source, body, reason, now, origin)
-            for source, body, reason, origin in self.rejects
-        ]
-        self.rejects.clear()
-        fresh = self.ledger.outbox(letters)
-        self.letters.extend(fresh)
-        self.book.count("rejected", len(fresh))
-
-    def _send_letters(self) -> None:
-        """Publish the committed letters to ``mm.dead`` under publisher confirms, each with
-        its key as ``message_id``; ``_apply_confirms`` marks the confirmed ones sent."""
-        if not self.letters or self.letter_confirms is None:
-            return
-        publish = self.letter_confirms.publish
-        for letter in self.letters:
-            properties = broker.dead_letter_properties(
-                letter.reason,
-                letter.source,
-                message_id=letter.key,
-                size=letter.size,
-                sha256=letter.sha256,
-            )
-            publish("", broker.DEAD, letter.body, properties, letter.key)
-            self.unconfirmed[letter.key] = letter
-        self.letters = []
-
-    def _apply_confirms(self) -> None:
-        if self.letter_confirms is not None and self.letter_confirms.outstanding():
-            sent, refused = self.letter_confirms.confirmed()
-            self.ledger.letters_sent(key for key, _ in sent)
-            for key, _ in sent:
-                self.unconfirmed.pop(key, None)
-            for key in refused:  # published again after the next commit
-                if (letter := self.unconfirmed.pop(key, None)) is not None:
-                    self.letters.append(letter)
-        acked, nacked = self.dispatcher.confirmed()
-        if nacked:
-            log.warning("the broker refused %d dispatches; they go back to pending", len(nacked))
-            self.book.undispatched(nacked)
-            self.dirty = True
-        if acked:
-            self.book.assigned(acked)
-
-    def _sweep(self) -> None:
-        """Periodically: deadlines passed with no result, retries whose backoff ended, metrics,
-        and (rarely) the sent dead letters old enough to forget."""
-        now, clock = time.time(), time.monotonic()
-        self.next_sweep = clock + SWEEP_INTERVAL
-        if clock >= self.next_prune:
-            self.next_prune = clock + PRUNE_INTERVAL
-            self.ledger.prune_letters(now - LETTERS_KEPT)
-        self._observe()
-        if self.book.expire(now):
-            self.dirty = True
-        if self.book.pending.backoff_ended(now):
-            self.dirty = True
-
-    def _round_due(self, now: float) -> bool:
-        return (
-            self.dirty
-            and bool(self.book.pending)
-            and now - self.last_round >= self.config.round_interval
-        )
-
-    def _policy(self, now: float) -> Policy:
-        c = self.config
-        return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
-
-    def _round(self, turn: float) -> None:
-        """The round of the full turn that started at ``turn`` (monotonic)."""
-        started = time.time()
-        self.last_round, self.dirty = turn, False
-        self._refresh_speeds()
-        workers = self._loaded_workers()
-        free = sum(w.free for w in workers)
-        tasks = self.book.due(
-            started,
-            limit=max(free, MIN_CONSIDERED),
-            classes=self.config.max_classes_per_round or None,
-            aging_interval=self.config.aging_interval,
-        )
-        result = plan(tasks, workers, self._policy(started))
-        planned = time.time()
-        placed = list(result.assignments.items())
-        by_worker: dict[str, tuple[list[str], list[bytes]]] = {}
-        for task_id, worker in placed:
-            t = self.book.pending[task_id]
-            dispatch = TaskDispatch(
-                task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
-            )
-            ids, bodies = by_worker.setdefault(worker, ([], []))
-            ids.append(task_id)
-            bodies.append(encode(dispatch))
-        for worker, (ids, bodies) in by_worker.items():
-            self.dispatcher.publish(worker, ids, bodies)
-        self.book.dispatching(placed, started)
-        published = time.time()
-        changed = [
-            (i, u.message) for i, u in result.unplaced.items() if self.reasons.get(i) != u.message
-        ]
-        if changed:
-            self.reasons.update(changed)
-            self.ledger.set_reasons(changed)
-        for task_id, _ in placed:
-            self.reasons.pop(task_id, None)
-        self.metrics.round_seconds.observe(time.time() - started)
-        if placed or changed:
-            log.debug(
-                "round: %d placed, %d waiting, %.1f ms (plan %.1f, publish %.1f)",
-                len(placed),
-                len(result.unplaced),
-                1000 * (time.time() - started),
-                1000 * (planned - started),
-                1000 * (published - planned),
-            )
-
-    def _loaded_workers(self) -> list[Worker]:
-        """The live workers not drained, with their in-flight counts; a worker's view is
-        made again only when its count changed (a round with a thousand workers would
-        otherwise spend more on copies than ``plan()`` spends on the round)."""
-        workers = []
-        for name, live in self.live.items():
-            if name in self.drained:
-                continue
-            running = self.book.running(name)
-            view = self.loaded.get(name)
-            if view is None or view.running != running:
-                view = self.loaded[name] = live.with_running(running)
-            workers.append(view)
-        return workers
-
-    def _publish_events(self, channel: BlockingChannel) -> None:
-        """Events go out batched per state: one message per routing key ``task.<state>``."""
-        self.last_events = time.monotonic()
-        if not self.book.events:
-            return
-        events, self.book.events = self.book.events, []
-        publish = broker.queued_publish(channel)
-        by_state: dict[str, list[Event]] = {}
-        for e in events:
-            by_state.setdefault(e.state, []).append(e)
-        for state, items in by_state.items():
-            body = orjson.dumps({"v": VERSION, "kind": "events", "events": items})  # Event's fields
-            publish(broker.EVENTS, f"task.{state}", body, EVENT_PROPERTIES)
-
-    def _observe(self) -> None:
-        m = self.metrics
-        m.pending.set(len(self.book.pending))
-        m.running.set(self.book.running_count)
-        m.assigned.set(len(self.book.in_flight) - self.book.running_count)
-        m.workers.set(len(self.live))
-        m.sync(self.book.counters)
-        if self.api is not None:  # api hook: a snapshot at most every 0.5 s
-            self.api.offer(self)
