@@ -1,38 +1,44 @@
 """The scheduler service: intake, rounds, push, results, recovery.
 
-One thread runs the loop; Serf's inventory feeds it changes from its own
-thread through a queue. Each turn of the loop:
+One thread runs the loop (``Scheduler.step``); Serf's inventory feeds it
+changes from its own thread through a queue, and the broker is reached only
+through a ``scheduler.transport.Transport`` (RabbitMQ: ``pika_transport``).
+What is due when is decided by ``scheduler.clock.TurnClock``. Each step:
 
-1. lets pika deliver what arrived (requests, results, confirms) into buffers,
-   and sends what the last turn queued (acks, dispatches, events) in one go;
-   while the next full turn is held (see ``_wait``), what arrives is taken in
-   inside the wait, at most every ``HELD_INTAKE_INTERVAL``: requests
-   validated and recorded pending, results applied (uncommitted, unacked), so
-   the due turn is left with its commit and its round;
+1. polls the transport: what the last step queued (acks, dispatches, letters,
+   events) is sent, and the step waits for deliveries until the clock's next
+   due time; every delivery and publisher confirm since the last poll comes
+   back (nothing but buffering happens inside the broker read);
 2. applies inventory changes (a failed or departed worker's tasks go back to
-   pending with attempt + 1, and its queue is drained), and records the
-   confirmed dispatches assigned;
-3. in a full turn, due once per round interval while work comes in: takes in
-   what is still buffered (invalid requests and results are set aside for
-   ``mm.dead``; a cancel or a drain is only acted on here, in order);
+   pending with attempt + 1, and its queue is purged), and the confirms:
+   confirmed dispatches recorded assigned, refused ones pending again;
+3. when a full turn is due (``TurnClock.turn_due``): takes in what is
+   buffered (invalid requests and results are set aside for ``mm.dead``; a
+   cancel, a retry or a drain is only acted on here, in order); between full
+   turns, buffered deliveries are taken in at most once per intake slice,
+   written uncommitted, so the due turn has little left but its commit;
 4. puts what was set aside in the ledger's dead-letter outbox, commits the
    ledger once, then publishes the new letters to ``mm.dead`` (under
    publisher confirms, ``message_id`` = the letter's key; confirmed ones are
    marked sent with a later commit, unsent ones are published again by the
    next connection) and queues the acks of what it took in;
-5. every ``EVENT_INTERVAL``, publishes the events of the state changes so far;
-6. in a full turn, when work is pending and something changed, runs a round
-   on the committed state: ``plan()``, then the dispatches are published, one
-   message per worker, under publisher confirms (``dispatch.py``), and the
-   loop goes straight to the next wait, which writes them; what the round
+5. at most every ``EVENT_INTERVAL``, publishes the events of the state changes;
+6. in a full turn, when work is pending, something changed and the round
+   window has passed, runs a round on the committed state: ``plan()`` over
+   the whole backlog, then the dispatches are published, one message per
+   worker, under publisher confirms; the next poll sends them. What the round
    writes itself (reasons a task waits) is committed with the next turn.
 
+Rounds are event-driven (a task that arrives while a slot is free is placed
+in the turn that takes it in; a result that frees a slot starts a turn),
+with batching only when work comes faster than turns complete (``clock``).
+
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
-waits on the broker: acks, dispatches and events are queued frames that the
-next turn's first step writes, so a busy turn costs one socket write and one
-commit. The ack invariant: a ``multiple`` ack of tag T is sent only after a
-commit, and only when every delivery up to T on that channel is recorded in
-the ledger or in its dead-letter outbox (``frames.AckWindow``).
+waits on the broker: acks, dispatches and events are queued and the next
+poll sends them, so a busy turn costs one socket write and one commit. The
+ack invariant: a ``multiple`` ack of tag T is sent only after a commit, and
+only when every delivery up to T on that channel is recorded in the ledger
+or in its dead-letter outbox (``frames.AckWindow``).
 
 No input ends the loop: a message that fails validation is dead-lettered
 with the reason, and one whose handling fails in any other way is
@@ -69,51 +75,36 @@ import gc
 import logging
 import queue
 import signal
-import time
 from typing import Any
-
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
+from matchmaker.broker import REQUESTS, RESULTS
 from matchmaker.config import Config
-from matchmaker.confirms import Confirms
-from matchmaker.dispatch import Dispatcher
-from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
+from matchmaker.frames import AckWindow
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter, private_dir
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
 from matchmaker.rates import ServiceRates
+from matchmaker.scheduler.clock import Clock, SystemClock, TurnClock
 from matchmaker.scheduler.events import Events
 from matchmaker.scheduler.intake import Intake
 from matchmaker.scheduler.letters import Letters
+from matchmaker.scheduler.pika_transport import PikaConnector
 from matchmaker.scheduler.results import Results
 from matchmaker.scheduler.rounds import Rounds
 from matchmaker.scheduler.state import Delivery as Delivery  # re-exported
-from matchmaker.scheduler.state import describe_error
+from matchmaker.scheduler.state import Members
+from matchmaker.scheduler.transport import Connector, Transport, TransportLost
 from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")
 
-LEADER_QUEUE = "mm.scheduler.leader"
-PREFETCH = 2000
-HOLD_BELOW = PREFETCH // 4  # an intake this large means a backlog: the next turn does not wait
-IDLE_WAIT = 0.05  # confirms are collected at the next turn, at the latest this late
-EVENT_INTERVAL = 0.02
-HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
 RECONNECT_BACKOFF = (0.5, 5.0)  # first and longest wait between attempts to reach the broker
-BROKER_LOST = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ConnectionClosed,
-    pika.exceptions.ChannelClosed,
-)
 
 
 def owner_of(t: OpenTask) -> str:
@@ -148,10 +139,18 @@ def settle_garbage_collector() -> None:
 class Scheduler(Intake, Results, Letters, Rounds, Events):
     """``python -m matchmaker run``: the push pipeline's scheduler."""
 
-    dispatcher: Dispatcher
-
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        connector: Connector | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        self.connector: Connector = connector or PikaConnector(
+            config.broker_url, broker.TLSFiles.of(config)
+        )
+        self.clock: Clock = clock or SystemClock()
+        self.turns = TurnClock(config.round_interval)
         self.senders = Senders(
             config.authenticated_senders,
             frozenset(config.admin_users),
@@ -163,13 +162,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port)
         self.changes: queue.Queue[Change] = queue.Queue()
-        self.inventory: Inventory | None = None
+        self.inventory: Members | None = None
         self.live: dict[str, Worker] = {}
         self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
         self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()
-        self.reasons: dict[str, str] = {}
         self.requests: list[Delivery] = []  # delivered, not yet taken in
         self.results: list[Delivery] = []
         self.arrived = 0  # deliveries since the last full turn
@@ -180,18 +178,9 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.rejects: list[tuple[str, bytes, str, bytes]] = []
         self.letters: list[Letter] = []  # in the outbox, to publish after the commit
         self.unconfirmed: dict[str, Letter] = {}  # published, by key, until the broker confirms
-        self.letter_confirms: Confirms[str] | None = None
-        # the loop's timers are monotonic: a wall clock set back must not hold a turn
-        self.next_held_intake = 0.0
         self.dirty = True
-        self.last_round = 0.0
-        self.next_turn = 0.0  # when the next full turn (intake, results, round) is due
-        self.reader: DeliveryReader | None = None
-        self.last_events = 0.0
-        self.next_sweep = 0.0
-        self.next_prune = 0.0
+        self.transport: Transport | None = None
         self.stopping = False
-        self.connection: pika.BlockingConnection | None = None
         self.api: api_server.ApiServer | None = None  # api hook
 
     # -- lifecycle --------------------------------------------------------------
@@ -200,50 +189,60 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.stopping = True
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; a lost or unreachable broker is retried for
-        ever, with a capped backoff and one log line per attempt."""
+        """Serve until SIGTERM or SIGINT (``serve``), with the inventory and the API."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
-        self.inventory = Inventory(
+        inventory = Inventory(
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
-        self.inventory.start()
+        self.inventory = inventory
+        inventory.start()
+        try:
+            self.serve()
+        finally:
+            if self.api is not None:  # api hook
+                self.api.stop()
+            inventory.stop()
+            self.ledger.commit()
+            self.ledger.close()
+            log.info("scheduler stopped")
+
+    def serve(self) -> None:
+        """Lead and run the loop until stopped; a lost or unreachable broker is retried
+        for ever, with a capped backoff and one log line per attempt."""
         first, longest = RECONNECT_BACKOFF
         delay = first
         try:
             while not self.stopping:
-                try:
-                    self._serve()
-                    delay = first
-                except BROKER_LOST as error:
-                    if self.stopping:
-                        break
-                    log.warning(
-                        "lost the broker (%s); reconnecting in %.1fs",
-                        describe_error(error),
-                        delay,
-                    )
-                except broker.TLSRefused:
-                    raise  # a configuration error: said in one sentence, not retried
-                except broker.BrokerError as error:
-                    if self.stopping:
-                        break
-                    log.warning("%s; retrying in %.1fs", error, delay)
-                self._drop_connection()
-                if broker.pause(delay, lambda: self.stopping):
+                transport = self._connect(delay)
+                if transport is not None:
+                    try:
+                        self.lead(transport)
+                        while not self.stopping:
+                            self.step()
+                        self._publish_events()
+                        self._poll(0.0)  # what the last turn queued goes out before the close
+                        delay = first
+                    except TransportLost as error:
+                        if not self.stopping:
+                            log.warning("lost the broker (%s); reconnecting in %.1fs", error, delay)
+                self.drop()
+                if self.stopping or self.clock.pause(delay, lambda: self.stopping):
                     break
                 delay = min(delay * 2, longest)
         finally:
-            if self.api is not None:  # api hook
-                self.api.stop()
-            self.inventory.stop()
-            self.ledger.commit()
-            self.ledger.close()
-            if self.connection and self.connection.is_open:
-                with contextlib.suppress(Exception):
-                    self.connection.close()
-            log.info("scheduler stopped")
+            self.drop()
+
+    def _connect(self, delay: float) -> Transport | None:
+        """A transport once this scheduler leads; None if the broker could not be reached
+        or refused us (said in one line; the caller retries after ``delay``)."""
+        try:
+            return self.connector(lambda: self.stopping)
+        except TransportLost as error:
+            if not self.stopping:
+                log.warning("%s; retrying in %.1fs", error, delay)
+            return None
 
     def _new_book(self) -> Book:
         """An empty book; the quotas count what it opens and closes from now on."""
@@ -253,170 +252,103 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         book.on_close = lambda t: self.quotas.closed(owner_of(t))
         return book
 
-    def _drop_connection(self) -> None:
+    def drop(self) -> None:
         """Forget what the connection delivered (it comes again) and close it: one left
         open by a channel error would keep the leader queue and its unacked deliveries
-        while the next connection stood by."""
-        self._forget_deliveries()
-        connection, self.connection = self.connection, None
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    def _lead(self, connection: pika.BlockingConnection) -> BlockingChannel:
-        """Wait until this scheduler holds the leader queue; returns a fresh channel."""
-        announced = False
-        while not self.stopping:
-            channel = connection.channel()
-            try:
-                channel.queue_declare(LEADER_QUEUE, exclusive=True, auto_delete=True)
-                log.info("this scheduler is active")
-                return channel
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code != 405:
-                    raise
-                if not announced:
-                    log.info("another scheduler is active; standing by")
-                    announced = True
-                connection.sleep(0.5)
-        raise SystemExit(0)
-
-    def _serve(self) -> None:
-        connection = broker.connect(
-            self.config.broker_url,
-            attempts=None,
-            name="matchmaker-scheduler",
-            stopping=lambda: self.stopping,
-            tls=broker.TLSFiles.of(self.config),
-        )
-        self.connection = connection
-        control = self._lead(connection)
-        broker.declare_core(control)
-        # Leading now: the ledger is the truth (a previous leader may have written it).
-        self.book = self._new_book()
-        self.book.restore(self.ledger.open_tasks())
-        self.drained = self.ledger.drained()
-        self.reasons.clear()
-        log.info(
-            "restored %d pending and %d in-flight tasks from %s",
-            len(self.book.pending),
-            len(self.book.in_flight),
-            self.ledger.path,
-        )
-        settle_garbage_collector()
-        self.dispatcher = Dispatcher(connection.channel())
-        self.letter_confirms = Confirms(connection.channel())
-        self.letters = self.ledger.unsent_letters()  # published, maybe not confirmed, before
-        self._reconcile_inventory()
-        intake = connection.channel()
-        intake.basic_qos(prefetch_count=PREFETCH)
-        consume(intake, broker.REQUESTS, self._on_request)
-        results = connection.channel()
-        results.basic_qos(prefetch_count=PREFETCH)
-        consume(results, broker.RESULTS, self._on_result)
-        ack_request, ack_result = broker.queued_ack(intake), broker.queued_ack(results)
-        self.reader = reader_of(intake)
-        self._send_letters()
-        try:
-            while not self.stopping:
-                self._await_turn(connection)
-                clock = time.monotonic()
-                self._apply_changes()
-                self._apply_confirms()  # before the results, which a confirm precedes
-                arrived = self.arrived
-                full = clock >= self.next_turn or arrived >= HOLD_BELOW
-                if full:
-                    self.arrived = 0
-                    self._take_requests(control)
-                    self._take_results()
-                if clock >= self.next_sweep:
-                    self._sweep()
-                self._outbox()  # the letters of what was rejected, in this turn's commit
-                self.ledger.commit()  # one commit a turn; every frame of it is sent after
-                self._send_letters()
-                # Acks only after the commit, and only as far as every delivery up to the
-                # tag is recorded or in the outbox (AckWindow): nothing else is ever acked.
-                if tag := self.request_acks.due():
-                    ack_request(tag, True)
-                if tag := self.result_acks.due():
-                    ack_result(tag, True)
-                if time.monotonic() - self.last_events >= EVENT_INTERVAL:
-                    self._publish_events(control)  # before the round: its frames go out last
-                ran_round = full and self._round_due(clock)
-                if ran_round:  # on committed state: what it writes itself (reasons) can wait
-                    self._round(clock)
-                if full and (arrived or ran_round):
-                    # a backlog (a large intake) is paced by the prefetch window instead
-                    self.next_turn = clock + self.config.round_interval * (arrived < HOLD_BELOW)
-        finally:
-            if connection.is_open:
-                self._publish_events(control)
-
-    # -- the turn of the loop ---------------------------------------------------
-
-    def _forget_deliveries(self) -> None:
-        """The connection is gone: what it delivered and was not acked comes again; letters
-        not yet confirmed are in the outbox still, and go again from the next one."""
+        while the next connection stood by. Letters not yet confirmed are in the outbox
+        still, and go again from the next one."""
         self.requests.clear()
         self.results.clear()
         self.rejects.clear()
         self.letters.clear()
         self.unconfirmed.clear()
-        self.letter_confirms = None
         self.arrived = 0
         self.request_acks, self.result_acks = AckWindow(), AckWindow()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
 
-    def _await_turn(self, connection: pika.BlockingConnection) -> None:
-        """Wait for broker events until the next turn has work (``_wait``); deliveries
-        that arrive while the turn is held are taken in inside the wait."""
-        if self.reader is not None:
-            self.reader.on_held = self._take_in_held
-        try:
-            connection.process_data_events(time_limit=self._wait())
-        finally:
-            if self.reader is not None:
-                self.reader.on_held = None
+    def lead(self, transport: Transport) -> None:
+        """This scheduler leads on ``transport``: the ledger is the truth (a previous
+        leader may have written it), the book is rebuilt from it."""
+        self.transport = transport
+        self.book = self._new_book()
+        self.book.restore(self.ledger.open_tasks())
+        self.drained = self.ledger.drained()
+        pending, in_flight, _ = self.book.sizes()
+        log.info(
+            "restored %d pending and %d in-flight tasks from %s",
+            pending,
+            in_flight,
+            self.ledger.path,
+        )
+        settle_garbage_collector()
+        self.turns.reset()
+        self.letters = self.ledger.unsent_letters()  # published, maybe not confirmed, before
+        self._reconcile_inventory()
+        self._send_letters()
 
-    def _take_in_held(self) -> None:
-        """Deliveries that arrived while a turn is held, taken in at once: validated,
-        recorded pending or applied, written to the ledger uncommitted, so the due turn
-        has only its round and the COMMIT left. What needs the broker (dead letters,
-        cancels, acks) still waits for that turn."""
-        clock = time.monotonic()
-        if clock < self.next_held_intake:
-            return
-        self.next_held_intake = clock + HELD_INTAKE_INTERVAL
-        self._apply_confirms()
-        self._take_requests(None)
-        self._take_results()
-        self.ledger.write()  # the statements now, the turn's COMMIT makes them durable
+    # -- the turn of the loop ---------------------------------------------------
 
-    def _wait(self) -> float:
-        """How long the next turn may wait for broker events before it has work of its own.
+    def _poll(self, timeout: float) -> None:
+        assert self.transport is not None
+        polled = self.transport.poll(timeout)
+        if polled.requests:
+            self.requests.extend(polled.requests)
+            self.arrived += len(polled.requests)
+        if polled.results:
+            self.results.extend(polled.results)
+            self.arrived += len(polled.results)
+        self._apply_confirms(polled)  # before the results, which a confirm precedes
 
-        Work is done in full turns, at most one per round interval while work
-        comes in: a full turn takes in what arrived since the last one, commits
-        it and runs the round at once, then the next one is due a round
-        interval later. Deliveries in between do not end the wait (they are
-        taken in inside it, ``_take_in_held``, but nothing is committed, acked
-        or placed until the turn is due): under load that costs one commit and
-        one round per interval instead of a turn per delivery, and a task taken
-        in never waits for a round on a clock of its own. After an intake of
-        ``HOLD_BELOW`` or more the next full turn is due at once: the broker
-        is handing over a backlog as fast as the acks free its prefetch
-        window (rounds then still run at most once per interval).
-        """
-        if not self.changes.empty():
-            return 0
-        now = time.monotonic()
-        until_turn = self.next_turn - now
-        held = until_turn > 0
-        if self.reader is not None:
-            self.reader.hold = held
-        wait = min(IDLE_WAIT, until_turn) if held or self.requests or self.results else IDLE_WAIT
-        if self.book.pending and self.dirty:  # a round: in a full turn, once per interval
-            until_round = self.last_round + self.config.round_interval - now
-            wait = min(wait, max(until_turn, until_round))
-        if self.book.events and not held:  # else they go out with the coming turn
-            wait = min(wait, self.last_events + EVENT_INTERVAL - now)
-        return max(0.0, wait)
+    def _round_wanted(self) -> bool:
+        return self.dirty and self.book.has_pending()
+
+    def step(self) -> None:
+        """One step of the loop: poll, then whatever the turn clock says is due."""
+        assert self.transport is not None
+        turns = self.turns
+        wait = turns.wait(
+            self.clock.monotonic(),
+            owed=self.arrived,
+            round_wanted=self._round_wanted(),
+            buffered=bool(self.requests or self.results),
+            events=self.book.has_events(),
+            changes=not self.changes.empty(),
+        )
+        self._poll(wait)
+        clock = self.clock.monotonic()
+        self._apply_changes()
+        round_due = turns.round_due(clock, self._round_wanted())
+        arrived = self.arrived
+        full = turns.turn_due(clock, arrived, round_due)
+        if full:
+            self.arrived = 0
+            self._take_requests(True)
+            self._take_results()
+        elif (self.requests or self.results) and turns.intake_due(clock):
+            self._take_requests(False)  # between turns: taken in, written, not committed
+            self._take_results()
+            self.ledger.write()
+        if turns.sweep_due(clock):
+            self._sweep(turns.prune_due(clock))
+        if full or not arrived:  # a step between turns leaves the commit to the turn
+            self._outbox()  # the letters of what was rejected, in this turn's commit
+            self.ledger.commit()  # one commit a turn; every frame of it is sent after
+            self._send_letters()
+            # Acks only after the commit, and only as far as every delivery up to the
+            # tag is recorded or in the outbox (AckWindow): nothing else is ever acked.
+            if tag := self.request_acks.due():
+                self.transport.ack(REQUESTS, tag)
+            if tag := self.result_acks.due():
+                self.transport.ack(RESULTS, tag)
+        if turns.events_due(clock):
+            self._publish_events()  # before the round: its frames go out last
+        ran_round = full and turns.round_due(clock, self._round_wanted())
+        if ran_round:  # on committed state: what it writes itself (reasons) can wait
+            started = self.clock.monotonic()
+            self._round()
+            turns.rounded(started, self.clock.monotonic())
+        if full:
+            turns.turned(clock, self.clock.monotonic(), arrived)

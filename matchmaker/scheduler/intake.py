@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-
-from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
 from matchmaker.messages import (
@@ -17,9 +14,8 @@ from matchmaker.messages import (
     TaskRequest,
     check_dispatchable,
     decode,
-    encode,
 )
-from matchmaker.scheduler.state import FATAL, Core, Delivery
+from matchmaker.scheduler.state import FATAL, Core
 
 log = logging.getLogger("matchmaker.service")
 
@@ -27,17 +23,13 @@ log = logging.getLogger("matchmaker.service")
 class Intake(Core):
     """The scheduler's intake of requests."""
 
-    def _on_request(self, tag: int, body: bytes, user: str | None) -> None:
-        self.requests.append(Delivery(tag, body, user))
-        self.arrived += 1
-
-    def _take_requests(self, control: BlockingChannel | None) -> None:
+    def _take_requests(self, turn: bool) -> None:
         """Take in the buffered requests: new tasks recorded pending, invalid ones set
-        aside for ``mm.dead``, each settled in ``request_acks``. Without ``control``
-        (inside the wait) it stops before a cancel or a drain, which waits, with what
+        aside for ``mm.dead``, each settled in ``request_acks``. Outside a full ``turn``
+        (between turns) it stops before a cancel or a drain, which waits, with what
         came after it, for the turn. A request whose handling fails in any other way
         is dead-lettered with the error (``_internal_error``); the rest go on."""
-        now = time.time()
+        now = self.clock.time()
         new: dict[str, tuple[TaskRequest, str, bytes]] = {}
         taken = 0
         settle = self.request_acks.settle
@@ -61,12 +53,12 @@ class Intake(Core):
                         new[message.id] = (message, owner, d.body)
                     elif first[1] != owner and not self.senders.privileged(owner):
                         raise MessageError(f"id {message.id} belongs to another owner")
-                elif control is None:
+                elif not turn:
                     break
                 else:
                     self._submit(new, now)  # a cancel may name a task submitted just before it
                     if isinstance(message, Cancel):
-                        self._cancel(message.id, now, control, owner)
+                        self._cancel(message.id, now, owner)
                     elif isinstance(message, Retry):
                         self._retry(message.id, now, owner)
                     elif isinstance(message, Drain):
@@ -123,7 +115,7 @@ class Intake(Core):
                 log.warning("rejected a request: %s", reason)
                 self.rejects.append((broker.REQUESTS, body, reason, body))
 
-    def _cancel(self, task_id: str, now: float, control: BlockingChannel, sender: str) -> None:
+    def _cancel(self, task_id: str, now: float, sender: str) -> None:
         owner = self.book.owner(task_id)
         if owner is not None and owner != sender and not self.senders.admin(sender):
             raise MessageError(
@@ -131,9 +123,8 @@ class Intake(Core):
                 "(only an admin may cancel it)"
             )
         was_open, worker = self.book.cancel(task_id, now)
-        if worker:
-            control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
-        self.reasons.pop(task_id, None)
+        if worker and self.transport is not None:
+            self.transport.cancel(worker, task_id)
         log.info("cancel %s: %s", task_id, "cancelled" if was_open else "not open, nothing to do")
         self.dirty = True
 

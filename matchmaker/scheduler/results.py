@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from matchmaker import broker
 from matchmaker.messages import (
@@ -12,7 +11,7 @@ from matchmaker.messages import (
     decode_results,
     encode,
 )
-from matchmaker.scheduler.state import FATAL, Core, Delivery
+from matchmaker.scheduler.state import FATAL, Core
 
 log = logging.getLogger("matchmaker.service")
 
@@ -20,16 +19,12 @@ log = logging.getLogger("matchmaker.service")
 class Results(Core):
     """The scheduler's intake of results."""
 
-    def _on_result(self, tag: int, body: bytes, user: str | None) -> None:
-        self.results.append(Delivery(tag, body, user))
-        self.arrived += 1
-
     def _take_results(self) -> None:
         """Apply the buffered results, each settled in ``result_acks``; invalid ones (and
         any whose handling fails, ``_internal_error``) are set aside for ``mm.dead``."""
         if not self.results:
             return
-        now = time.time()
+        now = self.clock.time()
         settle = self.result_acks.settle
         for d in self.results:
             try:
@@ -66,10 +61,11 @@ class Results(Core):
         self.dirty = True
 
     def _apply_result(self, result: TaskResult, now: float) -> None:
-        flying = self.book.in_flight.get(result.id)
+        flying = self.book.open_task(result.id)
+        task_type = flying.request.type if flying is not None else ""
         outcome = self.book.result(result, now)
-        if outcome == "succeeded" and flying is not None:
-            self._observe_run(result, flying.request.type)
+        if outcome == "succeeded":
+            self._observe_run(result, task_type)
         if outcome == "ignored":
             log.info(
                 "result for %s attempt %d from %s ignored",
@@ -77,8 +73,6 @@ class Results(Core):
                 result.attempt,
                 result.worker,
             )
-        else:
-            self.reasons.pop(result.id, None)
 
     def _observe_run(self, result: TaskResult, task_type: str) -> None:
         """A succeeded run's time teaches the worker's speed on its type (a worker's report of

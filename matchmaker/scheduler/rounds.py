@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from matchmaker.engine import plan
 from matchmaker.messages import (
@@ -41,12 +40,13 @@ class Rounds(Core):
             self.rates.advertise(name, worker.perf)
             speeds = self.rates.speeds(name)
             self.live[name] = worker.with_speeds(speeds) if speeds else worker
-            self.dispatcher.declare(name)
+            if self.transport is not None:
+                self.transport.declare_worker(name)
 
     def _reconcile_inventory(self) -> None:
         self._refresh_live()
-        now = time.time()
-        for worker in sorted(set(self.book.by_worker) - set(self.live)):
+        now = self.clock.time()
+        for worker in sorted(self.book.workers_with_tasks() - set(self.live)):
             moved = self.book.worker_lost(worker, now, "is not in the inventory")
             log.info("worker %s is gone; %d tasks back to pending", worker, moved)
         self.ledger.commit()
@@ -55,15 +55,14 @@ class Rounds(Core):
     def _apply_changes(self) -> None:
         if self.changes.empty():
             return
-        assert self.inventory is not None
-        now = time.time()
+        now = self.clock.time()
         while not self.changes.empty():
             change = self.changes.get_nowait()
             if change.kind == "rejected":
                 log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
             if change.gone:
                 moved = self.book.worker_lost(change.name, now, change.kind)
-                drained = self.dispatcher.purge(change.name)
+                drained = self.transport.purge(change.name) if self.transport else 0
                 log.info(
                     "worker %s %s: %d tasks rescheduled, %d queued dispatch messages drained",
                     change.name,
@@ -74,21 +73,16 @@ class Rounds(Core):
         self._refresh_live()
         self.dirty = True
 
-    def _round_due(self, now: float) -> bool:
-        return (
-            self.dirty
-            and bool(self.book.pending)
-            and now - self.last_round >= self.config.round_interval
-        )
-
     def _policy(self, now: float) -> Policy:
         c = self.config
         return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
 
-    def _round(self, turn: float) -> None:
-        """The round of the full turn that started at ``turn`` (monotonic)."""
-        started = time.time()
-        self.last_round, self.dirty = turn, False
+    def _round(self) -> None:
+        """``plan()`` over the backlog (the oldest tasks of each group, as many as there are
+        free slots, ``Book.due``) and the live workers; what it places is published."""
+        assert self.transport is not None
+        started = self.clock.time()
+        self.dirty = False
         self._refresh_speeds()
         workers = self._loaded_workers()
         free = sum(w.free for w in workers)
@@ -99,11 +93,12 @@ class Rounds(Core):
             aging_interval=self.config.aging_interval,
         )
         result = plan(tasks, workers, self._policy(started))
-        planned = time.time()
+        planned = self.clock.time()
         placed = list(result.assignments.items())
         by_worker: dict[str, tuple[list[str], list[bytes]]] = {}
         for task_id, worker in placed:
-            t = self.book.pending[task_id]
+            t = self.book.open_task(task_id)
+            assert t is not None  # the round's tasks are the book's pending ones
             dispatch = TaskDispatch(
                 task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
             )
@@ -111,24 +106,18 @@ class Rounds(Core):
             ids.append(task_id)
             bodies.append(encode(dispatch))
         for worker, (ids, bodies) in by_worker.items():
-            self.dispatcher.publish(worker, ids, bodies)
+            self.transport.dispatch(worker, ids, bodies)
         self.book.dispatching(placed, started)
-        published = time.time()
-        changed = [
-            (i, u.message) for i, u in result.unplaced.items() if self.reasons.get(i) != u.message
-        ]
-        if changed:
-            self.reasons.update(changed)
-            self.ledger.set_reasons(changed)
-        for task_id, _ in placed:
-            self.reasons.pop(task_id, None)
-        self.metrics.round_seconds.observe(time.time() - started)
+        published = self.clock.time()
+        changed = self.book.explain((i, u.message) for i, u in result.unplaced.items())
+        ended = self.clock.time()
+        self.metrics.round_seconds.observe(ended - started)
         if placed or changed:
             log.debug(
                 "round: %d placed, %d waiting, %.1f ms (plan %.1f, publish %.1f)",
                 len(placed),
                 len(result.unplaced),
-                1000 * (time.time() - started),
+                1000 * (ended - started),
                 1000 * (planned - started),
                 1000 * (published - planned),
             )

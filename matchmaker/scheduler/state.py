@@ -10,15 +10,12 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
-from dataclasses import dataclass
-
-import pika.exceptions
+from collections.abc import Mapping
+from typing import Protocol
 
 from matchmaker.api import server as api_server
 from matchmaker.book import Book
 from matchmaker.config import Config
-from matchmaker.confirms import Confirms
-from matchmaker.dispatch import Dispatcher
 from matchmaker.frames import AckWindow
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter
@@ -26,12 +23,15 @@ from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
 from matchmaker.rates import ServiceRates
-from membership.inventory import Change, Inventory
+from matchmaker.scheduler.clock import Clock, TurnClock
+from matchmaker.scheduler.transport import Delivery as Delivery  # re-exported
+from matchmaker.scheduler.transport import Transport, TransportError
+from membership.inventory import Change, LiveWorker
 
 log = logging.getLogger("matchmaker.service")
 
 # Not one message's fault: the broker or the ledger itself failed. They end the turn.
-FATAL = (pika.exceptions.AMQPError, sqlite3.OperationalError)
+FATAL = (TransportError, sqlite3.OperationalError)
 
 
 def describe_error(error: BaseException) -> str:
@@ -43,11 +43,10 @@ def describe_error(error: BaseException) -> str:
     return f"{error.__class__.__name__}: {text[:300]}"
 
 
-@dataclass
-class Delivery:
-    tag: int
-    body: bytes
-    user: str | None = None  # the AMQP user_id, checked by the broker
+class Members(Protocol):
+    """The live workers, as the membership inventory (Serf) advertises them."""
+
+    def snapshot(self) -> Mapping[str, LiveWorker]: ...
 
 
 class Core:
@@ -60,13 +59,12 @@ class Core:
     book: Book
     metrics: Metrics
     changes: queue.Queue[Change]
-    inventory: Inventory | None
+    inventory: Members | None
     live: dict[str, Worker]
     loaded: dict[str, Worker]
     rates: ServiceRates
     timed: set[str]
     drained: set[str]
-    reasons: dict[str, str]
     requests: list[Delivery]
     results: list[Delivery]
     arrived: int
@@ -75,14 +73,11 @@ class Core:
     rejects: list[tuple[str, bytes, str, bytes]]
     letters: list[Letter]
     unconfirmed: dict[str, Letter]
-    letter_confirms: Confirms[str] | None
     dirty: bool
-    last_round: float
-    last_events: float
-    next_sweep: float
-    next_prune: float
-    dispatcher: Dispatcher
     api: api_server.ApiServer | None
+    transport: Transport | None
+    clock: Clock
+    turns: TurnClock
 
     def _internal_error(
         self, source: str, body: bytes, error: Exception, origin: bytes | None = None
