@@ -314,7 +314,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             owed=self.arrived,
             round_wanted=self._round_wanted(),
             buffered=bool(self.requests or self.results),
-            events=self.book.has_events(),
+            events=self.book.has_events() and not self.arrived,  # else the turn sends them
             changes=not self.changes.empty(),
         )
         self._poll(wait)
@@ -333,7 +333,8 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             self.ledger.write()
         if turns.sweep_due(clock):
             self._sweep(turns.prune_due(clock))
-        if full or not arrived:  # a step between turns leaves the commit to the turn
+        committed = full or not arrived  # a step between turns leaves the commit to the turn
+        if committed:
             self._outbox()  # the letters of what was rejected, in this turn's commit
             self.ledger.commit()  # one commit a turn; every frame of it is sent after
             self._send_letters()
@@ -343,7 +344,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
                 self.transport.ack(REQUESTS, tag)
             if tag := self.result_acks.due():
                 self.transport.ack(RESULTS, tag)
-        if turns.events_due(clock):
+        if committed and turns.events_due(clock):  # events of committed changes only
             self._publish_events()  # before the round: its frames go out last
         ran_round = full and turns.round_due(clock, self._round_wanted())
         if ran_round:  # on committed state: what it writes itself (reasons) can wait

@@ -210,8 +210,5 @@ class MemoryTransport:
         self.broker.purged.append(worker)
         return len(self.broker.dispatches.get(worker, []))
 
-    def unconfirmed(self) -> bool:
-        return bool(self.waiting_dispatches or self.waiting_letters)
-
     def close(self) -> None:
         self.lose()

@@ -135,9 +135,6 @@ class PikaTransport:
         with _translated():
             return self.dispatcher.purge(worker)
 
-    def unconfirmed(self) -> bool:
-        return self.letters.outstanding() or self.dispatcher.confirms.outstanding()
-
     def close(self) -> None:
         if self.connection.is_open:
             with contextlib.suppress(Exception):

@@ -98,9 +98,6 @@ class Transport(Protocol):
     def purge(self, worker: str) -> int:
         """Empty a lost worker's queue; how many messages it held."""
 
-    def unconfirmed(self) -> bool:
-        """Whether some dispatch or letter awaits the broker's answer."""
-
     def close(self) -> None: ...
 
 
