@@ -151,7 +151,10 @@ def measure(
         assert paced is not None
         turns = 0
         try:
+            deadline = time.monotonic() + count / rate + 60.0
             while not paced.done():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{len(paced.flushed)} of {count} tasks dispatched in time")
                 scheduler.step()
                 turns += 1
         finally:

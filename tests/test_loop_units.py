@@ -331,3 +331,11 @@ def test_nothing_is_due_when_nothing_waits() -> None:
     assert turns.sweep_due(5.0) and not turns.sweep_due(5.1) and turns.sweep_due(5.25)
     assert turns.intake_due(5.0) and not turns.intake_due(5.001) and turns.intake_due(5.002)
     assert turns.events_due(5.0) and not turns.events_due(5.01) and turns.events_due(5.03)
+
+
+def test_the_in_process_loop_benchmark_dispatches_every_task_once() -> None:
+    from benchmarks import loop
+
+    report = loop.measure(rate=500.0, count=40, run=0.001, workers=1, slots=4)
+    assert report["tasks"] == 40 and report["steps"] >= 1
+    assert 0 <= report["to_round"]["p50"] <= report["to_sent"]["max"]
