@@ -160,7 +160,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.quotas = quotas_of(config)
         self.book = self._new_book()
-        self.metrics = Metrics(config.metrics_port)
+        self.metrics = Metrics(config.metrics_port, config.metrics_bind)
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Members | None = None
         self.live: dict[str, Worker] = {}
@@ -226,6 +226,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
                         delay = first
                     except TransportLost as error:
                         if not self.stopping:
+                            self.metrics.reconnects.inc()
                             log.warning("lost the broker (%s); reconnecting in %.1fs", error, delay)
                 self.drop()
                 if self.stopping or self.clock.pause(delay, lambda: self.stopping):
@@ -248,9 +249,13 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         """An empty book; the quotas count what it opens and closes from now on."""
         self.quotas.forget_open()
         book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
-        book.on_open = lambda t: self.quotas.opened(owner_of(t))
+        book.on_open = self._opened
         book.on_close = lambda t: self.quotas.closed(owner_of(t))
         return book
+
+    def _opened(self, t: OpenTask) -> None:
+        self.quotas.opened(owner_of(t))
+        self.metrics.opened(t.request.id, t.request.type, t.owner)
 
     def drop(self) -> None:
         """Forget what the connection delivered (it comes again) and close it: one left
@@ -264,6 +269,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.unconfirmed.clear()
         self.arrived = 0
         self.request_acks, self.result_acks = AckWindow(), AckWindow()
+        self.metrics.leader.set(0)
         transport, self.transport = self.transport, None
         if transport is not None:
             with contextlib.suppress(Exception):
@@ -273,6 +279,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         """This scheduler leads on ``transport``: the ledger is the truth (a previous
         leader may have written it), the book is rebuilt from it."""
         self.transport = transport
+        self.metrics.leader.set(1)
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
@@ -336,7 +343,8 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         committed = full or not arrived  # a step between turns leaves the commit to the turn
         if committed:
             self._outbox()  # the letters of what was rejected, in this turn's commit
-            self.ledger.commit()  # one commit a turn; every frame of it is sent after
+            with self.metrics.commit_seconds.time():
+                self.ledger.commit()  # one commit a turn; every frame of it is sent after
             self._send_letters()
             # Acks only after the commit, and only as far as every delivery up to the
             # tag is recorded or in the outbox (AckWindow): nothing else is ever acked.

@@ -22,8 +22,10 @@ class Events(Core):
         """Events go out batched per state: one message per routing key ``task.<state>``."""
         if self.transport is None or not self.book.has_events():
             return
+        events = self.book.take_events()
+        self.metrics.record(events)
         by_state: dict[str, list[Event]] = {}
-        for e in self.book.take_events():
+        for e in events:
             by_state.setdefault(e.state, []).append(e)
         for state, items in by_state.items():
             body = orjson.dumps({"v": VERSION, "kind": "events", "events": items})  # Event's fields

@@ -42,6 +42,7 @@ class Letters(Core):
     def _apply_confirms(self, polled: Polled) -> None:
         if polled.letters_sent:
             self.ledger.letters_sent(polled.letters_sent)
+            self.metrics.dead_letters.inc(len(polled.letters_sent))
             for key in polled.letters_sent:
                 self.unconfirmed.pop(key, None)
         for key in polled.letters_refused:  # published again after the next commit
