@@ -40,8 +40,10 @@ DESCRIPTIONS: dict[str, str] = {
     "anywhere; the password from `PGPASSFILE` or the URL). Empty: `<state_dir>/ledger.sqlite`.",
     "ledger_retention": "Seconds a finished task (and its history) stays in the ledger before "
     "the scheduler prunes it, in small batches; 0 keeps every task for ever.",
-    "round_interval": "Seconds between full turns of the loop while work comes in: intake, "
-    "one commit and a round.",
+    "round_interval": "The longest a batch of work waits for its turn (intake, one commit and a "
+    "round), in seconds. Rounds are event-driven: work that arrives while the loop is idle is "
+    "placed at once, and only when it arrives faster than turns complete does the loop batch, "
+    "with a window that grows with the load up to this value.",
     "strategy": "`spread` balances load across workers; `binpack` fills the busiest first.",
     "aging_interval": "Seconds of waiting that raise a task one priority band (0 disables aging).",
     "preference_bonus": "Cost saved for each matched preference.",
