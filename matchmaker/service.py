@@ -65,7 +65,10 @@ Refusals go to ``mm.dead`` with the reason.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
-(rebuilding from the ledger) when the first one's connection dies.
+(rebuilding from the ledger) when the first one's connection dies. The queue
+is the fast signal; the authority is the ledger's leader epoch, which ``lead``
+raises: a deposed scheduler's next commit fails with ``LeaderLost`` (nothing
+of its turn stays) and it exits with that sentence.
 """
 
 from __future__ import annotations
