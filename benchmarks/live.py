@@ -38,9 +38,9 @@ import pika.exceptions
 
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError, rabbit_setting
-from matchmaker.broker import BrokerError
 from matchmaker.config import Config
 from matchmaker.local import ClusterError
+from matchmaker.wire.broker import BrokerError
 
 NAMES = ("push", "e2e", "latency", "failover", "compare")
 JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (docs/operations.md)

@@ -29,10 +29,10 @@ import numpy as np
 import pika
 
 from benchmarks.progress import Progress
-from matchmaker import broker
 from matchmaker.config import Config
 from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
+from matchmaker.wire import broker
 
 AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
 ROUND_LOG = ("--log-level", "DEBUG", "--log-format", "json")  # one line per round, timestamped

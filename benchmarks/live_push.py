@@ -36,8 +36,8 @@ from benchmarks.live_env import (
     verdict,
     wait_for,
 )
-from matchmaker import broker
 from matchmaker.messages import TaskDispatch, decode_dispatches, encode
+from matchmaker.wire import broker
 from membership.agent import SerfAgent
 from membership.table import fetch_workers
 from membership.tags import MAX_SLOTS, encode_worker_tags

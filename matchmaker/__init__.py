@@ -1,7 +1,7 @@
 """matchmaker: push-based matchmaking of tasks onto workers by min-cost max-flow.
 
 The names below are imported on first use, so that a worker or a client that imports
-``matchmaker.broker`` or ``matchmaker.messages`` does not load the engine (OR-Tools, numpy).
+``matchmaker.wire.broker`` or ``matchmaker.messages`` does not load the engine (OR-Tools, numpy).
 """
 
 from __future__ import annotations

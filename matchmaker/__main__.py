@@ -21,12 +21,13 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from matchmaker import broker, identity, logs
+from matchmaker import identity, logs
 from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
+from matchmaker.wire import broker
 from membership.errors import MembershipError
 
 EXIT_USAGE = 2

@@ -21,9 +21,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from matchmaker.broker import DEFAULT_URL
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
+from matchmaker.wire.broker import DEFAULT_URL
 from membership.errors import MembershipError
 from membership.keys import resolve
 

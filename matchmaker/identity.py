@@ -38,8 +38,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import orjson
 
-from matchmaker import broker
 from matchmaker.messages import MessageError
+from matchmaker.wire import broker
 
 SCHEDULER = "mm-scheduler"
 ADMIN = "mm-admin"

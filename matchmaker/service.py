@@ -79,14 +79,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
-from matchmaker.confirms import Confirms
-from matchmaker.dispatch import Dispatcher
 from matchmaker.engine import plan
-from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter, private_dir
 from matchmaker.limits import Quotas
@@ -108,6 +104,10 @@ from matchmaker.messages import (
 from matchmaker.metrics import Metrics
 from matchmaker.models import Policy, Worker
 from matchmaker.rates import ServiceRates
+from matchmaker.wire import broker
+from matchmaker.wire.confirms import Confirms
+from matchmaker.wire.dispatch import Dispatcher
+from matchmaker.wire.frames import AckWindow, DeliveryReader, consume, reader_of
 from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")

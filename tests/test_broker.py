@@ -6,7 +6,7 @@ from __future__ import annotations
 import pika.exceptions
 import pytest
 
-from matchmaker import broker
+from matchmaker.wire import broker
 
 
 def test_new_queues_get_the_configured_type_and_existing_ones_are_used_as_they_are(

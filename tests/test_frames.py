@@ -11,8 +11,8 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
-from matchmaker import broker
-from matchmaker.frames import (
+from matchmaker.wire import broker
+from matchmaker.wire.frames import (
     AckWindow,
     DeliveryReader,
     FrameAcker,

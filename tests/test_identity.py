@@ -29,12 +29,13 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker, identity, users
-from matchmaker.frames import user_id
+from matchmaker import identity, users
 from matchmaker.identity import IdentityError, Senders
 from matchmaker.ledger import Ledger
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, Drain, MessageError, TaskRequest, TaskResult, encode
+from matchmaker.wire import broker
+from matchmaker.wire.frames import user_id
 from tests.conftest import RoleUsers, rabbitmqctl
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ def loaded_after(statement: str) -> set[str]:
 
 def test_workers_and_messages_do_not_load_the_engine() -> None:
     modules = loaded_after(
-        "import workers, workers.runtime, matchmaker.messages, matchmaker.broker"
+        "import workers, workers.runtime, matchmaker.messages, matchmaker.wire.broker"
     )
     assert "workers.runtime" in modules
     assert not {"ortools", "numpy", "matchmaker.engine"} & modules

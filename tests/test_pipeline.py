@@ -17,9 +17,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode, encode_batch
+from matchmaker.wire import broker
 from membership.agent import free_port
 
 pytestmark = pytest.mark.timeout(240)

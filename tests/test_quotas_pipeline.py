@@ -8,9 +8,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest
+from matchmaker.wire import broker
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode
+from matchmaker.wire import broker
 from membership.agent import free_port
 
 pytestmark = pytest.mark.timeout(240)

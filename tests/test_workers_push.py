@@ -11,8 +11,8 @@ import time
 import pika.exceptions
 import pytest
 
-from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
 from matchmaker.messages import Cancel, TaskDispatch, TaskResult, decode_dispatches, encode
+from matchmaker.wire.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
 from membership.agent import free_port
 from tests.conftest import rabbitmqctl
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401

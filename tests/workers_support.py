@@ -17,8 +17,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from matchmaker.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
 from matchmaker.messages import TaskDispatch, TaskResult, decode_results, encode, encode_batch
+from matchmaker.wire.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
 from membership.agent import SerfAgent
 
 ROOT = Path(__file__).resolve().parent.parent

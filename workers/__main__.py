@@ -20,8 +20,8 @@ from pathlib import Path
 from types import FrameType
 
 from matchmaker import logs
-from matchmaker.broker import DEFAULT_URL, BrokerError
 from matchmaker.identity import resolve_url
+from matchmaker.wire.broker import DEFAULT_URL, BrokerError
 from membership.errors import MembershipError
 from membership.keys import resolve
 from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pika
 
-from matchmaker.broker import PERSISTENT, RESULTS, declare_core, declare_worker
 from matchmaker.messages import TaskDispatch, decode_results, encode
+from matchmaker.wire.broker import PERSISTENT, RESULTS, declare_core, declare_worker
 
 USER = "matchmaker"
 

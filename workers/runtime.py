@@ -51,7 +51,19 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from matchmaker.broker import (
+from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
+    Cancel,
+    MessageError,
+    TaskDispatch,
+    TaskRequest,
+    decode,
+    decode_dispatches,
+    encode,
+    pack,
+)
+from matchmaker.models import Worker as WorkerModel
+from matchmaker.wire.broker import (
     CONTROL,
     DEAD,
     RESULTS,
@@ -70,19 +82,7 @@ from matchmaker.broker import (
     route,
     sender,
 )
-from matchmaker.confirms import Confirms
-from matchmaker.messages import (
-    MAX_MESSAGE_BYTES,
-    Cancel,
-    MessageError,
-    TaskDispatch,
-    TaskRequest,
-    decode,
-    decode_dispatches,
-    encode,
-    pack,
-)
-from matchmaker.models import Worker as WorkerModel
+from matchmaker.wire.confirms import Confirms
 from workers.config import WorkerConfig
 from workers.pull import as_dispatch, refusal
 from workers.runner import Delivery, Job, Report, Runner

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker
-from matchmaker.confirms import Confirms
 from matchmaker.messages import pack
+from matchmaker.wire import broker
+from matchmaker.wire.confirms import Confirms
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)

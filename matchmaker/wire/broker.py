@@ -46,8 +46,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker.frames import FrameAcker, read_deliveries
-from matchmaker.frames import queued_publish as queued_publish  # re-exported
+from matchmaker.wire.frames import FrameAcker, read_deliveries
+from matchmaker.wire.frames import queued_publish as queued_publish  # re-exported
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from matchmaker.frames import queued_publish, reader_of
+from matchmaker.wire.frames import queued_publish, reader_of
 
 T = TypeVar("T")
 
