@@ -193,7 +193,7 @@ def _queue(vhost: str, name: str, **arguments: Any) -> dict[str, Any]:
         "vhost": vhost,
         "durable": True,
         "auto_delete": False,
-        "arguments": {"x-queue-type": broker.QUEUE_TYPE, **arguments},
+        "arguments": {"x-queue-type": broker.queue_type(), **arguments},
     }
 
 

@@ -75,9 +75,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
@@ -104,7 +101,7 @@ from matchmaker.messages import (
 from matchmaker.metrics import Metrics
 from matchmaker.models import Policy, Worker
 from matchmaker.rates import ServiceRates
-from matchmaker.wire import broker
+from matchmaker.wire import amqp, broker
 from matchmaker.wire.confirms import Confirms
 from matchmaker.wire.dispatch import Dispatcher
 from matchmaker.wire.frames import AckWindow, DeliveryReader, consume, reader_of
@@ -121,17 +118,17 @@ EVENT_INTERVAL = 0.02
 HELD_INTAKE_INTERVAL = 0.002  # held deliveries are taken in at most this often
 GC_YOUNG = 10_000
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
-EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
+EVENT_PROPERTIES = amqp.Properties(content_type="application/json")
 RECONNECT_BACKOFF = (0.5, 5.0)  # first and longest wait between attempts to reach the broker
 LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then pruned)
 PRUNE_INTERVAL = 3600.0
 # Not one message's fault: the broker or the ledger itself failed. They end the turn.
-FATAL = (pika.exceptions.AMQPError, sqlite3.OperationalError)
+FATAL = (amqp.AMQPError, sqlite3.OperationalError)
 BROKER_LOST = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ConnectionClosed,
-    pika.exceptions.ChannelClosed,
+    amqp.AMQPConnectionError,
+    amqp.StreamLostError,
+    amqp.ConnectionClosed,
+    amqp.ChannelClosed,
 )
 
 
@@ -226,7 +223,7 @@ class Scheduler:
         self.next_sweep = 0.0
         self.next_prune = 0.0
         self.stopping = False
-        self.connection: pika.BlockingConnection | None = None
+        self.connection: amqp.Connection | None = None
         self.api: api_server.ApiServer | None = None  # api hook
 
     # -- lifecycle --------------------------------------------------------------
@@ -304,7 +301,7 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 connection.close()
 
-    def _lead(self, connection: pika.BlockingConnection) -> BlockingChannel:
+    def _lead(self, connection: amqp.Connection) -> amqp.Channel:
         """Wait until this scheduler holds the leader queue; returns a fresh channel."""
         announced = False
         while not self.stopping:
@@ -313,7 +310,7 @@ class Scheduler:
                 channel.queue_declare(LEADER_QUEUE, exclusive=True, auto_delete=True)
                 log.info("this scheduler is active")
                 return channel
-            except pika.exceptions.ChannelClosedByBroker as error:
+            except amqp.ChannelClosedByBroker as error:
                 if error.reply_code != 405:
                     raise
                 if not announced:
@@ -333,7 +330,7 @@ class Scheduler:
         self.connection = connection
         control = self._lead(connection)
         self.metrics.leader.set(1)
-        broker.declare_core(control)
+        broker.declare_core(control, self.config.queue_type)
         # Leading now: the ledger is the truth (a previous leader may have written it).
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
@@ -346,7 +343,7 @@ class Scheduler:
             self.ledger.path,
         )
         settle_garbage_collector()
-        self.dispatcher = Dispatcher(connection.channel())
+        self.dispatcher = Dispatcher(connection.channel(), queue_type=self.config.queue_type)
         self.letter_confirms = Confirms(connection.channel())
         self.letters = self.ledger.unsent_letters()  # published, maybe not confirmed, before
         self._reconcile_inventory()
@@ -417,7 +414,7 @@ class Scheduler:
         self.arrived = 0
         self.request_acks, self.result_acks = AckWindow(), AckWindow()
 
-    def _await_turn(self, connection: pika.BlockingConnection) -> None:
+    def _await_turn(self, connection: amqp.Connection) -> None:
         """Wait for broker events until the next turn has work (``_wait``); deliveries
         that arrive while the turn is held are taken in inside the wait."""
         if self.reader is not None:
@@ -516,7 +513,7 @@ class Scheduler:
         self._refresh_live()
         self.dirty = True
 
-    def _take_requests(self, control: BlockingChannel | None) -> None:
+    def _take_requests(self, control: amqp.Channel | None) -> None:
         """Take in the buffered requests: new tasks recorded pending, invalid ones set
         aside for ``mm.dead``, each settled in ``request_acks``. Without ``control``
         (inside the wait) it stops before a cancel or a drain, which waits, with what
@@ -617,7 +614,7 @@ class Scheduler:
         log.error("dead-lettered a message from %s: %s", source, reason, exc_info=error)
         self.rejects.append((source, body, reason, body if origin is None else origin))
 
-    def _cancel(self, task_id: str, now: float, control: BlockingChannel, sender: str) -> None:
+    def _cancel(self, task_id: str, now: float, control: amqp.Channel, sender: str) -> None:
         owner = self.book.owner(task_id)
         if owner is not None and owner != sender and not self.senders.admin(sender):
             raise MessageError(
@@ -874,7 +871,7 @@ class Scheduler:
             workers.append(view)
         return workers
 
-    def _publish_events(self, channel: BlockingChannel) -> None:
+    def _publish_events(self, channel: amqp.Channel) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
         self.last_events = time.monotonic()
         if not self.book.events:

@@ -21,6 +21,7 @@ from types import FrameType
 
 from matchmaker import logs
 from matchmaker.identity import resolve_url
+from matchmaker.wire import amqp
 from matchmaker.wire.broker import DEFAULT_URL, BrokerError
 from membership.errors import MembershipError
 from membership.keys import resolve
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
         if config.serf is not None:
