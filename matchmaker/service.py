@@ -106,6 +106,7 @@ from matchmaker.wire.confirms import Confirms
 from matchmaker.wire.dispatch import Dispatcher
 from matchmaker.wire.frames import AckWindow, DeliveryReader, consume, reader_of
 from membership.inventory import Change, Inventory
+from membership.tags import Advertised
 
 log = logging.getLogger("matchmaker.service")
 
@@ -168,6 +169,17 @@ def settle_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 50, 100)
+
+
+def worker_of(advertised: Advertised) -> Worker:
+    """The engine's view of a worker the inventory lists (nothing running yet)."""
+    return Worker(
+        advertised.name,
+        advertised.capabilities,
+        advertised.slots,
+        attributes=advertised.attributes,
+        perf=advertised.perf,
+    )
 
 
 @dataclass
@@ -472,7 +484,7 @@ class Scheduler:
     def _refresh_live(self) -> None:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
-        advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        advertised = {name: worker_of(lw.worker) for name, lw in self.inventory.snapshot().items()}
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
         self.live, self.loaded = {}, {}
