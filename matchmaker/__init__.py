@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from matchmaker.engine import plan
     from matchmaker.models import Constraint, Plan, Policy, Reason, Task, Unplaced, Worker
 
+__version__ = "0.1.0"
 __all__ = ["Constraint", "Plan", "Policy", "Reason", "Task", "Unplaced", "Worker", "plan"]
 _HOMES = {name: "matchmaker.models" for name in __all__} | {"plan": "matchmaker.engine"}
 

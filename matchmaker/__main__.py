@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from matchmaker import identity, logs
+from matchmaker import __version__, identity, logs
 from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
@@ -239,6 +239,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m matchmaker", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"matchmaker {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(

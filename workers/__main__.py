@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from matchmaker import logs
+from matchmaker import __version__, logs
 from matchmaker.identity import resolve_url
 from matchmaker.wire import amqp
 from matchmaker.wire.broker import DEFAULT_URL, BrokerError
@@ -35,6 +35,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"matchmaker worker {__version__}")
     p.add_argument("--name", required=True, help="worker name (its queue is mm.worker.<name>)")
     p.add_argument("--caps", required=True, help="comma-separated task types this worker runs")
     p.add_argument("--slots", type=int, default=1, help="tasks run at once (default 1)")
