@@ -60,9 +60,9 @@ def test_a_publish_is_pikas_bytes(
 ) -> None:
     ours = codec.publish(channel, exchange, key, body, encoded(props), body_max)
     assert ours == pika_publish(channel, exchange, key, body, props, body_max)
-    parts, frames = codec.content(channel, body, encoded(props), body_max)
-    assert frames == 1 + -(-len(body) // body_max)
-    assert codec.publish_method(channel, exchange, key) + b"".join(parts) == ours
+    head = codec.publish_method(channel, exchange, key)
+    assert head + codec.content(channel, body, encoded(props), body_max) == ours
+    assert codec.body_frames(len(body), body_max) == len(range(0, len(body), body_max))
 
 
 @given(channels, tags, st.booleans())
@@ -118,13 +118,16 @@ def test_a_delivery_reads_as_pika_wrote_it(
     ]
     raw = method + b"".join(parts) + b"next"
     assert codec.method_id(raw, 0) == codec.DELIVER
-    got_tag, got_delivery, got_redelivered, at_names = codec.deliver(raw, 0)
+    found = codec.delivery(raw, 0, len(method), channel)
+    assert found is not None and len(found) == 8
+    got_tag, got_delivery, got_redelivered, at_names, got_props, got_body, after, frames = found
     assert (got_tag, got_delivery, got_redelivered) == (consumer_tag, tag, redelivered)
     assert codec.names(raw, at_names) == (exchange, key)
-    content = codec.message(raw, len(method), channel)
-    assert content == (encoded(props), body, len(raw) - 4, 1 + len(parts) - 1)
-    assert codec.message(raw[:-5], len(method), channel) is None  # cut short: wait for more
-    assert codec.message(raw, len(method), channel % 65535 + 1) == ()  # another channel's
+    assert (got_props, got_body, after) == (encoded(props), body, len(raw) - 4)
+    assert frames == 1 + len(parts)  # the method, the header, the bodies
+    assert codec.delivery(raw[:-5], 0, len(method), channel) is None  # cut short: wait
+    other = channel % 65535 + 1
+    assert codec.delivery(raw, 0, len(method), other) == ()  # the next frames: another channel's
     assert user_id(encoded(props)) == props.user_id
 
 

@@ -41,7 +41,7 @@ BEFORE_USER_ID = (SHORT, SHORT, TABLE, OCTET, OCTET, SHORT, SHORT, SHORT, SHORT,
 USER_ID_FLAG = 1 << 4
 
 Span = tuple[int, int] | tuple[()] | None  # (payload start, next frame), not this frame, wait
-Content = tuple[bytes, bytes, int, int] | tuple[()] | None  # see ``message``
+Delivery = tuple[str, int, bool, int, bytes, bytes, int, int] | tuple[()] | None  # ``delivery``
 
 
 def short(text: str) -> bytes:
@@ -61,25 +61,32 @@ def publish_method(channel: int, exchange: str, routing_key: str) -> bytes:
     return frame(METHOD, channel, PUBLISH + short(exchange) + short(routing_key) + NO_BITS)
 
 
-def content(channel: int, body: bytes, properties: bytes, body_max: int) -> tuple[list[bytes], int]:
-    """The content header (with the encoded ``properties``) and body frames of one message,
-    as parts to join, and how many frames they are; bodies split at ``body_max`` bytes."""
+def content(channel: int, body: bytes, properties: bytes, body_max: int) -> bytes:
+    """The content header (with the encoded ``properties``) and body frames of one message;
+    bodies split at ``body_max`` bytes (``body_frames`` of them)."""
     header = CONTENT.pack(BASIC_CLASS, 0, len(body)) + properties
     parts = [HEAD.pack(HEADER, channel, len(header)), header, FRAME_END]
-    frames = 1
+    if len(body) <= body_max:
+        if body:
+            parts += (HEAD.pack(BODY, channel, len(body)), body, FRAME_END)
+        return b"".join(parts)
     for start in range(0, len(body), body_max):
         chunk = body[start : start + body_max]
         parts += (HEAD.pack(BODY, channel, len(chunk)), chunk, FRAME_END)
-        frames += 1
-    return parts, frames
+    return b"".join(parts)
+
+
+def body_frames(size: int, body_max: int) -> int:
+    return -(-size // body_max)
 
 
 def publish(
     channel: int, exchange: str, routing_key: str, body: bytes, properties: bytes, body_max: int
 ) -> bytes:
     """A whole published message: method, content header and body frames."""
-    parts, _frames = content(channel, body, properties, body_max)
-    return publish_method(channel, exchange, routing_key) + b"".join(parts)
+    return publish_method(channel, exchange, routing_key) + content(
+        channel, body, properties, body_max
+    )
 
 
 def ack_head(channel: int) -> bytes:
@@ -123,50 +130,63 @@ def confirm(buffer: bytes, at: int) -> tuple[int, bool]:
     return tag, bool(bits & 1)
 
 
-def deliver(buffer: bytes, at: int) -> tuple[str, int, bool, int]:
-    """(consumer tag, delivery tag, redelivered, where the exchange starts) of the
-    ``Basic.Deliver`` frame at ``at``."""
+def delivery(buffer: bytes, at: int, end: int, channel: int) -> Delivery:
+    """The ``Basic.Deliver`` method frame ``buffer[at:end]`` on ``channel`` and the content
+    header and body frames after it: (consumer tag, delivery tag, redelivered, where the
+    exchange starts, encoded properties, body, next frame's start, frames read); None while
+    the message is incomplete, () if the frames after the method are not its content."""
     p = at + 11
     n = buffer[p]
     consumer_tag = buffer[p + 1 : p + 1 + n].decode()
     p += 1 + n
     delivery_tag, bits = TAG_BITS.unpack_from(buffer, p)
-    return consumer_tag, delivery_tag, bool(bits & 1), p + TAG_BITS.size
-
-
-def names(buffer: bytes, at: int) -> tuple[str, str]:
-    """(exchange, routing key): two short strings at ``at`` (``deliver``'s last value)."""
-    n = buffer[at]
-    exchange = buffer[at + 1 : at + 1 + n].decode()
-    at += 1 + n
-    return exchange, buffer[at + 1 : at + 1 + buffer[at]].decode()
-
-
-def message(
-    buffer: bytes, at: int, channel: int
-) -> tuple[bytes, bytes, int, int] | tuple[()] | None:
-    """(encoded properties, body, next frame's start, frames read) of the content header and
-    body frames at ``at`` on ``channel``; None while incomplete, () if they are not those."""
-    header = span(buffer, at, HEADER, channel)
-    if not header:
-        return header
-    start, at_body = header
-    _class, _weight, body_size = CONTENT.unpack_from(buffer, start)
-    properties = buffer[start + CONTENT.size : at_body - 1]
+    size = len(buffer)
+    if size - end < FRAMING:
+        return None
+    kind, number, length = HEAD.unpack_from(buffer, end)
+    after = end + length + FRAMING
+    if after > size:
+        return None
+    if kind != HEADER or number != channel or buffer[after - 1] != FRAME_END_BYTE:
+        return ()
+    body_size = CONTENT.unpack_from(buffer, end + 7)[2]
+    properties = buffer[end + 7 + CONTENT.size : after - 1]
     chunks = []
-    got, frames = 0, 1
+    got, frames = 0, 2
     while got < body_size:
-        found = span(buffer, at_body, BODY, channel)
-        if not found:
-            return found
-        start, at_body = found
-        chunks.append(buffer[start : at_body - 1])
-        got += at_body - 1 - start
+        if size - after < FRAMING:
+            return None
+        kind, number, length = HEAD.unpack_from(buffer, after)
+        following = after + length + FRAMING
+        if following > size:
+            return None
+        if kind != BODY or number != channel or buffer[following - 1] != FRAME_END_BYTE:
+            return ()
+        chunks.append(buffer[after + 7 : following - 1])
+        got += length
+        after = following
         frames += 1
     if got != body_size:
         return ()
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return properties, body, at_body, frames
+    return (
+        consumer_tag,
+        delivery_tag,
+        bool(bits & 1),
+        p + TAG_BITS.size,
+        properties,
+        body,
+        after,
+        frames,
+    )
+
+
+def names(buffer: bytes, at: int) -> tuple[str, str]:
+    """(exchange, routing key): two short strings at ``at`` (``delivery``'s fourth value)."""
+    n = buffer[at]
+    exchange = buffer[at + 1 : at + 1 + n].decode()
+    at += 1 + n
+    return exchange, buffer[at + 1 : at + 1 + buffer[at]].decode()
 
 
 def user_id(raw: bytes) -> str | None:

@@ -86,13 +86,12 @@ class FramePublisher:
         if not self.channel.is_open:  # pika raises the precise ChannelWrongStateError
             self.channel.basic_publish(exchange, routing_key, body, properties)
             return
-        method = self._method(exchange, routing_key)
-        parts, frames = codec.content(
-            self.number, body, self._properties(properties), self.body_max
+        raw = self._properties(properties)
+        data = self._method(exchange, routing_key) + codec.content(
+            self.number, body, raw, self.body_max
         )
-        data = method + b"".join(parts)
         self.connection.bytes_sent += len(data)
-        self.connection.frames_sent += frames + 1
+        self.connection.frames_sent += 2 + codec.body_frames(len(body), self.body_max)
         self.emit(data)
 
 
@@ -182,10 +181,14 @@ class DeliveryReader:
 
     def data_received(self, data: bytes) -> None:
         buffer = self.pending + data if self.pending else data
+        size = len(buffer)
         at = 0
         try:
-            while (found := codec.head(buffer, at)) is not None:
-                kind, number, end = found
+            while size - at >= codec.FRAMING:
+                kind, number, length = codec.HEAD.unpack_from(buffer, at)
+                end = at + length + codec.FRAMING
+                if end > size:
+                    break
                 taken = self._method(buffer, at, end, number) if kind == codec.METHOD else ()
                 if taken is None:
                     break  # the rest of this message has not arrived yet
@@ -234,16 +237,15 @@ class DeliveryReader:
         channel = self.channels.get(number)
         if channel is None or not channel.is_open or buffer[end - 1] != codec.FRAME_END_BYTE:
             return ()
-        consumer_tag, delivery_tag, redelivered, names = codec.deliver(buffer, at)
+        found = codec.delivery(buffer, at, end, number)
+        if not found:
+            return found  # incomplete (None) or not followed by its content (): pika's then
+        consumer_tag, delivery_tag, redelivered, names, raw_properties, body, after, frames = found
         callback = pika_shim.consumer(channel, consumer_tag)
         if callback is None:
             return ()
-        content = codec.message(buffer, end, number)
-        if not content:
-            return content  # incomplete (None) or not a header (): pika's then
-        raw_properties, body, after, frames = content
         self.connection.bytes_received += after - at
-        self.connection.frames_received += frames + 1
+        self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
             self.woken = self.woken or not self.hold
