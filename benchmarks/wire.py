@@ -89,7 +89,7 @@ def raw_publish(url: str, body: bytes, count: int) -> float:
 
 
 def _reset(url: str) -> None:
-    connection = amqp.plain(url)
+    connection = broker.connect(url, name="wire-bench")
     try:
         channel = connection.channel()
         channel.queue_declare(QUEUE, durable=True, arguments={"x-queue-type": "classic"})
@@ -99,7 +99,7 @@ def _reset(url: str) -> None:
 
 
 def _drop(url: str) -> None:
-    connection = amqp.plain(url)
+    connection = broker.connect(url, name="wire-bench")
     try:
         connection.channel().queue_delete(QUEUE)
     finally:
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.ack_every,
         )
     except (broker.BrokerError, amqp.AMQPError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error or error.__class__.__name__}", file=sys.stderr)
         return 1
     print(table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
