@@ -18,15 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
-
-from matchmaker import broker, identity, logs
+from matchmaker import __version__, identity, logs
 from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
+from matchmaker.wire import amqp, broker
 from membership.errors import MembershipError
 
 EXIT_USAGE = 2
@@ -140,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args).with_serf_auth()
     logs.setup(config.log_format, config.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
     return 0
 
@@ -241,6 +239,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m matchmaker", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"matchmaker {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)
-    except pika.exceptions.AMQPError as error:
+    except amqp.AMQPError as error:
         print(f"matchmaker: broker error: {error.__class__.__name__} {error}", file=sys.stderr)
     except BrokenPipeError:
         return 0

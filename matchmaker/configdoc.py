@@ -60,6 +60,9 @@ DESCRIPTIONS: dict[str, str] = {
     "not listed may not submit.",
     "max_classes_per_round": "Task classes one round considers, highest priority then oldest "
     "first; the rest wait for later rounds. 0: no limit.",
+    "queue_type": "Type of the durable queues the scheduler declares: `classic`, or `quorum` "
+    "to replicate them on a RabbitMQ cluster. A queue that exists is used as it is. Workers "
+    "and clients read `MM_QUEUE_TYPE` for the queues they declare themselves.",
     "http_port": "Port of the HTTP API and dashboard (`docs/api.md`); 0 turns it off. Needs "
     "the `api` extra (starlette, uvicorn).",
     "http_bind": "Address the HTTP API listens on; beyond loopback only with `api_tokens_file`.",

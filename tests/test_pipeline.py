@@ -14,12 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode, encode_batch
+from matchmaker.wire import amqp, broker
 from membership.agent import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -39,7 +38,7 @@ def sleep_task(task_id: str, seconds: float = 0.0, **fields: object) -> TaskRequ
 
 
 def dead_letters(url: str) -> list[tuple[bytes, str]]:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     channel = connection.channel()
     out = []
     while True:
@@ -82,7 +81,7 @@ def test_priorities_win_contested_slots(cluster: LocalCluster) -> None:
 def test_bad_requests_are_dead_lettered_and_the_service_stays_up(cluster: LocalCluster) -> None:
     cluster.start_scheduler()
     cluster.start_worker("w1", ["sleep"], 2)
-    connection = pika.BlockingConnection(pika.URLParameters(cluster.broker_url))
+    connection = amqp.plain(cluster.broker_url)
     channel = connection.channel()
     bad = [
         b"{this is not json",

@@ -19,9 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from matchmaker import logs
-from matchmaker.broker import DEFAULT_URL, BrokerError
+from matchmaker import __version__, logs
 from matchmaker.identity import resolve_url
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import DEFAULT_URL, BrokerError
 from membership.errors import MembershipError
 from membership.keys import resolve
 from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network
@@ -34,6 +35,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"matchmaker worker {__version__}")
     p.add_argument("--name", required=True, help="worker name (its queue is mm.worker.<name>)")
     p.add_argument("--caps", required=True, help="comma-separated task types this worker runs")
     p.add_argument("--slots", type=int, default=1, help="tasks run at once (default 1)")
@@ -192,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
         if config.serf is not None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from matchmaker.broker import DEFAULT_URL
 from matchmaker.messages import NAME
+from matchmaker.wire.broker import DEFAULT_URL
 from workers.tasks.base import Network
 
 MODES = ("push", "pull")

@@ -24,7 +24,6 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from matchmaker import broker
 from matchmaker.api import auth
 from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.openapi import document
@@ -39,6 +38,7 @@ from matchmaker.messages import (
     decode,
     encode,
 )
+from matchmaker.wire import broker
 
 log = logging.getLogger("matchmaker.api")
 STATIC = Path(__file__).parent / "static"

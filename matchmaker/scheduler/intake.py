@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from matchmaker import broker
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     Cancel,
@@ -16,6 +15,7 @@ from matchmaker.messages import (
     decode,
 )
 from matchmaker.scheduler.state import FATAL, Core
+from matchmaker.wire import broker
 
 log = logging.getLogger("matchmaker.service")
 
