@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ import orjson
 
 from matchmaker.identity import redact, redact_json
 from matchmaker.messages import MAX_MESSAGE_BYTES, TaskDispatch, TaskResult
+from workers.context import TaskContext, TaskError, TaskFunction, TaskLog
 from workers.pool import Pool
-from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ class Report:
         return self.result.state != "running"
 
 
-def _check_output(output: dict[str, Any]) -> None:
-    """A task's output must travel in a result message: JSON, and not too large."""
+def _check_output(output: dict[str, Any]) -> int:
+    """A task's output must travel in a result message: JSON, and not too large; its size."""
     try:
         size = len(orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS))
     except orjson.JSONEncodeError as error:
@@ -120,6 +121,18 @@ def _check_output(output: dict[str, Any]) -> None:
         raise TaskError(
             f"the task's output is {size} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
         )
+    return size
+
+
+def _logs(log: TaskLog, output: dict[str, Any] | None) -> str | None:
+    """The attempt's log as it travels: its tail, in the room the output leaves (a log
+    written as JSON takes at most twice its bytes: control characters are not kept)."""
+    if not log:
+        return None
+    room = MAX_OUTPUT_BYTES
+    if output is not None:
+        room -= len(orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS))
+    return redact(log.text(limit=max(0, room // 2 - 64)))
 
 
 class Runner:
@@ -218,6 +231,7 @@ class Runner:
             self.finish(job, error=str(error) or "task failed")
         except BaseException as error:  # a bug in the task (even sys.exit): report it, keep going
             log.exception("task crashed id=%s attempt=%d", *job.key)
+            job.context.log.write(traceback.format_exc())
             self.finish(job, error=f"internal error in {job.dispatch.type}: {error!r}")
         else:
             self.finish(job, output=output)
@@ -290,6 +304,7 @@ class Runner:
     ) -> bool:
         """Set the job's final result unless it has one; True if this call set it."""
         now = time.time()
+        logs = _logs(job.context.log, output if error is None else None)
         with self._lock:
             if job.final is not None:
                 return False
@@ -304,6 +319,7 @@ class Runner:
                 output=output if error is None else None,
                 error=error,
                 received_at=job.received_at,
+                logs=logs,
             )
             self._dirty[job.key] = job
         if error is None:  # the ledger and mm.events record every task; logs tell of failures

@@ -31,6 +31,7 @@ from aurora.errors import (
     AuroraWaitCancelled,
     AuroraWaitTimeout,
 )
+from workers.registry import task as register
 from workers.tasks.base import TaskContext, TaskError
 
 DEFAULT_TIMEOUT = 3600.0
@@ -44,6 +45,7 @@ _RESOURCES = {
 }
 
 
+@register("job_submission")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     role, environment, name = _job(payload.get("job"))
     processes = _processes(payload.get("processes"))
