@@ -15,8 +15,10 @@ import pytest
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from membership.keys import AUTH_FILE
+from tests.api_support import ApiCluster, api_cluster
 
 pytestmark = [pytest.mark.broker, pytest.mark.serf]
+__all__ = ["api_cluster"]
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "examples" / "gateway"
@@ -186,3 +188,23 @@ def test_the_gateway_example_from_its_entry_points(
     logs = cluster.ledger().logs("sum")
     assert [e["text"] for e in logs] == ["merged 2 documents, 11 words\n"]
     assert "counted 5 words, 4 distinct" in cluster.ledger().logs("d1")[0]["text"]
+
+
+def test_exec_attempt_logs_reach_the_api_and_the_cli(
+    api_cluster: ApiCluster, tmp_path: Path
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('[commands]\nsh = ["/bin/sh", "-c"]\n')
+    c = api_cluster.cluster
+    c.start_worker("w1", ["exec"], 1, extra=["--config", str(config)])
+    script = 'echo "out $MM_ATTEMPT"; echo "err $MM_ATTEMPT" >&2; exit 1'
+    c.submit(TaskRequest("x1", "exec", {"command": "sh", "args": [script]}, max_attempts=2))
+    row = c.wait_states(["x1"], ("dead",), timeout=40)["x1"]
+    assert row.error == "exec: sh exited with 1: err 2"
+    task = api_cluster.get("/v1/tasks/x1", "read")
+    assert [(e["attempt"], e["worker"]) for e in task["logs"]] == [(1, "w1"), (2, "w1")]
+    for entry in task["logs"]:
+        n = entry["attempt"]
+        assert f"out {n}\n" in entry["text"] and f"err {n}\n" in entry["text"]
+    second = cli(c, "logs", "x1", "--attempt", "2")
+    assert second.returncode == 0 and "out 2" in second.stdout and "out 1" not in second.stdout
