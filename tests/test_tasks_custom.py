@@ -208,3 +208,11 @@ def test_exec_attempt_logs_reach_the_api_and_the_cli(
         assert f"out {n}\n" in entry["text"] and f"err {n}\n" in entry["text"]
     second = cli(c, "logs", "x1", "--attempt", "2")
     assert second.returncode == 0 and "out 2" in second.stdout and "out 1" not in second.stdout
+    status, reply, _ = api_cluster.call(
+        "POST", "/v1/tasks", "submit", {"id": "w-1", "type": "nobody_runs"}
+    )
+    assert status == 202 and reply["warning"] == (
+        "no live worker advertises task type 'nobody_runs'; it waits until one does"
+    )
+    status, reply, _ = api_cluster.call("POST", "/v1/tasks", "submit", {"type": "exec"})
+    assert status == 202 and "warning" not in reply
