@@ -232,3 +232,14 @@ def test_submit_warnings() -> None:
     ]
     unknown = warnings(["sleep", "wordcount"], None, configured)
     assert len(unknown) == 1 and unknown[0].startswith("task type 'wordcount' is not among")
+
+
+def test_custom_types_travel_in_serf_tags() -> None:
+    from membership.tags import decode_worker, encode_worker_tags
+
+    caps = ["wordcount", "bwa.mem", "a-b_c", "x" * 64]
+    for name in caps:
+        check_name(name)
+    tags = encode_worker_tags("w1", caps, 2)
+    info = decode_worker("w1", tags)
+    assert info is not None and info.worker.capabilities == frozenset(caps)

@@ -109,7 +109,7 @@ class Store:
 
     def logs(self, task_id: str) -> list[dict[str, Any]]:
         """The kept logs of a task's attempts (none from a ledger that predates them)."""
-        if self._logs_table is None or not self._logs_table:
+        if not self._logs_table:  # looked for again until a scheduler has made it
             made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_logs'"
             self._logs_table = bool(self._query(made))
             if not self._logs_table:
