@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,8 @@ from workers.registry import (
     task,
 )
 from workers.runner import MAX_OUTPUT_BYTES, _logs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def noop(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
@@ -243,3 +247,28 @@ def test_custom_types_travel_in_serf_tags() -> None:
     tags = encode_worker_tags("w1", caps, 2)
     info = decode_worker("w1", tags)
     assert info is not None and info.worker.capabilities == frozenset(caps)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        (MODULE.format(name="sleep"), ["--caps", "sleep"], "'sleep' is defined twice"),
+        ("raise ImportError('no numpy here')", ["--caps", "sleep"], "no numpy here"),
+        (MODULE.format(name="cli_ok"), ["--caps", "cli_nope"], "unknown task type(s) in --caps"),
+        (MODULE.format(name="cli_ok"), ["--caps", "a:b"], "task type name 'a:b' must be 1-64"),
+    ],
+)
+def test_the_worker_cli_says_what_is_wrong_with_its_tasks(
+    module: str, args: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_tasks.py").write_text(module)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "workers", "--name", "w1", *args, "--tasks", "cli_tasks"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -187,3 +187,22 @@ def test_bad_exec_configuration_is_one_sentence(
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_flood_of_output_is_kept_bounded(
+    spawn,  # noqa: F811
+    client: Client,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    spawn("--name", "w1", "--caps", "exec", "--config", str(config_file(tmp_path)), *NO_SERF)
+    script = "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo the-end"
+    client.dispatch("w1", "flood", {"command": "sh", "args": [script]}, type="exec")
+    final = client.final("flood", timeout=30)
+    assert final.state == "succeeded", final.error
+    assert final.output is not None
+    assert len(final.output["stdout"]) == 16 * 1024
+    assert final.output["stdout"].endswith("x\nthe-end\n")
+    assert final.logs is not None and final.logs.endswith("x\nthe-end\n")
+    head, _, tail = final.logs.partition("\n")
+    assert head == f"[... {3_000_009 - 64 * 1024} bytes dropped ...]"
+    assert len(tail) == 64 * 1024
