@@ -42,6 +42,7 @@ DESCRIPTIONS: dict[str, str] = {
     "priority_weight": "Cost of one priority band (raised internally so that a preference "
     "never beats priority).",
     "metrics_port": "Port of the Prometheus endpoint; 0 turns it off.",
+    "metrics_bind": "Address the Prometheus endpoint listens on (it has no authentication).",
     "task_types": "Task types expected to be run. A task of any well-formed type is accepted "
     "and waits until a live worker advertises its type; `submit` warns about a type no live "
     "worker advertises, and adds when it is not listed here (docs/tasks.md).",
