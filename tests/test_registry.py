@@ -272,3 +272,18 @@ def test_the_worker_cli_says_what_is_wrong_with_its_tasks(
     )
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_config_file_names_task_modules(tmp_path: Path) -> None:
+    (tmp_path / "cfg_tasks.py").write_text(MODULE.format(name="cfg_ok"))
+    config = tmp_path / "worker.toml"
+    config.write_text('tasks = ["cfg_tasks"]\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    argv = [sys.executable, "-m", "workers", "--name", "w1", "--caps", "cfg_ok", "--no-serf"]
+    argv += ["--config", str(config), "--broker-url", "amqp://u:p@127.0.0.1:1/none"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 2
+    assert "cannot reach the broker" in done.stderr  # the caps were accepted: it got that far
+    config.write_text('tasks = "cfg_tasks"\n')
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 2 and "'tasks' must be a list of module names" in done.stderr
