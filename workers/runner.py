@@ -111,8 +111,8 @@ class Report:
         return self.result.state != "running"
 
 
-def _check_output(output: dict[str, Any]) -> int:
-    """A task's output must travel in a result message: JSON, and not too large; its size."""
+def _check_output(output: dict[str, Any]) -> None:
+    """A task's output must travel in a result message: JSON, and not too large."""
     try:
         size = len(orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS))
     except orjson.JSONEncodeError as error:
@@ -121,7 +121,6 @@ def _check_output(output: dict[str, Any]) -> int:
         raise TaskError(
             f"the task's output is {size} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
         )
-    return size
 
 
 def _logs(log: TaskLog, output: dict[str, Any] | None) -> str | None:
