@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,10 @@ from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from membership.keys import AUTH_FILE
 from tests.api_support import ApiCluster, api_cluster
+from tests.test_dashboard import SHOTS, page
 
 pytestmark = [pytest.mark.broker, pytest.mark.serf]
-__all__ = ["api_cluster"]
+__all__ = ["api_cluster", "page"]
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "examples" / "gateway"
@@ -216,3 +218,27 @@ def test_exec_attempt_logs_reach_the_api_and_the_cli(
     )
     status, reply, _ = api_cluster.call("POST", "/v1/tasks", "submit", {"type": "exec"})
     assert status == 202 and "warning" not in reply
+
+
+def test_the_dashboard_task_page_shows_each_attempts_logs(
+    api_cluster: ApiCluster, page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "shouting.py").write_text(SHOUT)
+    python_path(monkeypatch, modules)
+    c = api_cluster.cluster
+    c.start_worker("w1", ["shout"], 1, extra=["--tasks", "shouting"])
+    c.submit(TaskRequest("loud", "shout", {"text": "hello"}))
+    c.wait_states(["loud"])
+    page.goto(api_cluster.url + "/")
+    page.fill("#token", api_cluster.tokens["read"])
+    page.click("#login button")
+    page.wait_for_selector("#tasks tr[data-task='loud'] a")
+    page.click("#tasks tr[data-task='loud'] a")
+    page.wait_for_selector("#task-body pre.logs")
+    body = page.inner_text("#task-body")
+    assert "logs, attempt 1 on w1" in body
+    assert "shouting 5 characters" in body and "raw line from print" in body
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "dashboard-task-logs.png"), full_page=True)
