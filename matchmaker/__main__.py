@@ -149,6 +149,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _send(config, requests)
     for r in requests:
         print(r.id)
+    _warn_types(config, {r.type for r in requests})
+    return 0
+
+
+def _warn_types(config: Config, types: set[str]) -> None:
+    from matchmaker import advertised
+
+    live = advertised.advertised(config)
+    for line in advertised.warnings(types, live, config.task_types):
+        print(f"matchmaker: warning: {line}", file=sys.stderr)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    ledger = _ledger(_config(args))
+    if ledger.get(args.task_id) is None:
+        raise UserError(f"no task {args.task_id!r} in the ledger")
+    entries = ledger.logs(args.task_id, args.attempt)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        which = f"attempt {args.attempt} of " if args.attempt is not None else ""
+        raise UserError(f"no logs kept for {which}{args.task_id} (none written, or not yet in)")
+    for entry in entries:
+        worker = f" on {entry['worker']}" if entry["worker"] else ""
+        print(f"--- attempt {entry['attempt']}{worker}, {_when(entry['at'])} ---")
+        text = entry["text"]
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -310,6 +338,12 @@ def parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    logs_ = sub.add_parser("logs", parents=[common], help="a task's captured output, by attempt")
+    logs_.add_argument("task_id")
+    logs_.add_argument("--attempt", type=int, help="only this attempt")
+    logs_.add_argument("--json", action="store_true")
+    logs_.set_defaults(func=cmd_logs)
 
     workers = sub.add_parser("workers", parents=[common], help="the live worker inventory")
     workers.add_argument("--json", action="store_true")

@@ -45,7 +45,9 @@ DESCRIPTIONS: dict[str, str] = {
     "never beats priority).",
     "metrics_port": "Port of the Prometheus endpoint; 0 turns it off.",
     "metrics_bind": "Address the Prometheus endpoint listens on (it has no authentication).",
-    "task_types": "Task types the scheduler accepts.",
+    "task_types": "Task types expected to be run. A task of any well-formed type is accepted "
+    "and waits until a live worker advertises its type; `submit` warns about a type no live "
+    "worker advertises, and adds when it is not listed here (docs/tasks.md).",
     "retry_backoff": "Seconds before the first retry of a failed attempt; doubles each "
     "attempt, at most 300 s.",
     "result_grace": "Seconds past a task's timeout before an attempt with no result counts "

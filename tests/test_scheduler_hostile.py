@@ -163,7 +163,7 @@ def test_forged_results_are_refused_and_the_honest_one_counts(cluster: LocalClus
 
 
 def test_a_redelivered_rejected_message_is_dead_lettered_once(cluster: LocalCluster) -> None:
-    bad = b'{"v":1,"kind":"submit","id":"x","type":"teleport"}'
+    bad = b'{"v":1,"kind":"submit","id":"x","type":"tele:port"}'
     publish(cluster.broker_url, broker.REQUESTS, [bad])
     scheduler = cluster.start_scheduler()
     letters: Letters = []
@@ -185,7 +185,7 @@ def test_a_redelivered_rejected_message_is_dead_lettered_once(cluster: LocalClus
     assert (
         next(p for b, p in letters if b == bad)
         .headers["x-mm-reason"]
-        .startswith("unknown task type 'teleport'")
+        .startswith("'type' must be 1-64 characters")
     )
     query = "SELECT 1 FROM dead_letters WHERE sent = 0"
     reader = cluster.ledger()
@@ -202,8 +202,8 @@ def intake_mix(total: int) -> tuple[list[bytes], set[str], dict[bytes, str], set
     cancelled: set[str] = set()
     for i in range(total):
         if i % 13 == 5:
-            body = encode(TaskRequest(f"bad-{i}", "teleport"))
-            invalid[body] = "unknown task type"
+            body = encode(TaskRequest(f"bad-{i}", "tele:port"))
+            invalid[body] = "'type' must be"
         elif i % 17 == 3 and f"t{i - 2}" in valid:
             body = encode(Cancel(f"t{i - 2}"))
             cancelled.add(f"t{i - 2}")

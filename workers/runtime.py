@@ -477,6 +477,8 @@ class Worker:
             aurora_url=self.config.aurora_url,
             stage_roots=self.config.stage_roots,
             allow_net=self.config.allow_net,
+            commands=self.config.commands,
+            type=dispatch.type,
         )
         if dispatch.id in self._cancels:
             context.cancelled.set()

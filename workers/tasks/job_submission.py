@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from workers.registry import task as register
 from workers.tasks.base import TaskContext, TaskError
 
 try:  # the Aurora client needs thrift: the ``aurora`` extra
@@ -50,6 +51,7 @@ _RESOURCES = {
 }
 
 
+@register("job_submission")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     if MISSING:
         raise TaskError(
