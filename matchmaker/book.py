@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from matchmaker.backlog import Backlog, OpenTask
-from matchmaker.ledger import Ledger, Owned, TaskRow
+from matchmaker.ledger import Owned, TaskLedger, TaskRow
 from matchmaker.messages import MAX_ATTEMPTS, MessageError, TaskRequest, TaskResult
 from matchmaker.models import Task
 
@@ -48,7 +48,7 @@ class Event:
 
 @dataclass
 class Book:
-    ledger: Ledger
+    ledger: TaskLedger
     retry_backoff: float = 1.0
     result_grace: float = 30.0
     pending: Backlog = field(default_factory=Backlog)

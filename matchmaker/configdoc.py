@@ -33,7 +33,13 @@ DESCRIPTIONS: dict[str, str] = {
     "`python -m membership keygen`).",
     "insecure": "Run without Serf gossip encryption and RPC auth (a scheduler refuses to start "
     "without an auth key otherwise).",
-    "state_dir": "Directory of the scheduler's state (the ledger).",
+    "state_dir": "Directory of the scheduler's state (the ledger, unless `ledger_url` "
+    "names one elsewhere).",
+    "ledger_url": "Where the ledger is: `sqlite:///PATH` (embedded, this host only) or "
+    "`postgresql://USER@HOST:PORT/DB` (shared by a standby on another host and the CLI "
+    "anywhere; the password from `PGPASSFILE` or the URL). Empty: `<state_dir>/ledger.sqlite`.",
+    "ledger_retention": "Seconds a finished task (and its history) stays in the ledger before "
+    "the scheduler prunes it, in small batches; 0 keeps every task for ever.",
     "round_interval": "The longest a batch of work waits for its turn (intake, one commit and a "
     "round), in seconds. Rounds are event-driven: work that arrives while the loop is idle is "
     "placed at once, and only when it arrives faster than turns complete does the loop batch, "

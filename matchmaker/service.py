@@ -65,7 +65,10 @@ Refusals go to ``mm.dead`` with the reason.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
-(rebuilding from the ledger) when the first one's connection dies.
+(rebuilding from the ledger) when the first one's connection dies. The queue
+is the fast signal; the authority is the ledger's leader epoch, which ``lead``
+raises: a deposed scheduler's next commit fails with ``LeaderLost`` (nothing
+of its turn stays) and it exits with that sentence.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
 from matchmaker.identity import Senders
-from matchmaker.ledger import Ledger, Letter, private_dir
+from matchmaker.ledger import LeaderLost, Letter, open_ledger, private_dir
+from matchmaker.ledger.retention import Pruner
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
@@ -157,7 +161,8 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             frozenset(config.trusted_users),
         )
         private_dir(config.state_dir)
-        self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
+        self.ledger = open_ledger(config, background_checkpoints=True)
+        self.pruner = Pruner(config.ledger_retention)  # finished tasks past retention
         self.quotas = quotas_of(config)
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port, config.metrics_bind)
@@ -228,6 +233,9 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
                         if not self.stopping:
                             self.metrics.reconnects.inc()
                             log.warning("lost the broker (%s); reconnecting in %.1fs", error, delay)
+                    except LeaderLost as error:  # fenced: another scheduler leads the ledger
+                        log.error("%s", error)
+                        raise
                 self.drop()
                 if self.stopping or self.clock.pause(delay, lambda: self.stopping):
                     break
@@ -277,9 +285,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
 
     def lead(self, transport: Transport) -> None:
         """This scheduler leads on ``transport``: the ledger is the truth (a previous
-        leader may have written it), the book is rebuilt from it."""
+        leader may have written it), the book is rebuilt from it, and this scheduler's
+        epoch in it fences every commit of the one before."""
         self.transport = transport
         self.metrics.leader.set(1)
+        epoch = self.ledger.take_lead()
+        log.info("leader epoch %d in the ledger at %s", epoch, self.ledger.location)
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
@@ -288,7 +299,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             "restored %d pending and %d in-flight tasks from %s",
             pending,
             in_flight,
-            self.ledger.path,
+            self.ledger.location,
         )
         settle_garbage_collector()
         self.turns.reset()
@@ -343,6 +354,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         committed = full or not arrived  # a step between turns leaves the commit to the turn
         if committed:
             self._outbox()  # the letters of what was rejected, in this turn's commit
+            self.pruner.step(self.ledger)  # a bounded batch of expired tasks, if due
             with self.metrics.commit_seconds.time():
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
             self._send_letters()
