@@ -97,6 +97,7 @@ from matchmaker.messages import (
     Drain,
     MessageError,
     Retry,
+    Status,
     TaskDispatch,
     TaskRequest,
     TaskResult,
@@ -107,6 +108,7 @@ from matchmaker.messages import (
 )
 from matchmaker.metrics import Metrics
 from matchmaker.models import Policy, Worker
+from matchmaker.notices import Notices
 from matchmaker.rates import ServiceRates
 from membership.inventory import Change, Inventory
 
@@ -195,6 +197,7 @@ class Scheduler:
         private_dir(config.state_dir)
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.quotas = quotas_of(config)
+        self.notices = Notices(self.senders)  # what owners hear over mm.notices (client hook)
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port)
         self.changes: queue.Queue[Change] = queue.Queue()
@@ -285,8 +288,12 @@ class Scheduler:
         self.quotas.forget_open()
         book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
         book.on_open = lambda t: self.quotas.opened(owner_of(t))
-        book.on_close = lambda t: self.quotas.closed(owner_of(t))
+        book.on_close = self._closed
         return book
+
+    def _closed(self, t: OpenTask) -> None:
+        self.quotas.closed(owner_of(t))
+        self.notices.closed(t)  # client hook
 
     def _drop_connection(self) -> None:
         """Forget what the connection delivered (it comes again) and close it: one left
@@ -521,7 +528,7 @@ class Scheduler:
         for d in self.requests:
             try:
                 owner = self.senders.owner(d.user)
-                message = decode(d.body, expect=("submit", "cancel", "retry", "drain"))
+                message = decode(d.body, expect=("submit", "cancel", "retry", "drain", "status"))
                 if isinstance(message, TaskRequest):
                     if message.type not in self.config.task_types:
                         raise MessageError(
@@ -548,9 +555,12 @@ class Scheduler:
                         self._retry(message.id, now, owner)
                     elif isinstance(message, Drain):
                         self._drain(message, now, owner)
+                    elif isinstance(message, Status):  # client hook
+                        self.notices.answer(message, owner, self.book, self.ledger)
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
                 self.rejects.append((broker.REQUESTS, d.body, str(error), d.body))
+                self.notices.refused(d.user, d.body, str(error))  # client hook
             except FATAL:
                 raise
             except Exception as error:
@@ -599,6 +609,7 @@ class Scheduler:
                 reason = f"id {request.id} belongs to another owner"
                 log.warning("rejected a request: %s", reason)
                 self.rejects.append((broker.REQUESTS, body, reason, body))
+                self.notices.refused(owner, body, reason)  # client hook
 
     def _internal_error(
         self, source: str, body: bytes, error: Exception, origin: bytes | None = None
@@ -868,10 +879,11 @@ class Scheduler:
     def _publish_events(self, channel: BlockingChannel) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
         self.last_events = time.monotonic()
+        publish = broker.queued_publish(channel)
+        self.notices.publish(publish)  # client hook: after the commit, as the events
         if not self.book.events:
             return
         events, self.book.events = self.book.events, []
-        publish = broker.queued_publish(channel)
         by_state: dict[str, list[Event]] = {}
         for e in events:
             by_state.setdefault(e.state, []).append(e)
