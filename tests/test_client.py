@@ -171,7 +171,7 @@ def test_done_callbacks_run_once_and_may_chain_tasks(alice: Client) -> None:
 
 def test_a_wait_that_times_out_leaves_the_task_running(alice: Client) -> None:
     handle = alice.submit("sleep", {"seconds": 1.5}, id=tid("slow"))
-    with pytest.raises(TimeoutError, match="not done after 0.3s"):
+    with pytest.raises(TimeoutError, match=r"not done after 0\.3s"):
         handle.wait(timeout=0.3)
     assert not handle.done()
     assert handle.wait(timeout=60) == {"slept": 1.5}
