@@ -1,0 +1,149 @@
+"""The scheduler's notices to owners (``matchmaker/notices.py``), the wire messages they use,
+and the client rights that keep each user to its own notices: pure logic on a real ledger
+file, no broker (``tests/test_client.py`` has the whole system)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from matchmaker import broker, identity
+from matchmaker.book import Book
+from matchmaker.identity import Senders
+from matchmaker.ledger import Ledger
+from matchmaker.messages import (
+    MAX_STATUS_IDS,
+    MessageError,
+    Notice,
+    Status,
+    TaskRequest,
+    TaskResult,
+    decode,
+    decode_notices,
+    encode,
+)
+from matchmaker.notices import Notices
+
+
+def book_with_tasks(tmp_path: Path, notices: Notices) -> Book:
+    book = Book(Ledger(tmp_path / "ledger.sqlite"), retry_backoff=0.0)
+    book.on_close = notices.closed
+    requests = [
+        (TaskRequest("ok", "sleep", max_attempts=1), "alice"),
+        (TaskRequest("bad", "sleep", max_attempts=1), "alice"),
+        (TaskRequest("open", "sleep"), "alice"),
+        (TaskRequest("bobs", "sleep"), "bob"),
+    ]
+    book.submit_owned(requests, 1.0)
+    book.dispatching([("ok", "w1"), ("bad", "w1")], 2.0)
+    book.result(TaskResult("ok", 1, "w1", "succeeded", 2.0, 3.0, {"n": 1}), 3.0)
+    book.result(TaskResult("bad", 1, "w1", "failed", 2.0, 3.0, error="boom"), 3.0)
+    return book
+
+
+def published(notices: Notices) -> dict[str, list[Notice]]:
+    out: dict[str, list[Notice]] = {}
+
+    def publish(exchange: str, key: str, body: bytes, _properties: object) -> None:
+        assert exchange == broker.NOTICES
+        out.setdefault(key, []).extend(decode_notices(body).items)
+
+    notices.publish(publish)
+    return out
+
+
+def test_owners_hear_their_closed_tasks_with_output_or_error(tmp_path: Path) -> None:
+    notices = Notices(Senders())
+    book = book_with_tasks(tmp_path, notices)
+    book.cancel("bobs", 4.0)
+    sent = published(notices)
+    assert sorted(sent) == ["alice", "bob"]
+    ok, bad = sent["alice"]
+    assert (ok.id, ok.state, ok.output, ok.error, ok.worker) == ("ok", "succeeded", {"n": 1}, None,
+                                                                  "w1")  # fmt: skip
+    assert (bad.id, bad.state, bad.error, bad.attempt) == ("bad", "dead", "boom", 1)
+    assert [(n.id, n.state) for n in sent["bob"]] == [("bobs", "cancelled")]
+    assert published(notices) == {}  # sent once
+
+
+def test_status_answers_only_the_owner_or_an_admin(tmp_path: Path) -> None:
+    notices = Notices(Senders(admins=frozenset({"boss"})))
+    book = book_with_tasks(tmp_path, notices)
+    published(notices)
+    ids = ["ok", "bad", "open", "bobs", "nope", "ok"]
+    for sender in ("alice", "bob", "boss"):
+        notices.answer(Status(ids, "r1"), sender, book, book.ledger)
+    sent = published(notices)
+    states = {user: [(n.id, n.state) for n in items] for user, items in sent.items()}
+    assert states["alice"] == [
+        ("ok", "succeeded"), ("bad", "dead"), ("open", "pending"), ("bobs", "unknown"),
+        ("nope", "unknown"),
+    ]  # fmt: skip
+    assert states["bob"] == [(i, "unknown") for i in ("ok", "bad", "open")] + [
+        ("bobs", "pending"),
+        ("nope", "unknown"),
+    ]
+    assert [s for _, s in states["boss"]][:4] == ["succeeded", "dead", "pending", "pending"]
+    assert all(n.ref == "r1" for items in sent.values() for n in items)
+    assert sent["alice"][0].output == {"n": 1} and sent["alice"][1].error == "boom"
+    assert sent["bob"][0].output is None  # nothing of hers reaches him
+
+
+def test_a_refused_submit_is_told_to_its_sender_only_if_it_names_an_id() -> None:
+    notices = Notices(Senders())
+    notices.refused("alice", encode(TaskRequest("t1", "teleport")), "unknown task type")
+    notices.refused("alice", b'{"v":1,"kind":"cancel","id":"t2"}', "not yours")
+    notices.refused("alice", b"{not json", "not valid JSON")
+    notices.refused("alice", b'{"v":1,"id":"../x"}', "bad id")
+    notices.refused(None, encode(TaskRequest("t3", "sleep")), "no user_id")
+    sent = published(notices)
+    assert [(n.id, n.state, n.error) for n in sent["alice"]] == [
+        ("t1", "rejected", "unknown task type")
+    ]
+    assert list(sent) == ["alice"]
+
+
+def test_notices_are_bounded_while_the_broker_is_away() -> None:
+    notices = Notices(Senders(), limit=3)
+    for n in range(5):
+        notices.refused("alice", encode(TaskRequest(f"t{n}", "x")), "no")
+    assert [n.id for n in published(notices)["alice"]] == ["t0", "t1", "t2"]
+
+
+def test_status_and_notice_messages_are_checked() -> None:
+    assert decode(encode(Status(["a", "b"], "r"))) == Status(["a", "b"], "r")
+    for body, why in [
+        ({"ids": []}, "'ids' must be"),
+        ({"ids": ["a"] * (MAX_STATUS_IDS + 1)}, "'ids' must be"),
+        ({"ids": ["a", "../b"]}, r"'ids'\[1\]"),
+        ({"ids": ["a"], "ref": "no spaces"}, "'ref'"),
+    ]:
+        with pytest.raises(MessageError, match=why):
+            decode(orjson.dumps({"v": 1, "kind": "status", **body}))
+    with pytest.raises(MessageError, match="'state' must be one of"):
+        decode(orjson.dumps({"v": 1, "kind": "notice", "id": "a", "state": "exploded"}))
+    notice = Notice("a", "dead", 2, "w1", 5.0, None, "boom", "r")
+    assert decode(encode(notice)) == notice
+
+
+def test_a_client_user_may_bind_and_name_only_its_own_inbox() -> None:
+    role = identity.client_role("a")
+    mine = broker.inbox_queue("a", "x1")
+    others = [broker.inbox_queue("a.b", "x1"), "mm.inbox.a.b.c", "mm.inbox.ab.x", "mm.inbox.a."]
+    others += [broker.EVENTS, broker.CONTROL, broker.REQUESTS, broker.RESULTS, "amq.default"]
+    assert [q for q in [mine, *others] if re.search(role.configure, q)] == [mine]
+    assert [q for q in [mine, *others] if re.search(role.read, q)] == [mine]
+    assert re.search(role.read, broker.NOTICES)
+    assert [q for q in [mine, *others] if re.search(role.write, q)] == [mine, broker.REQUESTS]
+    ((exchange, write, read),) = role.topics
+    assert exchange == broker.NOTICES and write == identity.NOTHING
+    keys = ["a", "a.b", "b", "#", "a.#", "*", ""]
+    assert [k for k in keys if re.search(read, k)] == ["a"]
+    assert not any(re.search(read, k) for k in keys if k != "a")
+    definitions = identity.definitions("v", [(role, "pw")])
+    assert definitions["topic_permissions"] == [
+        {"user": "a", "vhost": "v", "exchange": broker.NOTICES, "write": "^$", "read": "^(a)$"}
+    ]
