@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -115,12 +116,13 @@ def test_notices_are_bounded_while_the_broker_is_away() -> None:
 
 def test_status_and_notice_messages_are_checked() -> None:
     assert decode(encode(Status(["a", "b"], "r"))) == Status(["a", "b"], "r")
-    for body, why in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"ids": []}, "'ids' must be"),
         ({"ids": ["a"] * (MAX_STATUS_IDS + 1)}, "'ids' must be"),
         ({"ids": ["a", "../b"]}, r"'ids'\[1\]"),
         ({"ids": ["a"], "ref": "no spaces"}, "'ref'"),
-    ]:
+    ]
+    for body, why in cases:
         with pytest.raises(MessageError, match=why):
             decode(orjson.dumps({"v": 1, "kind": "status", **body}))
     with pytest.raises(MessageError, match="'state' must be one of"):
