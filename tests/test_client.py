@@ -8,6 +8,8 @@ task ids of its own. Alice and Bob are two client users, the admin a third.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -34,6 +36,7 @@ from matchmaker.local import LocalCluster, wait_until
 from tests.conftest import RoleUsers, VhostPool
 
 pytestmark = pytest.mark.timeout(240)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class System:
@@ -258,3 +261,24 @@ def test_the_client_does_not_load_the_engine() -> None:
     loaded = set(out.stdout.split())
     assert "matchmaker.client" in loaded
     assert not {"ortools", "numpy", "matchmaker.engine", "matchmaker.ledger"} & loaded
+
+
+def test_the_gateway_chain_example(system: System) -> None:
+    env = {
+        **os.environ,
+        "MM_BROKER_URL": system.bare_url(system.alice),
+        "MM_BROKER_PASSWORD_FILE": system.password_file(system.alice),
+        "PYTHONPATH": str(ROOT),
+    }
+    script = ROOT / "examples" / "gateway" / "client_chain.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--input", '{"seconds": 0.1}', "--input", '{"seconds": 0}'],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert list(result["first"].values()) == [{"slept": 0.1}, {"slept": 0}]
+    assert list(result["then"].values()) == [{"slept": 0.1}]
+    failing = [sys.executable, str(script), "--input", '{"fail": true, "message": "no input"}']
+    done = subprocess.run(failing, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "dead: no input" in done.stderr
