@@ -282,3 +282,32 @@ def test_the_gateway_chain_example(system: System) -> None:
     failing = [sys.executable, str(script), "--input", '{"fail": true, "message": "no input"}']
     done = subprocess.run(failing, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and "dead: no input" in done.stderr
+
+
+def _close_connections_of(user: str) -> int:
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "--no-table-headers", "list_connections", "pid", "user"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    rows = [line.split("\t") for line in listing.splitlines()]
+    pids = [row[0] for row in rows if len(row) == 2 and row[1] == user]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+    return len(pids)
+
+
+def test_a_lost_connection_is_reconnected_and_nothing_is_missed(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    with system.client(system.alice, resync_interval=1.0) as client:
+        handle = client.submit("sleep", {"seconds": 0.5}, id=tid("lost"))
+        parked = client.submit("sleep", {}, id=tid("lost-parked"), constraints={"site": "x"})
+        assert _close_connections_of(system.alice) == 1
+        assert handle.wait(timeout=60) == {"slept": 0.5}  # finished while we were away, maybe
+        wait_until(lambda: "lost the broker" in caplog.text, 10, "the client to log the loss")
+        client.cancel(parked.id)  # requests work on the new connection
+        with pytest.raises(TaskCancelled):
+            parked.wait(timeout=30)
