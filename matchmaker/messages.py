@@ -455,10 +455,12 @@ _DECODERS.update({BATCHES[single]: _batch(single) for single in BATCHES})
 _BATCH_KINDS = frozenset(BATCHES.values())
 
 
-def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
+def decode(
+    raw: bytes, *, expect: tuple[str, ...] | None = None, limit: int = MAX_MESSAGE_BYTES
+) -> Message:
     """Parse and validate one message; ``expect`` limits the kinds accepted."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    if len(raw) > limit:
+        raise MessageError(f"message is {len(raw)} bytes, over the {limit}-byte limit")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -482,9 +484,9 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
     return _DECODERS[kind](body)
 
 
-def decode_batch(raw: bytes, single: str) -> Batch[Any]:
+def decode_batch(raw: bytes, single: str, limit: int = MAX_MESSAGE_BYTES) -> Batch[Any]:
     """A ``single`` message (``dispatch``, ``result``) or a batch of them, as a batch."""
-    message = decode(raw, expect=(single, BATCHES[single]))
+    message = decode(raw, expect=(single, BATCHES[single]), limit=limit)
     if isinstance(message, Batch):
         return message
     return Batch(BATCHES[single], (message,))
@@ -499,4 +501,6 @@ def decode_dispatches(raw: bytes) -> Batch[TaskDispatch]:
 
 
 def decode_notices(raw: bytes) -> Batch[Notice]:
-    return decode_batch(raw, "notice")
+    """A notice carries a task's output, which a worker's result could carry in up to
+    ``MAX_MESSAGE_BYTES``: a lone notice may be a little over that."""
+    return decode_batch(raw, "notice", 2 * MAX_MESSAGE_BYTES)

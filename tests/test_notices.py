@@ -16,6 +16,7 @@ from matchmaker.book import Book
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
     MAX_STATUS_IDS,
     MessageError,
     Notice,
@@ -26,7 +27,7 @@ from matchmaker.messages import (
     decode_notices,
     encode,
 )
-from matchmaker.notices import Notices
+from matchmaker.notices import Notices, bodies
 
 
 def book_with_tasks(tmp_path: Path, notices: Notices) -> Book:
@@ -149,3 +150,12 @@ def test_a_client_user_may_bind_and_name_only_its_own_inbox() -> None:
     assert definitions["topic_permissions"] == [
         {"user": "a", "vhost": "v", "exchange": broker.NOTICES, "write": "^$", "read": "^(a)$"}
     ]
+
+
+def test_a_large_flush_is_cut_into_messages_under_the_limit() -> None:
+    notices = [Notice(f"t{n}", "succeeded", 1, "w1", 1.0, {"x": "y" * 1000}) for n in range(700)]
+    notices.append(Notice("huge", "succeeded", 1, "w1", 1.0, {"x": "y" * 300_000}))
+    parts = bodies(notices)
+    assert all(len(b) <= MAX_MESSAGE_BYTES for b in parts[:-1]) and len(parts) >= 3
+    taken = [n for b in parts for n in decode_notices(b).items]
+    assert taken == notices  # all of them, in order; the huge one alone, still readable
