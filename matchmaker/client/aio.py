@@ -33,7 +33,7 @@ class AsyncTaskHandle:
         self.id = handle.id
 
     def __repr__(self) -> str:
-        return f"<Async{self.handle!r}"[:-1] + ">"
+        return f"<AsyncTaskHandle {self.id}>"
 
     def done(self) -> bool:
         return self.handle.done()
