@@ -150,6 +150,10 @@ def test_submit_many_confirms_all_and_refuses_a_bad_batch_whole(alice: Client) -
     with pytest.raises(ValueError, match="task 1: unknown keys"):
         alice.submit_many(bad)
     assert alice.handle(bad[0]["id"]).state() == "unknown"  # nothing was sent
+    with pytest.raises(ValueError, match="task 0 must be a mapping"):
+        alice.submit_many([42])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="not a task id"):
+        alice.cancel("../etc")
 
 
 def test_done_callbacks_run_once_and_may_chain_tasks(alice: Client) -> None:

@@ -234,18 +234,17 @@ class Client:
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle on a task submitted before (by this user, from any process)."""
-        if not isinstance(task_id, str) or not NAME.fullmatch(task_id):
-            raise ValueError(f"not a task id: {show(task_id)}")
-        return self._handle(task_id)
+        return self._handle(_task_id(task_id))
 
     def cancel(self, task_id: str) -> None:
         """Ask the scheduler to cancel the task; returns once the broker has the request."""
-        self._send([encode(Cancel(task_id))])
+        self._send([encode(Cancel(_task_id(task_id)))])
 
     def retry(self, task_id: str) -> TaskHandle:
-        """Run a dead or cancelled task again, as one more attempt; returns a new handle
-        that follows that attempt (the scheduler refuses to retry a task in any other
-        state: the handle then ends as the task is)."""
+        """Run a dead or cancelled task again, as one more attempt; returns a handle that
+        follows that attempt, not the end of the one before (the scheduler refuses to
+        retry a task in any other state: the handle then ends as the task is)."""
+        _task_id(task_id)
         barrier = uuid.uuid4().hex
         with self._lock:
             handle = self._open.get(task_id)
@@ -314,6 +313,8 @@ class Client:
     # -- the caller's side of publishing ------------------------------------------------------
 
     def _request(self, n: int, spec: Mapping[str, Any]) -> TaskRequest:
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"task {n} must be a mapping of submit's arguments, not {spec!r:.60}")
         unknown = set(spec) - SUBMIT_FIELDS
         if unknown or "type" not in spec:
             why = f"unknown keys {sorted(unknown)}" if unknown else "no 'type'"
@@ -505,6 +506,12 @@ class Client:
     def _run_callbacks(self) -> None:
         while (item := self._callbacks.get()) is not None:
             _call(*item)
+
+
+def _task_id(task_id: str) -> str:
+    if not isinstance(task_id, str) or not NAME.fullmatch(task_id):
+        raise ValueError(f"not a task id: {show(task_id)}")
+    return task_id
 
 
 def _call(handle: TaskHandle, callbacks: list[Callback]) -> None:
