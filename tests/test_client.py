@@ -309,7 +309,7 @@ def test_a_lost_connection_is_reconnected_and_nothing_is_missed(
     with system.client(system.alice, resync_interval=1.0) as client:
         handle = client.submit("sleep", {"seconds": 0.5}, id=tid("lost"))
         parked = client.submit("sleep", {}, id=tid("lost-parked"), constraints={"site": "x"})
-        assert _close_connections_of(system.alice) == 1
+        assert _close_connections_of(system.alice) >= 1
         assert handle.wait(timeout=60) == {"slept": 0.5}  # finished while we were away, maybe
         wait_until(lambda: "lost the broker" in caplog.text, 10, "the client to log the loss")
         client.cancel(parked.id)  # requests work on the new connection
