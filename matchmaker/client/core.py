@@ -55,6 +55,7 @@ from matchmaker.client.errors import ClientClosed, ClientError
 from matchmaker.client.handle import Callback, TaskHandle
 from matchmaker.confirms import Confirms
 from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
     MAX_STATUS_IDS,
     NAME,
     Cancel,
@@ -221,14 +222,15 @@ class Client:
         """Submit many tasks, each a mapping of ``submit``'s arguments (``type`` required),
         published together and confirmed together; returns their handles in order. Every
         task is checked before any is sent: one bad task refuses the whole call."""
-        requests = [self._request(n, spec) for n, spec in enumerate(tasks)]
-        bodies = []
-        for request in requests:
-            body = encode(request)
+        ids, bodies = [], []
+        for n, spec in enumerate(tasks):
+            request, body = self._request(n, spec)
             decode(body, expect=("submit",))  # the scheduler's own checks
-            check_dispatchable(request)
+            if len(body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past the limit
+                check_dispatchable(request)
+            ids.append(request.id)
             bodies.append(body)
-        handles = [self._handle(r.id) for r in requests]
+        handles = [self._handle(task_id) for task_id in ids]
         self._send(bodies)
         return handles
 
@@ -312,7 +314,7 @@ class Client:
 
     # -- the caller's side of publishing ------------------------------------------------------
 
-    def _request(self, n: int, spec: Mapping[str, Any]) -> TaskRequest:
+    def _request(self, n: int, spec: Mapping[str, Any]) -> tuple[TaskRequest, bytes]:
         if not isinstance(spec, Mapping):
             raise ValueError(f"task {n} must be a mapping of submit's arguments, not {spec!r:.60}")
         unknown = set(spec) - SUBMIT_FIELDS
@@ -326,10 +328,10 @@ class Client:
                 if key in fields:
                     fields[key] = dict(fields[key])
             request = TaskRequest(**fields)
-            encode(request)
+            body = encode(request)
         except (TypeError, ValueError) as error:
             raise ValueError(f"task {n} cannot be sent as JSON: {error}") from None
-        return request
+        return request, body
 
     def _handle(self, task_id: str) -> TaskHandle:
         with self._lock:
