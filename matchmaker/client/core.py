@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -80,12 +80,21 @@ SUBMIT_FIELDS = frozenset(
 
 
 @dataclass(eq=False)
+class _Call:
+    """A caller waiting until the broker has confirmed ``left`` more of its requests (one
+    future per call, not per message: a future costs more than the publish)."""
+
+    future: concurrent.futures.Future[None]
+    left: int
+    started: bool = False  # the future is running: it can no longer be cancelled
+
+
+@dataclass(eq=False)
 class _Out:
-    """A request to publish; ``future`` is the caller's (None: nobody waits on it)."""
+    """A request to publish; ``call`` is the caller waiting on it (None: nobody waits)."""
 
     body: bytes
-    future: concurrent.futures.Future[None] | None = None
-    started: bool = field(default=False)
+    call: _Call | None = None
 
 
 def _url(url: str, user: str | None, password: str | None) -> str:
@@ -343,23 +352,21 @@ class Client:
     def _send(self, bodies: list[bytes], wait: bool = True) -> None:
         if self._closing.is_set():
             raise ClientClosed("the client is closed")
-        outs = [_Out(body, concurrent.futures.Future() if wait else None) for body in bodies]
+        call = _Call(concurrent.futures.Future(), len(bodies)) if wait else None
+        outs = [_Out(body, call) for body in bodies]
         with self._lock:
             self._outbox.extend(outs)
         self._wake()
-        if not wait:
+        if call is None:
             return
-        futures = [out.future for out in outs if out.future is not None]
-        done, late = concurrent.futures.wait(futures, self.confirm_timeout)
-        for future in late:
-            future.cancel()  # not sent yet: it will not be; sent: its confirm is ignored
-        if late:
+        try:
+            call.future.result(self.confirm_timeout)  # a refusal is raised
+        except TimeoutError:
+            call.future.cancel()  # not sent yet: it will not be; sent: its confirms are ignored
             raise ClientError(
-                f"the broker did not confirm {len(late)} of {len(futures)} requests in "
+                f"the broker did not confirm {call.left} of {len(bodies)} requests in "
                 f"{self.confirm_timeout:g}s (is it reachable? the client keeps trying)"
-            )
-        for future in done:
-            future.result()  # the first refusal, raised
+            ) from None
 
     def _wake(self) -> None:
         connection = self._connection
@@ -439,10 +446,11 @@ class Client:
         for n in range(0, len(ids), MAX_STATUS_IDS):
             outs.append(_Out(encode(Status(ids[n : n + MAX_STATUS_IDS]))))
         for out in outs:
-            if out.future is not None and not out.started:
-                if not out.future.set_running_or_notify_cancel():
+            call = out.call
+            if call is not None and not call.started:
+                if not call.future.set_running_or_notify_cancel():
                     continue  # its caller gave up before it was sent
-                out.started = True
+                call.started = True
             confirms.publish(exchange, key, out.body, self._properties, out)
 
     def _collect(self, confirms: Confirms[_Out]) -> None:
@@ -454,15 +462,20 @@ class Client:
 
     @staticmethod
     def _settle(out: _Out, error: BaseException | None) -> None:
-        future = out.future
-        if future is None or future.done():
+        """One of a call's requests confirmed (``error`` None) or refused (the call fails)."""
+        call = out.call
+        if call is None or call.future.done():
             return
-        if not out.started and not future.set_running_or_notify_cancel():
+        if not call.started:
+            if not call.future.set_running_or_notify_cancel():
+                return
+            call.started = True
+        if error is not None:
+            call.future.set_exception(error)
             return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        call.left -= 1
+        if call.left == 0:
+            call.future.set_result(None)
 
     def _resync(self) -> None:
         """Ask again about every open task not heard of for ``resync_interval``."""
