@@ -17,6 +17,10 @@ Three things make a notice (``messages.Notice``):
 - a ``status`` request (``answer``): the state of each id asked about, ``unknown`` for
   an id that is no task of the sender's (an admin, or a trusted user, may ask about
   any), with the request's ``ref`` echoed so the client can tell which answer is which.
+  An id of a closed task costs the loop a ledger read, so each sender may ask about
+  ``STATUS_RATE`` ids a second, ``STATUS_BURST`` at once (a client following that many
+  tasks resyncs them all after a reconnect); a request past that is refused whole
+  (dead-lettered with the reason), and the client asks again at its next resync.
 
 Notices are queued and published with the turn's events, after the ledger's commit, in
 one message per owner (``notices`` batches, packed under the message size limit), not
@@ -39,7 +43,7 @@ import pika
 
 from matchmaker import broker
 from matchmaker.identity import Senders
-from matchmaker.messages import MAX_MESSAGE_BYTES, NAME, VERSION, Notice, Status
+from matchmaker.messages import MAX_MESSAGE_BYTES, NAME, VERSION, MessageError, Notice, Status
 
 if TYPE_CHECKING:
     from matchmaker.book import Book, OpenTask
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIMIT = 100_000
+STATUS_RATE = 2000.0  # ids a second per sender
+STATUS_BURST = 20_000.0
 PROPERTIES = pika.BasicProperties(content_type="application/json")
 Publish = Callable[[str, str, bytes, pika.BasicProperties], None]
 
@@ -61,6 +67,7 @@ class Notices:
         self.queued: dict[str, list[Notice]] = {}
         self.count = 0
         self.dropped = 0
+        self.budgets: dict[str, tuple[float, float]] = {}  # sender -> (ids it may ask, when)
 
     def _add(self, owner: str, notice: Notice) -> None:
         if not owner:  # an anonymous sender (authenticated_senders = false) has no inbox
@@ -95,7 +102,8 @@ class Notices:
 
     def answer(self, status: Status, sender: str, book: Book, ledger: Ledger) -> None:
         """A notice per id of ``status``, to its sender: the task's state if the sender owns
-        it (or is an admin), else ``unknown``."""
+        it (or is an admin), else ``unknown``. MessageError past the sender's budget."""
+        self._spend(sender, len(status.ids))
         admin = self.senders.admin(sender)
         for task_id in dict.fromkeys(status.ids):  # each id once
             t = book.in_flight.get(task_id) or book.pending.get(task_id)
@@ -117,6 +125,19 @@ class Notices:
                     self._add(sender, notice)
                     continue
             self._add(sender, Notice(task_id, "unknown", ref=status.ref))
+
+    def _spend(self, sender: str, ids: int) -> None:
+        """Take ``ids`` from the sender's budget (a token bucket) or refuse the request."""
+        now = time.monotonic()
+        left, then = self.budgets.get(sender, (STATUS_BURST, now))
+        left = min(STATUS_BURST, left + (now - then) * STATUS_RATE)
+        if ids > left:
+            self.budgets[sender] = (left, now)
+            raise MessageError(
+                f"status refused: {sender!r} asks about more than {STATUS_RATE:g} tasks a "
+                f"second ({STATUS_BURST:g} at once); ask again later"
+            )
+        self.budgets[sender] = (left - ids, now)
 
     def publish(self, publish: Publish) -> None:
         """Send what is queued: per owner, ``notices`` messages under the size limit."""

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from matchmaker import broker, identity
+from matchmaker import notices as notices_module
 from matchmaker.book import Book
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger
@@ -159,3 +160,17 @@ def test_a_large_flush_is_cut_into_messages_under_the_limit() -> None:
     assert all(len(b) <= MAX_MESSAGE_BYTES for b in parts[:-1]) and len(parts) >= 3
     taken = [n for b in parts for n in decode_notices(b).items]
     assert taken == notices  # all of them, in order; the huge one alone, still readable
+
+
+def test_status_requests_are_bounded_per_sender(tmp_path: Path) -> None:
+    notices = Notices(Senders())
+    book = book_with_tasks(tmp_path, notices)
+    published(notices)
+    asked = 0
+    with pytest.raises(MessageError, match="status refused: 'alice' asks about more than"):
+        while asked <= 2 * notices_module.STATUS_BURST:
+            notices.answer(Status(["open"] * MAX_STATUS_IDS), "alice", book, book.ledger)
+            asked += MAX_STATUS_IDS
+    assert asked >= notices_module.STATUS_BURST  # the burst, and what came back meanwhile
+    notices.answer(Status(["bobs"]), "bob", book, book.ledger)  # a budget of its own
+    assert [n.state for n in published(notices)["bob"]] == ["pending"]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -73,6 +74,9 @@ from matchmaker.messages import (
 log = logging.getLogger("matchmaker.client")
 
 TURN = 0.25  # the I/O thread's longest wait for the broker before it looks at its clocks
+ASK_RATE, ASK_BURST = 1500.0, 15_000.0  # ids a second in status requests: under the
+# scheduler's budget per user (notices.STATUS_RATE, STATUS_BURST), so a resync of many
+# tasks is spread out instead of refused
 MAX_BACKOFF = 5.0
 SUBMIT_FIELDS = frozenset(
     {"type", "payload", "id", "priority", "constraints", "preferences", "timeout", "max_attempts"}
@@ -179,6 +183,7 @@ class Client:
         self._outbox: collections.deque[_Out] = collections.deque()
         self._unconfirmed: list[_Out] = []  # published on a connection that was lost
         self._asks: dict[str, None] = {}  # ids to ask the scheduler about, in order
+        self._ask_budget, self._ask_time = ASK_BURST, time.monotonic()
         self._connection: pika.BlockingConnection | None = None
         self._closing = threading.Event()
         self._ready = threading.Event()
@@ -438,11 +443,15 @@ class Client:
 
     def _publish(self, confirms: Confirms[_Out]) -> None:
         exchange, key = broker.route(broker.REQUESTS)
+        now = time.monotonic()
+        budget = min(ASK_BURST, self._ask_budget + (now - self._ask_time) * ASK_RATE)
         with self._lock:
             outs = list(self._outbox)
             self._outbox.clear()
-            ids = list(self._asks)
-            self._asks.clear()
+            ids = list(itertools.islice(self._asks, int(budget)))
+            for task_id in ids:
+                del self._asks[task_id]
+        self._ask_budget, self._ask_time = budget - len(ids), now
         for n in range(0, len(ids), MAX_STATUS_IDS):
             outs.append(_Out(encode(Status(ids[n : n + MAX_STATUS_IDS]))))
         for out in outs:
