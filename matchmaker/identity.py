@@ -237,8 +237,13 @@ def _binding(vhost: str, exchange: str, queue: str, key: str) -> dict[str, Any]:
     }
 
 
+INBOX_POLICY = {"expires": 3_600_000, "max-length": 100_000, "overflow": "drop-head"}
+
+
 def topology(vhost: str, workers: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The core objects (``broker.declare_core``) and each worker's queues and binding."""
+    """The core objects (``broker.declare_core``) and each worker's queues and binding, and
+    a policy that bounds clients' inbox queues (``INBOX_POLICY``): a client may declare
+    them, and one it declares durable and leaves unread would otherwise grow for ever."""
     queues = [
         _queue(vhost, broker.REQUESTS, **{"x-single-active-consumer": True}),
         _queue(vhost, broker.RESULTS),
@@ -252,7 +257,11 @@ def topology(vhost: str, workers: list[str]) -> dict[str, list[dict[str, Any]]]:
         own, control = broker.worker_queue(name), broker.control_queue(name)
         queues += [_queue(vhost, own), _queue(vhost, control)]
         bindings.append(_binding(vhost, broker.CONTROL, control, f"cancel.{name}"))
-    return {"queues": queues, "exchanges": exchanges, "bindings": bindings}
+    policy = {
+        "vhost": vhost, "name": "mm-inbox", "pattern": "^" + re.escape(broker.INBOX_PREFIX),
+        "apply-to": "queues", "definition": INBOX_POLICY, "priority": 0,
+    }  # fmt: skip
+    return {"queues": queues, "exchanges": exchanges, "bindings": bindings, "policies": [policy]}
 
 
 def _user(name: str, password: str) -> dict[str, Any]:

@@ -201,7 +201,14 @@ def test_a_client_sees_only_its_own_tasks(system: System, alice: Client, bob: Cl
     for key in (system.alice, "#", f"{system.bob}.#", "*"):
         assert _bind_refusal(url, system.bob, key) == 403, key
     assert _bind_refusal(url, system.bob, system.bob) is None
-    # Nor declare a queue under her name, nor read from mm.events.
+    # Inbox queues are bounded by a policy: one left unread cannot grow for ever.
+    policies = subprocess.run(
+        ["rabbitmqctl", "-q", "list_policies", "-p", system.users.vhost, "--formatter", "json"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    (inbox,) = [p for p in json.loads(policies) if p["name"] == "mm-inbox"]
+    assert json.loads(inbox["definition"])["max-length"] == 100_000
+    # Nor declare a queue under her name.
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
