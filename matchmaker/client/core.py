@@ -520,10 +520,9 @@ class Client:
             if handle is None:
                 continue
             callbacks = handle.apply(notice)
-            if handle.done():
-                with self._lock:
-                    if self._open.get(notice.id) is handle:
-                        del self._open[notice.id]
+            with self._lock:  # as ``retry`` reopens a handle: under the lock
+                if handle.done() and self._open.get(notice.id) is handle:
+                    del self._open[notice.id]
             if callbacks:
                 self._callbacks.put((handle, callbacks))
 

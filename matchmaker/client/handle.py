@@ -5,7 +5,7 @@ A handle learns about its task from the notices the client's I/O thread hands it
 notice (``succeeded``, ``dead``, ``cancelled``, ``rejected``, ``unknown``) makes the
 handle done for good; its done callbacks then run on the client's callback thread.
 
-A handle made by ``Client.retry`` carries a ``barrier``: the ``ref`` of the status
+A handle that ``Client.retry`` follows carries a ``barrier``: the ``ref`` of the status
 request the client sent right after the retry. Until the answer to it arrives, every
 notice is older than the retry (a ``dead`` from before, say) and is ignored.
 """
@@ -29,14 +29,14 @@ Callback = Callable[["TaskHandle"], object]
 class TaskHandle:
     """A task submitted through (or followed by) a ``Client``."""
 
-    def __init__(self, client: Client, task_id: str, barrier: str | None = None) -> None:
+    def __init__(self, client: Client, task_id: str) -> None:
         self.id = task_id
         self._client = client
         self._cond = threading.Condition()
         self._last: Notice | None = None
         self._done = False
         self._closed = False
-        self._barrier = barrier
+        self._barrier: str | None = None  # see the module docstring; set by ``rebase``
         self._answers: dict[str, Notice | None] = {}  # ref -> its answer, while awaited
         self._callbacks: list[Callback] = []
         self._on_close: list[Callable[[], object]] = []  # for waiters that are not threads
