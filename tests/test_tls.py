@@ -26,6 +26,7 @@ import pytest
 
 from matchmaker import broker
 from matchmaker.broker import BrokerError, TLSFiles
+from matchmaker.client import Client
 from matchmaker.config import load
 from matchmaker.local import LocalCluster
 from matchmaker.messages import TaskRequest, decode_results, encode
@@ -209,8 +210,12 @@ def test_submit_scheduler_worker_result_over_amqps(tls_broker: TLSBroker, tmp_pa
         assert submitted.stdout.split() == ["over-tls"]
         row = cluster.wait_states(["over-tls"], timeout=45)["over-tls"]
         assert (row.worker, row.attempt, row.output) == ("tls-w1", 1, {"slept": 0.1})
-        connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
-        for name in ("matchmaker-scheduler", "worker tls-w1"):
+        options = {"broker_ca": tls.ca, "broker_cert": tls.cert, "broker_key": tls.key}
+        with Client(url, name="client over tls", **options) as client:  # the client library
+            handle = client.submit("sleep", {"seconds": 0}, id="client-over-tls")
+            assert handle.wait(timeout=45) == {"slept": 0}
+            connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
+        for name in ("matchmaker-scheduler", "worker tls-w1", "client over tls"):
             mine = [line for line in connections.splitlines() if name in line]
             assert mine and all(line.endswith("\ttrue") for line in mine), connections
     finally:
