@@ -210,8 +210,9 @@ def test_submit_scheduler_worker_result_over_amqps(tls_broker: TLSBroker, tmp_pa
         assert submitted.stdout.split() == ["over-tls"]
         row = cluster.wait_states(["over-tls"], timeout=45)["over-tls"]
         assert (row.worker, row.attempt, row.output) == ("tls-w1", 1, {"slept": 0.1})
-        options = {"broker_ca": tls.ca, "broker_cert": tls.cert, "broker_key": tls.key}
-        with Client(url, name="client over tls", **options) as client:  # the client library
+        with Client(  # the client library, with the same files
+            url, name="client over tls", broker_ca=tls.ca, broker_cert=tls.cert, broker_key=tls.key
+        ) as client:
             handle = client.submit("sleep", {"seconds": 0}, id="client-over-tls")
             assert handle.wait(timeout=45) == {"slept": 0}
             connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
