@@ -55,7 +55,13 @@ LIMIT = 100_000
 STATUS_RATE = 2000.0  # ids a second per sender
 STATUS_BURST = 20_000.0
 PROPERTIES = pika.BasicProperties(content_type="application/json")
-Publish = Callable[[str, str, bytes, pika.BasicProperties], None]
+Publish = Callable[[str, str, bytes, pika.BasicProperties], None]  # pika's basic_publish
+Send = Callable[[str, bytes], None]  # (owner, body): one message to mm.notices
+
+
+def over(publish: Publish) -> Send:
+    """``Send`` through a publish of pika's shape (exchange, routing key, body, properties)."""
+    return lambda owner, body: publish(broker.NOTICES, owner, body, PROPERTIES)
 
 
 class Notices:
@@ -139,7 +145,7 @@ class Notices:
             )
         self.budgets[sender] = (left - ids, now)
 
-    def publish(self, publish: Publish) -> None:
+    def publish(self, send: Send) -> None:
         """Send what is queued: per owner, ``notices`` messages under the size limit."""
         if self.dropped:
             log.warning("dropped %d notices while the broker was away", self.dropped)
@@ -149,7 +155,7 @@ class Notices:
         queued, self.queued, self.count = self.queued, {}, 0
         for owner, notices in queued.items():
             for body in bodies(notices):
-                publish(broker.NOTICES, owner, body, PROPERTIES)
+                send(owner, body)
 
 
 def bodies(notices: list[Notice], limit: int = MAX_MESSAGE_BYTES) -> list[bytes]:

@@ -79,7 +79,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker
+from matchmaker import broker, notices
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
@@ -889,7 +889,7 @@ class Scheduler:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
         self.last_events = time.monotonic()
         publish = broker.queued_publish(channel)
-        self.notices.publish(publish)  # client hook: after the commit, as the events
+        self.notices.publish(notices.over(publish))  # client hook: after the commit, as events
         if not self.book.events:
             return
         self.metrics.record(self.book.events)

@@ -50,11 +50,10 @@ def book_with_tasks(tmp_path: Path, notices: Notices) -> Book:
 def published(notices: Notices) -> dict[str, list[Notice]]:
     out: dict[str, list[Notice]] = {}
 
-    def publish(exchange: str, key: str, body: bytes, _properties: object) -> None:
-        assert exchange == broker.NOTICES
-        out.setdefault(key, []).extend(decode_notices(body).items)
+    def send(owner: str, body: bytes) -> None:
+        out.setdefault(owner, []).extend(decode_notices(body).items)
 
-    notices.publish(publish)
+    notices.publish(send)
     return out
 
 
