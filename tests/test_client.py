@@ -116,8 +116,8 @@ def test_a_task_that_fails_for_good_raises_its_error(alice: Client) -> None:
 
 
 def test_a_refused_submit_raises_the_schedulers_reason(alice: Client, bob: Client) -> None:
-    with pytest.raises(TaskRejected, match="unknown task type 'teleport'"):
-        alice.submit("teleport", {}, id=tid("odd")).wait(timeout=30)
+    with pytest.raises(TaskRejected, match="priority 8 is above the cap of role 'client'"):
+        alice.submit("sleep", {}, id=tid("urgent"), priority=8).wait(timeout=30)
     mine = alice.submit("sleep", {"seconds": 0}, id=tid("mine"))
     with pytest.raises(TaskRejected, match="belongs to another owner"):
         bob.submit("sleep", {"seconds": 0}, id=mine.id).wait(timeout=30)

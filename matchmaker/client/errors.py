@@ -41,8 +41,8 @@ class TaskDead(TaskFailed):
 
 
 class TaskRejected(TaskFailed):
-    """The scheduler refused the submit (an unknown type, a quota, an id another owner
-    holds, ...); ``error`` is its reason."""
+    """The scheduler refused the submit (a quota, a priority above the sender's cap, an id
+    another owner holds, ...); ``error`` is its reason."""
 
 
 class TaskCancelled(TaskError):
