@@ -46,7 +46,8 @@ from matchmaker.identity import Senders
 from matchmaker.messages import MAX_MESSAGE_BYTES, NAME, VERSION, MessageError, Notice, Status
 
 if TYPE_CHECKING:
-    from matchmaker.book import Book, OpenTask
+    from matchmaker.backlog import OpenTask
+    from matchmaker.book import Book
     from matchmaker.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class Notices:
         self.queued.setdefault(owner, []).append(notice)
         self.count += 1
 
+    def waiting(self) -> bool:
+        """Whether notices wait to be published."""
+        return bool(self.queued)
+
     def closed(self, t: OpenTask) -> None:
         """A task succeeded, died or was cancelled (the book's ``on_close``)."""
         at = time.time()
@@ -112,7 +117,7 @@ class Notices:
         self._spend(sender, len(status.ids))
         admin = self.senders.admin(sender)
         for task_id in dict.fromkeys(status.ids):  # each id once
-            t = book.in_flight.get(task_id) or book.pending.get(task_id)
+            t = book.open_task(task_id)
             if t is not None:
                 if t.owner == sender or admin:
                     state = "assigned" if t.state == "dispatching" else t.state
