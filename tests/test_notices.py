@@ -5,6 +5,7 @@ file, no broker (``tests/test_client.py`` has the whole system)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from matchmaker import broker, identity
 from matchmaker import notices as notices_module
 from matchmaker.book import Book
+from matchmaker.config import Config
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger
 from matchmaker.messages import (
@@ -28,7 +30,11 @@ from matchmaker.messages import (
     decode_notices,
     encode,
 )
+from matchmaker.models import Worker
 from matchmaker.notices import Notices, bodies
+from matchmaker.scheduler.memory import FakeClock, MemoryBroker
+from matchmaker.service import Scheduler
+from membership.inventory import LiveWorker
 
 
 def book_with_tasks(tmp_path: Path, notices: Notices) -> Book:
@@ -173,3 +179,49 @@ def test_status_requests_are_bounded_per_sender(tmp_path: Path) -> None:
     assert asked >= notices_module.STATUS_BURST  # the burst, and what came back meanwhile
     notices.answer(Status(["bobs"]), "bob", book, book.ledger)  # a budget of its own
     assert [n.state for n in published(notices)["bob"]] == ["pending"]
+
+
+class OneWorker:
+    """The inventory: one live worker."""
+
+    def snapshot(self) -> dict[str, LiveWorker]:
+        return {"w1": LiveWorker(Worker("w1", ["sleep"], 2), "mm.worker.w1")}
+
+
+def test_the_loop_tells_owners_over_its_transport(tmp_path: Path) -> None:
+    """The whole loop on the in-memory transport: a closed task's notice goes to its owner
+    after the commit, and a status request is answered to its sender only."""
+    broker_ = MemoryBroker(FakeClock())
+    scheduler = Scheduler(Config(state_dir=tmp_path), connector=broker_, clock=broker_.clock)
+    try:
+        scheduler.inventory = OneWorker()
+        scheduler.lead(broker_(lambda: False))
+
+        def steps_until(done: Callable[[], bool]) -> None:
+            for _ in range(200):
+                if done():
+                    return
+                scheduler.step()
+            raise AssertionError("not done after 200 steps")
+
+        def heard() -> dict[str, list[Notice]]:
+            out: dict[str, list[Notice]] = {}
+            for owner, body in broker_.notices:
+                out.setdefault(owner, []).extend(decode_notices(body).items)
+            return out
+
+        broker_.send("mm.requests", encode(TaskRequest("t1", "sleep")), "alice")
+        steps_until(lambda: broker_.dispatched() == ["t1"])
+        result = TaskResult("t1", 1, "w1", "succeeded", 1.0, 2.0, {"slept": 0})
+        broker_.send("mm.results", encode(result), "mm-worker-w1")
+        steps_until(lambda: "alice" in heard())
+        assert scheduler.ledger.get("t1").state == "succeeded"  # type: ignore[union-attr]
+        (notice,) = heard()["alice"]
+        assert (notice.id, notice.state, notice.output) == ("t1", "succeeded", {"slept": 0})
+        broker_.send("mm.requests", encode(Status(["t1"], "r1")), "bob")
+        steps_until(lambda: "bob" in heard())
+        assert [(n.id, n.state, n.ref) for n in heard()["bob"]] == [("t1", "unknown", "r1")]
+        assert len(heard()["alice"]) == 1  # nothing more to her
+    finally:
+        scheduler.drop()
+        scheduler.ledger.close()
