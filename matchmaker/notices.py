@@ -39,11 +39,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
-import pika
 
-from matchmaker import broker
 from matchmaker.identity import Senders
 from matchmaker.messages import MAX_MESSAGE_BYTES, NAME, VERSION, MessageError, Notice, Status
+from matchmaker.wire import amqp, broker
 
 if TYPE_CHECKING:
     from matchmaker.backlog import OpenTask
@@ -55,8 +54,8 @@ log = logging.getLogger(__name__)
 LIMIT = 100_000
 STATUS_RATE = 2000.0  # ids a second per sender
 STATUS_BURST = 20_000.0
-PROPERTIES = pika.BasicProperties(content_type="application/json")
-Publish = Callable[[str, str, bytes, pika.BasicProperties], None]  # pika's basic_publish
+PROPERTIES = amqp.Properties(content_type="application/json")
+Publish = Callable[[str, str, bytes, amqp.Properties], None]  # a basic_publish
 Send = Callable[[str, bytes], None]  # (owner, body): one message to mm.notices
 
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from matchmaker.messages import (
     MAX_ATTEMPTS,
+    MAX_LOG_CHARS,
     MAX_STATUS_IDS,
     MAX_TIMEOUT,
     NAME,
     NOTICE_STATES,
     RESULT_STATES,
+    TYPE_NAME,
     VERSION,
 )
 from matchmaker.models import MAX_PRIORITY
@@ -34,6 +36,11 @@ Schema = dict[str, Any]
 
 NAME_SCHEMA: Schema = {"type": "string", "pattern": f"^{NAME.pattern}$"}
 NAME_OR_NULL: Schema = {"type": ["string", "null"], "pattern": f"^{NAME.pattern}$"}
+TYPE_SCHEMA: Schema = {
+    "type": "string",
+    "pattern": f"^{TYPE_NAME.pattern}$",
+    "description": "a task type: any name some worker may advertise",
+}
 SCALAR: Schema = {"type": ["string", "number", "boolean"]}
 CONSTRAINTS: Schema = {
     "type": "object",
@@ -76,7 +83,7 @@ SUBMIT = _message(
     "submit",
     {
         "id": NAME_SCHEMA,
-        "type": NAME_SCHEMA,
+        "type": TYPE_SCHEMA,
         "payload": {"type": "object"},
         "priority": _integer(0, MAX_PRIORITY),
         "constraints": CONSTRAINTS,
@@ -107,6 +114,11 @@ RESULT_FIELDS: Schema = {
     "received_at": SECONDS,
     "output": {"type": ["object", "null"]},
     "error": {"type": ["string", "null"]},
+    "logs": {
+        "type": ["string", "null"],
+        "description": "the tail of the attempt's captured output (a longer one is cut "
+        f"to its last {MAX_LOG_CHARS:,} characters)",
+    },
 }
 STATUS = _message(
     "status",

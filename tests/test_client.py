@@ -17,11 +17,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
 
-from matchmaker import broker
 from matchmaker.client import (
     AsyncClient,
     Client,
@@ -33,6 +30,7 @@ from matchmaker.client import (
     TaskUnknown,
 )
 from matchmaker.local import LocalCluster, wait_until
+from matchmaker.wire import amqp, broker
 from tests.conftest import RoleUsers, VhostPool
 
 pytestmark = pytest.mark.timeout(240)
@@ -209,9 +207,9 @@ def test_a_client_sees_only_its_own_tasks(system: System, alice: Client, bob: Cl
     (inbox,) = [p for p in json.loads(policies) if p["name"] == "mm-inbox"]
     assert json.loads(inbox["definition"])["max-length"] == 100_000
     # Nor declare a queue under her name.
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     channel = connection.channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+    with pytest.raises(amqp.ChannelClosedByBroker) as refused:
         channel.queue_declare(broker.inbox_queue(system.alice, "x"), exclusive=True)
     assert refused.value.reply_code == 403
     if connection.is_open:
@@ -219,14 +217,14 @@ def test_a_client_sees_only_its_own_tasks(system: System, alice: Client, bob: Cl
 
 
 def _bind_refusal(url: str, user: str, key: str) -> int | None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     try:
         channel = connection.channel()
         queue = broker.inbox_queue(user, uuid.uuid4().hex)
         channel.queue_declare(queue, exclusive=True, auto_delete=True)
         channel.queue_bind(queue, broker.NOTICES, routing_key=key)
         return None
-    except pika.exceptions.ChannelClosedByBroker as error:
+    except amqp.ChannelClosedByBroker as error:
         return int(error.reply_code)
     finally:
         if connection.is_open:

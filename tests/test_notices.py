@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from matchmaker import broker, identity
+from matchmaker import identity
 from matchmaker import notices as notices_module
 from matchmaker.book import Book
 from matchmaker.config import Config
@@ -30,11 +30,12 @@ from matchmaker.messages import (
     decode_notices,
     encode,
 )
-from matchmaker.models import Worker
 from matchmaker.notices import Notices, bodies
 from matchmaker.scheduler.memory import FakeClock, MemoryBroker
 from matchmaker.service import Scheduler
+from matchmaker.wire import broker
 from membership.inventory import LiveWorker
+from membership.tags import Advertised
 
 
 def book_with_tasks(tmp_path: Path, notices: Notices) -> Book:
@@ -185,7 +186,7 @@ class OneWorker:
     """The inventory: one live worker."""
 
     def snapshot(self) -> dict[str, LiveWorker]:
-        return {"w1": LiveWorker(Worker("w1", ["sleep"], 2), "mm.worker.w1")}
+        return {"w1": LiveWorker(Advertised("w1", frozenset({"sleep"}), 2), "mm.worker.w1")}
 
 
 def test_the_loop_tells_owners_over_its_transport(tmp_path: Path) -> None:

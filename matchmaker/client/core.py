@@ -48,13 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import pika
-import pika.exceptions
-
-from matchmaker import broker, identity
+from matchmaker import identity
 from matchmaker.client.errors import ClientClosed, ClientError
 from matchmaker.client.handle import Callback, TaskHandle
-from matchmaker.confirms import Confirms
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     MAX_STATUS_IDS,
@@ -70,6 +66,8 @@ from matchmaker.messages import (
     encode,
     show,
 )
+from matchmaker.wire import amqp, broker
+from matchmaker.wire.confirms import Confirms
 
 log = logging.getLogger("matchmaker.client")
 
@@ -117,7 +115,7 @@ def _url(url: str, user: str | None, password: str | None) -> str:
     return url
 
 
-def _refusal(error: pika.exceptions.ChannelClosedByBroker, user: str) -> str:
+def _refusal(error: amqp.ChannelClosedByBroker, user: str) -> str:
     if error.reply_code == 404:
         return (
             f"the broker has no {broker.NOTICES} exchange: start the scheduler (or run "
@@ -184,7 +182,7 @@ class Client:
         self._unconfirmed: list[_Out] = []  # published on a connection that was lost
         self._asks: dict[str, None] = {}  # ids to ask the scheduler about, in order
         self._ask_budget, self._ask_time = ASK_BURST, time.monotonic()
-        self._connection: pika.BlockingConnection | None = None
+        self._connection: amqp.Connection | None = None
         self._closing = threading.Event()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -388,7 +386,7 @@ class Client:
             try:
                 confirms = self._session()
                 delay = 0.2
-            except (pika.exceptions.AMQPError, broker.BrokerError, OSError, ClientError) as error:
+            except (amqp.AMQPError, broker.BrokerError, OSError, ClientError) as error:
                 if not self._connected_once:
                     self._failure = error
                     self._ready.set()
@@ -402,7 +400,7 @@ class Client:
                 break
             delay = min(delay * 2, MAX_BACKOFF)
 
-    def _connect(self) -> pika.BlockingConnection:
+    def _connect(self) -> amqp.Connection:
         error: broker.BrokerError | None = None
         for url in self._urls:
             try:
@@ -420,7 +418,7 @@ class Client:
         try:
             inbox.queue_declare(queue_name, exclusive=True, auto_delete=True)
             inbox.queue_bind(queue_name, broker.NOTICES, routing_key=self.user)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             raise ClientError(_refusal(error, self.user)) from None
         inbox.basic_consume(queue_name, self._on_notice, auto_ack=True)
         confirms: Confirms[_Out] = Confirms(connection.channel(), wake=True)
