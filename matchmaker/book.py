@@ -277,7 +277,7 @@ class Book:
             return "running"
         self._land(t)
         if r.state == "succeeded":
-            t.state = "succeeded"
+            t.state, t.output = "succeeded", r.output
             done = {"finished_at": r.finished_at or now, "output": r.output, "error": None}
             self.ledger.update(r.id, now, state="succeeded", **ran, **done)
             self._event(t, "succeeded", now)
@@ -289,6 +289,7 @@ class Book:
     def fail(self, t: OpenTask, error: str, now: float, finished_at: float | None = None) -> str:
         """An attempt failed: retry with exponential backoff, or dead after max_attempts."""
         self._land(t)
+        t.error = error
         self.ledger.update(t.request.id, now, error=error, finished_at=finished_at or now)
         self._event(t, "failed", now, error)
         if t.attempt >= t.request.max_attempts:

@@ -89,6 +89,7 @@ from matchmaker.ledger.retention import Pruner
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
+from matchmaker.notices import Notices
 from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, SystemClock, TurnClock
 from matchmaker.scheduler.events import Events
@@ -164,6 +165,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.ledger = open_ledger(config, background_checkpoints=True)
         self.pruner = Pruner(config.ledger_retention)  # finished tasks past retention
         self.quotas = quotas_of(config)
+        self.notices = Notices(self.senders)  # what owners hear over mm.notices (client hook)
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port, config.metrics_bind)
         self.changes: queue.Queue[Change] = queue.Queue()
@@ -258,8 +260,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.quotas.forget_open()
         book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
         book.on_open = self._opened
-        book.on_close = lambda t: self.quotas.closed(owner_of(t))
+        book.on_close = self._closed
         return book
+
+    def _closed(self, t: OpenTask) -> None:
+        self.quotas.closed(owner_of(t))
+        self.notices.closed(t)  # client hook
 
     def _opened(self, t: OpenTask) -> None:
         self.quotas.opened(owner_of(t))
@@ -332,7 +338,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             owed=self.arrived,
             round_wanted=self._round_wanted(),
             buffered=bool(self.requests or self.results),
-            events=self.book.has_events() and not self.arrived,  # else the turn sends them
+            events=(self.book.has_events() or self.notices.waiting()) and not self.arrived,
             changes=not self.changes.empty(),
         )
         self._poll(wait)

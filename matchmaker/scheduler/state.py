@@ -20,6 +20,7 @@ from matchmaker.ledger import FAILURES, Letter, TaskLedger
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
+from matchmaker.notices import Notices
 from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, TurnClock
 from matchmaker.scheduler.transport import Delivery as Delivery  # re-exported
@@ -55,6 +56,7 @@ class Core:
     senders: Senders
     ledger: TaskLedger
     quotas: Quotas
+    notices: Notices  # client hook
     book: Book
     metrics: Metrics
     changes: queue.Queue[Change]
