@@ -43,6 +43,7 @@ class Config:
     admin_users: tuple[str, ...] = (ADMIN,)
     trusted_users: tuple[str, ...] = ()
     serf_rpc: str = "127.0.0.1:7373"
+    liveness_vhost: str = "/"  # where rabbitmq_event_exchange publishes; "" turns it off
     serf_auth_key: str = ""  # prefer serf_auth_key_file: a flag's value shows in ps
     serf_auth_key_file: str = ""  # a 0600 file holding the Serf RPC auth key
     insecure: bool = False  # talk to the Serf agent without an RPC auth key

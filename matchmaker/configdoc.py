@@ -28,6 +28,12 @@ DESCRIPTIONS: dict[str, str] = {
     "single-user development setup; empty in production).",
     "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
     "inventory from.",
+    "liveness_vhost": "Vhost where the broker's event exchange plugin "
+    "(`rabbitmq_event_exchange`) publishes `amq.rabbitmq.event`: a worker whose queue loses "
+    "its consumer (its connection dropped) has its tasks put back at once, and one alive in "
+    "Serf gets no dispatches until it consumes. Empty turns it off (Serf alone finds "
+    "failures); without the plugin or the right to read the exchange it logs one warning and "
+    "stays off.",
     "serf_auth_key": "The Serf agent's RPC auth key.",
     "serf_auth_key_file": "File (0600) holding the Serf agent's RPC auth key (make one with "
     "`python -m membership keygen`).",

@@ -79,7 +79,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker
+from matchmaker import broker, liveness
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
@@ -228,6 +228,7 @@ class Scheduler:
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
         self.api: api_server.ApiServer | None = None  # api hook
+        self.liveness: liveness.Liveness | None = None  # broker-side failure detection
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -244,6 +245,8 @@ class Scheduler:
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put
         )
         self.inventory.start()
+        tls, events = broker.TLSFiles.of(self.config), self.config.liveness_vhost
+        self.liveness = liveness.start(self.config.broker_url, events, self.changes.put, tls)
         first, longest = RECONNECT_BACKOFF
         delay = first
         try:
@@ -273,6 +276,8 @@ class Scheduler:
             if self.api is not None:  # api hook
                 self.api.stop()
             self.inventory.stop()
+            if self.liveness is not None:
+                self.liveness.stop()
             self.ledger.commit()
             self.ledger.close()
             if self.connection and self.connection.is_open:
@@ -468,6 +473,8 @@ class Scheduler:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
         advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        if self.liveness is not None:  # only those consuming their queue get dispatches
+            advertised = self.liveness.present(advertised)
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
         self.live, self.loaded = {}, {}

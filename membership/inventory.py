@@ -39,7 +39,10 @@ from membership.errors import MembershipError, TagError
 from membership.rpc import MEMBER_EVENTS, Member, SerfRPC, parse_members
 from membership.tags import decode_worker
 
-ChangeKind = Literal["joined", "updated", "left", "failed", "reaped", "rejected"]
+# "connected" / "disconnected": a worker's queue gained / lost its consumer (matchmaker.liveness)
+ChangeKind = Literal[
+    "joined", "updated", "left", "failed", "reaped", "rejected", "connected", "disconnected"
+]
 
 # A member's state after each stream event, and for each status in a snapshot.
 _EVENT_STATE = {
@@ -76,7 +79,7 @@ class Change:
     @property
     def gone(self) -> bool:
         """A worker that was live is no longer: its assigned tasks must be rescheduled."""
-        return self.kind in ("left", "failed", "reaped") or (
+        return self.kind in ("left", "failed", "reaped", "disconnected") or (
             self.kind == "rejected" and self.worker is not None
         )
 
