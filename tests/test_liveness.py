@@ -194,6 +194,7 @@ def test_a_killed_workers_tasks_run_elsewhere_before_serf_notices(
     started = [r.started_at for i in ids if (r := cluster.task(i)) is not None and r.started_at]
     text = (cluster.workdir / "scheduler.log").read_text()
     assert f"worker {a} disconnected: 2 tasks rescheduled" in text  # the broker told first
+    assert _held(role_users.url(role_users.scheduler), a) == 0  # its old dispatches purged
     print(f"kill -9 to running elsewhere: {max(started) - killed:.2f} s")
 
 
@@ -219,13 +220,16 @@ def test_a_worker_alive_in_serf_without_a_consumer_gets_nothing(
         _submit(client, *(TaskRequest(i, "sleep", {"seconds": 0}) for i in ids))
         rows = cluster.wait_states(ids, timeout=60)
         assert {r.worker for r in rows.values()} == {b}  # spread would have used the ghost
-        connection = pika.BlockingConnection(
-            pika.URLParameters(role_users.url(role_users.scheduler))
-        )
-        try:
-            held = connection.channel().queue_declare(broker.worker_queue(a), passive=True)
-            assert held.method.message_count == 0
-        finally:
-            connection.close()
+        assert _held(role_users.url(role_users.scheduler), a) == 0
     finally:
         ghost.stop()
+
+
+def _held(url: str, name: str) -> int:
+    """How many messages worker ``name``'s queue holds."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ok = connection.channel().queue_declare(broker.worker_queue(name), passive=True)
+        return int(ok.method.message_count)
+    finally:
+        connection.close()
