@@ -27,6 +27,8 @@ from matchmaker.models import MAX_PRIORITY, STRATEGIES
 from membership.errors import MembershipError
 from membership.keys import resolve
 
+MAX_PIPELINE = 64
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the text names it."""
@@ -49,6 +51,7 @@ class Config:
     insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # a full turn (intake, round, one commit) at most this often
+    pipeline_depth: int = 0  # dispatches a worker may hold beyond its slots (0: none)
     strategy: str = "spread"
     aging_interval: float = 60.0
     preference_bonus: int = 1
@@ -94,6 +97,8 @@ class Config:
             )
         if not self.round_interval >= 0:
             raise ConfigError("round_interval must be >= 0 seconds")
+        if not 0 <= self.pipeline_depth <= MAX_PIPELINE:
+            raise ConfigError(f"pipeline_depth must be from 0 to {MAX_PIPELINE}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port must be a TCP port (0 turns metrics off)")
         if not 0 <= self.http_port <= 65535:

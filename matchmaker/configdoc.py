@@ -42,6 +42,9 @@ DESCRIPTIONS: dict[str, str] = {
     "state_dir": "Directory of the scheduler's state (the ledger).",
     "round_interval": "Seconds between full turns of the loop while work comes in: intake, "
     "one commit and a round.",
+    "pipeline_depth": "Dispatches a worker may hold beyond its slots (0-64): it runs at most "
+    "its slots at once and starts the next it holds the moment one ends, without a round "
+    "trip; a task held so is committed to that worker (benchmarks/README.md measures it).",
     "strategy": "`spread` balances load across workers; `binpack` fills the busiest first.",
     "aging_interval": "Seconds of waiting that raise a task one priority band (0 disables aging).",
     "preference_bonus": "Cost saved for each matched preference.",

@@ -482,6 +482,10 @@ class Scheduler:
             self.rates.advertise(name, worker.perf)
             speeds = self.rates.speeds(name)
             self.live[name] = worker.with_speeds(speeds) if speeds else worker
+            if self.config.pipeline_depth and worker.slots:  # k dispatches beyond its slots
+                self.live[name] = self.live[name].with_slots(
+                    worker.slots + self.config.pipeline_depth
+                )
             self.dispatcher.declare(name)
 
     def _reconcile_inventory(self) -> None:
