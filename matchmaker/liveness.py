@@ -17,14 +17,19 @@ source for joins, tags and partitions; this only narrows the inventory:
 - ``present(workers)`` keeps the workers whose queue has a consumer. A name
   seen for the first time is looked up (a passive declare's consumer count)
   and left out until that says it has one.
-- a worker whose last consumer goes emits ``Change("disconnected")`` (its
-  tasks go back to pending, as for a Serf failure), and one whose consumer
-  appears again emits ``Change("connected")``.
+- a worker whose last consumer dies with its channel (the broker deletes it
+  as ``rmq-internal``: the connection dropped, the process was killed)
+  emits ``Change("disconnected")``: its tasks go back to pending, as for a
+  Serf failure. One whose last consumer is cancelled by its own user (a
+  drain: running tasks still finish and report) emits
+  ``Change("unsubscribed")``: no new dispatches, nothing taken back. One
+  whose consumer appears again emits ``Change("connected")``.
 
 The first look-up of a name can race with an event about it (both may count
 the same consumer); every ``resync`` seconds the watched queues are looked up
-again and one that has no consumer is disconnected whatever the events said,
-so such a count is wrong for at most that long.
+again and one that has no consumer is unsubscribed whatever the events said,
+so such a count is wrong for at most that long (and Serf still finds a
+failure that hid behind it).
 
 Without the plugin, or without the right to read ``amq.rabbitmq.event``
 (docs/security.md), it logs one warning and stands aside: every worker Serf
@@ -59,6 +64,7 @@ BASELINE = ""  # the consumer a look-up counted, whose tag no event has named
 POLL = 0.05  # the thread's longest wait for broker events
 BACKOFF = (0.5, 5.0)
 REFUSED = (403, 404, 530)  # access refused, no such exchange, vhost not allowed
+INTERNAL = "rmq-internal"  # who deletes the consumers of a channel that died
 
 T = TypeVar("T")
 
@@ -267,10 +273,10 @@ class Liveness:
 
     def _look_up(self, name: str, *, first: bool) -> None:
         """A first look-up (of a name, or of every name after a reconnect) counts the
-        consumers no event has named; any look-up that finds none disconnects it."""
+        consumers no event has named; any look-up that finds none unsubscribes it (why it
+        has none, no look-up can tell)."""
         count = self._consumers(name)
         with self._lock:
-            known = name in self._tags
             tags = self._tags.setdefault(name, set())
             before = bool(tags)
             if count == 0:
@@ -278,7 +284,7 @@ class Liveness:
             elif first and not tags:
                 tags.add(BASELINE)
             after = bool(tags)
-        if before != after or (not known and not after):
+        if before != after:
             self._announce(name, after)
 
     def _on_event(
@@ -305,14 +311,18 @@ class Liveness:
             else:
                 tags.discard(BASELINE)
             after = bool(tags)
-        if before != after:
-            self._announce(name, after)
+        if before == after:
+            return
+        died = _text(headers.get("user_who_performed_action")) == INTERNAL
+        self._announce(name, after, died)
 
-    def _announce(self, name: str, connected: bool) -> None:
+    def _announce(self, name: str, connected: bool, died: bool = False) -> None:
         if connected:
             change = Change("connected", name, None, "consumes its queue")
+        elif died:
+            change = Change("disconnected", name, None, "its consumer died with its channel")
         else:
-            change = Change("disconnected", name, None, "no consumer on its queue")
+            change = Change("unsubscribed", name, None, "no consumer on its queue")
         log.info("worker %s %s (%s)", name, change.kind, change.reason)
         try:
             self.on_change(change)

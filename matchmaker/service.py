@@ -473,10 +473,10 @@ class Scheduler:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
         advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
-        if self.liveness is not None:  # only those consuming their queue get dispatches
-            advertised = self.liveness.present(advertised)
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
+        if self.liveness is not None:  # only those consuming their queue get dispatches
+            advertised = self.liveness.present(advertised)
         self.live, self.loaded = {}, {}
         for name, worker in advertised.items():
             self.rates.advertise(name, worker.perf)

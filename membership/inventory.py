@@ -39,9 +39,18 @@ from membership.errors import MembershipError, TagError
 from membership.rpc import MEMBER_EVENTS, Member, SerfRPC, parse_members
 from membership.tags import decode_worker
 
-# "connected" / "disconnected": a worker's queue gained / lost its consumer (matchmaker.liveness)
+# From matchmaker.liveness: a worker's queue gained its consumer ("connected"), lost it with
+# its connection ("disconnected", gone) or by a cancel of its own ("unsubscribed", not gone).
 ChangeKind = Literal[
-    "joined", "updated", "left", "failed", "reaped", "rejected", "connected", "disconnected"
+    "joined",
+    "updated",
+    "left",
+    "failed",
+    "reaped",
+    "rejected",
+    "connected",
+    "disconnected",
+    "unsubscribed",
 ]
 
 # A member's state after each stream event, and for each status in a snapshot.

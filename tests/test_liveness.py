@@ -31,10 +31,14 @@ from tests.conftest import RoleUsers
 pytestmark = pytest.mark.timeout(180)
 
 CONSUMER = """
-import sys, pika
+import sys, threading, pika
 connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
 channel = connection.channel()
-channel.basic_consume(sys.argv[2], lambda *a: None)
+tag = channel.basic_consume(sys.argv[2], lambda *a: None)
+def cancel():
+    sys.stdin.readline()  # a line on stdin: cancel the consumer, keep the connection
+    connection.add_callback_threadsafe(lambda: channel.basic_cancel(tag))
+threading.Thread(target=cancel, daemon=True).start()
 print("consuming", flush=True)
 channel.start_consuming()
 """
@@ -59,6 +63,7 @@ def _consumer(url: str, name: str) -> subprocess.Popen[str]:
     """A process consuming worker ``name``'s queue, as that worker would."""
     process = subprocess.Popen(
         [sys.executable, "-c", CONSUMER, url, broker.worker_queue(name)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -98,8 +103,6 @@ def test_a_queue_without_consumer_is_absent_and_a_killed_consumer_is_seen_at_onc
     a, b = role_users.workers
     assert follower.active
     assert follower.present({a: 1, b: 2}) == {}  # not looked up yet: left out, asked about
-    _next(changes, a, "disconnected")  # looked up: nobody consumes
-    assert follower.present({a: 1, b: 2}) == {}
     process = _consumer(role_users.worker_url(a), a)
     try:
         _next(changes, a, "connected")
@@ -115,7 +118,7 @@ def test_a_queue_without_consumer_is_absent_and_a_killed_consumer_is_seen_at_onc
         process.wait()
 
 
-def test_a_consumer_there_before_the_first_look_up_counts(
+def test_a_consumer_there_before_the_first_look_up_counts_and_a_cancel_is_no_failure(
     liveness: tuple[Liveness, queue.Queue[Change]], role_users: RoleUsers
 ) -> None:
     follower, changes = liveness
@@ -125,9 +128,12 @@ def test_a_consumer_there_before_the_first_look_up_counts(
         assert follower.present({a: 1}) == {}
         _next(changes, a, "connected")
         assert follower.present({a: 1}) == {a: 1}
-        process.terminate()  # a clean close deletes the consumer too
-        _next(changes, a, "disconnected")
+        assert process.stdin is not None
+        process.stdin.write("cancel\n")  # its own cancel (a drain): no dispatches, no failure
+        process.stdin.flush()
+        _next(changes, a, "unsubscribed")
         assert follower.present({a: 1}) == {}
+        assert process.poll() is None
     finally:
         process.kill()
         process.wait()
@@ -196,6 +202,26 @@ def test_a_killed_workers_tasks_run_elsewhere_before_serf_notices(
     assert f"worker {a} disconnected: 2 tasks rescheduled" in text  # the broker told first
     assert _held(role_users.url(role_users.scheduler), a) == 0  # its old dispatches purged
     print(f"kill -9 to running elsewhere: {max(started) - killed:.2f} s")
+
+
+def test_a_draining_worker_finishes_its_running_task_without_a_second_attempt(
+    cluster: LocalCluster, role_users: RoleUsers
+) -> None:
+    a, _ = role_users.workers
+    client = role_users.url(role_users.clients[0])
+    cluster.start_scheduler(broker_url=role_users.url(role_users.scheduler))
+    cluster.start_worker(
+        a, ["sleep"], 2, broker_url=role_users.worker_url(a), extra=["--grace", "30"]
+    )
+    _submit(client, TaskRequest("last", "sleep", {"seconds": 2}))
+    wait_until(
+        lambda: (r := cluster.task("last")) is not None and r.state == "running", 60, "to run"
+    )
+    cluster.workers[a].signal(signal.SIGTERM)  # stops consuming, lets the task finish
+    rows = cluster.wait_states(["last"], timeout=60)
+    assert rows["last"].attempt == 1 and rows["last"].worker == a
+    text = (cluster.workdir / "scheduler.log").read_text()
+    assert f"worker {a} unsubscribed" in text and f"worker {a} disconnected" not in text
 
 
 def test_a_worker_alive_in_serf_without_a_consumer_gets_nothing(
