@@ -142,10 +142,11 @@ class Liveness:
 
     def present(self, workers: Mapping[str, T]) -> dict[str, T]:
         """The ``workers`` (by name) that consume their queue; all of them while the
-        events are not followed. Names not looked up yet are asked about and left out."""
-        if not self._active:
+        events are not followed (yet). Names not looked up yet are asked about and left
+        out."""
+        if self._off:
             return dict(workers)
-        out = {}
+        active, out = self._active, {}
         with self._lock:
             for name in self._watched - workers.keys():  # out of the inventory: forgotten
                 self._watched.discard(name)
@@ -158,7 +159,7 @@ class Liveness:
                         self._asked.put(name)
                 elif tags:
                     out[name] = worker
-        return out
+        return out if active else dict(workers)  # not (yet) followed: Serf alone decides
 
     # -- the thread -------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class Liveness:
                     self._connect()
                     delay = BACKOFF[0]
                 self._step()
-            except pika.exceptions.AMQPError as error:
+            except (pika.exceptions.AMQPError, OSError) as error:
                 if self._off:
                     return
                 self._close()
