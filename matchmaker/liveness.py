@@ -64,6 +64,7 @@ BASELINE = ""  # the consumer a look-up counted, whose tag no event has named
 POLL = 0.05  # the thread's longest wait for broker events
 BACKOFF = (0.5, 5.0)
 REFUSED = (403, 404, 530)  # access refused, no such exchange, vhost not allowed
+DENIED = ("access denied", "refused the credentials")  # broker.connect's refusals
 INTERNAL = "rmq-internal"  # who deletes the consumers of a channel that died
 
 T = TypeVar("T")
@@ -190,7 +191,7 @@ class Liveness:
         try:
             connection = broker.connect(self.url, name="matchmaker-liveness", tls=self.tls)
         except broker.BrokerError as error:
-            if "access denied" in str(error) or "refused" in str(error):
+            if any(words in str(error) for words in DENIED):  # not an unreachable broker
                 self._stand_aside(str(error))
             raise pika.exceptions.AMQPConnectionError(str(error)) from None
         try:
@@ -217,6 +218,9 @@ class Liveness:
         with self._lock:
             for name in self._watched:
                 self._asked.put(name)
+            for name, tags in self._tags.items():  # tags seen before are stale now: what
+                if tags:  # consumes is counted again, under no name, by the look-up
+                    self._tags[name] = {BASELINE}
         self._active = True
         log.info("following the broker's consumer events in vhost %s", self.events_vhost)
 

@@ -23,7 +23,7 @@ from matchmaker import broker
 from matchmaker.liveness import Liveness
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest, encode
-from membership.agent import SerfAgent
+from membership.agent import SerfAgent, free_port
 from membership.inventory import Change
 from membership.tags import encode_worker_tags
 from tests.conftest import RoleUsers
@@ -259,3 +259,19 @@ def _held(url: str, name: str) -> int:
         return int(ok.method.message_count)
     finally:
         connection.close()
+
+
+def test_an_unreachable_broker_is_retried_not_taken_for_a_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed = f"amqp://u:p@127.0.0.1:{free_port()}/x"  # nothing listens there
+    changes: queue.Queue[Change] = queue.Queue()
+    with caplog.at_level(logging.INFO, "matchmaker.liveness"):
+        follower = Liveness(closed, "/", changes.put).start()
+        try:
+            assert not follower.active
+            assert follower.present({"x": 1}) == {"x": 1}  # Serf alone, meanwhile
+            assert follower._thread is not None and follower._thread.is_alive()  # retrying
+        finally:
+            follower.stop()
+    assert "failure detection is off" not in caplog.text
