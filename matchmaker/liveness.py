@@ -48,11 +48,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from matchmaker import broker
+from matchmaker.wire import amqp, broker
 from membership.inventory import Change
 
 log = logging.getLogger("matchmaker.liveness")
@@ -109,9 +105,9 @@ class Liveness:
         self._off = False  # the plugin or the right is missing: stand aside for good
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connection: pika.BlockingConnection | None = None
-        self._home: pika.BlockingConnection | None = None
-        self._lookup: BlockingChannel | None = None
+        self._connection: amqp.Connection | None = None
+        self._home: amqp.Connection | None = None
+        self._lookup: amqp.Channel | None = None
         self._next_resync = 0.0
 
     # -- the scheduler's side ---------------------------------------------------
@@ -126,7 +122,7 @@ class Liveness:
         background; a broker that cannot be reached now is tried again there."""
         try:
             self._connect()
-        except pika.exceptions.AMQPError as error:
+        except amqp.AMQPError as error:
             if not self._off:
                 log.info("broker consumer events not followed yet (%s); retrying", error)
         if not self._off:
@@ -177,7 +173,7 @@ class Liveness:
                     self._connect()
                     delay = BACKOFF[0]
                 self._step()
-            except (pika.exceptions.AMQPError, OSError) as error:
+            except (amqp.AMQPError, OSError) as error:
                 if self._off:
                     return
                 self._close()
@@ -193,14 +189,14 @@ class Liveness:
         except broker.BrokerError as error:
             if any(words in str(error) for words in DENIED):  # not an unreachable broker
                 self._stand_aside(str(error))
-            raise pika.exceptions.AMQPConnectionError(str(error)) from None
+            raise amqp.AMQPConnectionError(str(error)) from None
         try:
             channel = connection.channel()
             private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             for key in KEYS:
                 channel.queue_bind(private, EXCHANGE, key)
             channel.basic_consume(private, self._on_event, auto_ack=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             connection.close()
             if error.reply_code in REFUSED:
                 self._stand_aside(f"{error.reply_code} {error.reply_text}")
@@ -213,7 +209,7 @@ class Liveness:
                 self._home = broker.connect(self.home_url, name="matchmaker-liveness", tls=self.tls)
             except broker.BrokerError as error:
                 self._close()
-                raise pika.exceptions.AMQPConnectionError(str(error)) from None
+                raise amqp.AMQPConnectionError(str(error)) from None
         self._lookup = self._home.channel()
         with self._lock:
             for name in self._watched:
@@ -241,7 +237,7 @@ class Liveness:
         self._connection, self._home, self._lookup = None, None, None
         for connection in connections:
             if connection is not None and connection.is_open:
-                with contextlib.suppress(pika.exceptions.AMQPError):
+                with contextlib.suppress(amqp.AMQPError):
                     connection.close()
 
     def _step(self) -> None:
@@ -269,7 +265,7 @@ class Liveness:
             self._lookup = self._home.channel()
         try:
             ok = self._lookup.queue_declare(broker.worker_queue(name), passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             if error.reply_code != 404:
                 raise
             self._lookup = None
@@ -292,9 +288,7 @@ class Liveness:
         if before != after:
             self._announce(name, after)
 
-    def _on_event(
-        self, _ch: Any, method: Any, properties: pika.BasicProperties, _body: bytes
-    ) -> None:
+    def _on_event(self, _ch: Any, method: Any, properties: amqp.Properties, _body: bytes) -> None:
         headers = properties.headers or {}
         if _text(headers.get("vhost")) != self.vhost:
             return

@@ -19,10 +19,10 @@ from pathlib import Path
 import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.liveness import Liveness
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest, encode
+from matchmaker.wire import broker
 from membership.agent import SerfAgent, free_port
 from membership.inventory import Change
 from membership.tags import encode_worker_tags
