@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matchmaker import identity
 from membership.agent import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,8 @@ class PrivateBroker:
     def start(self) -> PrivateBroker:
         """Start the node, wait for it, make the vhost and a user with rights on it alone."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "enabled_plugins").write_text("[].\n")
+        # consumer events: the scheduler finds a killed worker through the broker
+        (self.workdir / "enabled_plugins").write_text("[rabbitmq_event_exchange].\n")
         (self.workdir / "rabbitmq.conf").write_text(
             "# the fault harness's private node: defaults\n"
         )
@@ -109,6 +111,9 @@ class PrivateBroker:
             self.ctl("add_vhost", self.vhost)
             self.ctl("add_user", self.user, self.password)
             self.ctl("set_permissions", "-p", self.vhost, self.user, ".*", ".*", ".*")
+            events = identity.events_role(self.user)  # amq.rabbitmq.event lives in "/"
+            self.ctl("set_permissions", "-p", "/", self.user, events.configure, events.write,
+                     events.read)  # fmt: skip
         except FaultEnvError as error:
             self.stop()
             tail = self.log_tail()

@@ -103,10 +103,11 @@ class Env:
     ledger_url: str = ""  # empty: each scheduler's own SQLite file
 
     def vhost(self, label: str) -> str:
-        """A fresh vhost for the matchmaker user; returns its AMQP URL. Deleted on close."""
+        """A fresh vhost for the user of ``amqp``; returns its AMQP URL. Deleted on close."""
         name = f"mm-live-{label}-{uuid.uuid4().hex[:8]}"
         self.stack.callback(_delete_vhost, name)
-        rabbitmqctl("import_definitions", stdin=vhost_definitions([name]).encode())
+        user = broker.sender(self.amqp) or USER
+        rabbitmqctl("import_definitions", stdin=vhost_definitions([name], user).encode())
         url = f"{self.amqp}/{name}"
         broker.connect(url, attempts=1, name="live-probe").close()  # BrokerError: says why
         return url

@@ -5,13 +5,16 @@ slots; 4 long ``sleep`` tasks are spread over both. When all run, the
 worker holding the most of them gets SIGKILL (its Serf agent dies with it,
 by PDEATHSIG). Measured from the kill:
 
-- (a) detection: the worker leaves a ``membership.inventory.Inventory``
+- (a) Serf's detection: the worker leaves a ``membership.inventory.Inventory``
   following the scheduler's own agent (resynced every 0.1 s, so this is
   Serf's failure detection plus at most 0.1 s);
 - (b) recovery: the last of its tasks has a ``running`` transition with
   attempt 2 in the ledger, reported by the surviving worker.
 
-Target: (b) <= (a) + 1 s. Medians over the repeats.
+The scheduler hears of the kill from the broker (its consumer goes with its
+connection, ``matchmaker.liveness``) when the event exchange plugin is on,
+else from Serf. Target: (b) <= 1 s, and never later than (a) + 1 s.
+Medians over the repeats.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SLOTS = 4
 TASKS = 4
 TASK_SECONDS = 20.0
 SLACK = 1.0
+RECOVERY = 1.0  # seconds from the kill to its tasks running elsewhere
 
 
 def run(env: Env, repeats: int) -> dict[str, Any]:
@@ -48,9 +52,13 @@ def run(env: Env, repeats: int) -> dict[str, Any]:
         "recovery_first_median_s": median(r["recovery_first_s"] for r in runs),
         "targets": {
             "recovery": verdict(
+                recovery <= RECOVERY,
+                f"a kill -9'd worker's tasks running elsewhere <= {RECOVERY:g} s (median)",
+            ),
+            "after_serf": verdict(
                 recovery <= detection + SLACK,
-                f"tasks running elsewhere <= detection + {SLACK:g} s (medians)",
-            )
+                f"tasks running elsewhere <= Serf's detection + {SLACK:g} s (medians)",
+            ),
         },
     }
 
@@ -112,9 +120,9 @@ def table(r: dict[str, Any]) -> list[str]:
             f"{run_['recovery_s']:>16.2f}"
         )
     lines.append(
-        f"median: detection (kill -> out of the inventory) {r['detection_median_s']:.2f} s; "
+        f"median: Serf's detection (kill -> out of its inventory) "
+        f"{r['detection_median_s']:.2f} s; "
         f"kill -> all its tasks running elsewhere {r['recovery_median_s']:.2f} s "
-        f"(first {r['recovery_first_median_s']:.2f} s); "
-        f"margin over detection {r['recovery_median_s'] - r['detection_median_s']:.2f} s"
+        f"(first {r['recovery_first_median_s']:.2f} s)"
     )
     return lines

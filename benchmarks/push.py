@@ -5,7 +5,8 @@ to it, the broker's per-message cost ``broker``, a hop from it. A request
 reaches the scheduler ``2 * latency + broker`` after it is submitted; a
 dispatch reaches its worker as long after its round ends, and a result the
 scheduler as long after the task ends. A worker starts a dispatch at once
-(the scheduler never gives it more than ``slots`` tasks).
+(the scheduler never gives it more than ``slots`` tasks, ``slots + k`` when
+pipelining, below).
 
 The scheduler is one loop that does one thing at a time, and pays for each:
 taking in a request or a result costs ``intake``; a round costs
@@ -44,9 +45,19 @@ Speeds (``speeds``): ``advertised`` gives each worker its true speed as
 and learns; ``ignored`` leaves every worker at 1.0 (the speed-blind plan).
 
 A crashed worker stops: its running tasks are lost, and tasks dispatched to
-it wait in its queue. ``detection`` seconds later (Serf's failure detector)
-the scheduler drops the worker and puts all of its in-flight tasks back in
-the pending set.
+it wait in its queue. ``detection`` seconds later the scheduler drops the
+worker and puts all of its in-flight tasks back in the pending set. By
+default that is the broker's own speed (``BROKER_DETECTION``: the consumer
+event of the closed connection is one message leg to the scheduler,
+``matchmaker.liveness``, the same event that requeues pull's messages);
+``--detection 5`` is Serf alone (the plugin off).
+
+Pipelining (``pipeline`` = the service's ``pipeline_depth`` k): a worker's
+view has ``slots + k`` places, so a round may hand it up to k tasks beyond
+its slots; the worker runs at most ``slots`` at once and starts the next of
+its own queue (oldest first) the moment one ends, without a round trip. A
+task so queued is committed to that worker: it cannot move to one that frees
+sooner.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ PLAN_BASE = 50e-6
 PLAN_PER_WORKER = 0.4e-6
 PLAN_PER_LOG = 100e-6
 TURN = 150e-6  # one ledger commit per turn (benchmarks ledger: p50 0.14 ms)
+BROKER_DETECTION = 2 * 0.0003 + 0.0001  # a consumer event's leg: hop, broker, hop
 ROUND_POLICIES = ("event", "clock")
 ROUND_COSTS = ("model", "measured")
 SPEED_MODES = ("advertised", "learned", "ignored")
@@ -80,12 +92,13 @@ class PushParams:
     broker: float = 0.0001
     intake: float = 40e-6
     dispatch: float = 15e-6
-    detection: float = 5.0
+    detection: float = BROKER_DETECTION
     strategy: str = "spread"
     aging_interval: float = 60.0
     rounds: str = "event"
     round_cost: str = "model"
     speeds: str = "advertised"
+    pipeline: int = 0
 
 
 def modelled_round(tasks: int, workers: int) -> float:
@@ -147,6 +160,8 @@ def simulate_push(
     cache: dict[tuple[int, int, int], Worker] = {}
     inflight: list[set[int]] = [set() for _ in range(n)]
     running_on: list[set[int]] = [set() for _ in range(n)]
+    queued: list[list[int]] = [[] for _ in range(n)]  # delivered, waiting for a free slot
+    extra = params.pipeline
     dead = [False] * n
     known = list(range(n))  # workers the scheduler believes alive
     backlog = Backlog(tasks)
@@ -192,7 +207,8 @@ def simulate_push(
         if view is None:
             w = sims[k]
             speeds = rates.speeds(w.name) if learn else {}
-            view = Worker(w.name, w.capabilities, w.slots, count, w.attributes, perf[k], speeds)
+            places = w.slots + extra if w.slots else 0
+            view = Worker(w.name, w.capabilities, places, count, w.attributes, perf[k], speeds)
             cache[key] = view
         return view
 
@@ -200,7 +216,7 @@ def simulate_push(
         nonlocal last_round, busy_until, first_change
         last_round = t
         first_change = None
-        free = sum(max(0, sims[k].slots - len(inflight[k])) for k in known)
+        free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
             return
         handed = backlog.take(free)
@@ -242,6 +258,9 @@ def simulate_push(
         elif kind == START:
             if dead[b]:
                 continue  # waits in the crashed worker's queue until detection
+            if len(running_on[b]) >= sims[b].slots:
+                queued[b].append(a)  # pipelined: starts when a slot of its own frees
+                continue
             running_on[b].add(a)
             record.busy(t, 1)
             push(t + float(duration[a]) / sims[b].speed, COMPLETE, a, b, t)
@@ -250,6 +269,8 @@ def simulate_push(
                 continue
             running_on[b].discard(a)
             record.busy(t, -1)
+            if queued[b]:
+                push(t, START, queued[b].pop(0), b)
             key = (tasks[a].class_key, b)
             check = checks.get(key)
             if check is None:
@@ -268,6 +289,7 @@ def simulate_push(
             record.lost_runs += len(running_on[a])
             record.capacity(t, -sims[a].slots)
             running_on[a].clear()
+            queued[a].clear()  # back in the pending set with the rest, at detection
             push(t + params.detection, DETECT, a)
         elif kind == DETECT:
             known.remove(a)

@@ -20,7 +20,14 @@ from typing import Any
 
 from benchmarks.progress import Progress
 from benchmarks.pull import PullParams, simulate_pull
-from benchmarks.push import ROUND_COSTS, ROUND_POLICIES, SPEED_MODES, PushParams, simulate_push
+from benchmarks.push import (
+    BROKER_DETECTION,
+    ROUND_COSTS,
+    ROUND_POLICIES,
+    SPEED_MODES,
+    PushParams,
+    simulate_push,
+)
 from benchmarks.record import metrics
 from benchmarks.scenarios import BUILDERS, NAMES, Scenario, ScenarioParams
 from benchmarks.targets import judge
@@ -57,6 +64,7 @@ class SimConfig:
                 rounds=args.rounds,
                 round_cost=args.round_cost,
                 speeds=args.speeds,
+                pipeline=args.pipeline,
             ),
             pull=PullParams(
                 latency=args.latency,
@@ -125,7 +133,21 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
     add("--broker", type=_non_negative, default=0.0001, help="broker time per message (s)")
     add("--intake", type=_non_negative, default=40e-6, help="push: loop time per message in")
     add("--dispatch", type=_non_negative, default=15e-6, help="push: loop time per dispatch")
-    add("--detection", type=_non_negative, default=5.0, help="push: failure detection delay (s)")
+    add(
+        "--detection",
+        type=_non_negative,
+        default=BROKER_DETECTION,
+        help="push: failure detection delay (s); default the broker's consumer event "
+        "(one message leg); 5 is Serf alone",
+    )
+    add(
+        "--pipeline",
+        type=int,
+        choices=range(0, 65),
+        default=0,
+        metavar="K",
+        help="push: dispatches a worker may hold beyond its slots (pipeline_depth)",
+    )
     add("--rounds", choices=ROUND_POLICIES, default="event", help="push: when rounds run")
     add(
         "--round-cost",

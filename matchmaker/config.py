@@ -28,6 +28,8 @@ from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES
 from membership.errors import MembershipError
 from membership.keys import resolve
 
+MAX_PIPELINE = 64
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the text names it."""
@@ -44,11 +46,13 @@ class Config:
     admin_users: tuple[str, ...] = (ADMIN,)
     trusted_users: tuple[str, ...] = ()
     serf_rpc: str = "127.0.0.1:7373"
+    liveness_vhost: str = "/"  # where rabbitmq_event_exchange publishes; "" turns it off
     serf_auth_key: str = ""  # prefer serf_auth_key_file: a flag's value shows in ps
     serf_auth_key_file: str = ""  # a 0600 file holding the Serf RPC auth key
     insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # the longest batch window of the loop (scheduler/clock.py)
+    pipeline_depth: int = 0  # dispatches a worker may hold beyond its slots (0: none)
     strategy: str = "spread"
     aging_interval: float = 60.0
     preference_bonus: int = 1
@@ -99,6 +103,8 @@ class Config:
             )
         if not self.round_interval >= 0:
             raise ConfigError("round_interval must be >= 0 seconds")
+        if not 0 <= self.pipeline_depth <= MAX_PIPELINE:
+            raise ConfigError(f"pipeline_depth must be from 0 to {MAX_PIPELINE}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port must be a TCP port (0 turns metrics off)")
         if not 0 <= self.http_port <= 65535:

@@ -28,6 +28,12 @@ DESCRIPTIONS: dict[str, str] = {
     "single-user development setup; empty in production).",
     "serf_rpc": "RPC address (host:port) of the local Serf agent the scheduler reads the "
     "inventory from.",
+    "liveness_vhost": "Vhost where the broker's event exchange plugin "
+    "(`rabbitmq_event_exchange`) publishes `amq.rabbitmq.event`: a worker whose queue loses "
+    "its consumer (its connection dropped) has its tasks put back at once, and one alive in "
+    "Serf gets no dispatches until it consumes. Empty turns it off (Serf alone finds "
+    "failures); without the plugin or the right to read the exchange it logs one warning and "
+    "stays off.",
     "serf_auth_key": "The Serf agent's RPC auth key.",
     "serf_auth_key_file": "File (0600) holding the Serf agent's RPC auth key (make one with "
     "`python -m membership keygen`).",
@@ -40,6 +46,9 @@ DESCRIPTIONS: dict[str, str] = {
     "anywhere; the password from `PGPASSFILE` or the URL). Empty: `<state_dir>/ledger.sqlite`.",
     "ledger_retention": "Seconds a finished task (and its history) stays in the ledger before "
     "the scheduler prunes it, in small batches; 0 keeps every task for ever.",
+    "pipeline_depth": "Dispatches a worker may hold beyond its slots (0-64): it runs at most "
+    "its slots at once and starts the next it holds the moment one ends, without a round "
+    "trip; a task held so is committed to that worker (benchmarks/README.md measures it).",
     "round_interval": "The longest a batch of work waits for its turn (intake, one commit and a "
     "round), in seconds. Rounds are event-driven: work that arrives while the loop is idle is "
     "placed at once, and only when it arrives faster than turns complete does the loop batch, "

@@ -7,7 +7,10 @@ exchange). The roles (docs/security.md has the table):
 
 - scheduler (``mm-scheduler``): everything in the vhost; the only one who
   writes the default exchange, hence worker queues, and ``mm.control``,
-  ``mm.dead``, ``mm.events``.
+  ``mm.dead``, ``mm.events``. In the vhost of RabbitMQ's event exchange
+  (``EVENTS_VHOST``, when it is another one) only what ``matchmaker.liveness``
+  needs: declare, bind and read server-named queues (``amq.gen-*``) and read
+  ``amq.rabbitmq.event``.
 - admin (``mm-admin``) and client (``mm-client``, more by ``users add-client``):
   write the ``mm.requests`` exchange; declare, bind and read queues of their own,
   ``mm.inbox.<user>.<word>``, bound to the ``mm.notices`` exchange with their own
@@ -49,6 +52,8 @@ CLIENT = "mm-client"
 WORKER_PREFIX = "mm-worker-"
 HASHING = "rabbit_password_hashing_sha256"
 NOTHING = "^$"
+EVENTS_VHOST = "/"  # where rabbitmq_event_exchange publishes unless configured otherwise
+PRIVATE_QUEUES = r"^amq\.gen-.*"  # server-named queues
 _CREDENTIALS = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@"']*):[^\s/@"']*@""")
 
 
@@ -72,6 +77,7 @@ class Role:
     write: str
     read: str
     topics: tuple[tuple[str, str, str], ...] = ()  # (topic exchange, write, read) patterns
+    events: bool = False  # also follows the broker's consumer events (the scheduler)
 
     def permission(self, vhost: str) -> dict[str, str]:
         rights = {"configure": self.configure, "write": self.write, "read": self.read}
@@ -85,7 +91,14 @@ class Role:
 
 
 def scheduler_role(user: str = SCHEDULER) -> Role:
-    return Role(user, ".*", ".*", ".*")
+    return Role(user, ".*", ".*", ".*", events=True)
+
+
+def events_role(user: str) -> Role:
+    """The scheduler's rights in the event exchange's vhost: a private queue bound to
+    ``amq.rabbitmq.event`` and read, nothing else."""
+    read = f"^(amq\\.gen-.*|{re.escape('amq.rabbitmq.event')})$"
+    return Role(user, PRIVATE_QUEUES, PRIVATE_QUEUES, read)
 
 
 def client_role(user: str = CLIENT) -> Role:
@@ -270,16 +283,25 @@ def _user(name: str, password: str) -> dict[str, Any]:
 
 
 def definitions(
-    vhost: str, users: list[tuple[Role, str]], workers: list[str] | None = None
+    vhost: str,
+    users: list[tuple[Role, str]],
+    workers: list[str] | None = None,
+    events_vhost: str = EVENTS_VHOST,
 ) -> dict[str, Any]:
     """``rabbitmqctl import_definitions`` input: the vhost, the users (password hashes) with
-    their rights, and, with ``workers``, the topology for them. An existing user's
-    password and rights are replaced by these."""
+    their rights (a scheduler's also in ``events_vhost``, ``events_role``), and, with
+    ``workers``, the topology for them. An existing user's password and rights are
+    replaced by these."""
+    permissions = [role.permission(vhost) for role, _ in users]
+    if events_vhost and events_vhost != vhost:
+        permissions += [
+            events_role(role.user).permission(events_vhost) for role, _ in users if role.events
+        ]
     out: dict[str, Any] = {
         "vhosts": [{"name": vhost}],
         "users": [_user(role.user, password) for role, password in users],
-        "permissions": [role.permission(vhost) for role, _ in users],
         "topic_permissions": [t for role, _ in users for t in role.topic_permissions(vhost)],
+        "permissions": permissions,
     }
     if workers is not None:
         out.update(topology(vhost, workers))

@@ -306,6 +306,18 @@ class Worker:
         object.__setattr__(copy, "running", running)
         return copy
 
+    def with_slots(self, slots: int) -> Worker:
+        """The same worker with ``slots`` places (pipelining: a few beyond its own)."""
+        return Worker(
+            self.name,
+            self.capabilities,
+            slots,
+            self.running,
+            self.attributes,
+            self.perf,
+            self.speeds,
+        )
+
     def with_speeds(self, speeds: Mapping[str, float]) -> Worker:
         """The same worker with learned speeds per type (``ServiceRates.speeds``)."""
         return Worker(

@@ -47,7 +47,7 @@ from matchmaker.wire import amqp, broker
 if TYPE_CHECKING:
     from matchmaker.backlog import OpenTask
     from matchmaker.book import Book
-    from matchmaker.ledger import Ledger
+    from matchmaker.ledger import TaskLedger
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Notices:
         if isinstance(task_id, str) and NAME.fullmatch(task_id):
             self._add(user, Notice(task_id, "rejected", error=reason))
 
-    def answer(self, status: Status, sender: str, book: Book, ledger: Ledger) -> None:
+    def answer(self, status: Status, sender: str, book: Book, ledger: TaskLedger) -> None:
         """A notice per id of ``status``, to its sender: the task's state if the sender owns
         it (or is an admin), else ``unknown``. MessageError past the sender's budget."""
         self._spend(sender, len(status.ids))

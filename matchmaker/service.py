@@ -80,6 +80,7 @@ import queue
 import signal
 from typing import Any
 
+from matchmaker import liveness
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
@@ -189,6 +190,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.transport: Transport | None = None
         self.stopping = False
         self.api: api_server.ApiServer | None = None  # api hook
+        self.liveness: liveness.Liveness | None = None  # broker-side failure detection
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -205,12 +207,16 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         )
         self.inventory = inventory
         inventory.start()
+        tls, events = broker.TLSFiles.of(self.config), self.config.liveness_vhost
+        self.liveness = liveness.start(self.config.broker_url, events, self.changes.put, tls)
         try:
             self.serve()
         finally:
             if self.api is not None:  # api hook
                 self.api.stop()
             inventory.stop()
+            if self.liveness is not None:
+                self.liveness.stop()
             self.ledger.commit()
             self.ledger.close()
             log.info("scheduler stopped")

@@ -38,7 +38,19 @@ from membership.errors import MembershipError, TagError
 from membership.rpc import MEMBER_EVENTS, Member, SerfRPC, parse_members
 from membership.tags import Advertised, decode_worker
 
-ChangeKind = Literal["joined", "updated", "left", "failed", "reaped", "rejected"]
+# From matchmaker.liveness: a worker's queue gained its consumer ("connected"), lost it with
+# its connection ("disconnected", gone) or by a cancel of its own ("unsubscribed", not gone).
+ChangeKind = Literal[
+    "joined",
+    "updated",
+    "left",
+    "failed",
+    "reaped",
+    "rejected",
+    "connected",
+    "disconnected",
+    "unsubscribed",
+]
 
 # A member's state after each stream event, and for each status in a snapshot.
 _EVENT_STATE = {
@@ -75,7 +87,7 @@ class Change:
     @property
     def gone(self) -> bool:
         """A worker that was live is no longer: its assigned tasks must be rescheduled."""
-        return self.kind in ("left", "failed", "reaped") or (
+        return self.kind in ("left", "failed", "reaped", "disconnected") or (
             self.kind == "rejected" and self.worker is not None
         )
 

@@ -10,6 +10,8 @@
 # random passwords in DIR/<user>.password (0600; DIR defaults to state/secrets): see
 # `python -m matchmaker users --help`. Passwords reach rabbitmqctl on stdin only.
 # --no-dev-user leaves the development user out (and deletes its rights on the vhost).
+# It enables rabbitmq_event_exchange (consumer events: a killed worker is found by the broker,
+# matchmaker/liveness.py) and lets the development user read amq.rabbitmq.event in "/".
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 vhost=${MM_VHOST:-matchmaker}
@@ -63,14 +65,21 @@ start)
     state=started
   fi
   rabbitmqctl -q list_vhosts | grep -qx "$vhost" || rabbitmqctl -q add_vhost "$vhost" >/dev/null
+  rabbitmq-plugins -q is_enabled rabbitmq_event_exchange >/dev/null 2>&1 ||
+    rabbitmq-plugins -q enable rabbitmq_event_exchange >/dev/null ||
+    echo "broker.sh: rabbitmq_event_exchange not enabled: Serf alone finds failed workers" >&2
   cd "$root"
   if [ "$dev_user" = 1 ]; then
     if ! rabbitmqctl -q list_users | cut -f1 | grep -qx "$user"; then
       MM_DEV_PASSWORD=$password dev_definitions | rabbitmqctl -q import_definitions >/dev/null
     fi
     rabbitmqctl -q set_permissions -p "$vhost" "$user" ".*" ".*" ".*" >/dev/null
+    # identity.events_role: a private queue bound to amq.rabbitmq.event, nothing else in "/"
+    rabbitmqctl -q set_permissions -p / "$user" '^amq\.gen-.*' '^amq\.gen-.*' \
+      '^(amq\.gen-.*|amq\.rabbitmq\.event)$' >/dev/null
   else
     rabbitmqctl -q clear_permissions -p "$vhost" "$user" >/dev/null 2>&1 || true
+    rabbitmqctl -q clear_permissions -p / "$user" >/dev/null 2>&1 || true
   fi
   if [ "$roles" = 1 ]; then
     workers=()

@@ -14,7 +14,8 @@ to write; a crash in between means a redelivery (at-least-once), which the
 runner recognises by ``(id, attempt)`` and does not run twice. A report the
 broker refuses, or one unconfirmed when the connection drops, is sent again.
 
-Push mode consumes ``mm.worker.<name>`` (prefetch = slots) and its control
+Push mode consumes ``mm.worker.<name>`` (prefetch = 2 x slots: the scheduler
+may hold ``pipeline_depth`` dispatches here beyond the slots) and its control
 queue ``mm.control.<name>``, which the scheduler (or the setup) binds to
 ``mm.control`` with ``cancel.<name>``; a worker may only read its own queues.
 Results and dead letters go to the ``mm.results`` exchange (``broker.route``),
@@ -91,6 +92,7 @@ TICK = 0.5  # longest the loop waits for broker events before checking deadlines
 CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to stop
 RECONNECT_MAX_DELAY = 5.0
 REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they arrive
+PUSH_PREFETCH = 2  # push: dispatch messages held per slot (room for the pipeline)
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
 REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
@@ -300,7 +302,10 @@ class Worker:
                 log.info("cancels arrive once the scheduler binds %s", control_queue(cfg.name))
         else:
             queues = [declare_pull(consume, task_type) for task_type in cfg.capabilities]
-        consume.basic_qos(prefetch_count=cfg.slots)  # per consumer (quorum: no global qos)
+        # per consumer (quorum: no global qos); push: the scheduler bounds what it sends
+        # (slots + its pipeline_depth), the room beyond the slots is for that pipeline
+        prefetch = cfg.slots if cfg.mode != "push" else PUSH_PREFETCH * cfg.slots
+        consume.basic_qos(prefetch_count=prefetch)
         channels = _Channels(session, consume, Confirms(publish, wake=True))
         if cfg.mode == "push":
             consume.basic_consume(control_queue(cfg.name), self._on_control, auto_ack=True)

@@ -47,11 +47,17 @@ class Rounds(Core):
         advertised = {name: worker_of(lw.worker) for name, lw in self.inventory.snapshot().items()}
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
+        if self.liveness is not None:  # only those consuming their queue get dispatches
+            advertised = self.liveness.present(advertised)
         self.live, self.loaded = {}, {}
         for name, worker in advertised.items():
             self.rates.advertise(name, worker.perf)
             speeds = self.rates.speeds(name)
             self.live[name] = worker.with_speeds(speeds) if speeds else worker
+            if self.config.pipeline_depth and worker.slots:  # k dispatches beyond its slots
+                self.live[name] = self.live[name].with_slots(
+                    worker.slots + self.config.pipeline_depth
+                )
             if self.transport is not None:
                 self.transport.declare_worker(name)
 

@@ -18,6 +18,7 @@ from matchmaker.config import Config
 from matchmaker.identity import Senders
 from matchmaker.ledger import FAILURES, Letter, TaskLedger
 from matchmaker.limits import Quotas
+from matchmaker.liveness import Liveness
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
 from matchmaker.notices import Notices
@@ -76,6 +77,7 @@ class Core:
     unconfirmed: dict[str, Letter]
     dirty: bool
     api: api_server.ApiServer | None
+    liveness: Liveness | None  # broker-side failure detection (matchmaker.liveness)
     transport: Transport | None
     clock: Clock
     turns: TurnClock
