@@ -38,7 +38,9 @@ class UserError(Exception):
 
 def _config(args: argparse.Namespace) -> Config:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    return load(args.config, flags)
+    config = load(args.config, flags)
+    broker.set_queue_type(config.queue_type)  # the queues this process declares
+    return config
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -244,8 +246,11 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(
-        "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"
+        "--broker-url",
+        dest="broker_url",
+        help="amqp(s)://user:pass@host:port/vhost; a cluster's nodes comma-separated",
     )
+    common.add_argument("--queue-type", dest="queue_type", choices=["classic", "quorum"])
     common.add_argument(
         "--broker-ca", dest="broker_ca", help="CA file the broker's certificate must verify against"
     )

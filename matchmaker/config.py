@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from matchmaker.broker import DEFAULT_URL
+from matchmaker.broker import DEFAULT_URL, QUEUE_TYPES, split_urls
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
 from membership.errors import MembershipError
@@ -39,6 +39,7 @@ class Config:
     broker_cert: str = ""
     broker_key: str = ""
     broker_password_file: str = ""
+    queue_type: str = "classic"  # or quorum (a cluster); every process declaring queues
     authenticated_senders: bool = True
     admin_users: tuple[str, ...] = (ADMIN,)
     trusted_users: tuple[str, ...] = ()
@@ -99,6 +100,10 @@ class Config:
             raise ConfigError("http_port must be a TCP port (0 turns the HTTP API off)")
         if self.http_port and not self.api_tokens_file and not _loopback(self.http_bind):
             raise ConfigError("http_bind beyond loopback needs api_tokens_file (bearer tokens)")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue_type must be classic or quorum, not {self.queue_type!r}")
+        if not split_urls(self.broker_url):
+            raise ConfigError("broker_url must name at least one broker")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         if not self.task_types:
@@ -146,6 +151,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
     try:
         if name == "max_priority_by_role":
             return _role_caps(name, value)
+        if name == "broker_url" and isinstance(value, list):  # a cluster's nodes, in TOML
+            return ",".join(str(url).strip() for url in value)
         if kind == "Path" or kind is Path:
             return Path(value)
         if kind in ("float", float):

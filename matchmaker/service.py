@@ -239,6 +239,7 @@ class Scheduler:
         ever, with a capped backoff and one log line per attempt."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        broker.set_queue_type(self.config.queue_type)
         self.api = api_server.start(self.config)  # api hook: ``_observe`` offers it snapshots
         self.inventory = Inventory(
             self.config.serf_rpc, self.config.serf_auth_key or None, on_change=self.changes.put

@@ -20,11 +20,18 @@ from pathlib import Path
 from types import FrameType
 
 from matchmaker import logs
-from matchmaker.broker import DEFAULT_URL, BrokerError
+from matchmaker.broker import DEFAULT_URL, QUEUE_TYPES, BrokerError, set_queue_type
 from matchmaker.identity import resolve_url
+from membership.agent import PROFILES
 from membership.errors import MembershipError
 from membership.keys import resolve
-from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network
+from workers.config import (
+    SerfConfig,
+    WorkerConfig,
+    parse_advertise,
+    parse_attribute,
+    parse_network,
+)
 from workers.presence import OwnAgent, PresenceError, make_presence, worker_tags
 from workers.runtime import Worker
 from workers.tasks import REGISTRY
@@ -44,7 +51,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--broker-url",
         default=os.environ.get("MM_BROKER_URL", DEFAULT_URL),
-        help="AMQP URL (default: $MM_BROKER_URL or the local matchmaker vhost)",
+        help="AMQP URL, or a cluster's node URLs comma-separated "
+        "(default: $MM_BROKER_URL or the local matchmaker vhost)",
+    )
+    p.add_argument(
+        "--queue-type",
+        choices=QUEUE_TYPES,
+        default=os.environ.get("MM_QUEUE_TYPE", "classic"),
+        help="type of the queues it declares: classic, or quorum on a cluster "
+        "(default: $MM_QUEUE_TYPE or classic)",
     )
     p.add_argument(
         "--broker-ca",
@@ -103,6 +118,17 @@ def parser() -> argparse.ArgumentParser:
     serf.add_argument("--serf-bind", metavar="ADDR", help="gossip address of the agent to start")
     serf.add_argument("--serf-rpc-bind", metavar="ADDR", help="RPC address of the agent to start")
     serf.add_argument(
+        "--serf-profile",
+        choices=PROFILES,
+        default="local",
+        help="Serf's timing: local (one host, the default), lan (hosts on a LAN), wan",
+    )
+    serf.add_argument(
+        "--serf-advertise",
+        metavar="ADDR",
+        help="gossip address (ip or ip:port) other hosts reach the agent at (default: its bind)",
+    )
+    serf.add_argument(
         "--serf-join", action="append", default=[], metavar="ADDR", help="join (repeatable)"
     )
     serf.add_argument(
@@ -145,6 +171,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
             bind=args.serf_bind,
             rpc_bind=args.serf_rpc_bind,
             join=tuple(args.serf_join),
+            profile=args.serf_profile,
+            advertise=parse_advertise(args.serf_advertise),
         )
     extra = {"sandbox": args.sandbox} if args.sandbox else {}
     return WorkerConfig(
@@ -192,12 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_format, args.log_level)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
+        set_queue_type(args.queue_type)
         config = config_from(args)
         if config.serf is not None:
             worker_tags(config)  # bad tags are told before missing keys
         config = with_keys(config, args)
         presence = make_presence(config)
-    except (ValueError, PresenceError) as error:
+    except (ValueError, PresenceError, BrokerError) as error:
         p.error(str(error))
     worker = Worker(config, presence=presence)
     lost: list[str] = []
