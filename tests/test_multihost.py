@@ -1,0 +1,258 @@
+"""matchmaker across hosts, for real: network namespaces on one bridge (``netns_support``).
+
+Hosts: ``db`` (PostgreSQL), ``r1``-``r3`` (one RabbitMQ node each, long node names
+``rabbit@<address>``: Erlang distribution crosses the bridge, each host runs its own
+epmd), ``sa`` (scheduler A and its Serf agent), ``sb`` (standby scheduler B's host,
+also the client that submits), ``wh1`` and ``wh2`` (two workers each, their Serf
+agents on the host's address, profile ``lan``, joined to A's host). Every process is
+given the three broker URLs and quorum queues.
+
+The run: 2,000 tasks submitted; kill -9 of the RabbitMQ node everyone started on;
+kill -9 of every process on worker host ``wh1``. Every task must end succeeded,
+exactly once in the ledger, none lost. The test prints the time to resume after the
+broker node's loss and when the worker host's tasks ran again.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from benchmarks.rabbit_cluster import RabbitCluster, RabbitNode
+from matchmaker.local import Process, wait_until
+from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen
+from tests import netns_support
+from tests.multihost_support import Postgres, spawn
+from tests.netns_support import SUBNET, Host, NetLab
+
+pytestmark = [pytest.mark.slow, pytest.mark.serf]
+
+TASKS = 2000
+SECONDS = 0.2  # each task's sleep: ~13 s of work on 32 slots, long enough to break things
+GOSSIP = 7946
+WORKERS = {"wh1": ("w1a", "w1b"), "wh2": ("w2a", "w2b")}
+
+
+def _skip_reason() -> str | None:
+    return netns_support.available()
+
+
+@dataclass
+class World:
+    """The hosts, the servers on them and the processes the test started."""
+
+    lab: NetLab
+    dir: Path
+    rabbit: RabbitCluster
+    postgres: Postgres
+    keys: Path
+    password_file: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def host(self, name: str) -> Host:
+        return self.lab.hosts[name]
+
+    def broker_args(self) -> list[str]:
+        bare = ",".join(
+            f"amqp://{self.rabbit.user}@{n.host}:{n.port}/{self.rabbit.vhost}"
+            for n in self.rabbit.nodes
+        )
+        return [
+            "--broker-url", bare, "--broker-password-file", str(self.password_file),
+            "--queue-type", "quorum",
+        ]  # fmt: skip
+
+    def start_agent(self, host: str, node: str) -> Process:
+        h = self.host(host)
+        args = [
+            "-m", "membership", "agent", "--node", node, "--tag", "role=scheduler",
+            "--bind", f"{h.address}:{GOSSIP}", "--rpc", "127.0.0.1:7373", "--profile", "lan",
+            "--keys", str(self.keys), "--state-dir", str(self.dir / "serf"),
+        ]  # fmt: skip
+        process = spawn(h, f"agent-{node}", args, self.dir)
+        self.processes[process.name] = process
+        wait_log(process, "up, gossip", 30)
+        return process
+
+    def start_scheduler(self, host: str, name: str) -> Process:
+        args = [
+            "-m", "matchmaker", "run", *self.broker_args(),
+            "--trusted-users", self.rabbit.user,
+            "--serf-rpc", "127.0.0.1:7373",
+            "--serf-auth-key-file", str(self.keys / AUTH_FILE),
+            "--state-dir", str(self.state_dir),
+        ]  # fmt: skip
+        process = spawn(self.host(host), name, args, self.dir)
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, host: str, name: str, index: int) -> Process:
+        h, join = self.host(host), self.host("sa").address
+        args = [
+            "-m", "workers", "--name", name, "--caps", "sleep", "--slots", "8",
+            *self.broker_args(), "--sandbox", str(self.dir / "sandbox" / host),
+            "--serf-bind", f"{h.address}:{GOSSIP + index}",
+            "--serf-rpc-bind", f"127.0.0.1:{7374 + index}",
+            "--serf-join", f"{join}:{GOSSIP}", "--serf-profile", "lan",
+            "--serf-advertise", f"{h.address}:{GOSSIP + index}",
+            "--serf-encrypt-file", str(self.keys / ENCRYPT_FILE),
+            "--serf-auth-file", str(self.keys / AUTH_FILE),
+        ]  # fmt: skip
+        process = spawn(h, name, args, self.dir)
+        self.processes[name] = process
+        return process
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def alive_workers(self) -> set[str]:
+        """The workers scheduler A's Serf agent sees alive (asked on A's host)."""
+        out = self.host("sa").run(
+            sys.executable, "-m", "matchmaker", "workers", "--json",
+            "--serf-rpc", "127.0.0.1:7373", "--serf-auth-key-file", str(self.keys / AUTH_FILE),
+            "--state-dir", str(self.state_dir),
+        )  # fmt: skip
+        if out.returncode != 0:
+            return set()
+        return {w["name"] for w in json.loads(out.stdout) if w.get("status") == "alive"}
+
+    def submit(self, count: int) -> list[str]:
+        tasks = self.dir / "tasks.jsonl"
+        ids = [f"m{i:05d}" for i in range(count)]
+        with tasks.open("w") as out:
+            for task_id in ids:
+                body = {"id": task_id, "type": "sleep", "payload": {"seconds": SECONDS}}
+                out.write(json.dumps({**body, "max_attempts": 5}) + "\n")
+        done = self.host("sb").run(
+            sys.executable, "-m", "matchmaker", "submit", "--file", str(tasks), *self.broker_args(),
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return ids
+
+
+def wait_log(process: Process, text: str, timeout: float) -> None:
+    wait_until(
+        lambda: text in process.log.read_text(errors="replace"),
+        timeout,
+        f"{process.name} logging {text!r}",
+        process.tail,
+    )
+
+
+def rabbit_node(host: Host, workdir: Path, cookie: str) -> RabbitNode:
+    """A node named by its host's address (a long name: no /etc/hosts entry needed)."""
+    return RabbitNode(
+        f"rabbit@{host.address}", workdir / "rabbit" / host.name, cookie, host=host.address,
+        port=5672, dist_port=25672, prefix=host.prefix, longnames=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    why = _skip_reason()
+    if why is not None:
+        pytest.skip(why)
+    with NetLab() as lab:
+        for name in ("db", "r1", "r2", "r3", "sa", "sb", "wh1", "wh2"):
+            lab.add(name)
+        postgres = Postgres(lab.hosts["db"])
+        try:
+            cookie = secrets.token_hex(20)
+            nodes = [rabbit_node(lab.hosts[n], tmp_path, cookie) for n in ("r1", "r2", "r3")]
+            rabbit = RabbitCluster(nodes)
+            rabbit.start()
+            postgres.start()
+            keys = tmp_path / "keys"
+            keygen(keys)
+            secret = tmp_path / "broker.password"
+            secret.write_text(rabbit.password)
+            secret.chmod(0o600)
+            yield World(lab, tmp_path, rabbit, postgres, keys, secret)
+        finally:
+            lab.close()  # every process on every host, the namespaces, the bridge
+            postgres.stop()
+
+
+def test_harness_hosts_reach_each_other(world: World) -> None:
+    """The namespaces are hosts: the cluster spans three of them, PostgreSQL answers on
+    its address from another host, and nothing of it is reachable from the root
+    namespace (the test's addresses exist inside the namespaces only; a connect from it
+    proves nothing here, the sandbox's egress answers every address)."""
+    assert world.rabbit.running_nodes() == sorted(n.name for n in world.rabbit.nodes)
+    probe = world.host("sa").run(
+        "psql", world.postgres.url, "-At", "-c", "SELECT current_user", timeout=30
+    )
+    assert probe.returncode == 0 and probe.stdout.strip() == "mm", probe.stderr
+    root = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True)
+    assert f" {SUBNET}." not in root.stdout  # the root namespace has none of the addresses
+
+
+@pytest.mark.timeout(900)
+def test_faults_across_hosts_lose_nothing(world: World) -> None:
+    world.start_agent("sa", "scheduler-a")
+    scheduler = world.start_scheduler("sa", "scheduler-a")
+    wait_log(scheduler, "this scheduler is active", 60)
+    for host, names in WORKERS.items():
+        for index, name in enumerate(names):
+            world.start_worker(host, name, index)
+    everyone = {n for names in WORKERS.values() for n in names}
+    wait_until(lambda: world.alive_workers() == everyone, 60, "the workers across hosts")
+
+    ids = world.submit(TASKS)
+    db = sqlite3.connect(f"file:{world.state_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+
+    def succeeded() -> int:
+        return int(db.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0])
+
+    # 1. kill -9 of the RabbitMQ node every process started on (the first of the list)
+    wait_until(lambda: succeeded() >= TASKS // 8, 120, "an eighth of the tasks done")
+    broker_killed = time.time()
+    world.rabbit.nodes[0].kill()
+
+    # 2. kill -9 of every process on worker host wh1 (its workers and their agents)
+    wait_until(lambda: succeeded() >= TASKS // 2, 300, "half of the tasks done")
+    host_killed = time.time()
+    world.host("wh1").kill_all()
+    wait_until(
+        lambda: world.alive_workers() == set(WORKERS["wh2"]), 60, "wh1's workers seen failed"
+    )
+    detected = time.time()
+
+    wait_until(lambda: succeeded() == TASKS, 400, "every task succeeded", lambda: scheduler.tail())
+    rows = dict(db.execute("SELECT id, state FROM tasks").fetchall())
+    assert sorted(rows) == ids and set(rows.values()) == {"succeeded"}
+    twice = db.execute(
+        "SELECT id, COUNT(*) FROM transitions WHERE state = 'succeeded'"
+        " GROUP BY id HAVING COUNT(*) > 1"
+    ).fetchall()
+    assert twice == []
+    resumed = db.execute(
+        "SELECT MIN(at) FROM transitions WHERE state = 'assigned' AND at > ?", (broker_killed,)
+    ).fetchone()[0]
+    rerun = db.execute(
+        "SELECT MIN(s.at) FROM transitions s JOIN transitions f ON s.id = f.id"
+        " WHERE f.state IN ('pending', 'failed') AND f.at > ? AND s.state = 'succeeded'"
+        " AND s.at > f.at",
+        (host_killed,),
+    ).fetchone()[0]
+    assert resumed is not None
+    assert scheduler.alive()
+    for name in WORKERS["wh2"]:
+        assert world.processes[name].alive()
+    db.close()
+    print(
+        f"\nbroker node killed: dispatching again after {resumed - broker_killed:.2f}s; "
+        f"worker host killed: seen failed after {detected - host_killed:.2f}s"
+        + (f", its tasks done elsewhere from {rerun - host_killed:.2f}s" if rerun else "")
+    )
