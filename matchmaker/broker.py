@@ -116,7 +116,8 @@ _URL_START = re.compile(r"\s*,\s*(?=amqps?://)")
 def split_urls(url: str) -> list[str]:
     """The URLs of a comma-separated list of broker URLs (the nodes of one cluster), in
     order; a single URL is a list of one. A comma inside a URL stays where it is."""
-    return [part.strip() for part in _URL_START.split(url.strip()) if part.strip()]
+    parts = (part.strip(" \t,") for part in _URL_START.split(url.strip(" \t,")))
+    return [part for part in parts if part]
 
 
 def sender(url: str) -> str:

@@ -15,7 +15,7 @@ from matchmaker.config import Config
 DESCRIPTIONS: dict[str, str] = {
     "broker_url": "AMQP URL of the broker: `amqp://` or `amqps://` (TLS), user, host, port "
     "and vhost. For a cluster, the URLs of its nodes, comma-separated (or a TOML list): the "
-    "process connects to the first that answers and, when its node dies, to another.",
+    "process tries them in turn and, when its node dies, reconnects to another.",
     "queue_type": "`classic` or `quorum`: the type of the queues matchmaker declares (quorum "
     "on a RabbitMQ cluster, so a node's loss loses nothing). Existing queues keep theirs.",
     "broker_ca": "PEM file of the CA that signed the broker's certificate, for `amqps://` "
