@@ -786,6 +786,8 @@ class Scheduler:
             self.dirty = True
         if acked:
             self.book.assigned(acked)
+        if why := self.dispatcher.stuck():  # a new connection: the cluster moved on
+            raise pika.exceptions.AMQPConnectionError(why)
 
     def _sweep(self) -> None:
         """Periodically: deadlines passed with no result, retries whose backoff ended, metrics,

@@ -7,10 +7,16 @@ also the client that submits), ``wh1`` and ``wh2`` (two workers each, their Serf
 agents on the host's address, profile ``lan``, joined to A's host). Every process is
 given the three broker URLs and quorum queues.
 
-The run: 2,000 tasks submitted; kill -9 of the RabbitMQ node everyone started on;
-kill -9 of every process on worker host ``wh1``. Every task must end succeeded,
-exactly once in the ledger, none lost. The test prints the time to resume after the
-broker node's loss and when the worker host's tasks ran again.
+The run: 2,000 tasks submitted; kill -9 of scheduler A (B, on its own host, takes
+over); A started again as a standby, its host cut off the network and brought back
+while B leads (A stays a standby: it writes nothing); kill -9 of the RabbitMQ node
+everyone started on; kill -9 of every process on worker host ``wh1``. Every task must
+end succeeded, exactly once in the ledger, none lost. The test prints the takeover
+(last dispatch by A to first by B), the time to resume after the broker node's loss
+and when the worker host's tasks ran again.
+
+Until the PostgreSQL ledger (``--ledger-url``) is merged, both schedulers open one
+SQLite file: the namespaces share this machine's file system (``World.ledger_args``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from tests.netns_support import SUBNET, Host, NetLab
 pytestmark = [pytest.mark.slow, pytest.mark.serf]
 
 TASKS = 2000
-SECONDS = 0.2  # each task's sleep: ~13 s of work on 32 slots, long enough to break things
+SECONDS = 0.5  # each task's sleep: >= 31 s of work on 32 slots, long enough to break things
 GOSSIP = 7946
 WORKERS = {"wh1": ("w1a", "w1b"), "wh2": ("w2a", "w2b")}
 
@@ -71,13 +77,16 @@ class World:
             "--queue-type", "quorum",
         ]  # fmt: skip
 
-    def start_agent(self, host: str, node: str) -> Process:
+    def start_agent(self, host: str, node: str, join: str | None = None) -> Process:
+        """A scheduler's Serf agent on ``host`` (RPC on the host's loopback)."""
         h = self.host(host)
         args = [
             "-m", "membership", "agent", "--node", node, "--tag", "role=scheduler",
             "--bind", f"{h.address}:{GOSSIP}", "--rpc", "127.0.0.1:7373", "--profile", "lan",
             "--keys", str(self.keys), "--state-dir", str(self.dir / "serf"),
         ]  # fmt: skip
+        if join is not None:
+            args += ["--join", f"{join}:{GOSSIP}"]
         process = spawn(h, f"agent-{node}", args, self.dir)
         self.processes[process.name] = process
         wait_log(process, "up, gossip", 30)
@@ -89,7 +98,7 @@ class World:
             "--trusted-users", self.rabbit.user,
             "--serf-rpc", "127.0.0.1:7373",
             "--serf-auth-key-file", str(self.keys / AUTH_FILE),
-            "--state-dir", str(self.state_dir),
+            *self.ledger_args(),
         ]  # fmt: skip
         process = spawn(self.host(host), name, args, self.dir)
         self.processes[name] = process
@@ -115,12 +124,21 @@ class World:
     def state_dir(self) -> Path:
         return self.dir / "state"
 
-    def alive_workers(self) -> set[str]:
-        """The workers scheduler A's Serf agent sees alive (asked on A's host)."""
-        out = self.host("sa").run(
+    def ledger_args(self) -> list[str]:
+        """Where the schedulers keep their state: one SQLite file both hosts open (the
+        namespaces share this machine's file system), until the PostgreSQL ledger."""
+        return ["--state-dir", str(self.state_dir)]
+
+    def ledger(self) -> sqlite3.Connection:
+        path = self.state_dir / "ledger.sqlite"
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+    def alive_workers(self, host: str) -> set[str]:
+        """The workers the Serf agent on ``host`` sees alive (asked on that host)."""
+        out = self.host(host).run(
             sys.executable, "-m", "matchmaker", "workers", "--json",
             "--serf-rpc", "127.0.0.1:7373", "--serf-auth-key-file", str(self.keys / AUTH_FILE),
-            "--state-dir", str(self.state_dir),
+            *self.ledger_args(),
         )  # fmt: skip
         if out.returncode != 0:
             return set()
@@ -201,35 +219,59 @@ def test_harness_hosts_reach_each_other(world: World) -> None:
 @pytest.mark.timeout(900)
 def test_faults_across_hosts_lose_nothing(world: World) -> None:
     world.start_agent("sa", "scheduler-a")
-    scheduler = world.start_scheduler("sa", "scheduler-a")
-    wait_log(scheduler, "this scheduler is active", 60)
+    world.start_agent("sb", "scheduler-b", join=world.host("sa").address)
+    a = world.start_scheduler("sa", "scheduler-a")
+    wait_log(a, "this scheduler is active", 60)
+    b = world.start_scheduler("sb", "scheduler-b")
+    wait_log(b, "standing by", 60)
     for host, names in WORKERS.items():
         for index, name in enumerate(names):
             world.start_worker(host, name, index)
     everyone = {n for names in WORKERS.values() for n in names}
-    wait_until(lambda: world.alive_workers() == everyone, 60, "the workers across hosts")
+    wait_until(lambda: world.alive_workers("sb") == everyone, 60, "the workers across hosts")
 
     ids = world.submit(TASKS)
-    db = sqlite3.connect(f"file:{world.state_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+    db = world.ledger()
 
     def succeeded() -> int:
         return int(db.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0])
 
-    # 1. kill -9 of the RabbitMQ node every process started on (the first of the list)
-    wait_until(lambda: succeeded() >= TASKS // 8, 120, "an eighth of the tasks done")
+    def progress(more: int, what: str, timeout: float = 120) -> None:
+        start = succeeded()
+        wait_until(lambda: succeeded() >= start + more, timeout, what, b.tail)
+
+    # 1. kill -9 of scheduler A mid-run: B, on another host, takes over
+    wait_until(lambda: succeeded() >= TASKS // 10, 120, "a tenth of the tasks done", a.tail)
+    a_killed = time.time()
+    a.popen.kill()
+    a.popen.wait()
+    wait_log(b, "this scheduler is active", 60)
+    progress(50, "tasks flowing under B")
+    assert succeeded() < TASKS, "the run ended before the next fault"
+
+    # 2. A again, as a standby; its host cut off the network while B leads, then back
+    a = world.start_scheduler("sa", "scheduler-a-again")  # a log of its own
+    wait_log(a, "standing by", 60)
+    world.host("sa").cut()
+    progress(100, "tasks flowing while A's host is cut off")
+    world.host("sa").restore()
+    progress(100, "tasks flowing after A's host is back")
+    assert a.alive() and a.log.read_text().count("this scheduler is active") == 0
+    assert succeeded() < TASKS, "the run ended before the next fault"
+
+    # 3. kill -9 of the RabbitMQ node every process started on (the first of the list)
     broker_killed = time.time()
     world.rabbit.nodes[0].kill()
+    progress(100, "tasks flowing after the broker node's loss")
+    assert succeeded() < TASKS, "the run ended before the next fault"
 
-    # 2. kill -9 of every process on worker host wh1 (its workers and their agents)
-    wait_until(lambda: succeeded() >= TASKS // 2, 300, "half of the tasks done")
+    # 4. kill -9 of every process on worker host wh1 (its workers and their agents)
     host_killed = time.time()
     world.host("wh1").kill_all()
-    wait_until(
-        lambda: world.alive_workers() == set(WORKERS["wh2"]), 60, "wh1's workers seen failed"
-    )
+    wait_until(lambda: world.alive_workers("sb") == set(WORKERS["wh2"]), 60, "wh1's workers failed")
     detected = time.time()
 
-    wait_until(lambda: succeeded() == TASKS, 400, "every task succeeded", lambda: scheduler.tail())
+    wait_until(lambda: succeeded() == TASKS, 600, "every task succeeded", b.tail)
     rows = dict(db.execute("SELECT id, state FROM tasks").fetchall())
     assert sorted(rows) == ids and set(rows.values()) == {"succeeded"}
     twice = db.execute(
@@ -237,22 +279,32 @@ def test_faults_across_hosts_lose_nothing(world: World) -> None:
         " GROUP BY id HAVING COUNT(*) > 1"
     ).fetchall()
     assert twice == []
-    resumed = db.execute(
-        "SELECT MIN(at) FROM transitions WHERE state = 'assigned' AND at > ?", (broker_killed,)
-    ).fetchone()[0]
-    rerun = db.execute(
-        "SELECT MIN(s.at) FROM transitions s JOIN transitions f ON s.id = f.id"
-        " WHERE f.state IN ('pending', 'failed') AND f.at > ? AND s.state = 'succeeded'"
-        " AND s.at > f.at",
-        (host_killed,),
-    ).fetchone()[0]
-    assert resumed is not None
-    assert scheduler.alive()
+    assert a.alive() and a.log.read_text().count("this scheduler is active") == 0
+    assert b.alive()
     for name in WORKERS["wh2"]:
         assert world.processes[name].alive()
+
+    def first_after(state: str, at: float) -> float:
+        value = db.execute(
+            "SELECT MIN(at) FROM transitions WHERE state = ? AND at > ?", (state, at)
+        ).fetchone()[0]
+        assert value is not None
+        return float(value)
+
+    last_by_a = db.execute(
+        "SELECT MAX(at) FROM transitions WHERE state = 'assigned' AND at <= ?", (a_killed,)
+    ).fetchone()[0]
+    takeover = first_after("assigned", a_killed) - last_by_a
+    resumed = first_after("assigned", broker_killed) - broker_killed
+    rerun = db.execute(
+        "SELECT MIN(s.at) FROM transitions s JOIN transitions p ON s.id = p.id"
+        " WHERE p.state = 'pending' AND p.at > ? AND s.state = 'succeeded' AND s.at > p.at",
+        (host_killed,),
+    ).fetchone()[0]
     db.close()
     print(
-        f"\nbroker node killed: dispatching again after {resumed - broker_killed:.2f}s; "
-        f"worker host killed: seen failed after {detected - host_killed:.2f}s"
+        f"\ntakeover (last dispatch by A to first by B): {takeover:.2f}s; broker node killed: "
+        f"dispatching again after {resumed:.2f}s; worker host killed: seen failed after "
+        f"{detected - host_killed:.2f}s (polled)"
         + (f", its tasks done elsewhere from {rerun - host_killed:.2f}s" if rerun else "")
     )

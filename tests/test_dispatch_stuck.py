@@ -1,0 +1,52 @@
+"""A worker queue refusing every dispatch makes the dispatcher ask for a new connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matchmaker.dispatch import REFUSED_RECONNECT, Dispatcher
+
+
+class _Answers:
+    """Stands for ``Confirms``: hands out the answers the test queues."""
+
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+        self.nacked: list[Any] = []
+
+    def confirmed(self) -> tuple[list[Any], list[Any]]:
+        acked, nacked = self.acked, self.nacked
+        self.acked, self.nacked = [], []
+        return acked, nacked
+
+
+def _dispatcher() -> tuple[Dispatcher, _Answers]:
+    dispatcher = Dispatcher.__new__(Dispatcher)
+    dispatcher.declared, dispatcher.refusals = set(), {}
+    answers = _Answers()
+    dispatcher.confirms = answers  # type: ignore[assignment]
+    return dispatcher, answers
+
+
+def test_refusals_in_a_row_make_the_connection_stuck() -> None:
+    dispatcher, answers = _dispatcher()
+    for _ in range(REFUSED_RECONNECT - 1):
+        answers.nacked.append((["t1"], "w1"))
+        answers.acked.append(((["t2"], "w2"), 1.0))  # another queue's success does not count
+        dispatcher.confirmed()
+        assert dispatcher.stuck() is None
+    answers.nacked.append((["t1", "t3"], "w1"))
+    assert dispatcher.confirmed()[1] == [("t1", "w1"), ("t3", "w1")]
+    assert dispatcher.stuck() == f"dispatches to w1 refused {REFUSED_RECONNECT} times in a row"
+
+
+def test_an_accepted_dispatch_resets_the_count() -> None:
+    dispatcher, answers = _dispatcher()
+    for _ in range(REFUSED_RECONNECT - 1):
+        answers.nacked.append((["t1"], "w1"))
+        dispatcher.confirmed()
+    answers.acked.append(((["t1"], "w1"), 1.0))
+    dispatcher.confirmed()
+    answers.nacked.append((["t4"], "w1"))
+    dispatcher.confirmed()
+    assert dispatcher.stuck() is None
