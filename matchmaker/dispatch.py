@@ -16,9 +16,9 @@ when the dispatch went out, and the time of the answer is noted when it is read.
 
 A worker's queue whose dispatches the broker refused ``REFUSED_RECONNECT`` times in a
 row, none accepted between, makes ``stuck()`` say so: the loop then opens a new
-connection. A channel opened on a cluster node while a quorum queue elected its leader
-can go on refusing every publish to that queue (seen with RabbitMQ 3.10); a new
-connection does not.
+connection: after a cluster node's kill, a channel opened while a quorum queue elected
+its leader went on refusing every publish to that queue (RabbitMQ 3.10), and the next
+connection did not.
 """
 
 from __future__ import annotations

@@ -98,9 +98,9 @@ REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
 REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
-# Refusals in a row after which the connection is opened anew: a channel opened on a
-# cluster node while a quorum queue elected its leader can go on refusing every publish
-# to that queue (seen with RabbitMQ 3.10), which a new connection does not.
+# Refusals in a row after which the connection is opened anew: after a cluster node's
+# kill, a channel opened while a quorum queue elected its leader went on refusing every
+# publish to that queue (RabbitMQ 3.10), and the next connection did not.
 REFUSED_RECONNECT = 3
 ADVERTISE_RETRY = 5.0  # after advertising a changed capacity failed, the next try waits this long
 
