@@ -21,6 +21,8 @@ SQLite file: the namespaces share this machine's file system (``World.ledger_arg
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -34,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rabbit_cluster import RabbitCluster, RabbitNode
+from matchmaker.config import Config
 from matchmaker.local import Process, wait_until
 from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen
 from tests import netns_support
@@ -41,6 +44,7 @@ from tests.multihost_support import Postgres, spawn
 from tests.netns_support import SUBNET, Host, NetLab
 
 pytestmark = [pytest.mark.slow, pytest.mark.serf]
+POSTGRES_LEDGER = "ledger_url" in {f.name for f in dataclasses.fields(Config)}
 
 TASKS = 2000
 SECONDS = 0.5  # each task's sleep: >= 31 s of work on 32 slots, long enough to break things
@@ -125,13 +129,27 @@ class World:
         return self.dir / "state"
 
     def ledger_args(self) -> list[str]:
-        """Where the schedulers keep their state: one SQLite file both hosts open (the
-        namespaces share this machine's file system), until the PostgreSQL ledger."""
+        """Where the schedulers keep their state: the PostgreSQL ledger on host ``db``,
+        or, in a tree without it, one SQLite file both hosts open (the namespaces share
+        this machine's file system)."""
+        if POSTGRES_LEDGER:
+            return ["--ledger-url", self.postgres.url, "--state-dir", str(self.state_dir)]
         return ["--state-dir", str(self.state_dir)]
 
-    def ledger(self) -> sqlite3.Connection:
+    def query(self, sql: str) -> list[tuple[str, ...]]:
+        """Rows of ``sql`` on the ledger, every value as text ('' for NULL)."""
+        if POSTGRES_LEDGER:
+            out = self.postgres.psql(sql, database="mm")
+            return [tuple(line.split("|")) for line in out.splitlines()]
         path = self.state_dir / "ledger.sqlite"
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(sql).fetchall()
+        return [tuple("" if v is None else str(v) for v in row) for row in rows]
+
+    def number(self, sql: str) -> float | None:
+        """The one value of ``sql`` as a number (None for NULL)."""
+        value = self.query(sql)[0][0]
+        return float(value) if value else None
 
     def alive_workers(self, host: str) -> set[str]:
         """The workers the Serf agent on ``host`` sees alive (asked on that host)."""
@@ -231,10 +249,9 @@ def test_faults_across_hosts_lose_nothing(world: World) -> None:
     wait_until(lambda: world.alive_workers("sb") == everyone, 60, "the workers across hosts")
 
     ids = world.submit(TASKS)
-    db = world.ledger()
 
     def succeeded() -> int:
-        return int(db.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0])
+        return int(world.number("SELECT COUNT(*) FROM tasks WHERE state = 'succeeded'") or 0)
 
     def progress(more: int, what: str, timeout: float = 120) -> None:
         start = succeeded()
@@ -272,36 +289,40 @@ def test_faults_across_hosts_lose_nothing(world: World) -> None:
     detected = time.time()
 
     wait_until(lambda: succeeded() == TASKS, 600, "every task succeeded", b.tail)
-    rows = dict(db.execute("SELECT id, state FROM tasks").fetchall())
+    rows = {row[0]: row[1] for row in world.query("SELECT id, state FROM tasks")}
     assert sorted(rows) == ids and set(rows.values()) == {"succeeded"}
-    twice = db.execute(
+    twice = world.query(
         "SELECT id, COUNT(*) FROM transitions WHERE state = 'succeeded'"
         " GROUP BY id HAVING COUNT(*) > 1"
-    ).fetchall()
+    )
     assert twice == []
     assert a.alive() and a.log.read_text().count("this scheduler is active") == 0
     assert b.alive()
+    if POSTGRES_LEDGER:  # fencing: the ledger's leader is B, and A never took the lead
+        holder = world.query("SELECT holder FROM leader WHERE id = 1")[0][0]
+        assert holder.endswith(f":{b.popen.pid}")
+        assert "leader epoch" not in a.log.read_text()
     for name in WORKERS["wh2"]:
         assert world.processes[name].alive()
 
-    def first_after(state: str, at: float) -> float:
-        value = db.execute(
-            "SELECT MIN(at) FROM transitions WHERE state = ? AND at > ?", (state, at)
-        ).fetchone()[0]
+    def first_after(state: str, at: float) -> float:  # times are the test's own floats
+        value = world.number(
+            f"SELECT MIN(at) FROM transitions WHERE state = '{state}' AND at > {at!r}"
+        )
         assert value is not None
-        return float(value)
+        return value
 
-    last_by_a = db.execute(
-        "SELECT MAX(at) FROM transitions WHERE state = 'assigned' AND at <= ?", (a_killed,)
-    ).fetchone()[0]
+    last_by_a = world.number(
+        f"SELECT MAX(at) FROM transitions WHERE state = 'assigned' AND at <= {a_killed!r}"
+    )
+    assert last_by_a is not None
     takeover = first_after("assigned", a_killed) - last_by_a
     resumed = first_after("assigned", broker_killed) - broker_killed
-    rerun = db.execute(
+    rerun = world.number(
         "SELECT MIN(s.at) FROM transitions s JOIN transitions p ON s.id = p.id"
-        " WHERE p.state = 'pending' AND p.at > ? AND s.state = 'succeeded' AND s.at > p.at",
-        (host_killed,),
-    ).fetchone()[0]
-    db.close()
+        f" WHERE p.state = 'pending' AND p.at > {host_killed!r} AND s.state = 'succeeded'"
+        " AND s.at > p.at"
+    )
     print(
         f"\ntakeover (last dispatch by A to first by B): {takeover:.2f}s; broker node killed: "
         f"dispatching again after {resumed:.2f}s; worker host killed: seen failed after "
