@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from matchmaker.local import Process
@@ -151,3 +152,18 @@ class Postgres:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def logged_after(log: Path, text: str, after: float) -> float | None:
+    """When ``log`` (lines stamped ``YYYY-MM-DD HH:MM:SS,mmm`` in local time) first said
+    ``text`` after the epoch time ``after``; None if it has not."""
+    for line in log.read_text(errors="replace").splitlines():
+        if text not in line:
+            continue
+        try:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if stamp > after:
+            return stamp
+    return None
