@@ -68,7 +68,7 @@ class Postgres:
     host: Host
     port: int = 5432
     password: str = field(default_factory=lambda: secrets.token_hex(16))
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-pg-")))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-netns-pg-")))
     process: subprocess.Popen[bytes] | None = None
 
     @property

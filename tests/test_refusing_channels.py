@@ -1,10 +1,17 @@
-"""A worker queue refusing every dispatch makes the dispatcher ask for a new connection."""
+"""A queue that refuses every publish makes its publisher open a new connection: the
+scheduler's dispatcher (``stuck``) and a worker's reports (``_settle``)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+import pika.exceptions
+import pytest
+
 from matchmaker.dispatch import REFUSED_RECONNECT, Dispatcher
+from workers import runtime
+from workers.config import WorkerConfig
 
 
 class _Answers:
@@ -50,3 +57,25 @@ def test_an_accepted_dispatch_resets_the_count() -> None:
     answers.nacked.append((["t4"], "w1"))
     dispatcher.confirmed()
     assert dispatcher.stuck() is None
+
+
+def test_a_worker_whose_reports_keep_being_refused_opens_a_new_connection() -> None:
+    worker = runtime.Worker(WorkerConfig("w1", ("sleep",)), registry={})
+    letter = runtime.Letter(b"{}", "bad", "mm.worker.w1", None)
+    refusing = SimpleNamespace(reports=SimpleNamespace(confirmed=lambda: ([], [letter])))
+    try:
+        for _ in range(runtime.REFUSED_RECONNECT - 1):
+            worker._settle(refusing)  # type: ignore[arg-type]
+        assert worker._letters  # given back, to go again
+        with pytest.raises(pika.exceptions.AMQPError, match="refused 3 times in a row"):
+            worker._settle(refusing)  # type: ignore[arg-type]
+        accepted = SimpleNamespace(
+            reports=SimpleNamespace(confirmed=lambda: ([(letter, 1.0)], [])),
+            done_with=lambda deliveries: None,
+        )
+        worker._settle(refusing)  # type: ignore[arg-type]
+        worker._settle(accepted)  # type: ignore[arg-type]
+        for _ in range(runtime.REFUSED_RECONNECT - 1):
+            worker._settle(refusing)  # type: ignore[arg-type]  # counted from the acceptance
+    finally:
+        worker.runner.shutdown()
