@@ -26,7 +26,7 @@ from matchmaker.local import Process
 from tests.netns_support import SUBNET, Host
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))  # Debian's, one per version
 
 
 class ServerError(RuntimeError):
@@ -52,9 +52,9 @@ def spawn(
 
 
 def _pg_tool(name: str) -> str:
-    path = PG_BIN / name
-    if path.exists():
-        return str(path)
+    for directory in reversed(PG_BINS):  # the newest version first
+        if (directory / name).exists():
+            return str(directory / name)
     found = shutil.which(name)
     if found is None:
         raise ServerError(f"{name} is not installed (apt-get install postgresql)")
