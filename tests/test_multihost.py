@@ -346,3 +346,52 @@ def test_faults_across_hosts_lose_nothing(world: World) -> None:
         f"{detected - host_killed:.2f}s (polled)"
         + (f", its tasks done elsewhere from {rerun - host_killed:.2f}s" if rerun else "")
     )
+
+
+@pytest.mark.timeout(900)
+def test_a_leader_cut_off_is_fenced(world: World) -> None:
+    """Scheduler A leads when its host is cut off the network; B takes over once the broker
+    drops A's connection (its heartbeat), and when A's host comes back A must not write: its
+    epoch in the PostgreSQL ledger is stale, so whatever it commits is refused, and it stops
+    or stands by. Every task still ends succeeded exactly once."""
+    if not POSTGRES_LEDGER:
+        pytest.skip("fencing needs the PostgreSQL ledger (--ledger-url), not in this tree")
+    world.start_agent("sa", "scheduler-a")
+    world.start_agent("sb", "scheduler-b", join=world.host("sa").address)
+    a = world.start_scheduler("sa", "scheduler-a")
+    wait_log(a, "this scheduler is active", 60)
+    b = world.start_scheduler("sb", "scheduler-b")
+    wait_log(b, "standing by", 60)
+    for index, name in enumerate(WORKERS["wh2"]):
+        world.start_worker("wh2", name, index)
+    wait_until(lambda: world.alive_workers("sb") == set(WORKERS["wh2"]), 60, "the workers")
+    total = 600
+    ids = world.submit(total)
+
+    def succeeded() -> int:
+        return int(world.number("SELECT COUNT(*) FROM tasks WHERE state = 'succeeded'") or 0)
+
+    wait_until(lambda: succeeded() >= 50, 120, "the first tasks done", a.tail)
+    world.host("sa").cut()
+    wait_log(b, "this scheduler is active", 240)  # the broker gave up on A's heartbeats
+    start = succeeded()
+    wait_until(lambda: succeeded() >= start + 50, 120, "tasks flowing under B", b.tail)
+    world.host("sa").restore()
+    wait_until(
+        lambda: not a.alive() or logged_after(a.log, "standing by", time.time() - 600) is not None,
+        240,
+        "A fenced or standing by",
+        a.tail,
+    )
+    wait_until(lambda: succeeded() == total, 600, "every task succeeded", b.tail)
+    rows = {row[0]: row[1] for row in world.query("SELECT id, state FROM tasks")}
+    assert sorted(rows) == ids and set(rows.values()) == {"succeeded"}
+    twice = world.query(
+        "SELECT id, COUNT(*) FROM transitions WHERE state = 'succeeded'"
+        " GROUP BY id HAVING COUNT(*) > 1"
+    )
+    assert twice == []
+    holder = world.query("SELECT holder FROM leader WHERE id = 1")[0][0]
+    assert holder.endswith(f":{b.popen.pid}") and _leads(b)
+    print(f"\nA after its host came back: {'exited' if not a.alive() else 'standing by'}")
+    print("\n".join(line for line in a.log.read_text().splitlines() if "epoch" in line)[-800:])
