@@ -9,6 +9,7 @@ log file; the returned ``matchmaker.local.Process`` is what the test kills or wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -70,6 +71,7 @@ class Postgres:
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-netns-pg-")))
     process: subprocess.Popen[bytes] | None = None
+    keep_log: Path | None = None  # where stop() copies the server's log (lock waits included)
 
     @property
     def url(self) -> str:
@@ -103,7 +105,7 @@ class Postgres:
             [*self.host.prefix, "runuser", "-u", "postgres", "--", _pg_tool("postgres"),
              "-D", str(self.data), "-p", str(self.port),
              "-c", f"listen_addresses={self.host.address}",
-             "-c", f"unix_socket_directories={self.root}"],
+             "-c", f"unix_socket_directories={self.root}", "-c", "log_lock_waits=on"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=self.root,
         )  # fmt: skip
@@ -144,6 +146,9 @@ class Postgres:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.keep_log is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.root / "server.log", self.keep_log)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, lines: int = 15) -> str:

@@ -212,7 +212,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     with NetLab() as lab:
         for name in ("db", "r1", "r2", "r3", "sa", "sb", "wh1", "wh2"):
             lab.add(name)
-        postgres = Postgres(lab.hosts["db"])
+        postgres = Postgres(lab.hosts["db"], keep_log=tmp_path / "postgres.log")
         try:
             cookie = secrets.token_hex(20)
             nodes = [rabbit_node(lab.hosts[n], tmp_path, cookie) for n in ("r1", "r2", "r3")]
