@@ -113,8 +113,8 @@ class Postgres:
         deadline = time.monotonic() + 60
         while True:
             ready = subprocess.run(
-                [*self.host.prefix, _pg_tool("pg_isready"), "-q", "-U", "postgres", "-h", str(self.root),
-                 "-p", str(self.port)],
+                [*self.host.prefix, _pg_tool("pg_isready"), "-q", "-U", "postgres",
+                 "-h", str(self.root), "-p", str(self.port)],
                 capture_output=True, timeout=10,
             )  # fmt: skip
             if ready.returncode == 0:
