@@ -18,15 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
-
-from matchmaker import broker, identity, logs
+from matchmaker import __version__, identity, logs
 from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
+from matchmaker.wire import amqp, broker
 from membership.errors import MembershipError
 
 EXIT_USAGE = 2
@@ -38,9 +36,7 @@ class UserError(Exception):
 
 def _config(args: argparse.Namespace) -> Config:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    config = load(args.config, flags)
-    broker.set_queue_type(config.queue_type)  # the queues this process declares
-    return config
+    return load(args.config, flags)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -142,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args).with_serf_auth()
     logs.setup(config.log_format, config.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
     return 0
 
@@ -153,6 +149,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _send(config, requests)
     for r in requests:
         print(r.id)
+    _warn_types(config, {r.type for r in requests})
+    return 0
+
+
+def _warn_types(config: Config, types: set[str]) -> None:
+    from matchmaker import advertised
+
+    live = advertised.advertised(config)
+    for line in advertised.warnings(types, live, config.task_types):
+        print(f"matchmaker: warning: {line}", file=sys.stderr)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    ledger = _ledger(_config(args))
+    if ledger.get(args.task_id) is None:
+        raise UserError(f"no task {args.task_id!r} in the ledger")
+    entries = ledger.logs(args.task_id, args.attempt)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        which = f"attempt {args.attempt} of " if args.attempt is not None else ""
+        raise UserError(f"no logs kept for {which}{args.task_id} (none written, or not yet in)")
+    for entry in entries:
+        worker = f" on {entry['worker']}" if entry["worker"] else ""
+        print(f"--- attempt {entry['attempt']}{worker}, {_when(entry['at'])} ---")
+        text = entry["text"]
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -243,6 +267,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m matchmaker", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"matchmaker {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(
@@ -317,6 +342,12 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
+    logs_ = sub.add_parser("logs", parents=[common], help="a task's captured output, by attempt")
+    logs_.add_argument("task_id")
+    logs_.add_argument("--attempt", type=int, help="only this attempt")
+    logs_.add_argument("--json", action="store_true")
+    logs_.set_defaults(func=cmd_logs)
+
     workers = sub.add_parser("workers", parents=[common], help="the live worker inventory")
     workers.add_argument("--json", action="store_true")
     workers.set_defaults(func=cmd_workers)
@@ -370,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)
-    except pika.exceptions.AMQPError as error:
+    except amqp.AMQPError as error:
         print(f"matchmaker: broker error: {error.__class__.__name__} {error}", file=sys.stderr)
     except BrokenPipeError:
         return 0

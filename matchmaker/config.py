@@ -21,9 +21,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from matchmaker.broker import DEFAULT_URL, QUEUE_TYPES, split_urls
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
+from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES, split_urls
 from membership.errors import MembershipError
 from membership.keys import resolve
 
@@ -39,7 +39,6 @@ class Config:
     broker_cert: str = ""
     broker_key: str = ""
     broker_password_file: str = ""
-    queue_type: str = "classic"  # or quorum (a cluster); every process declaring queues
     authenticated_senders: bool = True
     admin_users: tuple[str, ...] = (ADMIN,)
     trusted_users: tuple[str, ...] = ()
@@ -65,6 +64,7 @@ class Config:
     submit_burst: int = 10_000  # tokens an owner may save up (with a rate)
     max_priority_by_role: tuple[tuple[str, int], ...] = (("admin", 9), ("client", 7))
     max_classes_per_round: int = 1_000  # task classes one round considers; 0: no limit
+    queue_type: str = "classic"  # of the queues the scheduler declares: classic or quorum
     http_port: int = 0  # the HTTP API and dashboard; 0: off
     http_bind: str = "127.0.0.1"
     api_tokens_file: str = ""  # ``token role owner`` lines, mode 0600

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker import broker
 from matchmaker.config import ConfigError, load
 from matchmaker.identity import resolve_url
+from matchmaker.wire import broker
 from workers.__main__ import config_from, parser
 from workers.config import parse_advertise
 
@@ -58,9 +58,9 @@ def test_config_takes_a_toml_list_and_checks_the_queue_type(
         load(flags={"broker_url": " "})
 
 
-def test_set_queue_type_refuses_an_unknown_type() -> None:
-    with pytest.raises(broker.BrokerError, match="queue_type must be classic or quorum"):
-        broker.set_queue_type("stream")
+def test_an_unknown_queue_type_is_refused() -> None:
+    with pytest.raises(broker.BrokerError, match="must be classic or quorum"):
+        broker.queue_type("stream")
 
 
 @pytest.mark.parametrize(

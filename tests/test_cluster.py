@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rabbit_cluster import RabbitCluster
-from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
+from matchmaker.wire import broker
 from tests.multihost_support import logged_after
 
 pytestmark = [pytest.mark.slow, pytest.mark.serf]
@@ -39,12 +39,9 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
 
 
 @pytest.fixture
-def quorum() -> Iterator[None]:
-    """This process (the client) declares quorum queues too, as the others do."""
-    before = broker.QUEUE_TYPE
-    broker.set_queue_type("quorum")
-    yield
-    broker.set_queue_type(before)
+def quorum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quorum queues for every process: this one (the client) and those it starts."""
+    monkeypatch.setenv("MM_QUEUE_TYPE", "quorum")
 
 
 def _succeeded(db: sqlite3.Connection) -> int:
@@ -71,7 +68,7 @@ def test_node_killed_mid_run_loses_nothing(
     with LocalCluster(broker_url=rabbit.url, workdir=tmp_path, scheduler_args=qt) as c:
         c.start_scheduler()
         for name in ("w1", "w2"):
-            c.start_worker(name, ["sleep"], slots=8, extra=qt)
+            c.start_worker(name, ["sleep"], slots=8)  # quorum by MM_QUEUE_TYPE
         queues = rabbit.queues()
         assert queues["mm.requests"]["type"] == "quorum"
         assert queues["mm.worker.w1"]["type"] == "quorum"

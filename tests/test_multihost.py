@@ -76,10 +76,7 @@ class World:
             f"amqp://{self.rabbit.user}@{n.host}:{n.port}/{self.rabbit.vhost}"
             for n in self.rabbit.nodes
         )
-        return [
-            "--broker-url", bare, "--broker-password-file", str(self.password_file),
-            "--queue-type", "quorum",
-        ]  # fmt: skip
+        return ["--broker-url", bare, "--broker-password-file", str(self.password_file)]
 
     def start_agent(self, host: str, node: str, join: str | None = None) -> Process:
         """A scheduler's Serf agent on ``host`` (RPC on the host's loopback)."""
@@ -205,10 +202,11 @@ def rabbit_node(host: Host, workdir: Path, cookie: str) -> RabbitNode:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     why = _skip_reason()
     if why is not None:
         pytest.skip(why)
+    monkeypatch.setenv("MM_QUEUE_TYPE", "quorum")  # every process it starts
     with NetLab() as lab:
         for name in ("db", "r1", "r2", "r3", "sa", "sb", "wh1", "wh2"):
             lab.add(name)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import pika.exceptions
 import pytest
 
-from matchmaker.dispatch import REFUSED_RECONNECT, Dispatcher
+from matchmaker.wire import amqp
+from matchmaker.wire.dispatch import REFUSED_RECONNECT, Dispatcher
 from workers import runtime
 from workers.config import WorkerConfig
 
@@ -67,7 +67,7 @@ def test_a_worker_whose_reports_keep_being_refused_opens_a_new_connection() -> N
         for _ in range(runtime.REFUSED_RECONNECT - 1):
             worker._settle(refusing)  # type: ignore[arg-type]
         assert worker._letters  # given back, to go again
-        with pytest.raises(pika.exceptions.AMQPError, match="refused 3 times in a row"):
+        with pytest.raises(amqp.AMQPError, match="refused 3 times in a row"):
             worker._settle(refusing)  # type: ignore[arg-type]
         accepted = SimpleNamespace(
             reports=SimpleNamespace(confirmed=lambda: ([(letter, 1.0)], [])),

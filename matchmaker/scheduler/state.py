@@ -16,7 +16,6 @@ from typing import Protocol
 from matchmaker.api import server as api_server
 from matchmaker.book import Book
 from matchmaker.config import Config
-from matchmaker.frames import AckWindow
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter
 from matchmaker.limits import Quotas
@@ -26,6 +25,7 @@ from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, TurnClock
 from matchmaker.scheduler.transport import Delivery as Delivery  # re-exported
 from matchmaker.scheduler.transport import Transport, TransportError
+from matchmaker.wire.frames import AckWindow
 from membership.inventory import Change, LiveWorker
 
 log = logging.getLogger("matchmaker.service")

@@ -26,11 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pika.adapters.blocking_connection import BlockingChannel
-
-from matchmaker import broker
-from matchmaker.confirms import Confirms
 from matchmaker.messages import pack
+from matchmaker.wire import amqp, broker
+from matchmaker.wire.confirms import Confirms
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
@@ -40,8 +38,9 @@ REFUSED_RECONNECT = 3
 
 @dataclass
 class Dispatcher:
-    channel: BlockingChannel
+    channel: amqp.Channel
     declared: set[str] = field(default_factory=set)
+    queue_type: str | None = None  # of the worker queues it declares (``broker.queue_type``)
     refusals: dict[str, int] = field(default_factory=dict)  # worker -> refused in a row
 
     def __post_init__(self) -> None:
@@ -51,7 +50,7 @@ class Dispatcher:
         """The worker's queue, declared once per connection (on join, before any dispatch)."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
-            broker.declare_worker(self.channel, worker)
+            broker.declare_worker(self.channel, worker, kind=self.queue_type)
             self.declared.add(queue)
         return queue
 
