@@ -3,7 +3,7 @@
 # `start` starts three nodes (own node names, ports, data under DIR, default
 # /tmp/mm-rabbit-cluster, one Erlang cookie), joins them, makes the vhost and user
 # "mm-cluster" and prints the nodes' URLs, comma-separated (what --broker-url takes;
-# use --queue-type quorum with it). `stop` stops them. The shared broker is not touched.
+# with MM_QUEUE_TYPE=quorum). `stop` stops them. The shared broker is not touched.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$root/.venv/bin/python}
