@@ -272,8 +272,11 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(
-        "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"
+        "--broker-url",
+        dest="broker_url",
+        help="amqp(s)://user:pass@host:port/vhost; a cluster's nodes comma-separated",
     )
+    common.add_argument("--queue-type", dest="queue_type", choices=["classic", "quorum"])
     common.add_argument(
         "--broker-ca", dest="broker_ca", help="CA file the broker's certificate must verify against"
     )

@@ -14,7 +14,8 @@ from matchmaker.config import Config
 
 DESCRIPTIONS: dict[str, str] = {
     "broker_url": "AMQP URL of the broker: `amqp://` or `amqps://` (TLS), user, host, port "
-    "and vhost.",
+    "and vhost. For a cluster, the URLs of its nodes, comma-separated (or a TOML list): the "
+    "process tries them in turn and, when its node dies, reconnects to another.",
     "broker_ca": "PEM file of the CA that signed the broker's certificate, for `amqps://` "
     "(empty: the system trust store); the certificate must also match the URL's host.",
     "broker_cert": "PEM client certificate for mutual TLS with the broker (`amqps://` only).",

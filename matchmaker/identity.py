@@ -195,8 +195,12 @@ def with_password(url: str, password: str | None) -> str:
 
 
 def resolve_url(url: str, password_file: str | Path | None) -> str:
-    """The broker URL to connect with: its password read from ``password_file`` if given."""
-    return with_password(url, read_secret(password_file)) if password_file else url
+    """The broker URL to connect with: its password read from ``password_file`` if given
+    (in every URL of a list of a cluster's nodes)."""
+    if not password_file:
+        return url
+    password = read_secret(password_file)
+    return ",".join(with_password(one, password) for one in broker.split_urls(url))
 
 
 def redact(text: str) -> str:

@@ -128,7 +128,7 @@ class LocalCluster:
         user = broker.sender(url)
         secret = self.workdir / "secrets" / f"{user}.password"
         identity.write_secret(secret, urllib.parse.unquote(password))
-        bare = identity.with_password(url, None)
+        bare = ",".join(identity.with_password(one, None) for one in broker.split_urls(url))
         return ["--broker-url", bare, "--broker-password-file", str(secret)]
 
     def _ledger_args(self) -> list[str]:

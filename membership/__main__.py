@@ -66,6 +66,7 @@ def _agent(args: argparse.Namespace) -> int:
         join=args.join,
         workdir=args.state_dir / args.node,
         insecure=keys.insecure,
+        advertise=args.advertise,
     )
     stopping = threading.Event()
 
@@ -100,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], metavar="K=V", help="repeatable")
     run.add_argument("--join", action="append", default=[], metavar="ADDR", help="repeatable")
     run.add_argument("--profile", default="local", choices=("lan", "wan", "local"))
+    run.add_argument("--advertise", metavar="ADDR", help="address other members reach it at")
     run.add_argument("--keys", type=Path, help="directory written by keygen")
     run.add_argument("--serf-encrypt-file", type=Path, help="gossip key file (or --keys)")
     run.add_argument("--serf-auth-file", type=Path, help="RPC auth key file (or --keys)")

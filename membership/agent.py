@@ -1,7 +1,9 @@
-"""Start and stop a real ``serf agent`` process on loopback.
+"""Start and stop a real ``serf agent`` process (on loopback unless told otherwise).
 
 Everything the agent needs goes into one JSON config file (``-config-file``):
-node name, gossip bind and RPC addresses, tags, timing profile, join
+node name, gossip bind and RPC addresses, the address other members should
+reach it at (``advertise``: a host behind NAT, or bound to 0.0.0.0), tags,
+timing profile (``lan`` between hosts, ``local`` on loopback), join
 addresses, the gossip encryption key and the RPC auth key (the agent has no
 flag for the latter, and a file keeps both keys out of ``ps``).
 
@@ -160,6 +162,7 @@ class SerfAgent:
         rpc_host: str = LOOPBACK,
         die_with_parent: bool = False,
         insecure: bool = False,
+        advertise: str | None = None,
     ) -> None:
         if profile not in PROFILES:
             raise AgentError(
@@ -175,6 +178,7 @@ class SerfAgent:
         if not insecure and not (encrypt_key and rpc_auth):
             raise AgentError(INSECURE_HINT)
         self.node = node
+        self.advertise = advertise
         self.bind_host = bind_host
         self.rpc_host = rpc_host
         self.die_with_parent = die_with_parent
@@ -226,6 +230,8 @@ class SerfAgent:
             "log_level": self.log_level,
             "tags": self.tags,
         }
+        if self.advertise:
+            config["advertise"] = self.advertise
         if self.join:
             config["start_join"] = self.join
         if self.encrypt_key:

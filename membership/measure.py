@@ -7,7 +7,8 @@ then times, from the action to the inventory's change callback:
 - a tag change over RPC until the updated worker is in the inventory;
 - a graceful leave (SIGINT) until the worker is removed (member-leave).
 
-Prints the median, min and max of each over ``--runs`` runs.
+Prints the median, min and max of each over ``--runs`` runs; ``--profile`` sets
+every agent's timing (``local`` as on one host, ``lan`` as between hosts).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from membership.agent import SerfAgent
+from membership.agent import PROFILES, SerfAgent
 from membership.inventory import Change, Inventory
 from membership.keys import generate_auth_key, generate_encrypt_key
 from membership.tags import encode_worker_tags
@@ -75,13 +76,19 @@ class Samples:
     kinds: list[str]
 
 
-def measure(runs: int, root: Path, resync: float) -> dict[str, Samples]:
+def measure(runs: int, root: Path, resync: float, profile: str = "local") -> dict[str, Samples]:
     agents: list[SerfAgent] = []
     encrypt, auth = generate_encrypt_key(), generate_auth_key()  # this run's own pool
 
     def start(node: str, tags: dict[str, str], join: list[str]) -> SerfAgent:
         agent = SerfAgent(
-            node, tags=tags, join=join, workdir=root / node, encrypt_key=encrypt, rpc_auth=auth
+            node,
+            tags=tags,
+            join=join,
+            workdir=root / node,
+            encrypt_key=encrypt,
+            rpc_auth=auth,
+            profile=profile,
         )
         agents.append(agent)
         return agent.start()
@@ -140,15 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resync", type=float, default=0.5, help="inventory resync interval, 0 = events only"
     )
+    parser.add_argument(
+        "--profile", default="local", choices=PROFILES, help="every agent's Serf timing profile"
+    )
     args = parser.parse_args(argv)
     version = subprocess.run(["serf", "version"], capture_output=True, text=True).stdout
     print(
-        f"serf {version.splitlines()[0] if version else '?'}, -profile=local, loopback, "
+        f"serf {version.splitlines()[0] if version else '?'}, -profile={args.profile}, loopback, "
         f"4 agents + 1 per run, {args.runs} runs each, inventory resync {args.resync:g} s",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="mm-measure-") as root:
-        results = measure(args.runs, Path(root), args.resync)
+        results = measure(args.runs, Path(root), args.resync, args.profile)
     print(_summary("tag change (RPC tags) -> inventory update", results["tags"]))
     print(_summary("graceful leave (SIGINT) -> removed", results["leave"]))
     print(_summary("kill -9 -> removed (member-failed)", results["kill"]))

@@ -10,6 +10,7 @@ need=()
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v serf >/dev/null || need+=(serf)
 command -v thrift >/dev/null || need+=(thrift-compiler)
+command -v ip >/dev/null || need+=(iproute2)  # the multi-host test's network namespaces
 command -v openssl >/dev/null || need+=(openssl)  # matchmaker.tls makes the test certificates
 command -v chromium >/dev/null || need+=(chromium)  # the dashboard tests drive it headless
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the ledger's tests

@@ -23,12 +23,14 @@ from matchmaker import __version__, logs
 from matchmaker.identity import resolve_url
 from matchmaker.wire import amqp
 from matchmaker.wire.broker import DEFAULT_URL, BrokerError
+from membership.agent import PROFILES
 from membership.errors import MembershipError
 from membership.keys import resolve
 from workers.config import (
     FileSettings,
     SerfConfig,
     WorkerConfig,
+    parse_advertise,
     parse_attribute,
     parse_network,
     read_file,
@@ -63,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--broker-url",
         default=os.environ.get("MM_BROKER_URL", DEFAULT_URL),
-        help="AMQP URL (default: $MM_BROKER_URL or the local matchmaker vhost)",
+        help="AMQP URL, or a cluster's node URLs comma-separated "
+        "(default: $MM_BROKER_URL or the local matchmaker vhost)",
     )
     p.add_argument(
         "--broker-ca",
@@ -124,6 +127,17 @@ def parser() -> argparse.ArgumentParser:
     serf.add_argument("--serf-bind", metavar="ADDR", help="gossip address of the agent to start")
     serf.add_argument("--serf-rpc-bind", metavar="ADDR", help="RPC address of the agent to start")
     serf.add_argument(
+        "--serf-profile",
+        choices=PROFILES,
+        default="local",
+        help="Serf's timing: local (one host, the default), lan (hosts on a LAN), wan",
+    )
+    serf.add_argument(
+        "--serf-advertise",
+        metavar="ADDR",
+        help="gossip address (ip or ip:port) other hosts reach the agent at (default: its bind)",
+    )
+    serf.add_argument(
         "--serf-join", action="append", default=[], metavar="ADDR", help="join (repeatable)"
     )
     serf.add_argument(
@@ -164,6 +178,8 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
             bind=args.serf_bind,
             rpc_bind=args.serf_rpc_bind,
             join=tuple(args.serf_join),
+            profile=args.serf_profile,
+            advertise=parse_advertise(args.serf_advertise),
         )
     extra = {"sandbox": args.sandbox} if args.sandbox else {}
     return WorkerConfig(

@@ -3,7 +3,8 @@
 ``WorkerConfig`` is plain data, validated once at construction so a bad value
 is a one-sentence ``ValueError`` before anything starts. ``SerfConfig`` says
 how the worker advertises itself: join an existing agent over RPC (``rpc``)
-or start its own agent (``bind``, ``rpc_bind``, ``join``, keys).
+or start its own agent (``bind``, ``rpc_bind``, ``join``, keys, the timing
+``profile`` and the ``advertise`` address other hosts reach it at).
 ``stage_roots`` and ``allow_net`` are what the worker lets its tasks reach:
 the directories ``file://`` sources may come from, and the networks fetched
 from although not public (both empty by default: no local file, no loopback,
@@ -47,7 +48,8 @@ class SerfConfig:
     join: tuple[str, ...] = ()
     encrypt: str | None = None
     auth: str | None = None
-    profile: str = "local"
+    profile: str = "local"  # Serf's timing: local (one host), lan, wan
+    advertise: str | None = None  # the gossip address other hosts reach the agent at
     insecure: bool = False  # no gossip encryption / RPC auth (``--insecure``)
 
 
@@ -114,6 +116,25 @@ def parse_attribute(text: str) -> tuple[str, str]:
     if not sep or not key or not value:
         raise ValueError(f"attribute {text!r} must look like key=value")
     return key.strip(), value.strip()
+
+
+def parse_advertise(text: str | None) -> str | None:
+    """``10.0.0.5`` or ``10.0.0.5:7946`` (an IP address, Serf resolves no names) -> the
+    same text; ValueError with a sentence otherwise."""
+    if text is None:
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or (host.count(":") and not host.startswith("[")):
+        host, port = text.strip(), ""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(port)
+    except ValueError:
+        raise ValueError(
+            f"--serf-advertise {text!r} must be an IP address, optionally with :port"
+        ) from None
+    return text.strip()
 
 
 def parse_network(text: str) -> Network:

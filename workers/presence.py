@@ -123,6 +123,7 @@ class OwnAgent:
                 bind_port=bind_port or self.reused_port,
                 rpc_port=rpc_port,
                 profile=serf.profile,
+                advertise=serf.advertise,
                 encrypt_key=serf.encrypt,
                 rpc_auth=serf.auth,
                 join=serf.join,

@@ -96,6 +96,10 @@ PUSH_PREFETCH = 2  # push: dispatch messages held per slot (room for the pipelin
 RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
 FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
 REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
+# Refusals in a row after which the connection is opened anew: after a cluster node's
+# kill, a channel opened while a quorum queue elected its leader went on refusing every
+# publish to that queue (RabbitMQ 3.10), and the next connection did not.
+REFUSED_RECONNECT = 3
 ADVERTISE_RETRY = 5.0  # after advertising a changed capacity failed, the next try waits this long
 
 
@@ -188,6 +192,7 @@ class Worker:
         self._persistent = persistent(self._user)  # one object: its encoding is cached
         self._shown_slots = config.slots  # the capacity the gossip pool was last told
         self._advertise_after = 0.0
+        self._refusals = 0  # flushes refused in a row (REFUSED_RECONNECT)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -562,7 +567,12 @@ class Worker:
             )
             self._give_back(refused)
             self._last_flush = time.monotonic() + REFUSED_PAUSE  # no flush until then
+            self._refusals += 1
+            if self._refusals >= REFUSED_RECONNECT:
+                self._refusals = 0
+                raise _Refusing(f"reports refused {REFUSED_RECONNECT} times in a row")
         if confirmed:
+            self._refusals = 0
             ch.done_with(self._sent([item for item, _ in confirmed]))
 
     def _sent(self, items: list[ReportBatch | Letter]) -> list[Delivery]:
@@ -610,6 +620,13 @@ class Worker:
 
     def _woken(self) -> None:
         self._wake_pending = False
+
+
+class _Refusing(amqp.AMQPError):
+    """The broker keeps refusing reports on this connection: open a new one."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "reports refused"
 
 
 @dataclass

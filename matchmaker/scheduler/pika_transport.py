@@ -9,7 +9,8 @@ socket by ``frames.DeliveryReader`` into this transport's buffers inside
 pika's read (nothing else happens there); a delivery ends the wait of
 ``poll`` at once. Dispatches go out under asynchronous publisher confirms
 (``dispatch.Dispatcher``), letters too (``confirms.Confirms``); acks, events
-and cancels are queued frames. Every pika error is ``TransportLost``.
+and cancels are queued frames. Every pika error is ``TransportLost``, and so is a
+worker queue refusing every dispatch (``Dispatcher.stuck``): a new connection.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class PikaTransport:
         self.polled.results.append(Delivery(tag, body, user))
 
     def poll(self, timeout: float) -> Polled:
+        if why := self.dispatcher.stuck():  # the last poll's answers are applied already
+            raise TransportLost(f"{why}: opening a new connection")
         with _translated():
             if not self.polled.requests and not self.polled.results:
                 self.connection.process_data_events(time_limit=max(0.0, timeout))

@@ -27,6 +27,10 @@ exchange ``mm.results``; each routes by the name of the queue it feeds
 (``route``): ``mm.requests`` -> queue ``mm.requests``; ``mm.results`` -> queues
 ``mm.results`` and ``mm.dead``.
 
+A broker URL may list the nodes of a cluster, comma-separated (``split_urls``):
+``connect`` tries them in turn, so a process whose node died reconnects to a
+surviving one.
+
 Declaring is idempotent. The scheduler (or the setup) declares the core
 objects; a process without the right to configure them checks they exist
 (``ensure_core``) and says what to run if they do not.
@@ -121,9 +125,20 @@ def queue_type(chosen: str | None = None) -> str:
     return kind
 
 
+_URL_START = re.compile(r"\s*,\s*(?=amqps?://)")
+
+
+def split_urls(url: str) -> list[str]:
+    """The URLs of a comma-separated list of broker URLs (the nodes of one cluster), in
+    order; a single URL is a list of one. A comma inside a URL stays where it is."""
+    parts = (part.strip(" \t,") for part in _URL_START.split(url.strip(" \t,")))
+    return [part for part in parts if part]
+
+
 def sender(url: str) -> str:
-    """The broker user of ``url``: what the AMQP ``user_id`` of its messages must say."""
-    return pika.URLParameters(url).credentials.username
+    """The broker user of ``url`` (of its first URL: a cluster has one set of users): what
+    the AMQP ``user_id`` of its messages must say."""
+    return pika.URLParameters(split_urls(url)[0]).credentials.username
 
 
 def persistent(user: str | None) -> pika.BasicProperties:
@@ -133,10 +148,13 @@ def persistent(user: str | None) -> pika.BasicProperties:
 
 
 def describe(url: str) -> str:
-    """The URL without its password, for messages."""
-    params = pika.URLParameters(url)
-    vhost = "" if params.virtual_host == "/" else f"/{params.virtual_host}"
-    return f"{params.host}:{params.port}{vhost}"
+    """The URL (each URL of a list) without its password, for messages."""
+    described = []
+    for one in split_urls(url):
+        params = pika.URLParameters(one)
+        vhost = "" if params.virtual_host == "/" else f"/{params.virtual_host}"
+        described.append(f"{params.host}:{params.port}{vhost}")
+    return ", ".join(described)
 
 
 def _reason(error: BaseException) -> str:
@@ -292,35 +310,27 @@ def connect(
     log line per attempt) ``attempts`` times, or for ever with None, then BrokerError.
     A ``stopping`` that turns true ends the retries at once, with BrokerError.
 
+    ``url`` may list the nodes of a cluster (``split_urls``): an attempt tries each in
+    turn (``_first_reachable``), beginning after the node this process reached last, so
+    a reconnection goes to a surviving node first.
+
     ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
     not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
     (pika's path costs more than the rest of taking in a message)."""
     untested = pika_shim.check()
     if untested is not None:
         raise BrokerError(untested)
-    params = pika.URLParameters(url)
-    params.ssl_options = tls_options(url, tls)
-    params.client_properties = {"connection_name": name}
-    params.heartbeat = 30
-    params.blocked_connection_timeout = 60
+    urls = split_urls(url)
+    if not urls:
+        raise BrokerError("no broker URL given")
     delay = 0.2
     attempt = 0
     while True:
         attempt += 1
         try:
-            with _quiet_pika():
-                connection = pika.BlockingConnection(params)
-            read_deliveries(connection)
-            return connection
-        except pika.exceptions.ProbableAuthenticationError:
-            raise BrokerError(f"the broker at {describe(url)} refused the credentials") from None
-        except pika.exceptions.ProbableAccessDeniedError:
-            raise BrokerError(f"access denied to the vhost at {describe(url)}") from None
-        except (pika.exceptions.AMQPError, OSError) as error:
-            refusal = _tls_refusal(url, tls, error) if params.ssl_options else None
-            if refusal is not None:
-                raise TLSRefused(refusal) from None
-            why = _handshake_hint(error, plain=params.ssl_options is None)
+            return _first_reachable(urls, name, tls)
+        except _Unreachable as error:
+            why = str(error)
             if attempts is not None and attempt >= attempts:
                 raise BrokerError(f"cannot reach the broker at {describe(url)}: {why}") from None
             log.warning(
@@ -333,6 +343,49 @@ def connect(
         if pause(delay, stopping):
             raise BrokerError(f"stopped while connecting to the broker at {describe(url)}")
         delay = min(delay * 2, MAX_BACKOFF)
+
+
+class _Unreachable(Exception):
+    """No node of the list answered; the text says why (per node, for several)."""
+
+
+_last_reached: dict[tuple[str, ...], int] = {}  # a list of nodes -> the one reached last
+
+
+def _first_reachable(urls: list[str], name: str, tls: TLSFiles | None) -> pika.BlockingConnection:
+    """A connection to the first node of ``urls`` that accepts one, trying them in turn
+    from the one after the node reached last; _Unreachable if none does. A refusal no
+    other node would answer differently (credentials, vhost, TLS) is a BrokerError."""
+    key = tuple(urls)
+    start = (_last_reached.get(key, -1) + 1) % len(urls)
+    failures = []
+    for index in [*range(start, len(urls)), *range(start)]:
+        one = urls[index]
+        params = pika.URLParameters(one)
+        params.ssl_options = tls_options(one, tls)
+        params.client_properties = {"connection_name": name}
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 60
+        try:
+            with _quiet_pika():
+                connection = pika.BlockingConnection(params)
+            read_deliveries(connection)
+        except pika.exceptions.ProbableAuthenticationError:
+            raise BrokerError(f"the broker at {describe(one)} refused the credentials") from None
+        except pika.exceptions.ProbableAccessDeniedError:
+            raise BrokerError(f"access denied to the vhost at {describe(one)}") from None
+        except (pika.exceptions.AMQPError, OSError) as error:
+            refusal = _tls_refusal(one, tls, error) if params.ssl_options else None
+            if refusal is not None:
+                raise TLSRefused(refusal) from None
+            why = _handshake_hint(error, plain=params.ssl_options is None)
+            failures.append(f"{describe(one)}: {why}" if len(urls) > 1 else why)
+            continue
+        if len(urls) > 1 and _last_reached.get(key, index) != index:
+            log.info("connected to broker node %s", describe(one))
+        _last_reached[key] = index
+        return connection
+    raise _Unreachable("; ".join(failures))
 
 
 def pause(seconds: float, stopping: Callable[[], bool] | None = None) -> bool:

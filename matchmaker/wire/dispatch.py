@@ -13,6 +13,12 @@ on one connection: a transaction would stall the loop for every commit.
 The loop collects the answers (``confirms.Confirms``) with ``confirmed()`` at
 its next turn: a confirm needs no turn of its own, since the slot was taken
 when the dispatch went out, and the time of the answer is noted when it is read.
+
+A worker's queue whose dispatches the broker refused ``REFUSED_RECONNECT`` times in a
+row, none accepted between, makes ``stuck()`` say so: the loop then opens a new
+connection: after a cluster node's kill, a channel opened while a quorum queue elected
+its leader went on refusing every publish to that queue (RabbitMQ 3.10), and the next
+connection did not.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from matchmaker.wire.confirms import Confirms
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
 Sent = tuple[Sequence[str], str]  # the task ids of one message, and its worker
+REFUSED_RECONNECT = 3
 
 
 @dataclass
@@ -34,6 +41,7 @@ class Dispatcher:
     channel: amqp.Channel
     declared: set[str] = field(default_factory=set)
     queue_type: str | None = None  # of the worker queues it declares (``broker.queue_type``)
+    refusals: dict[str, int] = field(default_factory=dict)  # worker -> refused in a row
 
     def __post_init__(self) -> None:
         self.confirms: Confirms[Sent] = Confirms(self.channel)
@@ -55,10 +63,21 @@ class Dispatcher:
     def confirmed(self) -> tuple[list[Confirmed], list[Item]]:
         """What the broker acked (with when) and nacked since the last call."""
         acked, nacked = self.confirms.confirmed()
+        for (_, worker), _at in acked:
+            self.refusals.pop(worker, None)
+        for _, worker in nacked:
+            self.refusals[worker] = self.refusals.get(worker, 0) + 1
         return (
             [(task_id, worker, at) for (ids, worker), at in acked for task_id in ids],
             [(task_id, worker) for ids, worker in nacked for task_id in ids],
         )
+
+    def stuck(self) -> str | None:
+        """Why this connection should be replaced (a queue refusing every dispatch), or None."""
+        for worker, count in self.refusals.items():
+            if count >= REFUSED_RECONNECT:
+                return f"dispatches to {worker} refused {count} times in a row"
+        return None
 
     def purge(self, worker: str) -> int:
         """Empty a lost worker's queue (how many messages it held); its tasks are pending again."""

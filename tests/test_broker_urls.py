@@ -1,0 +1,95 @@
+"""Broker URL lists (a cluster's nodes), the queue type in Config, and the worker's
+Serf flags for several hosts: parsing and validation (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matchmaker.config import ConfigError, load
+from matchmaker.identity import resolve_url
+from matchmaker.wire import broker
+from workers.__main__ import config_from, parser
+from workers.config import parse_advertise
+
+A = "amqp://u:p@10.0.0.1:5672/v"
+B = "amqps://u:p@node-2.example:5671/v"
+
+
+def test_a_list_splits_on_commas_before_a_scheme_only() -> None:
+    assert broker.split_urls(f" {A} , {B},") == [A, B]
+    odd = "amqp://u:p,q@h:1/v"  # a comma in a password stays in its URL
+    assert broker.split_urls(f"{odd},{A}") == [odd, A]
+    assert broker.split_urls(A) == [A]
+    assert broker.split_urls(" ") == []
+
+
+def test_describe_and_sender_of_a_list() -> None:
+    assert broker.describe(f"{A},{B}") == "10.0.0.1:5672/v, node-2.example:5671/v"
+    assert "p@" not in broker.describe(f"{A},{B}")
+    assert broker.sender(f"{A},{B}") == "u"
+
+
+def test_a_password_file_fills_every_url_of_a_list(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    bare = "amqp://u@10.0.0.1:5672/v,amqp://u@10.0.0.2:5672/v"
+    assert broker.split_urls(resolve_url(bare, secret)) == [
+        "amqp://u:s3cret@10.0.0.1:5672/v",
+        "amqp://u:s3cret@10.0.0.2:5672/v",
+    ]
+
+
+def test_config_takes_a_toml_list_and_checks_the_queue_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "mm.toml"
+    file.write_text(f'broker_url = ["{A}", "{B}"]\nqueue_type = "quorum"\n')
+    config = load(file)
+    assert broker.split_urls(config.broker_url) == [A, B]
+    assert config.queue_type == "quorum"
+    monkeypatch.setenv("MM_QUEUE_TYPE", "qorum")
+    with pytest.raises(ConfigError, match="queue_type must be classic or quorum, not 'qorum'"):
+        load()
+    monkeypatch.delenv("MM_QUEUE_TYPE")
+    with pytest.raises(ConfigError, match="broker_url must name at least one broker"):
+        load(flags={"broker_url": " "})
+
+
+def test_an_unknown_queue_type_is_refused() -> None:
+    with pytest.raises(broker.BrokerError, match="must be classic or quorum"):
+        broker.queue_type("stream")
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("10.0.0.5", True),
+        ("10.0.0.5:7946", True),
+        ("fd00::5", True),
+        ("[fd00::5]:7946", True),
+        ("host.example", False),
+        ("10.0.0.5:0", False),
+        ("10.0.0.5:http", False),
+        ("", False),
+    ],
+)
+def test_advertise_must_be_an_address(text: str, ok: bool) -> None:
+    if ok:
+        assert parse_advertise(text) == text
+    else:
+        with pytest.raises(ValueError, match="must be an IP address"):
+            parse_advertise(text)
+
+
+def test_worker_serf_flags_for_several_hosts() -> None:
+    args = parser().parse_args(
+        ["--name", "w1", "--caps", "sleep", "--serf-profile", "lan",
+         "--serf-advertise", "10.0.0.5:7946", "--serf-bind", "0.0.0.0:7946"]
+    )  # fmt: skip
+    serf = config_from(args).serf
+    assert serf is not None and (serf.profile, serf.advertise) == ("lan", "10.0.0.5:7946")
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--name", "w1", "--caps", "sleep", "--serf-profile", "fast"])
