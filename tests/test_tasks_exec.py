@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.broker import CONTROL
+from matchmaker.wire.broker import CONTROL
 from matchmaker.messages import Cancel, encode
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
 
