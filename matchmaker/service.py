@@ -85,6 +85,7 @@ from matchmaker.book import Book, Event, OpenTask
 from matchmaker.config import Config
 from matchmaker.confirms import Confirms
 from matchmaker.dispatch import Dispatcher
+from matchmaker.drains import DrainDeadlines
 from matchmaker.engine import plan
 from matchmaker.frames import AckWindow, DeliveryReader, consume, reader_of
 from matchmaker.identity import Senders
@@ -204,6 +205,7 @@ class Scheduler:
         self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()
+        self.drain_deadlines = DrainDeadlines()  # drains.py: then the worker's tasks move
         self.reasons: dict[str, str] = {}
         self.requests: list[Delivery] = []  # delivered, not yet taken in
         self.results: list[Delivery] = []
@@ -366,6 +368,7 @@ class Scheduler:
                     self._take_results()
                 if clock >= self.next_sweep:
                     self._sweep()
+                    self._evict_drained(control)
                 self._outbox()  # the letters of what was rejected, in this turn's commit
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
                 self._send_letters()
@@ -644,8 +647,30 @@ class Scheduler:
         else:
             self.drained.discard(message.worker)
         self.ledger.set_drained(message.worker, message.on, now)
+        self.drain_deadlines.drained(message.worker, message.on, message.deadline, now)
         log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
         self.dirty = True
+
+    def _evict_drained(self, control: BlockingChannel) -> None:
+        """Drained workers whose deadline passed (``drains.py``): each task still there is
+        cancelled on the worker and goes back to pending to run elsewhere."""
+        now = time.time()
+        for worker in self.drain_deadlines.due(now):
+            if worker not in self.drained:
+                continue
+            ids = sorted(self.book.by_worker.get(worker, ()))
+            for task_id in ids:
+                control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
+            purged = self.dispatcher.purge(worker)
+            moved = self.book.worker_lost(worker, now, "was drained and its deadline passed")
+            log.info(
+                "worker %s: drain deadline passed; %d tasks cancelled there and rescheduled, "
+                "%d queued dispatch messages purged",
+                worker,
+                moved,
+                purged,
+            )
+            self.dirty = True
 
     def _take_results(self) -> None:
         """Apply the buffered results, each settled in ``result_acks``; invalid ones (and

@@ -111,8 +111,9 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
     c.start_worker("w1", ["sleep"], 1)
     wait_until(lambda: api_cluster.get("/v1/workers")["workers"], 10, "the worker listed")
     assert api_cluster.call("POST", "/v1/workers/w1/drain", "submit")[0] == 403
-    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"deadline": 60})
-    assert status == 501 and "not supported" in body["error"]
+    for bad, text in (({"deadline": "soon"}, "number"), ({"on": False, "deadline": 5}, "only")):
+        status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", bad)
+        assert status == 400 and text in body["error"], body
     status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin")
     assert status == 202 and body["state"] == "drain requested"
 

@@ -2,7 +2,9 @@
 
 Every answer that is not a success is ``{"error": "<one sentence>"}``. Reads need the
 ``read`` role, submitting ``submit``, cancel ``submit`` for one's own task (when the
-ledger records owners) or ``admin``, retry and drain ``admin``.
+ledger records owners) or ``admin``, retry and drain ``admin``. A drain may carry a
+``deadline`` (seconds): when it passes, what still runs on the worker is cancelled there and
+runs elsewhere (``matchmaker.drains``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from matchmaker.api.snapshot import Board, Snapshot
 from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
+    MAX_TIMEOUT,
     NAME,
     Cancel,
     MessageError,
@@ -340,19 +343,27 @@ class Api:
         snapshot = self.active()
         worker = name(request.path_params["worker"], "the worker name") or ""
         body = await json_body(request, 4096)
-        if "deadline" in body:
-            raise Refused(501, "drain deadlines are not supported yet: drain without one")
-        unknown = sorted(set(body) - {"on"})
+        unknown = sorted(set(body) - {"on", "deadline"})
         if unknown:
-            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: on)")
+            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: on, deadline)")
         on = body.get("on", True)
         if not isinstance(on, bool):
             raise Refused(400, "on must be true or false")
+        deadline = body.get("deadline")
+        if deadline is not None:
+            if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+                raise Refused(400, "deadline must be a number of seconds")
+            number(str(deadline), "deadline", 0, MAX_TIMEOUT)
+            if not on:
+                raise Refused(400, "a deadline is for a drain only, not with on: false")
         if on and worker not in {w["name"] for w in snapshot.workers}:
             raise Refused(404, f"no live worker {worker!r}")
-        await asyncio.to_thread(self.send, [encode_drain(worker, on)])
+        await asyncio.to_thread(self.send, [encode_drain(worker, on, deadline)])
         state = "drain requested" if on else "undrain requested"
-        return answer({"worker": worker, "state": state}, 202)
+        reply: dict[str, Any] = {"worker": worker, "state": state}
+        if deadline is not None:
+            reply["deadline"] = float(deadline)
+        return answer(reply, 202)
 
     async def openapi(self, request: Request) -> Response:
         params(request, ())
