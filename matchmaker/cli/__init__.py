@@ -1,22 +1,25 @@
 """``python -m matchmaker``: run the scheduler, submit and inspect tasks, manage workers.
 
-One module per command group (``run``, ``tasks``, ``workers``, ``users``); this one
+One module per command group (``run``, ``tasks``, ``events``, ``workers``, ``dead``,
+``users``, ``completion``); this one
 assembles the parser and turns every failure a user can cause or meet (bad arguments,
 unreachable broker or agent, missing ledger, invalid task) into one sentence on stderr and
-a non-zero exit, never a traceback.
+a non-zero exit, never a traceback: a bad argument is one line and exit 2, as is any
+error the command meets (``EXIT_USAGE``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 
 import pika.exceptions
 
 from matchmaker import broker
 from matchmaker.api import ApiError
-from matchmaker.cli import run, tasks, users, workers
-from matchmaker.cli.common import EXIT_USAGE, UserError, common_options
+from matchmaker.cli import completion, dead, events, run, tasks, users, workers
+from matchmaker.cli.common import EXIT_USAGE, Parser, UserError, common_options
 from matchmaker.config import ConfigError
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import LedgerError
@@ -27,14 +30,29 @@ __all__ = ["EXIT_USAGE", "UserError", "main", "parser"]
 DESCRIPTION = "run the scheduler, submit and inspect tasks, manage workers."
 
 
+def version() -> str:
+    """The installed distribution's version (whatever its name), or the tree's."""
+    names = importlib.metadata.packages_distributions().get("matchmaker", [])
+    for name in names:
+        try:
+            return f"matchmaker {importlib.metadata.version(name)} ({name})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "matchmaker (not installed: run from a source tree)"
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m matchmaker", description=DESCRIPTION)
+    top = Parser(prog="python -m matchmaker", description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=version())
     common = common_options()
     sub = top.add_subparsers(dest="command", required=True)
     run.add_parser(sub, common)
     tasks.add_parsers(sub, common)
+    events.add_parser(sub, common)
     workers.add_parsers(sub, common)
+    dead.add_parser(sub)
     users.add_parser(sub)
+    completion.add_parser(sub)
     return top
 
 

@@ -4,8 +4,11 @@ config they make, and the ways to the broker and the ledger."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 from matchmaker import broker
 from matchmaker.config import Config, load
@@ -17,6 +20,44 @@ EXIT_USAGE = 2
 
 class UserError(Exception):
     """An error the user can fix; printed as one sentence."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and exit 2), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def emit(args: argparse.Namespace, value: Any, text: Callable[[], str] | str) -> None:
+    """``value`` as JSON with ``--json``, else the text (made only when needed)."""
+    if getattr(args, "json", False):
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        print(text if isinstance(text, str) else text())
+    sys.stdout.flush()
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the answer as JSON")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 604800 seconds")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -43,9 +84,12 @@ def when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def common_options() -> argparse.ArgumentParser:
-    """The options of every command that reaches the broker, the agent or the ledger."""
-    common = argparse.ArgumentParser(add_help=False)
+def common_options(*, nested: bool = False) -> argparse.ArgumentParser:
+    """The options of every command that reaches the broker, the agent or the ledger;
+    ``nested`` (for an action under a command that has them too) leaves an option not
+    given out, so it does not undo the command's."""
+    default = argparse.SUPPRESS if nested else None
+    common = argparse.ArgumentParser(add_help=False, argument_default=default)
     common.add_argument("--config", help="TOML config file (also MM_CONFIG)")
     common.add_argument(
         "--broker-url", dest="broker_url", help="amqp(s)://user:pass@host:port/vhost"

@@ -1,17 +1,31 @@
-"""The task commands: ``submit``, ``status``, ``explain``, ``cancel``."""
+"""The task commands: ``submit``, ``tasks``, ``status``, ``explain``, ``cancel``, ``retry``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from matchmaker.cli.common import UserError, config_of, ledger_of, send, when
-from matchmaker.messages import Cancel, MessageError, TaskRequest, decode
+from matchmaker.cli.common import (
+    UserError,
+    add_json,
+    config_of,
+    emit,
+    ledger_of,
+    positive_int,
+    send,
+    when,
+)
+from matchmaker.ledger import LedgerError
+from matchmaker.messages import NAME, Cancel, MessageError, Retry, TaskRequest, decode
+
+STATES = ("pending", "assigned", "running", "succeeded", "dead", "cancelled")
 
 
 def _value(text: str) -> Any:
@@ -82,9 +96,80 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = config_of(args)
     requests = list(_requests_from(args))
     send(config, requests)
-    for r in requests:
-        print(r.id)
+    ids = [r.id for r in requests]
+    emit(args, {"submitted": ids}, "\n".join(ids))
     return 0
+
+
+def _since(text: str) -> float:
+    """``--since``: Unix seconds, an ISO 8601 time, or an age such as 90s, 15m, 2h, 1d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        if text.replace(".", "", 1).isdigit():
+            return float(text)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time (Unix seconds, ISO 8601, or an age like 15m, 2h, 1d)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _name(text: str) -> str:
+    if not NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a name (letters, digits, _.:@-)")
+    return text
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """A page of tasks, newest first, with the API's filters (``api.store``)."""
+    from matchmaker.api.store import Store, StoreError
+
+    config = config_of(args)
+    store = Store(config.ledger_path)
+    filters = {
+        "state": args.state,
+        "type": args.type,
+        "worker": args.worker,
+        "owner": args.owner,
+        "since": args.since,
+    }
+    try:
+        if args.owner is not None and not store.has_owners():
+            raise UserError("this ledger does not record owners, so --owner cannot filter")
+        tasks, more = store.tasks(filters, args.limit, args.cursor)
+    except StoreError as error:
+        raise UserError(str(error)) from None
+    finally:
+        store.close()
+    cursor = str(more) if more else None
+    emit(args, {"tasks": tasks, "next_cursor": cursor}, lambda: _table(tasks, cursor))
+    return 0
+
+
+def _table(tasks: list[dict[str, Any]], cursor: str | None) -> str:
+    if not tasks:
+        return "no tasks"
+    head = ("ID", "TYPE", "STATE", "ATTEMPT", "WORKER", "OWNER", "SUBMITTED")
+    rows = [head] + [
+        (
+            str(t["id"]),
+            str(t["type"]),
+            str(t["state"]),
+            f"{t['attempt']}/{t['max_attempts']}",
+            t["worker"] or "-",
+            t.get("owner") or "-",
+            when(t["submitted_at"]),
+        )
+        for t in tasks
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if cursor:
+        lines.append(f"(more: --cursor {cursor})")
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -94,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UserError(f"no task {args.task_id!r} in the ledger")
     history = ledger.history(args.task_id)
     if args.json:
-        print(json.dumps({**vars(row), "history": history}, indent=2))
+        emit(args, {**vars(row), "history": history}, "")
         return 0
     print(f"task      {row.id} ({row.type}, priority {row.priority})")
     print(f"state     {row.state}")
@@ -123,17 +208,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UserError(f"no task {args.task_id!r} in the ledger")
     if row.state != "pending":
         where = f" on worker {row.worker}" if row.worker else ""
-        print(f"{row.id} is {row.state}{where}, not waiting")
+        text = f"{row.id} is {row.state}{where}, not waiting"
     elif row.not_before > time.time():
-        print(f"{row.id} waits for its retry backoff until {when(row.not_before)}")
+        text = f"{row.id} waits for its retry backoff until {when(row.not_before)}"
     else:
-        print(f"{row.id} is pending: {row.reason or 'not yet considered by a round'}")
+        text = f"{row.id} is pending: {row.reason or 'not yet considered by a round'}"
+    emit(args, {"id": row.id, "state": row.state, "explanation": text}, text)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     send(config_of(args), [Cancel(args.task_id)])
-    print(f"{args.task_id}: cancel requested")
+    emit(
+        args, {"id": args.task_id, "state": "cancel requested"}, f"{args.task_id}: cancel requested"
+    )
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """A dead or cancelled task runs again as one more attempt (the scheduler checks)."""
+    row = None
+    with contextlib.suppress(LedgerError):  # no ledger here: the scheduler decides alone
+        row = ledger_of(config_of(args)).get(args.task_id)
+    if row is not None and row.state not in ("dead", "cancelled"):
+        raise UserError(
+            f"task {row.id!r} is {row.state}: only a dead or cancelled task can be retried"
+        )
+    send(config_of(args), [Retry(args.task_id)])
+    emit(args, {"id": args.task_id, "state": "retry requested"}, f"{args.task_id}: retry requested")
     return 0
 
 
@@ -148,15 +250,29 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--max-attempts", dest="max_attempts", type=int, default=3)
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds per attempt")
     submit.add_argument("--file", help="JSON lines of tasks ('-' for stdin)")
+    add_json(submit)
     submit.set_defaults(func=cmd_submit)
+
+    tasks = sub.add_parser("tasks", parents=[common], help="list tasks, newest first")
+    tasks.add_argument("--state", choices=STATES)
+    tasks.add_argument("--type", type=_name, help="task type")
+    tasks.add_argument("--worker", type=_name, help="the worker it ran or runs on")
+    tasks.add_argument("--owner", type=_name, help="the broker user who submitted it")
+    tasks.add_argument(
+        "--since", type=_since, help="submitted since: Unix seconds, ISO 8601, or 15m, 2h, 1d"
+    )
+    tasks.add_argument("--limit", type=positive_int, default=50, help="a page (default 50)")
+    tasks.add_argument("--cursor", type=positive_int, help="the next page (printed at the end)")
+    add_json(tasks)
+    tasks.set_defaults(func=cmd_tasks)
 
     for name, func, text in (
         ("status", cmd_status, "a task's state, attempts, worker, timestamps, error"),
         ("explain", cmd_explain, "why a task is still pending"),
         ("cancel", cmd_cancel, "cancel a task"),
+        ("retry", cmd_retry, "run a dead or cancelled task again (admin or its owner)"),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("task_id")
-        if name == "status":
-            p.add_argument("--json", action="store_true")
+        add_json(p)
         p.set_defaults(func=func)
