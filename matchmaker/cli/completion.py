@@ -18,13 +18,13 @@ from matchmaker.cli.common import add_json
 
 TEMPLATE = """# bash completion for matchmaker (python -m matchmaker completion bash)
 _matchmaker() {
-    local cur prev i path="" w
+    local cur prev i path="@" w
     cur="${COMP_WORDS[COMP_CWORD]}"
     prev="${COMP_WORDS[COMP_CWORD-1]}"
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         [[ "$w" == -* || -z "${_MM_SUBS[$path]+x}" ]] && continue
-        [[ " ${_MM_SUBS[$path]} " == *" $w "* ]] && path="${path:+$path }$w"
+        [[ " ${_MM_SUBS[$path]} " == *" $w "* ]] && path="$path $w"
     done
     if [ -n "${_MM_CHOICES[$path|$prev]+x}" ]; then
         COMPREPLY=($(compgen -W "${_MM_CHOICES[$path|$prev]}" -- "$cur"))
@@ -47,7 +47,7 @@ def _tables(parser: argparse.ArgumentParser, path: str, subs: dict[str, list[str
             names = list(action.choices)
             subs[path] = names
             for name, child in action.choices.items():
-                _tables(child, f"{path} {name}".strip(), subs, opts, choices)
+                _tables(child, f"{path} {name}", subs, opts, choices)
         elif action.option_strings and action.help != argparse.SUPPRESS:
             opts[path] += action.option_strings
             if action.choices:
@@ -59,7 +59,7 @@ def script(parser: argparse.ArgumentParser) -> str:
     subs: dict[str, list[str]] = {}
     opts: dict[str, list[str]] = {}
     choices: dict[str, list[str]] = {}
-    _tables(parser, "", subs, opts, choices)
+    _tables(parser, "@", subs, opts, choices)  # bash has no empty key: "@" is the top
 
     def table(name: str, rows: dict[str, list[str]]) -> str:
         lines = [f"declare -gA {name}=("]

@@ -117,6 +117,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     stream = live(config, states) if args.follow else None
     if stream is not None:
         next(stream)  # bound before the history is read: nothing falls in between
+        print("matchmaker: following live events (Ctrl-C ends)", file=sys.stderr, flush=True)
     for event in recent(config, args.last, states):
         if wanted(event):
             print(line(event, args.json), flush=True)
@@ -142,7 +143,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     events.add_argument("--task", help="only this task's")
     events.add_argument(
         "--last",
-        type=int,
+        type=count,
         default=20,
         help="recent changes from the ledger first (default 20; 0: none)",
     )

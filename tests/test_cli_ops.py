@@ -1,0 +1,202 @@
+"""The operator's commands against the real system: a scheduler process, Serf agents,
+worker processes and the real broker; the CLI run as a process, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from matchmaker import broker, users
+from matchmaker.local import ROOT, LocalCluster, wait_until
+from matchmaker.messages import Retry, TaskRequest
+from tests.cli_support import cli, cli_json, where
+from tests.conftest import rabbitmqctl
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def cluster(broker_url: str, tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(broker_url=broker_url, workdir=tmp_path / "cluster", round_interval=0.05)
+    try:
+        c.start_scheduler()
+        yield c
+    finally:
+        c.stop()
+
+
+def sleep(task_id: str, seconds: float = 0.0, **fields: object) -> TaskRequest:
+    return TaskRequest(task_id, "sleep", {"seconds": seconds}, **fields)  # type: ignore[arg-type]
+
+
+def queue_exists(url: str, queue: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as error:
+        assert error.reply_code == 404
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_tasks_retry_and_live_events(cluster: LocalCluster) -> None:
+    c = cluster
+    c.start_worker("w1", ["sleep"], 2)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "matchmaker", "events", *where(c), "--follow", "--json",
+         "--last", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follow.stderr is not None
+        assert "following live events" in follow.stderr.readline()  # bound: none is missed
+        submitted = cli_json(c, "submit", "--type", "sleep", "--payload", '{"seconds": 0}')
+        ids = submitted["submitted"]
+        c.wait_states(ids)
+        dead = c.submit(TaskRequest("doomed", "sleep", {"fail": True}, max_attempts=1))
+        c.wait_states(dead, ("dead",))
+        seen: list[dict[str, object]] = []
+        assert follow.stdout is not None
+        while not any(e["id"] == "doomed" and e["state"] == "dead" for e in seen):
+            line = follow.stdout.readline()
+            assert line, follow.stderr.read() if follow.stderr else "events ended"
+            seen.append(json.loads(line))
+        states = [e["state"] for e in seen if e["id"] == ids[0]]
+        assert "succeeded" in states, seen
+    finally:
+        follow.terminate()
+        follow.wait(10)
+
+    page = cli_json(c, "tasks", "--state", "succeeded")
+    assert [t["id"] for t in page["tasks"]] == ids and page["next_cursor"] is None
+    assert cli_json(c, "tasks", "--state", "dead", "--type", "sleep")["tasks"][0]["id"] == "doomed"
+    c.submit(*[sleep(f"p-{i}") for i in range(3)])
+    c.wait_states([f"p-{i}" for i in range(3)])
+    first = cli_json(c, "tasks", "--limit", "2", "--worker", "w1")
+    assert len(first["tasks"]) == 2 and first["next_cursor"]
+    rest = cli_json(c, "tasks", "--limit", "2", "--worker", "w1", "--cursor", first["next_cursor"])
+    listed = [t["id"] for t in first["tasks"] + rest["tasks"]]
+    assert listed[:3] == ["p-2", "p-1", "p-0"] and len(set(listed)) == len(listed)
+    table = cli(c, "tasks", "--state", "dead")
+    assert table.returncode == 0 and "doomed" in table.stdout and "1/1" in table.stdout
+
+    refused = cli(c, "retry", ids[0])
+    assert refused.returncode == 2 and "only a dead or cancelled task" in refused.stderr
+    assert cli_json(c, "retry", "doomed")["state"] == "retry requested"
+    wait_until(lambda: (r := c.task("doomed")) is not None and r.attempt == 2, 20, "attempt 2")
+    recent = cli(c, "events", "--task", "doomed", "--last", "50")
+    assert recent.returncode == 0 and "retried" in recent.stdout, recent.stdout
+
+
+def test_dead_letters_are_listed_replayed_and_purged(cluster: LocalCluster) -> None:
+    c = cluster
+    c.start_worker("w1", ["sleep"], 1)
+    c.send([Retry("later")])  # no such task yet: dead-lettered
+    broker.send_requests(c.broker_url, [b"{not json"])
+    wait_until(lambda: len(cli_json(c, "dead", "list")["letters"]) == 2, 20, "two letters")
+    letters = cli_json(c, "dead", "list")["letters"]
+    assert len(cli_json(c, "dead", "list")["letters"]) == 2  # looking loses nothing
+    by_reason = {("JSON" in x["reason"]): x for x in letters}
+    garbage, retry = by_reason[True], by_reason[False]
+    assert "no such task" in retry["reason"] and retry["source"] == "mm.requests"
+    text = cli(c, "dead", "list")
+    assert retry["name"] in text.stdout and "no such task" in text.stdout
+
+    c.wait_states(
+        c.submit(TaskRequest("later", "sleep", {"fail": True}, max_attempts=1)), ("dead",)
+    )
+    done = cli(c, "dead", "replay", "--all", "--json")
+    assert done.returncode == 1  # the garbage stays
+    answer = json.loads(done.stdout)
+    assert answer["replayed"] == [retry["name"]]
+    assert "still invalid" in answer["kept"][garbage["name"]]
+    wait_until(lambda: (r := c.task("later")) is not None and r.attempt == 2, 20, "replayed retry")
+    assert [x["name"] for x in cli_json(c, "dead", "list")["letters"]] == [garbage["name"]]
+
+    assert cli(c, "dead", "purge").returncode == 2
+    missing = cli(c, "dead", "purge", "nosuch", "--yes")
+    assert missing.returncode == 2 and "no letter 'nosuch'" in missing.stderr
+    assert cli_json(c, "dead", "purge", garbage["name"], "--yes")["purged"] == 1
+    assert cli_json(c, "dead", "list")["letters"] == []
+    broker.send_requests(c.broker_url, [b"[]", b"7"])
+    wait_until(lambda: len(cli_json(c, "dead", "list")["letters"]) == 2, 20, "two more letters")
+    assert cli_json(c, "dead", "purge", "--yes")["purged"] == 2
+
+
+def test_drain_deadline_moves_running_work_elsewhere(cluster: LocalCluster) -> None:
+    c = cluster
+    c.start_worker("w1", ["sleep"], 1)
+    c.submit(sleep("long", 8))
+    wait_until(lambda: (r := c.task("long")) is not None and r.state == "running", 20, "running")
+    c.start_worker("w2", ["sleep"], 1)
+    started = time.monotonic()
+    done = cli(c, "drain", "w1", "--deadline", "1", "--wait", "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "w1: drained, nothing running" in done.stdout
+    assert time.monotonic() - started < 8  # not by the task's end: the deadline moved it
+    row = c.wait_states(["long"], ("running", "succeeded"))["long"]
+    assert (row.worker, row.attempt) == ("w2", 2)
+    c.wait_log(c.workers["w1"], "cancel received id=long", 10)
+    history = json.loads(cli(c, "status", "long", "--json").stdout)["history"]
+    assert any("deadline passed" in (h["note"] or "") for h in history), history
+    assert cli_json(c, "drain", "w1", "--undo")["state"] == "undrain requested"
+
+
+def test_workers_gc_deletes_only_departed_workers_queues(cluster: LocalCluster) -> None:
+    c = cluster
+    c.start_worker("gone", ["sleep"], 1)
+    c.start_worker("stays", ["sleep"], 1)
+    c.wait_states(c.submit(sleep("t1")))
+    c.workers["gone"].stop()
+    c.wait_for_worker("gone", present=False)
+    assert queue_exists(c.broker_url, "mm.worker.gone")
+    preview = cli_json(c, "workers", "gc", "--dry-run")
+    assert preview["departed"] == ["gone"] and preview["kept"] == {"stays": "alive"}
+    assert queue_exists(c.broker_url, "mm.worker.gone")
+    done = cli_json(c, "workers", "gc")
+    assert done["deleted"] == {"gone": {"mm.worker.gone": "deleted", "mm.control.gone": "deleted"}}
+    assert not queue_exists(c.broker_url, "mm.worker.gone")
+    assert not queue_exists(c.broker_url, "mm.control.gone")
+    assert queue_exists(c.broker_url, "mm.worker.stays")
+    assert cli_json(c, "workers", "gc")["departed"] == []
+    table = cli(c, "workers")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[0] == "NAME" and "stays" in table.stdout
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # columns aligned
+
+
+def rabbitmq_queues(vhost: str) -> dict[str, str]:
+    """Queue name -> the policy applied to it, as the broker lists them."""
+    raw = users.rabbitmqctl("list_queues", "-p", vhost, "name", "policy", "--formatter", "json")
+    return {q["name"]: q.get("policy") or "" for q in json.loads(raw)}
+
+
+def test_worker_queue_expiry_policy_applies_to_existing_queues(broker_url: str) -> None:
+    vhost = broker_url.rsplit("/", 1)[1]
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        broker.declare_core(connection.channel())
+        broker.declare_worker(connection.channel(), "old")  # made before the policy
+        users.expire_worker_queues(vhost, 1.0)
+        broker.declare_worker(connection.channel(), "old")  # declaring again still works
+        # a passive declare is a use: the broker's own list is watched instead
+        names = lambda: rabbitmq_queues(vhost)  # noqa: E731
+        assert names()["mm.worker.old"] == users.WORKER_QUEUES_POLICY
+        wait_until(lambda: "mm.worker.old" not in names(), 30, "the queue expiring")
+        assert "mm.control.old" not in names()
+        assert queue_exists(broker_url, broker.REQUESTS)  # only worker queues expire
+    finally:
+        if connection.is_open:
+            connection.close()
+        rabbitmqctl("clear_policy", "-p", vhost, users.WORKER_QUEUES_POLICY)
