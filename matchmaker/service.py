@@ -328,6 +328,8 @@ class Scheduler:
         )
         self.connection = connection
         control = self._lead(connection)
+        if self.api is not None:  # api hook: a standby's API redirects here
+            self.api.lead()
         broker.declare_core(control)
         # Leading now: the ledger is the truth (a previous leader may have written it).
         self.book = self._new_book()
