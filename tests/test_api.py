@@ -157,26 +157,19 @@ def test_openapi_document_and_events(api_cluster: ApiCluster) -> None:
     assert {"pending", "in_flight", "workers", "counters"} <= set(data)
 
 
-def test_standby_answers_503(api_cluster: ApiCluster, tmp_path: Path) -> None:
+def test_standby_redirects_to_the_leader(api_cluster: ApiCluster, tmp_path: Path) -> None:
+    """(tests/test_api_standby.py follows a takeover too.)"""
     from membership.agent import free_port
 
     c = api_cluster.cluster
     port = free_port()
     c.scheduler_args = ("--http-port", str(port))
     c.start_scheduler(standby=True, wait=False)
-    url = f"http://127.0.0.1:{port}/v1/stats"
-
-    def answer() -> int | None:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return 200
-        except urllib.error.HTTPError as e:
-            return e.code
-        except OSError:
-            return None
-
-    wait_until(lambda: answer() is not None, 20, "the standby's API")
-    assert answer() == 503
+    standby = ApiCluster(c, f"http://127.0.0.1:{port}", {})
+    wait_until(lambda: standby.call("GET", "/v1/stats", None)[0] != 0, 20, "the standby's API")
+    status, body, headers = standby.call("GET", "/v1/stats", None)
+    assert status == 307, body
+    assert headers["location"] == api_cluster.url + "/v1/stats"
 
 
 def test_tokens_file_is_checked(tmp_path: Path) -> None:
