@@ -109,3 +109,41 @@ def test_the_completion_script_completes_in_bash() -> None:
     assert "--deadline" in complete("matchmaker", "drain", "w1", "--")
     assert complete("matchmaker", "tasks", "--state", "su") == ["succeeded"]
     assert complete("matchmaker", "workers", "''") == ["gc"]
+
+
+def test_the_workers_table_is_aligned_whatever_the_cells() -> None:
+    from membership.table import WorkerRow, format_workers
+
+    rows = [
+        WorkerRow("w1", ("sleep",), 2, {"site": "iu"}, "alive"),
+        WorkerRow("a-longer-name", ("data_staging", "sleep"), 16, {}, "alive (drained)"),
+        WorkerRow("名前", ("sleep",), 1, {"gpu": 1, "site": "tacc"}, "failed"),
+        WorkerRow("odd", ("x\ny",), 1, {}, "alive"),
+    ]
+    lines = format_workers(rows, running={"w1": 1}).splitlines()
+    assert len(lines) == 5  # a newline in a tag does not make a line of its own
+
+    def column(line: str, word: str) -> int:  # display columns before ``word``
+        before = line[: line.index(word)]
+        return len(before) + sum(1 for c in before if c in "名前")
+
+    assert (
+        len(
+            {
+                column(line, word)
+                for line, word in zip(
+                    lines, ["STATUS", "alive", "alive", "failed", "alive"], strict=True
+                )
+            }
+        )
+        == 1
+    )
+    assert (
+        len(
+            {
+                column(line, word)
+                for line, word in zip(lines, ["SLOTS", "2", "16", "1", "1"], strict=True)
+            }
+        )
+        == 1
+    )
