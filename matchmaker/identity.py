@@ -8,10 +8,13 @@ exchange). The roles (docs/security.md has the table):
 - scheduler (``mm-scheduler``): everything in the vhost; the only one who
   writes the default exchange, hence worker queues, and ``mm.control``,
   ``mm.dead``, ``mm.events``.
-- admin (``mm-admin``) and client (``mm-client``, more by ``users add-client``):
-  write the ``mm.requests`` exchange, nothing else. What an admin may do
-  beyond a client (cancel anyone's task, drain) the scheduler decides from
-  the message's ``user_id``.
+- client (``mm-client``, more by ``users add-client``): write the
+  ``mm.requests`` exchange, nothing else.
+- admin (``mm-admin``): a client's rights, and read ``mm.dead`` (list, replay,
+  purge dead letters) and ``mm.events`` through a server-named queue of its own
+  (``events --follow``). What an admin may do beyond a client in the scheduler
+  (cancel anyone's task, drain, retry) the scheduler decides from the
+  message's ``user_id``.
 - worker ``<name>`` (``mm-worker-<name>``): configure and read its own queues
   ``mm.worker.<name>`` and ``mm.control.<name>``, write the ``mm.results``
   exchange.
@@ -80,8 +83,23 @@ def scheduler_role(user: str = SCHEDULER) -> Role:
 
 
 def client_role(user: str = CLIENT) -> Role:
-    """A client or an admin: publish requests, nothing more."""
+    """A client: publish requests, nothing more."""
     return Role(user, NOTHING, _only(broker.REQUESTS), NOTHING)
+
+
+SERVER_NAMED = r"amq\.gen-[A-Za-z0-9_-]+"  # the broker's names for queues declared without one
+
+
+def admin_role(user: str = ADMIN) -> Role:
+    """An admin: a client that may also read and delete dead letters (``mm.dead``) and
+    follow ``mm.events`` through a server-named queue of its own (exclusive: no one
+    else's)."""
+    return Role(
+        user,
+        f"^{SERVER_NAMED}$",
+        f"^({re.escape(broker.REQUESTS)}|{SERVER_NAMED})$",
+        f"^({re.escape(broker.DEAD)}|{re.escape(broker.EVENTS)}|{SERVER_NAMED})$",
+    )
 
 
 def worker_role(name: str, user: str | None = None) -> Role:

@@ -84,7 +84,7 @@ def setup(
         _check_name(user, "user name")
     roles: list[tuple[Role, str]] = [
         (identity.scheduler_role(scheduler), "scheduler"),
-        (identity.client_role(admin), "admin"),
+        (identity.admin_role(admin), "admin"),
     ]
     roles += [(identity.client_role(user), "client") for user in clients]
     roles += [(identity.worker_role(name), f"worker {name}") for name in workers]

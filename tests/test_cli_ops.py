@@ -18,7 +18,7 @@ from matchmaker import broker, users
 from matchmaker.local import ROOT, LocalCluster, wait_until
 from matchmaker.messages import Retry, TaskRequest
 from tests.cli_support import cli, cli_json, where
-from tests.conftest import rabbitmqctl
+from tests.conftest import RoleUsers, rabbitmqctl
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -200,3 +200,50 @@ def test_worker_queue_expiry_policy_applies_to_existing_queues(broker_url: str) 
         if connection.is_open:
             connection.close()
         rabbitmqctl("clear_policy", "-p", vhost, users.WORKER_QUEUES_POLICY)
+
+
+def test_the_admin_user_reads_dead_letters_and_follows_events(
+    broker_url: str, role_users: RoleUsers
+) -> None:
+    admin = role_users.url(role_users.admin)
+    client = role_users.url(role_users.clients[0])
+    dev = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        dev.channel().basic_publish(
+            "", broker.DEAD, b"{bad", broker.dead_letter_properties("not JSON", broker.REQUESTS)
+        )
+    finally:
+        dev.close()
+    listed = cli_json(None, "dead", "list", "--broker-url", admin)
+    assert [x["reason"] for x in listed["letters"]] == ["not JSON"]
+    refused = cli(None, "dead", "list", "--broker-url", client)
+    assert refused.returncode == 2 and "ACCESS_REFUSED" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "matchmaker", "events", "--follow", "--json", "--last", "0",
+         "--broker-url", admin],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follow.stderr is not None and follow.stdout is not None
+        assert "following live events" in follow.stderr.readline()
+        event = {"id": "t1", "state": "succeeded", "attempt": 1, "worker": "w1", "at": 1.0}
+        dev = pika.BlockingConnection(pika.URLParameters(broker_url))
+        try:
+            body = json.dumps({"v": 1, "kind": "events", "events": [event]}).encode()
+            dev.channel().basic_publish(broker.EVENTS, "task.succeeded", body)
+        finally:
+            dev.close()
+        assert json.loads(follow.stdout.readline()) == event
+    finally:
+        follow.terminate()
+        follow.wait(10)
+    connection = pika.BlockingConnection(pika.URLParameters(admin))
+    try:  # reading is all: no publishing events, no reading requests
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+            connection.channel().basic_get(broker.REQUESTS)
+        assert caught.value.reply_code == 403
+    finally:
+        if connection.is_open:
+            connection.close()
