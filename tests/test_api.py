@@ -114,8 +114,8 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
     for bad, text in (({"deadline": "soon"}, "number"), ({"on": False, "deadline": 5}, "only")):
         status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", bad)
         assert status == 400 and text in body["error"], body
-    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin")
-    assert status == 202 and body["state"] == "drain requested"
+    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"deadline": 600})
+    assert status == 202 and body == {"worker": "w1", "state": "drain requested", "deadline": 600.0}
 
     def drained() -> bool:
         return api_cluster.get("/v1/workers")["workers"][0]["status"] == "drained"

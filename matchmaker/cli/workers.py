@@ -59,9 +59,13 @@ def _vhost(config: Config) -> str:
 def worker_queues(vhost: str) -> dict[str, int]:
     """Worker name -> consumers on its ``mm.worker.<name>`` / ``mm.control.<name>`` queues,
     as the broker lists them (``rabbitmqctl``: this runs on the broker's host)."""
+    from matchmaker.identity import IdentityError
     from matchmaker.users import rabbitmqctl
 
-    raw = rabbitmqctl("list_queues", "-p", vhost, "name", "consumers", "--formatter", "json")
+    try:
+        raw = rabbitmqctl("list_queues", "-p", vhost, "name", "consumers", "--formatter", "json")
+    except IdentityError as error:
+        raise UserError(f"workers gc lists the queues on the broker's host: {error}") from None
     out: dict[str, int] = {}
     for queue in json.loads(raw or "[]"):
         name = str(queue.get("name", ""))
