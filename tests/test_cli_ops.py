@@ -188,12 +188,25 @@ def test_worker_queue_expiry_policy_applies_to_existing_queues(broker_url: str) 
     try:
         broker.declare_core(connection.channel())
         broker.declare_worker(connection.channel(), "old")  # made before the policy
-        users.expire_worker_queues(vhost, 1.0)
-        broker.declare_worker(connection.channel(), "old")  # declaring again still works
-        # a passive declare is a use: the broker's own list is watched instead
-        names = lambda: rabbitmq_queues(vhost)  # noqa: E731
-        assert names()["mm.worker.old"] == users.WORKER_QUEUES_POLICY
-        wait_until(lambda: "mm.worker.old" not in names(), 30, "the queue expiring")
+        users.expire_worker_queues(vhost, 600.0)
+        names = lambda: rabbitmq_queues(vhost)  # noqa: E731  (a passive declare is a use)
+        wait_until(
+            lambda: names().get("mm.worker.old") == users.WORKER_QUEUES_POLICY, 30, "the policy"
+        )
+        # the same full declare as before the policy is still accepted (an x-expires
+        # argument would have been refused: PRECONDITION_FAILED)
+        connection.channel().queue_declare(
+            "mm.worker.old", durable=True, arguments={"x-queue-type": broker.QUEUE_TYPE}
+        )
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            connection.channel().queue_declare(
+                "mm.worker.old",
+                durable=True,
+                arguments={"x-queue-type": broker.QUEUE_TYPE, "x-expires": 1000},
+            )
+        assert refused.value.reply_code == 406  # why it is a policy, not an argument
+        users.expire_worker_queues(vhost, 1.0)  # set again: the expiry changes in place
+        wait_until(lambda: "mm.worker.old" not in names(), 60, "the queue expiring")
         assert "mm.control.old" not in names()
         assert queue_exists(broker_url, broker.REQUESTS)  # only worker queues expire
     finally:
