@@ -107,6 +107,9 @@ def test_dead_letters_are_listed_replayed_and_purged(cluster: LocalCluster) -> N
     wait_until(lambda: len(cli_json(c, "dead", "list")["letters"]) == 2, 20, "two letters")
     letters = cli_json(c, "dead", "list")["letters"]
     assert len(cli_json(c, "dead", "list")["letters"]) == 2  # looking loses nothing
+    first = cli_json(c, "dead", "list", "--limit", "1")
+    assert (len(first["letters"]), first["total"]) == (1, 2)
+    assert len(cli_json(c, "dead", "list")["letters"]) == 2  # nor does looking at one
     by_reason = {("JSON" in x["reason"]): x for x in letters}
     garbage, retry = by_reason[True], by_reason[False]
     assert "no such task" in retry["reason"] and retry["source"] == "mm.requests"

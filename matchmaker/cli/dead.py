@@ -90,15 +90,16 @@ def _letter(tag: int, properties: pika.BasicProperties, body: bytes) -> Letter:
 
 
 @contextmanager
-def holding(config: Config, scan: int) -> Iterator[tuple[BlockingChannel, list[Letter]]]:
-    """Up to ``scan`` letters, held unacknowledged; what the caller does not ack goes back."""
+def holding(config: Config, scan: int) -> Iterator[tuple[BlockingChannel, list[Letter], int]]:
+    """Up to ``scan`` letters, held unacknowledged, and how many the queue held; what the
+    caller does not ack goes back."""
     connection = broker.connect(
         config.broker_url, name="matchmaker-dead", tls=broker.TLSFiles.of(config)
     )
     try:
         channel = connection.channel()
         try:
-            channel.queue_declare(broker.DEAD, passive=True)
+            total = int(channel.queue_declare(broker.DEAD, passive=True).method.message_count)
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != 404:
                 raise
@@ -109,7 +110,7 @@ def holding(config: Config, scan: int) -> Iterator[tuple[BlockingChannel, list[L
             if method is None:
                 break
             letters.append(_letter(method.delivery_tag, properties, body))
-        yield channel, letters
+        yield channel, letters, total
         if channel.is_open:
             channel.basic_nack(0, multiple=True, requeue=True)  # the rest go back, in place
     finally:
@@ -128,16 +129,18 @@ def _chosen(letters: list[Letter], names: list[str], every: bool) -> list[Letter
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with holding(config_of(args), args.limit) as (_, letters):
+    with holding(config_of(args), args.limit) as (_, letters, total):
         shown = [letter.to_json() for letter in letters]
-    emit(args, {"letters": shown}, lambda: _table(letters))
+    emit(args, {"letters": shown, "total": total}, lambda: _table(letters, total))
     return 0
 
 
-def _table(letters: list[Letter]) -> str:
+def _table(letters: list[Letter], total: int) -> str:
     if not letters:
         return "no dead letters"
-    lines = []
+    lines = [
+        f"{total} dead letters" + (f", the first {len(letters)}:" if total > len(letters) else ":")
+    ]
     for letter in letters:
         preview = letter.body[:120].decode(errors="replace").replace("\n", " ")
         cut = " (truncated)" if letter.size > len(letter.body) else ""
@@ -167,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if bool(args.names) == bool(args.all):
         raise UserError("replay needs letter names or --all (not both)")
     config = config_of(args)
-    with holding(config, args.scan) as (channel, letters):
+    with holding(config, args.scan) as (channel, letters, _):
         chosen = _chosen(letters, args.names, args.all)
         good = [letter for letter in chosen if replayable(letter) is None]
         refused = {letter.name: replayable(letter) for letter in chosen if letter not in good}
@@ -197,7 +200,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         raise UserError("purge deletes letters for good: add --yes")
     config = config_of(args)
     if args.names:
-        with holding(config, args.scan) as (channel, letters):
+        with holding(config, args.scan) as (channel, letters, _):
             chosen = _chosen(letters, args.names, False)
             for letter in chosen:
                 channel.basic_ack(letter.tag)
