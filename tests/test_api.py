@@ -121,6 +121,7 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
         return api_cluster.get("/v1/workers")["workers"][0]["status"] == "drained"
 
     wait_until(drained, 10, "the worker drained")
+    assert 500 < api_cluster.get("/v1/workers")["workers"][0]["drain_deadline"] <= 600
     status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"on": False})
     assert status == 202
     wait_until(lambda: not drained(), 10, "the worker back in service")
