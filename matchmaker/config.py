@@ -53,6 +53,7 @@ class Config:
     preference_bonus: int = 1
     priority_weight: int = 1
     metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
     task_types: tuple[str, ...] = ("sleep", "job_submission", "data_staging", "env_setup")
     retry_backoff: float = 1.0
     result_grace: float = 30.0

@@ -42,6 +42,7 @@ DESCRIPTIONS: dict[str, str] = {
     "priority_weight": "Cost of one priority band (raised internally so that a preference "
     "never beats priority).",
     "metrics_port": "Port of the Prometheus endpoint; 0 turns it off.",
+    "metrics_bind": "Address the Prometheus endpoint listens on (it has no authentication).",
     "task_types": "Task types the scheduler accepts.",
     "retry_backoff": "Seconds before the first retry of a failed attempt; doubles each "
     "attempt, at most 300 s.",

@@ -197,7 +197,7 @@ class Scheduler:
         self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
         self.quotas = quotas_of(config)
         self.book = self._new_book()
-        self.metrics = Metrics(config.metrics_port)
+        self.metrics = Metrics(config.metrics_port, config.metrics_bind)
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Inventory | None = None
         self.live: dict[str, Worker] = {}
@@ -256,6 +256,7 @@ class Scheduler:
                 except BROKER_LOST as error:
                     if self.stopping:
                         break
+                    self.metrics.reconnects.inc()
                     log.warning(
                         "lost the broker (%s); reconnecting in %.1fs",
                         describe_error(error),
@@ -286,15 +287,20 @@ class Scheduler:
         """An empty book; the quotas count what it opens and closes from now on."""
         self.quotas.forget_open()
         book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
-        book.on_open = lambda t: self.quotas.opened(owner_of(t))
+        book.on_open = self._opened
         book.on_close = lambda t: self.quotas.closed(owner_of(t))
         return book
+
+    def _opened(self, t: OpenTask) -> None:
+        self.quotas.opened(owner_of(t))
+        self.metrics.opened(t.request.id, t.request.type, t.owner)
 
     def _drop_connection(self) -> None:
         """Forget what the connection delivered (it comes again) and close it: one left
         open by a channel error would keep the leader queue and its unacked deliveries
         while the next connection stood by."""
         self._forget_deliveries()
+        self.metrics.leader.set(0)
         connection, self.connection = self.connection, None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):
@@ -328,6 +334,7 @@ class Scheduler:
         )
         self.connection = connection
         control = self._lead(connection)
+        self.metrics.leader.set(1)
         if self.api is not None:  # api hook: a standby's API redirects here
             self.api.lead()
         broker.declare_core(control)
@@ -372,7 +379,8 @@ class Scheduler:
                     self._sweep()
                     self._evict_drained(control)
                 self._outbox()  # the letters of what was rejected, in this turn's commit
-                self.ledger.commit()  # one commit a turn; every frame of it is sent after
+                with self.metrics.commit_seconds.time():
+                    self.ledger.commit()  # one commit a turn; every frame of it is sent after
                 self._send_letters()
                 # Acks only after the commit, and only as far as every delivery up to the
                 # tag is recorded or in the outbox (AckWindow): nothing else is ever acked.
@@ -791,6 +799,7 @@ class Scheduler:
         if self.letter_confirms is not None and self.letter_confirms.outstanding():
             sent, refused = self.letter_confirms.confirmed()
             self.ledger.letters_sent(key for key, _ in sent)
+            self.metrics.dead_letters.inc(len(sent))
             for key, _ in sent:
                 self.unconfirmed.pop(key, None)
             for key in refused:  # published again after the next commit
@@ -897,6 +906,7 @@ class Scheduler:
         self.last_events = time.monotonic()
         if not self.book.events:
             return
+        self.metrics.record(self.book.events)
         events, self.book.events = self.book.events, []
         publish = broker.queued_publish(channel)
         by_state: dict[str, list[Event]] = {}

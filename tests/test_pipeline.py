@@ -182,7 +182,11 @@ def test_scheduler_killed_and_restarted_loses_nothing(cluster: LocalCluster) -> 
     cluster.start_worker("w1", ["sleep"], 4)
     first = [sleep_task(f"a{i}", 0.2) for i in range(20)]
     cluster.submit(*first)
-    time.sleep(0.5)
+    wait_until(
+        lambda: any((row := cluster.task(t.id)) and row.state != "pending" for t in first),
+        20,
+        "the first tasks to be dispatched",
+    )  # killed mid-run: some dispatched, some not
     scheduler.popen.kill()
     scheduler.popen.wait()
     second = [sleep_task(f"b{i}", 0.05) for i in range(20)]

@@ -246,23 +246,23 @@ def test_pool_runs_at_most_its_size_at_once_in_order_and_drops_the_rest_on_shutd
             running -= 1
             order.append(n)
 
+    def pool_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("t-")]
+
     for n in range(6):
         pool.submit(call, n)
-    time.sleep(0.2)
-    assert running == 2 and len([t for t in threading.enumerate() if t.name.startswith("t-")]) == 2
+    wait_for(lambda: running == 2, what="two calls to run")
+    assert len(pool_threads()) == 2
     gate.set()
-    deadline = time.monotonic() + 5
-    while len(order) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sorted(order) == list(range(6)) and peak == 2
+    wait_for(lambda: len(order) == 6, what="all six calls to end")
+    assert sorted(order) == list(range(6)) and peak == 2  # never more than two at once
     gate.clear()
     for n in range(6, 10):
         pool.submit(call, n)
-    time.sleep(0.2)
+    wait_for(lambda: running == 2, what="6 and 7 to run")
     pool.shutdown()  # 6 and 7 run on; 8 and 9 never start
     gate.set()
-    time.sleep(0.3)
+    wait_for(lambda: not pool_threads(), what="the pool's threads to end")
     assert sorted(order[6:]) == [6, 7]
-    pool.submit(call, 10)  # closed: ignored
-    time.sleep(0.1)
-    assert 10 not in order
+    pool.submit(call, 10)  # closed: ignored, and no thread is left to run it
+    assert 10 not in order and not pool_threads()

@@ -94,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
         help="data_staging may fetch from this loopback/private network (repeatable; "
         "default: public addresses only)",
     )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus endpoint (0: off)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", help="its address (default loopback)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS)
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     serf = p.add_argument_group("Serf (push mode)")
@@ -199,7 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         presence = make_presence(config)
     except (ValueError, PresenceError) as error:
         p.error(str(error))
+    if not 0 <= args.metrics_port <= 65535:
+        p.error("--metrics-port must be a TCP port (0 turns metrics off)")
     worker = Worker(config, presence=presence)
+    if args.metrics_port:
+        from workers.metrics import WorkerMetrics  # only when asked: prometheus_client
+
+        try:
+            WorkerMetrics(worker).serve(args.metrics_port, args.metrics_bind)
+        except OSError as error:
+            p.error(f"cannot serve metrics on {args.metrics_bind}:{args.metrics_port}: {error}")
     lost: list[str] = []
     if isinstance(presence, OwnAgent):
 

@@ -3,8 +3,8 @@
 What the runner needs of a thread pool and no more: no futures (a job
 reports through the runner, not through a return value), threads started
 only while every running one is busy, and a shutdown that drops what has not
-started. ``ThreadPoolExecutor`` made a ``Future`` (a ``Condition`` with its
-lock) per call, which was a fifth of a worker's CPU on no-op tasks. The
+started. ``ThreadPoolExecutor`` makes a ``Future`` (a ``Condition`` with its
+lock) per call, a large share of a worker's CPU on short tasks. The
 threads are daemons: a task abandoned at shutdown does not hold the process.
 """
 

@@ -138,6 +138,7 @@ class Runner:
         self.wake = wake
         self.slots = slots
         self.stop_grace = stop_grace
+        self.observer: Callable[[str, str, float], None] | None = None  # type, state, seconds
         self._pool = Pool(slots, f"task-{worker}")
         self._active: set[Job] = set()  # jobs whose function is running on a thread
         self._withheld: set[Job] = set()  # of those, the ones that would not stop
@@ -306,6 +307,9 @@ class Runner:
                 received_at=job.received_at,
             )
             self._dirty[job.key] = job
+        if self.observer is not None:
+            started = job.started_at if job.started_at is not None else now
+            self.observer(job.dispatch.type, "failed" if error else "succeeded", now - started)
         if error is None:  # the ledger and mm.events record every task; logs tell of failures
             log.debug("task finished id=%s attempt=%d state=succeeded", *job.key)
         else:

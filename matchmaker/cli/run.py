@@ -26,6 +26,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--strategy", choices=["spread", "binpack"])
     run.add_argument("--aging-interval", dest="aging_interval", type=float)
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
+    run.add_argument("--metrics-bind", dest="metrics_bind", help="Prometheus endpoint address")
     run.add_argument("--http-port", dest="http_port", type=int, help="HTTP API port (0: off)")
     run.add_argument("--http-bind", dest="http_bind", help="HTTP API address")
     run.add_argument("--api-tokens-file", dest="api_tokens_file", help="API bearer tokens")
