@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from matchmaker import broker
@@ -61,9 +62,23 @@ class Dispatcher:
             [(task_id, worker) for ids, worker in nacked for task_id in ids],
         )
 
-    def purge(self, worker: str) -> int:
-        """Empty a lost worker's queue (how many messages it held); its tasks are pending again."""
+    def purge(self, worker: str, *, forget: bool = True) -> int:
+        """Empty a lost worker's queue (how many messages it held); its tasks are pending
+        again. With ``forget``, its queues are declared (and its cancels bound) again when
+        it comes back: ``workers gc`` or the expiry policy may delete them meanwhile. A queue
+        already deleted is found on a channel of its own (a purge of it would close this
+        one); the purge itself stays on this channel, after the dispatches it sent."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
             return 0
+        if forget:
+            self.declared.discard(queue)
+        probe = self.channel.connection.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            return 0
+        probe.close()
         return int(self.channel.queue_purge(queue).method.message_count)

@@ -671,7 +671,7 @@ class Scheduler:
             ids = sorted(self.book.by_worker.get(worker, ()))
             for task_id in ids:
                 control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
-            purged = self.dispatcher.purge(worker)
+            purged = self.dispatcher.purge(worker, forget=False)  # it stays, drained
             moved = self.book.worker_lost(worker, now, "was drained and its deadline passed")
             log.info(
                 "worker %s: drain deadline passed; %d tasks cancelled there and rescheduled, "

@@ -263,3 +263,29 @@ def test_the_admin_user_reads_dead_letters_and_follows_events(
     finally:
         if connection.is_open:
             connection.close()
+
+
+def test_the_scheduler_copes_with_a_worker_queue_deleted_under_it(broker_url: str) -> None:
+    """What ``workers gc`` or the expiry policy may do: the dispatcher's purge of a deleted
+    queue keeps its channel, and the worker's queues and cancel binding are made again."""
+    from matchmaker.dispatch import Dispatcher
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        channel = connection.channel()
+        broker.declare_core(channel)
+        channel.confirm_delivery()
+        dispatcher = Dispatcher(channel)
+        dispatcher.declare("x")
+        other = connection.channel()
+        other.queue_delete("mm.worker.x")
+        other.queue_delete("mm.control.x")
+        assert dispatcher.purge("x") == 0 and channel.is_open
+        dispatcher.declare("x")  # it came back
+        assert queue_exists(broker_url, "mm.worker.x")
+        channel.basic_publish(broker.CONTROL, "cancel.x", b"{}")
+        method, _, _ = connection.channel().basic_get("mm.control.x", auto_ack=True)
+        assert method is not None  # the cancel binding is back too
+    finally:
+        if connection.is_open:
+            connection.close()
