@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +290,24 @@ def test_the_scheduler_copes_with_a_worker_queue_deleted_under_it(broker_url: st
     finally:
         if connection.is_open:
             connection.close()
+
+
+def test_users_setup_sets_the_worker_queue_expiry(broker_url: str, tmp_path: Path) -> None:
+    vhost = broker_url.rsplit("/", 1)[1]
+    tag = uuid.uuid4().hex[:8]
+    made = [f"mm-scheduler-{tag}", f"mm-admin-{tag}", f"mm-client-{tag}"]
+    try:
+        done = cli_json(
+            None, "users", "setup", "--vhost", vhost, "--secrets", str(tmp_path / "secrets"),
+            "--scheduler-user", made[0], "--admin-user", made[1], "--client", made[2],
+            "--worker-queue-expiry", "120",
+        )  # fmt: skip
+        assert [u["user"] for u in done["users"]] == made and done["worker_queue_expiry"] == 120
+        raw = users.rabbitmqctl("list_policies", "-p", vhost, "--formatter", "json")
+        policy = {p["name"]: p for p in json.loads(raw)}[users.WORKER_QUEUES_POLICY]
+        assert json.loads(policy["definition"]) == {"expires": 120000}
+        assert policy["pattern"] == users.WORKER_QUEUES_PATTERN
+    finally:
+        for user in made:
+            rabbitmqctl("delete_user", user)
+        rabbitmqctl("clear_policy", "-p", vhost, users.WORKER_QUEUES_POLICY)
