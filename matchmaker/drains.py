@@ -7,8 +7,9 @@ the worker must leave it. Once that time passes, each of the worker's tasks gets
 on ``mm.control`` (routing key ``cancel.<worker>``: the worker stops it for real), its
 queued dispatches are purged, and the tasks go back to pending with attempt + 1, as for a
 worker that left; a late result of the old attempt is ignored. An undrain, or a new drain
-without a deadline, forgets the deadline. Deadlines are not in the ledger: a scheduler
-that takes over keeps the worker drained but not its deadline (drain it again with one).
+without a deadline, forgets the deadline. The ledger keeps each deadline with the drain,
+so a scheduler that takes over (or restarts) keeps it too (``from_ledger``); one that
+passed meanwhile is acted on at its first sweep.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ Evict = Callable[[str, float], int]  # (worker, now) -> how many tasks moved
 class DrainDeadlines:
     due_at: dict[str, float] = field(default_factory=dict)  # worker -> wall-clock deadline
 
-    def drained(self, worker: str, on: bool, deadline: float | None, now: float) -> None:
-        """A drain (``on``) with or without a deadline, or an undrain, taken in at ``now``."""
+    def drained(self, worker: str, on: bool, deadline: float | None, now: float) -> float | None:
+        """A drain (``on``) with or without a deadline, or an undrain, taken in at ``now``;
+        when the deadline passes (wall clock), for the ledger."""
         if on and deadline is not None:
-            self.due_at[worker] = now + deadline
-        else:
-            self.due_at.pop(worker, None)
+            self.due_at[worker] = at = now + deadline
+            return at
+        self.due_at.pop(worker, None)
+        return None
 
     def due(self, now: float) -> list[str]:
         """The workers whose deadline has passed, forgotten as they are returned."""

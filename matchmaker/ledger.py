@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_id ON transitions(id);
-CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS drained (worker TEXT PRIMARY KEY, at REAL NOT NULL, deadline REAL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     key TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -274,6 +274,9 @@ class Ledger:
                     self.db.execute("ALTER TABLE tasks ADD COLUMN received_at REAL")
                 if "owner" not in columns:  # a ledger written before owners: unknown ('')
                     self.db.execute("ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                drained = {row[1] for row in self.db.execute("PRAGMA table_info(drained)")}
+                if "deadline" not in drained:  # before drain deadlines: none
+                    self.db.execute("ALTER TABLE drained ADD COLUMN deadline REAL")
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT 1 FROM tasks LIMIT 1")
         except sqlite3.DatabaseError as error:
@@ -448,9 +451,13 @@ class Ledger:
     def transitions(self, rows: Iterable[Transition]) -> None:
         self._transitions.extend(rows)
 
-    def set_drained(self, worker: str, on: bool, now: float) -> None:
+    def set_drained(
+        self, worker: str, on: bool, now: float, deadline_at: float | None = None
+    ) -> None:
+        """A drain (with the wall-clock time its deadline passes, if any) or an undrain."""
         if on:
-            self._drained.append(("INSERT OR REPLACE INTO drained VALUES (?, ?)", (worker, now)))
+            sql = "INSERT OR REPLACE INTO drained (worker, at, deadline) VALUES (?, ?, ?)"
+            self._drained.append((sql, (worker, now, deadline_at)))
         else:
             self._drained.append(("DELETE FROM drained WHERE worker = ?", (worker,)))
 
@@ -528,6 +535,12 @@ class Ledger:
     def drained(self) -> set[str]:
         self.write()
         return {row[0] for row in self.db.execute("SELECT worker FROM drained")}
+
+    def drain_deadlines(self) -> dict[str, float]:
+        """Drained workers with a deadline -> when it passes (wall clock)."""
+        self.write()
+        rows = self.db.execute("SELECT worker, deadline FROM drained WHERE deadline IS NOT NULL")
+        return {worker: deadline for worker, deadline in rows}
 
 
 class Checkpointer:

@@ -342,6 +342,7 @@ class Scheduler:
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
+        self.drain_deadlines = DrainDeadlines(self.ledger.drain_deadlines())
         self.reasons.clear()
         log.info(
             "restored %d pending and %d in-flight tasks from %s",
@@ -656,8 +657,8 @@ class Scheduler:
             self.drained.add(message.worker)
         else:
             self.drained.discard(message.worker)
-        self.ledger.set_drained(message.worker, message.on, now)
-        self.drain_deadlines.drained(message.worker, message.on, message.deadline, now)
+        at = self.drain_deadlines.drained(message.worker, message.on, message.deadline, now)
+        self.ledger.set_drained(message.worker, message.on, now, at)
         log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
         self.dirty = True
 
@@ -673,6 +674,7 @@ class Scheduler:
                 control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))
             purged = self.dispatcher.purge(worker, forget=False)  # it stays, drained
             moved = self.book.worker_lost(worker, now, "was drained and its deadline passed")
+            self.ledger.set_drained(worker, True, now)  # still drained, the deadline spent
             log.info(
                 "worker %s: drain deadline passed; %d tasks cancelled there and rescheduled, "
                 "%d queued dispatch messages purged",

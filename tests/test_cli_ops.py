@@ -157,6 +157,35 @@ def test_drain_deadline_moves_running_work_elsewhere(cluster: LocalCluster) -> N
     assert cli_json(c, "drain", "w1", "--undo")["state"] == "undrain requested"
 
 
+def test_a_drain_deadline_survives_a_takeover(cluster: LocalCluster) -> None:
+    c = cluster
+    c.start_worker("w1", ["sleep"], 1)
+    c.submit(sleep("long", 40))
+    wait_until(lambda: (r := c.task("long")) is not None and r.state == "running", 20, "running")
+    c.start_worker("w2", ["sleep"], 1)
+    standby = c.start_scheduler(standby=True, wait=False)
+    c.wait_log(standby, "standing by", 30)
+    assert cli(c, "drain", "w1", "--deadline", "5").returncode == 0
+
+    def drained() -> bool:
+        ledger = c.ledger()
+        try:
+            return "w1" in ledger.drain_deadlines()
+        finally:
+            ledger.close()
+
+    wait_until(drained, 20, "the drain and its deadline in the ledger")
+    assert c.scheduler is not None
+    c.scheduler.stop()
+    c.wait_log(standby, "this scheduler is active", 30)
+    wait_until(
+        lambda: (r := c.task("long")) is not None and (r.worker, r.attempt) == ("w2", 2),
+        25,  # well before the 40 s task could end on w1
+        "the task moved to w2 by the deadline the first scheduler took in",
+    )
+    c.wait_log(c.workers["w1"], "cancel received id=long", 10)
+
+
 def test_workers_gc_deletes_only_departed_workers_queues(cluster: LocalCluster) -> None:
     c = cluster
     c.start_worker("gone", ["sleep"], 1)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from matchmaker.drains import DrainDeadlines
+from matchmaker.ledger import Ledger
 from matchmaker.messages import Drain, MessageError, decode, encode
 
 
@@ -34,3 +38,25 @@ def test_the_drain_message_carries_a_deadline_only_with_a_drain() -> None:
             assert text in str(error), error
         else:
             raise AssertionError(f"accepted {body!r}")
+
+
+def test_the_ledger_keeps_deadlines_and_migrates_an_older_drained_table(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE drained (worker TEXT PRIMARY KEY, at REAL NOT NULL)")
+    old.execute("INSERT INTO drained VALUES ('before', 1.0)")
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    try:
+        ledger.set_drained("w1", True, 2.0, 62.0)
+        ledger.set_drained("w2", True, 2.0)
+        ledger.commit()
+        assert ledger.drained() == {"before", "w1", "w2"}
+        assert ledger.drain_deadlines() == {"w1": 62.0}
+        ledger.set_drained("w1", True, 70.0)  # the deadline spent, still drained
+        ledger.commit()
+        assert ledger.drain_deadlines() == {} and "w1" in ledger.drained()
+    finally:
+        ledger.close()
+    assert DrainDeadlines(Ledger(path, readonly=True).drain_deadlines()).due(1e9) == []
