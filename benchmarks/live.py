@@ -8,6 +8,8 @@ Scenarios (``--scenario``, repeatable, or ``all``):
   (``benchmarks.live_e2e``);
 - ``latency``: submit -> worker queue latency at a paced offered load
   (``benchmarks.live_latency``);
+- ``lowload``: the same at a low rate (``--lowload-rate``, default 50/s) on idle workers:
+  what a task pays when nothing else waits (event-driven rounds place it at once);
 - ``failover``: kill -9 a busy worker: Serf detection vs its tasks running elsewhere
   (``benchmarks.live_failover``);
 - ``compare``: push vs pull on the same heterogeneous work (``benchmarks.live_compare``).
@@ -42,7 +44,7 @@ from matchmaker.broker import BrokerError
 from matchmaker.config import Config
 from matchmaker.local import ClusterError
 
-NAMES = ("push", "e2e", "latency", "failover", "compare")
+NAMES = ("push", "e2e", "latency", "lowload", "failover", "compare")
 JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (docs/operations.md)
 
 
@@ -97,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=_positive_float, default=2000.0, help="offered tasks/s")
     g.add_argument("--duration", type=_positive_float, default=10.0, help="seconds of load")
     g.add_argument("--latency-slots", type=_positive_int, default=1024, help="slots per worker")
+    g.add_argument("--lowload-rate", type=_positive_float, default=50.0, help="lowload's tasks/s")
     g = p.add_argument_group("failover")
     g.add_argument("--repeats", type=_positive_int, default=3)
     g = p.add_argument_group("compare")
@@ -135,6 +138,10 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[Env], dict[str, An
         return lambda env: live_e2e.run(env, tasks, args.e2e_slots, not args.no_celery)
     if name == "latency":
         return lambda env: live_latency.run(env, args.rate, args.duration, args.latency_slots)
+    if name == "lowload":
+        return lambda env: live_latency.run(
+            env, args.lowload_rate, args.duration, args.latency_slots, name="lowload"
+        )
     if name == "failover":
         return lambda env: live_failover.run(env, args.repeats)
     return lambda env: live_compare.run(
@@ -154,6 +161,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "push": live_push.table,
     "e2e": live_e2e.table,
     "latency": live_latency.table,
+    "lowload": live_latency.table,
     "failover": live_failover.table,
     "compare": live_compare.table,
 }

@@ -3,7 +3,8 @@
 The client publishes ``rate`` no-op ``sleep`` tasks per second for
 ``duration`` seconds (persistent, no confirms), each carrying its send time
 in the payload (``{"seconds": 0, "sent_at": t}``). Two real workers consume.
-Latency = queued - ``sent_at``. When a message enters a queue is not seen
+Latency = queued - ``sent_at``; beside it, submit -> start (the worker's
+``started_at``). When a message enters a queue is not seen
 directly; later events bound it from above, and ``queued`` is the earliest
 of them: the scheduler reading the broker's confirm of the dispatch (the
 task's ``assigned`` transition in the ledger) and the worker taking it off
@@ -60,9 +61,11 @@ CDF_POINTS = 200
 WARM_UP_ROUNDS = 10  # at most this many warm-up seconds
 
 
-def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, Any]:
+def run(
+    env: Env, rate: float, duration: float, slots: int = 1024, name: str = "latency"
+) -> dict[str, Any]:
     count = max(1, round(rate * duration))
-    cluster = env.cluster("latency")
+    cluster = env.cluster(name)
     cluster.start_scheduler()
     for name in ("lat-a", "lat-b"):
         cluster.start_worker(name, ["sleep"], slots)
@@ -95,13 +98,14 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
     # A result can overtake the confirm of its dispatch: such a task has no 'assigned'
     # transition, and the worker's receipt bounds the time instead.
     rows = ledger.rows(
-        "SELECT t.payload, t.submitted_at, tr.at, coalesce(t.received_at, t.started_at)"
+        "SELECT t.payload, t.submitted_at, tr.at, coalesce(t.received_at, t.started_at),"
+        " t.started_at"
         " FROM tasks t"
         " LEFT JOIN transitions tr ON tr.id = t.id AND tr.state = 'assigned' AND tr.attempt = 1"
         " WHERE t.id LIKE 'l%'"
     )
     payloads, *times = zip(*rows, strict=True)
-    submitted, confirmed, received = (np.array(t, dtype=float) for t in times)  # None: NaN
+    submitted, confirmed, received, started = (np.array(t, dtype=float) for t in times)
     sent_at = np.array([json.loads(p)["sent_at"] for p in payloads])
     seen = ~np.isnan(confirmed)
     queued = np.fmin(confirmed, received)  # the earlier bound (the receipt if no confirm)
@@ -133,6 +137,7 @@ def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, 
         "intake": percentiles(submitted - sent_at),
         "placement": percentiles(queued - submitted),
         "confirm_read": percentiles(confirmed[seen] - sent_at[seen]),
+        "start": percentiles(started - sent_at),
         "worker_receipt_earlier": float(((received < confirmed) | ~seen).mean()),
         "by_second": by_second,
         "round_time": rounds(cluster, float(sent_at.min()), float(queued.max()) + 1.0),
@@ -188,6 +193,7 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{'  intake: sent -> pending (ms)':<30} {_ms(r['intake'])}",
         f"{'  placement: pending -> queued':<30} {_ms(r['placement'])}",
         f"{'submit -> confirm read (ms)':<30} {_ms(r['confirm_read'])}",
+        f"{'submit -> worker start (ms)':<30} {_ms(r['start'])}",
         f"the worker's receipt was the earlier bound for {r['worker_receipt_earlier']:.0%} of "
         "tasks",
         f"{describe_rounds(r['round_time'])}; worst second: #{worst['second']} "

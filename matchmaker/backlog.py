@@ -37,15 +37,30 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING
 
+from matchmaker.messages import TaskRequest
 from matchmaker.models import Task
 
-if TYPE_CHECKING:
-    from matchmaker.book import OpenTask
-
 Key = tuple[str, int]
+
+
+@dataclass
+class OpenTask:
+    """An open task as the scheduler holds it: its request, the engine's view of it, and
+    where it is (``state``, ``worker``, ``attempt``, the retry time and the deadline)."""
+
+    request: TaskRequest
+    task: Task
+    attempt: int = 1
+    state: str = "pending"
+    worker: str | None = None
+    not_before: float = 0.0
+    deadline: float = 0.0
+    owner: str = ""  # the submitter's broker user ('' if unknown)
+
+
 Rank = tuple[float, float, str]
 
 
@@ -53,7 +68,7 @@ def _age(t: OpenTask) -> tuple[float, str]:
     return (t.task.submitted_at, t.task.id)
 
 
-Run = dict[str, "OpenTask"]  # oldest first
+Run = dict[str, OpenTask]  # oldest first
 
 
 def _sorted_run(tasks: Iterable[OpenTask]) -> Run:

@@ -47,7 +47,7 @@ class Config:
     serf_auth_key_file: str = ""  # a 0600 file holding the Serf RPC auth key
     insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
-    round_interval: float = 0.015  # a full turn (intake, round, one commit) at most this often
+    round_interval: float = 0.015  # the longest batch window of the loop (scheduler/clock.py)
     strategy: str = "spread"
     aging_interval: float = 60.0
     preference_bonus: int = 1

@@ -34,8 +34,10 @@ DESCRIPTIONS: dict[str, str] = {
     "insecure": "Run without Serf gossip encryption and RPC auth (a scheduler refuses to start "
     "without an auth key otherwise).",
     "state_dir": "Directory of the scheduler's state (the ledger).",
-    "round_interval": "Seconds between full turns of the loop while work comes in: intake, "
-    "one commit and a round.",
+    "round_interval": "The longest a batch of work waits for its turn (intake, one commit and a "
+    "round), in seconds. Rounds are event-driven: work that arrives while the loop is idle is "
+    "placed at once, and only when it arrives faster than turns complete does the loop batch, "
+    "with a window that grows with the load up to this value.",
     "strategy": "`spread` balances load across workers; `binpack` fills the busiest first.",
     "aging_interval": "Seconds of waiting that raise a task one priority band (0 disables aging).",
     "preference_bonus": "Cost saved for each matched preference.",

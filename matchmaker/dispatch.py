@@ -62,17 +62,16 @@ class Dispatcher:
             [(task_id, worker) for ids, worker in nacked for task_id in ids],
         )
 
-    def purge(self, worker: str, *, forget: bool = True) -> int:
+    def purge(self, worker: str) -> int:
         """Empty a lost worker's queue (how many messages it held); its tasks are pending
-        again. With ``forget``, its queues are declared (and its cancels bound) again when
-        it comes back: ``workers gc`` or the expiry policy may delete them meanwhile. A queue
-        already deleted is found on a channel of its own (a purge of it would close this
-        one); the purge itself stays on this channel, after the dispatches it sent."""
+        again. Its queues are declared (and its cancels bound) again when it comes back:
+        ``workers gc`` or the expiry policy may delete them meanwhile. A queue already
+        deleted is found on a channel of its own (a purge of it would close this one); the
+        purge itself stays on this channel, after the dispatches it sent."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
             return 0
-        if forget:
-            self.declared.discard(queue)
+        self.declared.discard(queue)
         probe = self.channel.connection.channel()
         try:
             probe.queue_declare(queue, passive=True)

@@ -61,7 +61,7 @@ def test_a_message_whose_handling_fails_is_dead_lettered_and_the_rest_go_on(
         batch = encode_batch("results", [encode(r) for r in results])
         scheduler.results = [Delivery(1, batch, "mm-worker-w")]
         with caplog.at_level(logging.ERROR):
-            scheduler._take_requests(None)
+            scheduler._take_requests(False)
             scheduler._take_results()
         assert sorted(scheduler.book.pending) == ["a", "b"]
         assert [(source, reason[:40]) for source, _, reason, _ in scheduler.rejects] == [

@@ -1,0 +1,55 @@
+"""Events and observation: state changes to ``mm.events``, metrics, and the periodic sweep."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from matchmaker.book import Event
+from matchmaker.messages import VERSION
+from matchmaker.scheduler.state import Core
+
+log = logging.getLogger("matchmaker.service")
+
+LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then pruned)
+
+
+class Events(Core):
+    """The scheduler's events, metrics and sweeps."""
+
+    def _publish_events(self) -> None:
+        """Events go out batched per state: one message per routing key ``task.<state>``."""
+        if self.transport is None or not self.book.has_events():
+            return
+        events = self.book.take_events()
+        self.metrics.record(events)
+        by_state: dict[str, list[Event]] = {}
+        for e in events:
+            by_state.setdefault(e.state, []).append(e)
+        for state, items in by_state.items():
+            body = orjson.dumps({"v": VERSION, "kind": "events", "events": items})  # Event's fields
+            self.transport.event(f"task.{state}", body)
+
+    def _observe(self) -> None:
+        m = self.metrics
+        pending, in_flight, running = self.book.sizes()
+        m.pending.set(pending)
+        m.running.set(running)
+        m.assigned.set(in_flight - running)
+        m.workers.set(len(self.live))
+        m.sync(self.book.counters)
+        if self.api is not None:  # api hook: a snapshot at most every 0.5 s
+            self.api.offer(self)
+
+    def _sweep(self, prune: bool = False) -> None:
+        """Periodically: deadlines passed with no result, retries whose backoff ended, metrics,
+        and (with ``prune``) the sent dead letters old enough to forget."""
+        now = self.clock.time()
+        if prune:
+            self.ledger.prune_letters(now - LETTERS_KEPT)
+        self._observe()
+        if self.book.expire(now):
+            self.dirty = True
+        if self.book.backoff_ended(now):
+            self.dirty = True

@@ -1,0 +1,138 @@
+"""Rounds: the live workers from the inventory, and ``plan()`` over the backlog and free slots."""
+
+from __future__ import annotations
+
+import logging
+
+from matchmaker.engine import plan
+from matchmaker.messages import (
+    TaskDispatch,
+    encode,
+)
+from matchmaker.models import Policy, Worker
+from matchmaker.scheduler.state import Core
+
+log = logging.getLogger("matchmaker.service")
+
+MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
+
+
+class Rounds(Core):
+    """The scheduler's rounds and the workers they place on."""
+
+    def _refresh_speeds(self) -> None:
+        """The workers whose learned speeds moved get views with them before the round."""
+        for name in self.timed:
+            live = self.live.get(name)
+            if live is not None:
+                self.live[name] = live.with_speeds(self.rates.speeds(name))
+                self.loaded.pop(name, None)
+        self.timed.clear()
+
+    def _refresh_live(self) -> None:
+        """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
+        assert self.inventory is not None
+        advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        for gone in set(self.live) - set(advertised):
+            self.rates.forget(gone)
+        self.live, self.loaded = {}, {}
+        for name, worker in advertised.items():
+            self.rates.advertise(name, worker.perf)
+            speeds = self.rates.speeds(name)
+            self.live[name] = worker.with_speeds(speeds) if speeds else worker
+            if self.transport is not None:
+                self.transport.declare_worker(name)
+
+    def _reconcile_inventory(self) -> None:
+        self._refresh_live()
+        now = self.clock.time()
+        for worker in sorted(self.book.workers_with_tasks() - set(self.live)):
+            moved = self.book.worker_lost(worker, now, "is not in the inventory")
+            log.info("worker %s is gone; %d tasks back to pending", worker, moved)
+        self.ledger.commit()
+        self.dirty = True
+
+    def _apply_changes(self) -> None:
+        if self.changes.empty():
+            return
+        now = self.clock.time()
+        while not self.changes.empty():
+            change = self.changes.get_nowait()
+            if change.kind == "rejected":
+                log.warning("worker %s left out of the inventory: %s", change.name, change.reason)
+            if change.gone:
+                moved = self.book.worker_lost(change.name, now, change.kind)
+                drained = self.transport.purge(change.name) if self.transport else 0
+                log.info(
+                    "worker %s %s: %d tasks rescheduled, %d queued dispatch messages drained",
+                    change.name,
+                    change.kind,
+                    moved,
+                    drained,
+                )
+        self._refresh_live()
+        self.dirty = True
+
+    def _policy(self, now: float) -> Policy:
+        c = self.config
+        return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
+
+    def _round(self) -> None:
+        """``plan()`` over the backlog (the oldest tasks of each group, as many as there are
+        free slots, ``Book.due``) and the live workers; what it places is published."""
+        assert self.transport is not None
+        started = self.clock.time()
+        self.dirty = False
+        self._refresh_speeds()
+        workers = self._loaded_workers()
+        free = sum(w.free for w in workers)
+        tasks = self.book.due(
+            started,
+            limit=max(free, MIN_CONSIDERED),
+            classes=self.config.max_classes_per_round or None,
+            aging_interval=self.config.aging_interval,
+        )
+        result = plan(tasks, workers, self._policy(started))
+        planned = self.clock.time()
+        placed = list(result.assignments.items())
+        by_worker: dict[str, tuple[list[str], list[bytes]]] = {}
+        for task_id, worker in placed:
+            t = self.book.open_task(task_id)
+            assert t is not None  # the round's tasks are the book's pending ones
+            dispatch = TaskDispatch(
+                task_id, t.attempt, t.request.type, t.request.payload, started + t.request.timeout
+            )
+            ids, bodies = by_worker.setdefault(worker, ([], []))
+            ids.append(task_id)
+            bodies.append(encode(dispatch))
+        for worker, (ids, bodies) in by_worker.items():
+            self.transport.dispatch(worker, ids, bodies)
+        self.book.dispatching(placed, started)
+        published = self.clock.time()
+        changed = self.book.explain((i, u.message) for i, u in result.unplaced.items())
+        ended = self.clock.time()
+        self.metrics.round_seconds.observe(ended - started)
+        if placed or changed:
+            log.debug(
+                "round: %d placed, %d waiting, %.1f ms (plan %.1f, publish %.1f)",
+                len(placed),
+                len(result.unplaced),
+                1000 * (ended - started),
+                1000 * (planned - started),
+                1000 * (published - planned),
+            )
+
+    def _loaded_workers(self) -> list[Worker]:
+        """The live workers not drained, with their in-flight counts; a worker's view is
+        made again only when its count changed (a round with a thousand workers would
+        otherwise spend more on copies than ``plan()`` spends on the round)."""
+        workers = []
+        for name, live in self.live.items():
+            if name in self.drained:
+                continue
+            running = self.book.running(name)
+            view = self.loaded.get(name)
+            if view is None or view.running != running:
+                view = self.loaded[name] = live.with_running(running)
+            workers.append(view)
+        return workers
