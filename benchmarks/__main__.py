@@ -22,6 +22,19 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+EXTRA = "pip install 'matchmaker-scheduler[bench]'"
+OPTIONAL = {"matplotlib": "the plots", "celery": "the Celery baseline", "networkx": "the reference"}
+
+
+def _plots(wanted: bool) -> bool:
+    """Whether to draw plots: wanted and matplotlib is there (else a note saying what to
+    install, and the benchmark runs without them)."""
+    if wanted and importlib.util.find_spec("matplotlib") is None:
+        print(f"note: plots skipped, matplotlib is not installed ({EXTRA})", file=sys.stderr)
+        return False
+    return wanted
+
+
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "NASA-iPSC-1993-3.1-cln.swf"
 
 
@@ -41,7 +54,7 @@ def _solver(args: argparse.Namespace) -> int:
         reference_budget=args.reference_budget,
         reference_max_arcs=args.reference_max_arcs,
         out=args.out,
-        plot=None if args.no_plot else args.plot,
+        plot=args.plot if _plots(not args.no_plot) else None,
     )
     report = solver.run(config)
     print(solver.table(report))
@@ -64,7 +77,7 @@ def _sim(args: argparse.Namespace) -> int:
     print(f"\nissue 20's targets, {config.seeds} seed(s) per synthetic scenario:\n")
     print(table(report["targets"]))
     _write_json(report, args.out)
-    if not args.no_plot:
+    if _plots(not args.no_plot):
         from benchmarks.plots import utilisation_plot, wait_cdf_plot
 
         print(f"wrote {wait_cdf_plot(report, args.plot_dir / 'sim_wait_cdf.png')}")
@@ -173,14 +186,20 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser().parse_known_args(argv)
-    if args.command == "live":
-        return _live(args, rest)
-    if rest:
+    if rest and args.command != "live":
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        code: int = args.handler(args)
+        code: int = _live(args, rest) if args.command == "live" else args.handler(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        top = (error.name or "").split(".")[0]
+        if top not in OPTIONAL:
+            raise
+        print(
+            f"error: {OPTIONAL[top]} need {top}, which is not installed: {EXTRA}", file=sys.stderr
+        )
         return 2
     return code
 

@@ -46,9 +46,9 @@ from benchmarks.fault_env import (
     send_signal,
 )
 from benchmarks.fuzz import Fuzz, Fuzzer, Target, markers_in
-from matchmaker import broker
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import TaskRequest, encode
+from matchmaker.wire import broker
 from membership.agent import SerfAgent, generate_key
 
 FINAL = ("succeeded", "dead", "cancelled")

@@ -36,13 +36,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import pika.exceptions
-
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError, rabbit_setting
-from matchmaker.broker import BrokerError
 from matchmaker.config import Config
 from matchmaker.local import ClusterError
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import BrokerError
 
 NAMES = ("push", "e2e", "latency", "lowload", "failover", "compare")
 JOURNAL = "queue_index_max_journal_entries"  # classic queues' index journal (docs/operations.md)
@@ -208,9 +207,9 @@ def main(argv: list[str] | Sequence[str]) -> int:
             print(f"live {name}: interrupted; stopping what it started", file=sys.stderr)
             env.close()
             return 130
-        except (LiveError, ClusterError, BrokerError, pika.exceptions.AMQPError) as error:
+        except (LiveError, ClusterError, BrokerError, amqp.AMQPError) as error:
             text = str(error)
-            if isinstance(error, pika.exceptions.AMQPError):
+            if isinstance(error, amqp.AMQPError):
                 text = f"lost the broker ({type(error).__name__}: {error})"
             print(f"live {name}: {text}", file=sys.stderr)
             report["scenarios"][name] = {"error": text}

@@ -31,18 +31,16 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import pika
-import pika.exceptions
 
 from benchmarks.live_cpu import cpu_seconds
 from benchmarks.live_env import Env, LedgerView, paced, wait_for
 from benchmarks.record import RunRecord, check_placement, metrics
 from benchmarks.scenarios import Scenario, ScenarioParams, Workload, constraints
 from benchmarks.sim import table as sim_table
-from matchmaker import broker
 from matchmaker.local import LocalCluster
 from matchmaker.messages import TaskRequest, TaskResult, decode_results, encode
 from matchmaker.models import Task, Worker
+from matchmaker.wire import amqp, broker
 
 TASK_TYPE = "sleep"
 REQUEUED = re.compile(r"worker stopped name=(\S+) .*requeued=(\d+)")
@@ -202,7 +200,7 @@ class _Results:
         self.finals: dict[str, TaskResult] = {}
         self.duplicates = 0
         self.failed = 0
-        self.error: pika.exceptions.AMQPError | None = None  # the connection it lost
+        self.error: amqp.AMQPError | None = None  # the connection it lost
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-results", daemon=True)
@@ -233,7 +231,7 @@ class _Results:
             self._ready.set()
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.1)
-        except pika.exceptions.AMQPError as error:  # the waiting thread reports it
+        except amqp.AMQPError as error:  # the waiting thread reports it
             self.error = error
         finally:
             if connection.is_open:
@@ -242,8 +240,8 @@ class _Results:
     def _on_result(
         self,
         channel: Any,
-        method: pika.spec.Basic.Deliver,
-        _props: pika.BasicProperties,
+        method: amqp.Deliver,
+        _props: amqp.Properties,
         body: bytes,
     ) -> None:
         for result in decode_results(body).items:

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pika
 
 from benchmarks.progress import Progress
-from matchmaker import broker
 from matchmaker.config import Config
 from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
+from matchmaker.wire import amqp, broker
 
 AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
 ROUND_LOG = ("--log-level", "DEBUG", "--log-format", "json")  # one line per round, timestamped
@@ -230,7 +229,7 @@ def paced(
     return times
 
 
-def _close(connection: pika.BlockingConnection) -> None:
+def _close(connection: amqp.Connection) -> None:
     """Close unless the broker already did (its error is the one worth reporting)."""
     if connection.is_open:
         connection.close()
@@ -388,7 +387,7 @@ def dump(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def channel(url: str) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+def channel(url: str) -> Iterator[amqp.Channel]:
     connection = broker.connect(url, name="live-benchmark")
     try:
         yield connection.channel()

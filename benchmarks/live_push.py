@@ -9,7 +9,7 @@ ledger insert, ack), rounds (``plan()``), the confirmed publish and the
 ledger update are all inside the window.
 
 Reference, same run, same broker: the raw pika publish rate of N persistent
-dispatch-sized messages to a queue of ``broker.QUEUE_TYPE``, without confirms
+dispatch-sized messages to a queue of ``broker.queue_type()``, without confirms
 (timed until a round trip after the last one) and in one transaction per
 1,000 messages; each the median of ``RAW_RUNS`` runs (a single one varies by
 a third between runs here).
@@ -36,8 +36,8 @@ from benchmarks.live_env import (
     verdict,
     wait_for,
 )
-from matchmaker import broker
 from matchmaker.messages import TaskDispatch, decode_dispatches, encode
+from matchmaker.wire import broker
 from membership.agent import SerfAgent
 from membership.table import fetch_workers
 from membership.tags import MAX_SLOTS, encode_worker_tags
@@ -56,7 +56,7 @@ def raw_publish(url: str, count: int, tx_batch: int | None) -> float:
     ]
     with channel(url) as ch:
         ch.queue_delete(RAW_QUEUE)
-        ch.queue_declare(RAW_QUEUE, durable=True, arguments={"x-queue-type": broker.QUEUE_TYPE})
+        ch.queue_declare(RAW_QUEUE, durable=True, arguments={"x-queue-type": broker.queue_type()})
         if tx_batch:
             ch.tx_select()
         started = time.perf_counter()
@@ -154,7 +154,7 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
         "tasks": tasks,
         "workers": workers,
         "slots": slots,
-        "queue_type": broker.QUEUE_TYPE,
+        "queue_type": broker.queue_type(),
         "round_interval": env.round_interval,
         "assigned": len({row[0] for row in assigned}),
         "in_worker_queues": queued,

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from matchmaker.broker import REQUESTS, RESULTS
 from matchmaker.config import Config
 from matchmaker.ledger import Letter
 from matchmaker.messages import TaskRequest, TaskResult, encode, encode_batch
@@ -32,12 +31,21 @@ from matchmaker.scheduler.clock import BATCH, TurnClock
 from matchmaker.scheduler.memory import FakeClock, MemoryBroker, MemoryTransport
 from matchmaker.scheduler.transport import Polled
 from matchmaker.service import Scheduler
+from matchmaker.wire.broker import REQUESTS, RESULTS
 from membership.inventory import LiveWorker
+from membership.tags import Advertised
+
+
+def advertised(worker: Worker) -> Advertised:
+    """What ``worker`` would advertise (the inventory's type)."""
+    return Advertised(
+        worker.name, worker.capabilities, worker.slots, worker.attributes, worker.perf
+    )
 
 
 class Members:
     def __init__(self, workers: list[Worker]) -> None:
-        self.live = {w.name: LiveWorker(w, f"mm.worker.{w.name}") for w in workers}
+        self.live = {w.name: LiveWorker(advertised(w), f"mm.worker.{w.name}") for w in workers}
 
     def snapshot(self) -> Mapping[str, LiveWorker]:
         return self.live

@@ -17,6 +17,7 @@ For each size (tasks x workers) it builds the synthetic round of
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -120,6 +121,12 @@ def measure_memory(n_tasks: int, workers: list[Worker], policy: Policy) -> dict[
 
 def run_reference(n_tasks: int, n_workers: int, arcs: int, config: SolverConfig) -> dict[str, Any]:
     """The networkx reference in a subprocess with a time budget (or a reason it did not run)."""
+    if importlib.util.find_spec("networkx") is None:
+        return {
+            "status": "skipped",
+            "arcs": arcs,
+            "note": "skipped: networkx is not installed (the bench extra)",
+        }
     if arcs > config.reference_max_arcs:
         return {
             "status": "skipped",

@@ -1,7 +1,7 @@
 """matchmaker: push-based matchmaking of tasks onto workers by min-cost max-flow.
 
 The names below are imported on first use, so that a worker or a client that imports
-``matchmaker.broker`` or ``matchmaker.messages`` does not load the engine (OR-Tools, numpy).
+``matchmaker.wire.broker`` or ``matchmaker.messages`` does not load the engine (OR-Tools, numpy).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from matchmaker.engine import plan
     from matchmaker.models import Constraint, Plan, Policy, Reason, Task, Unplaced, Worker
 
+__version__ = "0.1.0"
 __all__ = ["Constraint", "Plan", "Policy", "Reason", "Task", "Unplaced", "Worker", "plan"]
 _HOMES = {name: "matchmaker.models" for name in __all__} | {"plan": "matchmaker.engine"}
 

@@ -263,6 +263,8 @@ class Book:
             self.count("ignored_results")
             return "ignored"
         t = self.in_flight[r.id]
+        if r.logs:  # the attempt's captured output, kept whatever its outcome
+            self.ledger.add_log(r.id, r.attempt, r.worker, now, r.logs)
         if t.state == "dispatching":  # the worker's report overtook the broker's confirm
             self.assigned([(r.id, r.worker, r.received_at or r.started_at or now)])
         ran = {"worker": r.worker, "received_at": r.received_at, "started_at": r.started_at}

@@ -21,9 +21,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from matchmaker.broker import DEFAULT_URL
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
+from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES
 from membership.errors import MembershipError
 from membership.keys import resolve
 
@@ -64,6 +64,7 @@ class Config:
     submit_burst: int = 10_000  # tokens an owner may save up (with a rate)
     max_priority_by_role: tuple[tuple[str, int], ...] = (("admin", 9), ("client", 7))
     max_classes_per_round: int = 1_000  # task classes one round considers; 0: no limit
+    queue_type: str = "classic"  # of the queues the scheduler declares: classic or quorum
     http_port: int = 0  # the HTTP API and dashboard; 0: off
     http_bind: str = "127.0.0.1"
     api_tokens_file: str = ""  # ``token role owner`` lines, mode 0600
@@ -100,6 +101,8 @@ class Config:
             raise ConfigError("http_port must be a TCP port (0 turns the HTTP API off)")
         if self.http_port and not self.api_tokens_file and not _loopback(self.http_bind):
             raise ConfigError("http_bind beyond loopback needs api_tokens_file (bearer tokens)")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue_type must be classic or quorum, not {self.queue_type!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         if not self.task_types:

@@ -45,7 +45,9 @@ DESCRIPTIONS: dict[str, str] = {
     "never beats priority).",
     "metrics_port": "Port of the Prometheus endpoint; 0 turns it off.",
     "metrics_bind": "Address the Prometheus endpoint listens on (it has no authentication).",
-    "task_types": "Task types the scheduler accepts.",
+    "task_types": "Task types expected to be run. A task of any well-formed type is accepted "
+    "and waits until a live worker advertises its type; `submit` warns about a type no live "
+    "worker advertises, and adds when it is not listed here (docs/tasks.md).",
     "retry_backoff": "Seconds before the first retry of a failed attempt; doubles each "
     "attempt, at most 300 s.",
     "result_grace": "Seconds past a task's timeout before an attempt with no result counts "
@@ -60,6 +62,9 @@ DESCRIPTIONS: dict[str, str] = {
     "not listed may not submit.",
     "max_classes_per_round": "Task classes one round considers, highest priority then oldest "
     "first; the rest wait for later rounds. 0: no limit.",
+    "queue_type": "Type of the durable queues the scheduler declares: `classic`, or `quorum` "
+    "to replicate them on a RabbitMQ cluster. A queue that exists is used as it is. Workers "
+    "and clients read `MM_QUEUE_TYPE` for the queues they declare themselves.",
     "http_port": "Port of the HTTP API and dashboard (`docs/api.md`); 0 turns it off. Needs "
     "the `api` extra (starlette, uvicorn).",
     "http_bind": "Address the HTTP API listens on; beyond loopback only with `api_tokens_file`.",

@@ -41,8 +41,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import orjson
 
-from matchmaker import broker
 from matchmaker.messages import MessageError
+from matchmaker.wire import broker
 
 SCHEDULER = "mm-scheduler"
 ADMIN = "mm-admin"
@@ -211,7 +211,7 @@ def _queue(vhost: str, name: str, **arguments: Any) -> dict[str, Any]:
         "vhost": vhost,
         "durable": True,
         "auto_delete": False,
-        "arguments": {"x-queue-type": broker.QUEUE_TYPE, **arguments},
+        "arguments": {"x-queue-type": broker.queue_type(), **arguments},
     }
 
 

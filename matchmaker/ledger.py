@@ -117,6 +117,20 @@ INSERT_TASK = (
 Owned = tuple[TaskRequest, str]  # a request and its owner
 OPEN = "finished_at IS NULL AND state IN ('pending', 'assigned', 'running')"
 
+# Each attempt's log (the tail of its captured output, as its result carried it): a table
+# of its own, made by this step in any ledger that lacks it (ledgers from before logs too).
+LOGS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS task_logs (
+    id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    at REAL NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (id, attempt)
+);
+"""
+INSERT_LOG = "INSERT OR REPLACE INTO task_logs VALUES (?, ?, ?, ?, ?)"
+
 # Ledgers written before ``tasks_unfinished``: a retried task kept its failed attempt's
 # ``finished_at``, and the open tasks were indexed by state.
 MIGRATE_OPEN_INDEX = """
@@ -263,6 +277,7 @@ class Ledger:
                     if background_checkpoints:
                         self.db.execute("PRAGMA wal_autocheckpoint=0")
                     self.db.executescript(SCHEMA)
+                    self.db.executescript(LOGS_SCHEMA)
                 finally:
                     os.umask(umask)
                 self._private_files()
@@ -289,6 +304,7 @@ class Ledger:
         self._drained: list[tuple[str, tuple[Any, ...]]] = []  # (statement, row) in order
         self._letters: dict[str, Letter] = {}  # by key: into the outbox at the next write
         self._sent: list[tuple[str]] = []
+        self._logs: list[tuple[str, int, str | None, float, str]] = []
         self.checkpoints = Checkpointer(self.path).start() if background_checkpoints else None
 
     def _private_files(self) -> None:
@@ -323,6 +339,7 @@ class Ledger:
             or self._drained
             or self._letters
             or self._sent
+            or self._logs
         ):
             return
         if not self._in_batch:
@@ -354,6 +371,9 @@ class Ledger:
         if self._sent:
             self.db.executemany("UPDATE dead_letters SET sent = 1 WHERE key = ?", self._sent)
             self._sent = []
+        if self._logs:
+            self.db.executemany(INSERT_LOG, self._logs)
+            self._logs = []
 
     def _change(self, task_id: str, columns: dict[str, Any]) -> None:
         known = self._changes.get(task_id)
@@ -496,6 +516,26 @@ class Ledger:
         """Forget letters sent before ``before`` (their messages were acked long since)."""
         self.write()
         self.db.execute("DELETE FROM dead_letters WHERE sent = 1 AND at < ?", (before,))
+
+    # -- attempt logs -------------------------------------------------------
+
+    def add_log(self, task_id: str, attempt: int, worker: str | None, at: float, text: str) -> None:
+        """Keep an attempt's log (written with the next commit; a second one replaces it)."""
+        self._logs.append((task_id, attempt, worker, at, text))
+
+    def logs(self, task_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        """The kept logs of a task's attempts (or of one), by attempt; none from a ledger
+        that predates logs."""
+        self.write()
+        made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_logs'"
+        if not self.db.execute(made).fetchone():
+            return []
+        query = "SELECT attempt, worker, at, text FROM task_logs WHERE id = ?"
+        args: tuple[Any, ...] = (task_id,)
+        if attempt is not None:
+            query += " AND attempt = ?"
+            args += (attempt,)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY attempt", args)]
 
     # -- reads --------------------------------------------------------------
 

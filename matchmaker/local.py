@@ -28,10 +28,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from matchmaker import broker, identity
+from matchmaker import identity
 from matchmaker.config import Config
 from matchmaker.ledger import Ledger, LedgerError, TaskRow
 from matchmaker.messages import Single, TaskRequest, encode
+from matchmaker.wire import broker
 from membership.agent import SerfAgent, free_port
 from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen, read_key_file
 

@@ -14,8 +14,10 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   the dispatches one round places on one worker, in one message.
 - ``result`` (TaskResult, worker -> ``mm.results``): id, attempt, worker,
   state (``running``, ``succeeded``, ``failed``), started_at, finished_at,
-  output or error, and received_at (when the worker took the dispatch off its
-  queue; optional, absent from older workers).
+  output or error, received_at (when the worker took the dispatch off its
+  queue; optional, absent from older workers), and logs (the tail of the
+  attempt's captured output, at most ``MAX_LOG_CHARS`` characters kept;
+  optional, absent from older workers and from running reports).
 - ``results`` (worker -> ``mm.results``): ``"results": [...]``, the results
   a worker's flush has ready, in one message.
 
@@ -54,6 +56,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_ATTEMPTS = 100
 MAX_TIMEOUT = 7 * 24 * 3600.0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a Serf ``caps`` tag can carry
+MAX_LOG_CHARS = 64 * 1024 + 64  # a result's logs: the tail kept (64 KiB and a header line)
 RESULT_STATES = ("running", "succeeded", "failed")
 MAX_DEPTH = 32  # levels of objects and arrays in one message (or one item of a batch)
 CONTAINERS = (dict, list)
@@ -157,6 +161,7 @@ class TaskResult:
     output: dict[str, Any] | None = None
     error: str | None = None
     received_at: float | None = None
+    logs: str | None = None
     kind: str = "result"
 
 
@@ -266,8 +271,18 @@ def _object(body: dict[str, Any], key: str, default: dict[str, Any] | None) -> d
     return value
 
 
+def _type(body: dict[str, Any]) -> str:
+    value = body.get("type")
+    if not isinstance(value, str) or not TYPE_NAME.fullmatch(value):
+        raise MessageError(
+            "'type' must be 1-64 characters of letters, digits and _ . - starting with a "
+            f"letter or digit (got {show(value)})"
+        )
+    return value
+
+
 def _request(body: dict[str, Any]) -> TaskRequest:
-    task_id, task_type = _name(body, "id"), _name(body, "type")
+    task_id, task_type = _name(body, "id"), _type(body)
     constraints = _object(body, "constraints", {})
     preferences = _object(body, "preferences", {})
     try:
@@ -300,6 +315,9 @@ def _result(body: dict[str, Any]) -> TaskResult:
     error = body.get("error")
     if error is not None and not isinstance(error, str):
         raise MessageError("'error' must be a string or null")
+    logs = body.get("logs")
+    if logs is not None and not isinstance(logs, str):
+        raise MessageError("'logs' must be a string or null")
     return TaskResult(
         id=_name(body, "id"),
         attempt=_int(body, "attempt", 0, 1, MAX_ATTEMPTS),
@@ -310,6 +328,7 @@ def _result(body: dict[str, Any]) -> TaskResult:
         output=output,
         error=error[:4000] if error else error,
         received_at=_seconds(body, "received_at", None, math.inf),
+        logs=logs[-MAX_LOG_CHARS:] if logs else None,
     )
 
 

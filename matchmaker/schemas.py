@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from matchmaker.messages import MAX_ATTEMPTS, MAX_TIMEOUT, NAME, RESULT_STATES, VERSION
+from matchmaker.messages import (
+    MAX_ATTEMPTS,
+    MAX_LOG_CHARS,
+    MAX_TIMEOUT,
+    NAME,
+    RESULT_STATES,
+    TYPE_NAME,
+    VERSION,
+)
 from matchmaker.models import MAX_PRIORITY
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -25,6 +33,11 @@ BASE = "https://matchmaker.invalid/schemas/"  # an identifier only, never fetche
 Schema = dict[str, Any]
 
 NAME_SCHEMA: Schema = {"type": "string", "pattern": f"^{NAME.pattern}$"}
+TYPE_SCHEMA: Schema = {
+    "type": "string",
+    "pattern": f"^{TYPE_NAME.pattern}$",
+    "description": "a task type: any name some worker may advertise",
+}
 SCALAR: Schema = {"type": ["string", "number", "boolean"]}
 CONSTRAINTS: Schema = {
     "type": "object",
@@ -67,7 +80,7 @@ SUBMIT = _message(
     "submit",
     {
         "id": NAME_SCHEMA,
-        "type": NAME_SCHEMA,
+        "type": TYPE_SCHEMA,
         "payload": {"type": "object"},
         "priority": _integer(0, MAX_PRIORITY),
         "constraints": CONSTRAINTS,
@@ -114,6 +127,11 @@ RESULT_FIELDS: Schema = {
     "received_at": SECONDS,
     "output": {"type": ["object", "null"]},
     "error": {"type": ["string", "null"]},
+    "logs": {
+        "type": ["string", "null"],
+        "description": "the tail of the attempt's captured output (a longer one is cut "
+        f"to its last {MAX_LOG_CHARS:,} characters)",
+    },
 }
 DISPATCH = _message("dispatch", DISPATCH_FIELDS, ["id", "attempt", "type", "payload", "deadline"])
 RESULT = _message("result", RESULT_FIELDS, ["id", "attempt", "worker", "state"])

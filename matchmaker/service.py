@@ -77,13 +77,10 @@ import queue
 import signal
 from typing import Any
 
-from matchmaker import broker
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
-from matchmaker.broker import REQUESTS, RESULTS
 from matchmaker.config import Config
 from matchmaker.drains import DrainDeadlines
-from matchmaker.frames import AckWindow
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter, private_dir
 from matchmaker.limits import Quotas
@@ -100,6 +97,9 @@ from matchmaker.scheduler.rounds import Rounds
 from matchmaker.scheduler.state import Delivery as Delivery  # re-exported
 from matchmaker.scheduler.state import Members
 from matchmaker.scheduler.transport import Connector, Transport, TransportLost
+from matchmaker.wire import broker
+from matchmaker.wire.broker import REQUESTS, RESULTS
+from matchmaker.wire.frames import AckWindow
 from membership.inventory import Change, Inventory
 
 log = logging.getLogger("matchmaker.service")
@@ -148,7 +148,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
     ) -> None:
         self.config = config
         self.connector: Connector = connector or PikaConnector(
-            config.broker_url, broker.TLSFiles.of(config)
+            config.broker_url, broker.TLSFiles.of(config), config.queue_type
         )
         self.clock: Clock = clock or SystemClock()
         self.turns = TurnClock(config.round_interval)

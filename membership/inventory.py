@@ -34,10 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from matchmaker.models import Worker
 from membership.errors import MembershipError, TagError
 from membership.rpc import MEMBER_EVENTS, Member, SerfRPC, parse_members
-from membership.tags import decode_worker
+from membership.tags import Advertised, decode_worker
 
 ChangeKind = Literal["joined", "updated", "left", "failed", "reaped", "rejected"]
 
@@ -56,9 +55,9 @@ _LOST = object()
 
 @dataclass(frozen=True, slots=True)
 class LiveWorker:
-    """A worker in the inventory: the engine's view (``running`` is 0 here) and its queue."""
+    """A worker in the inventory: what it advertises, its queue, its Serf status and address."""
 
-    worker: Worker
+    worker: Advertised
     queue: str
     status: str = "alive"
     addr: str = ""
@@ -70,7 +69,7 @@ class Change:
 
     kind: ChangeKind
     name: str
-    worker: Worker | None
+    worker: Advertised | None
     reason: str | None = None
 
     @property

@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import msgpack
 
-from matchmaker.models import MAX_SPEED, MIN_SPEED, Worker
 from membership.errors import TagError
 
 ROLE = "role"
@@ -43,6 +44,8 @@ SCHEMA_KEYS = frozenset({ROLE, QUEUE, CAPS, SLOTS, PERF})
 RESERVED = frozenset({"name", "running", "free", "status"})
 QUEUE_PREFIX = "mm.worker."
 
+MIN_SPEED = 1 / 64  # the range of ``perf``: the engine's (matchmaker.models), checked by a test
+MAX_SPEED = 64.0
 SERF_TAG_LIMIT = 512
 MAX_SLOTS = 1024
 MAX_ATTRIBUTES = 32
@@ -57,10 +60,23 @@ _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 Scalar = str | int | float
 
 
-class WorkerInfo(NamedTuple):
-    """A decoded worker advertisement: the engine's Worker, its queue, and any clamping notes."""
+@dataclass(frozen=True, slots=True)
+class Advertised:
+    """What a worker advertises, validated: its name, the task types it runs, its slots, its
+    attributes and its relative speed (1 = the reference machine). The scheduler turns it
+    into the engine's ``Worker``; membership knows nothing of the engine."""
 
-    worker: Worker
+    name: str
+    capabilities: frozenset[str]
+    slots: int
+    attributes: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    perf: float = 1.0
+
+
+class WorkerInfo(NamedTuple):
+    """A decoded worker advertisement: what it advertises, its queue, and any clamping notes."""
+
+    worker: Advertised
     queue: str
     notes: tuple[str, ...] = ()
 
@@ -213,8 +229,5 @@ def decode_worker(member_name: str, tags: Mapping[str, str]) -> WorkerInfo | Non
         if key in SCHEMA_KEYS:
             continue
         attributes[_check_key(key)] = _parse_value(key, value)
-    try:
-        worker = Worker(name, caps, slots, running=0, attributes=attributes, perf=perf)
-    except ValueError as error:  # models' own checks, as a second line
-        raise TagError(str(error)) from None
+    worker = Advertised(name, caps, slots, MappingProxyType(attributes), perf)
     return WorkerInfo(worker, queue, tuple(notes))

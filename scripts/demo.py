@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from matchmaker import broker
 from matchmaker.experiment import run_experiment
 from matchmaker.local import ClusterError, LocalCluster, storage_site
 from matchmaker.messages import TaskRequest
+from matchmaker.wire import broker
 
 ROWS = b"".join(b"%d,%d\n" % (i, i * i) for i in range(5000))
 

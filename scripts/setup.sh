@@ -30,6 +30,7 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages (log: .venv/pip.log)"
   .venv/bin/pip install -q --upgrade pip >.venv/pip.log 2>&1
+  .venv/bin/pip uninstall -y -q matchmaker >>.venv/pip.log 2>&1 || true  # the old name
   .venv/bin/pip install -e ".[dev]" >>.venv/pip.log 2>&1 || { tail -30 .venv/pip.log; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"

@@ -3,10 +3,10 @@ used as they are."""
 
 from __future__ import annotations
 
-import pika.exceptions
 import pytest
 
-from matchmaker import broker
+from matchmaker.config import ConfigError, load
+from matchmaker.wire import amqp, broker
 
 
 def test_new_queues_get_the_configured_type_and_existing_ones_are_used_as_they_are(
@@ -16,13 +16,13 @@ def test_new_queues_get_the_configured_type_and_existing_ones_are_used_as_they_a
     try:
         channel = connection.channel()
         channel.queue_declare(broker.REQUESTS, durable=True, arguments={"x-queue-type": "quorum"})
-        monkeypatch.setattr(broker, "QUEUE_TYPE", "classic")
-        broker.declare_core(channel)  # mm.requests declared classic would be refused (406)
+        monkeypatch.setenv("MM_QUEUE_TYPE", "quorum")  # the configured type wins over the env
+        broker.declare_core(channel, "classic")  # mm.requests declared classic: refused (406)
         channel.confirm_delivery()
         channel.basic_publish(*broker.route(broker.REQUESTS), b"kept", broker.PERSISTENT)
         assert channel.queue_declare(broker.REQUESTS, passive=True).method.message_count == 1
         other = connection.channel()
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        with pytest.raises(amqp.ChannelClosedByBroker) as refused:
             other.queue_declare(broker.RESULTS, durable=True, arguments={"x-queue-type": "quorum"})
         assert refused.value.reply_code == 406  # mm.results was made classic
     finally:
@@ -34,8 +34,37 @@ def test_an_unknown_queue_type_is_one_clear_error(
 ) -> None:
     connection = broker.connect(broker_url)
     try:
-        monkeypatch.setattr(broker, "QUEUE_TYPE", "clasic")
-        with pytest.raises(broker.BrokerError, match="MM_QUEUE_TYPE must be classic or quorum"):
+        monkeypatch.setenv("MM_QUEUE_TYPE", "clasic")
+        with pytest.raises(broker.BrokerError, match="must be classic or quorum, not 'clasic'"):
             broker.declare_core(connection.channel())
     finally:
         connection.close()
+
+
+def test_mm_queue_type_sets_the_type_of_queues_a_process_declares(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = broker.connect(broker_url)
+    name = "wire-quorum-probe"
+    try:
+        monkeypatch.setenv("MM_QUEUE_TYPE", "quorum")
+        broker.declare_worker(connection.channel(), name, bind=False)
+        other = connection.channel()
+        with pytest.raises(amqp.ChannelClosedByBroker) as refused:
+            other.queue_declare(broker.worker_queue(name), durable=True)  # classic: refused
+        assert refused.value.reply_code == 406
+    finally:
+        cleanup = connection.channel()
+        for queue in (broker.worker_queue(name), broker.control_queue(name)):
+            cleanup.queue_delete(queue)
+        connection.close()
+
+
+def test_the_scheduler_config_reads_queue_type_from_mm_queue_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MM_QUEUE_TYPE", "quorum")
+    assert load().queue_type == "quorum"
+    monkeypatch.setenv("MM_QUEUE_TYPE", "lazy")
+    with pytest.raises(ConfigError, match="queue_type must be classic or quorum"):
+        load().check()

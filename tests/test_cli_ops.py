@@ -11,13 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
 
-from matchmaker import broker, users
+from matchmaker import users
 from matchmaker.local import ROOT, LocalCluster, wait_until
 from matchmaker.messages import Retry, TaskRequest
+from matchmaker.wire import amqp, broker
 from tests.cli_support import cli, cli_json, where
 from tests.conftest import RoleUsers, rabbitmqctl
 
@@ -39,11 +38,11 @@ def sleep(task_id: str, seconds: float = 0.0, **fields: object) -> TaskRequest:
 
 
 def queue_exists(url: str, queue: str) -> bool:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     try:
         connection.channel().queue_declare(queue, passive=True)
         return True
-    except pika.exceptions.ChannelClosedByBroker as error:
+    except amqp.ChannelClosedByBroker as error:
         assert error.reply_code == 404
         return False
     finally:
@@ -217,7 +216,7 @@ def rabbitmq_queues(vhost: str) -> dict[str, str]:
 
 def test_worker_queue_expiry_policy_applies_to_existing_queues(broker_url: str) -> None:
     vhost = broker_url.rsplit("/", 1)[1]
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    connection = amqp.plain(broker_url)
     try:
         broker.declare_core(connection.channel())
         broker.declare_worker(connection.channel(), "old")  # made before the policy
@@ -229,13 +228,13 @@ def test_worker_queue_expiry_policy_applies_to_existing_queues(broker_url: str) 
         # the same full declare as before the policy is still accepted (an x-expires
         # argument would have been refused: PRECONDITION_FAILED)
         connection.channel().queue_declare(
-            "mm.worker.old", durable=True, arguments={"x-queue-type": broker.QUEUE_TYPE}
+            "mm.worker.old", durable=True, arguments={"x-queue-type": broker.queue_type()}
         )
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        with pytest.raises(amqp.ChannelClosedByBroker) as refused:
             connection.channel().queue_declare(
                 "mm.worker.old",
                 durable=True,
-                arguments={"x-queue-type": broker.QUEUE_TYPE, "x-expires": 1000},
+                arguments={"x-queue-type": broker.queue_type(), "x-expires": 1000},
             )
         assert refused.value.reply_code == 406  # why it is a policy, not an argument
         users.expire_worker_queues(vhost, 1.0)  # set again: the expiry changes in place
@@ -253,7 +252,7 @@ def test_the_admin_user_reads_dead_letters_and_follows_events(
 ) -> None:
     admin = role_users.url(role_users.admin)
     client = role_users.url(role_users.clients[0])
-    dev = pika.BlockingConnection(pika.URLParameters(broker_url))
+    dev = amqp.plain(broker_url)
     try:
         dev.channel().basic_publish(
             "", broker.DEAD, b"{bad", broker.dead_letter_properties("not JSON", broker.REQUESTS)
@@ -275,7 +274,7 @@ def test_the_admin_user_reads_dead_letters_and_follows_events(
         assert follow.stderr is not None and follow.stdout is not None
         assert "following live events" in follow.stderr.readline()
         event = {"id": "t1", "state": "succeeded", "attempt": 1, "worker": "w1", "at": 1.0}
-        dev = pika.BlockingConnection(pika.URLParameters(broker_url))
+        dev = amqp.plain(broker_url)
         try:
             body = json.dumps({"v": 1, "kind": "events", "events": [event]}).encode()
             dev.channel().basic_publish(broker.EVENTS, "task.succeeded", body)
@@ -285,9 +284,9 @@ def test_the_admin_user_reads_dead_letters_and_follows_events(
     finally:
         follow.terminate()
         follow.wait(10)
-    connection = pika.BlockingConnection(pika.URLParameters(admin))
+    connection = amqp.plain(admin)
     try:  # reading is all: no publishing events, no reading requests
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+        with pytest.raises(amqp.ChannelClosedByBroker) as caught:
             connection.channel().basic_get(broker.REQUESTS)
         assert caught.value.reply_code == 403
     finally:
@@ -298,9 +297,9 @@ def test_the_admin_user_reads_dead_letters_and_follows_events(
 def test_the_scheduler_copes_with_a_worker_queue_deleted_under_it(broker_url: str) -> None:
     """What ``workers gc`` or the expiry policy may do: the dispatcher's purge of a deleted
     queue keeps its channel, and the worker's queues and cancel binding are made again."""
-    from matchmaker.dispatch import Dispatcher
+    from matchmaker.wire.dispatch import Dispatcher
 
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    connection = amqp.plain(broker_url)
     try:
         channel = connection.channel()
         broker.declare_core(channel)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import pika
-import pika.exceptions
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic
 
-from matchmaker import broker
-from matchmaker.frames import (
+from matchmaker.wire import amqp, broker, pika_shim
+from matchmaker.wire.frames import (
     AckWindow,
     DeliveryReader,
     FrameAcker,
@@ -24,14 +20,14 @@ from matchmaker.frames import (
 QUEUE = "mm.test.frames"
 
 
-Opened = tuple[pika.BlockingConnection, BlockingChannel]
+Opened = tuple[amqp.Connection, amqp.Channel]
 OpenChannel = Callable[[], Opened]
 
 
 @pytest.fixture
 def open_channel(broker_url: str) -> Iterator[OpenChannel]:
     """Opens a connection and a channel with ``QUEUE`` declared; all closed afterwards."""
-    connections: list[pika.BlockingConnection] = []
+    connections: list[amqp.Connection] = []
 
     def open_() -> Opened:
         connection = broker.connect(broker_url)
@@ -48,12 +44,12 @@ def open_channel(broker_url: str) -> Iterator[OpenChannel]:
 
 def test_messages_arrive_intact_with_their_properties(open_channel: OpenChannel) -> None:
     connection, channel = open_channel()
-    frame_max = connection._impl.params.frame_max
+    frame_max = pika_shim.connection_of(connection).params.frame_max
     bodies = [b"", b"x", b"{}" * 1000, bytes(range(256)) * (3 * frame_max // 256 + 7)]
-    headed = pika.BasicProperties(
+    headed = amqp.Properties(
         content_type="application/json", headers={"x-mm-reason": "because"}, priority=3
     )
-    publish = FramePublisher(channel._impl)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for body in bodies:
         publish("", QUEUE, body, broker.PERSISTENT)
     publish("", QUEUE, b"last", headed)
@@ -76,8 +72,8 @@ def test_messages_arrive_intact_with_their_properties(open_channel: OpenChannel)
 def test_publisher_confirms_count_frame_published_messages(open_channel: OpenChannel) -> None:
     connection, channel = open_channel()
     confirmed: list[int] = []
-    channel._impl.confirm_delivery(lambda frame: confirmed.append(frame.method.delivery_tag))
-    publish = FramePublisher(channel._impl)
+    pika_shim.confirm_delivery(channel, lambda frame: confirmed.append(frame.method.delivery_tag))
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for i in range(500):
         publish("", QUEUE, f"m{i}".encode(), broker.PERSISTENT)
     while not confirmed or max(confirmed) < 500:
@@ -89,18 +85,18 @@ def test_publisher_confirms_count_frame_published_messages(open_channel: OpenCha
 
 def test_bad_routing_key_and_closed_channel_raise(open_channel: OpenChannel) -> None:
     _connection, channel = open_channel()
-    publish = FramePublisher(channel._impl)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     with pytest.raises(ValueError, match="longer than 255 bytes"):
         publish("", "q" * 256, b"body", broker.PERSISTENT)
     channel.close()
-    with pytest.raises(pika.exceptions.ChannelWrongStateError):
+    with pytest.raises(amqp.ChannelWrongStateError):
         publish("", QUEUE, b"body", broker.PERSISTENT)
 
 
 def _consume_all(
-    connection: pika.BlockingConnection, channel: BlockingChannel, count: int
-) -> list[tuple[Basic.Deliver, pika.BasicProperties, bytes]]:
-    got: list[tuple[Basic.Deliver, pika.BasicProperties, bytes]] = []
+    connection: amqp.Connection, channel: amqp.Channel, count: int
+) -> list[tuple[amqp.Deliver, amqp.Properties, bytes]]:
+    got: list[tuple[amqp.Deliver, amqp.Properties, bytes]] = []
     channel.basic_consume(QUEUE, lambda _c, m, p, b: got.append((m, p, b)))
     deadline = time.monotonic() + 20
     while len(got) < count and time.monotonic() < deadline:
@@ -111,12 +107,14 @@ def _consume_all(
 def test_reader_hands_consumers_whole_deliveries(open_channel: OpenChannel) -> None:
     """Empty, small and multi-frame bodies (split over many socket reads), properties, tags."""
     connection, channel = open_channel()
-    assert isinstance(connection._impl._on_data_available.__self__, DeliveryReader)
-    frame_max = connection._impl.params.frame_max
+    assert isinstance(
+        pika_shim.input_reader(pika_shim.connection_of(connection)).__self__, DeliveryReader
+    )
+    frame_max = pika_shim.connection_of(connection).params.frame_max
     bodies = [b"", b"x", bytes(range(256)) * (3 * frame_max // 256 + 7), b"{}" * 1000]
     bodies += [f"m{i}".encode() for i in range(2000)]
-    headed = pika.BasicProperties(headers={"x-mm-reason": "because"}, priority=3)
-    publish = FramePublisher(channel._impl)
+    headed = amqp.Properties(headers={"x-mm-reason": "because"}, priority=3)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for i, body in enumerate(bodies):
         publish("", QUEUE, body, headed if i % 7 == 0 else broker.PERSISTENT)
     got = _consume_all(connection, channel, len(bodies))
@@ -132,7 +130,7 @@ def test_reader_hands_consumers_whole_deliveries(open_channel: OpenChannel) -> N
 
 def test_reader_reports_redeliveries_leaves_other_frames_to_pika(open_channel: OpenChannel) -> None:
     connection, channel = open_channel()
-    publish = FramePublisher(channel._impl)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for i in range(10):
         publish("", QUEUE, f"r{i}".encode(), broker.PERSISTENT)
     first = _consume_all(connection, channel, 10)
@@ -146,7 +144,10 @@ def test_reader_reports_redeliveries_leaves_other_frames_to_pika(open_channel: O
     again = _consume_all(connection, channel, 9)
     assert [b for _, _, b in again] == [f"r{i}".encode() for i in range(1, 10)]
     assert all(m.redelivered for m, _, _ in again)
-    assert connection._impl.bytes_received > 0 and connection._impl.frames_received > 0
+    assert (
+        pika_shim.connection_of(connection).bytes_received > 0
+        and pika_shim.connection_of(connection).frames_received > 0
+    )
 
 
 def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenChannel) -> None:
@@ -156,7 +157,7 @@ def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenCha
         "mm.test.full", arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
     )
     via_pika: list[object] = []
-    channel._impl.confirm_delivery(via_pika.append)  # Confirm.Select, through pika
+    pika_shim.confirm_delivery(channel, via_pika.append)  # Confirm.Select, through pika
     reader = reader_of(channel)
     assert reader is not None
     got: dict[int, bool] = {}
@@ -167,7 +168,7 @@ def test_reader_hands_confirms_and_refusals_to_the_handler(open_channel: OpenCha
             got[t] = acked
 
     reader.on_confirm(channel.channel_number, handler)
-    publish = FramePublisher(channel._impl)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for i in range(20):
         publish("", "mm.test.full", f"m{i}".encode(), broker.PERSISTENT)
     deadline = time.monotonic() + 10
@@ -184,9 +185,9 @@ def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> 
     got: list[tuple[int, bytes, str | None]] = []
     consume(channel, QUEUE, lambda tag, body, user: got.append((tag, body, user)))
     publisher_connection, publisher = open_channel()
-    publish = FramePublisher(publisher._impl)
+    publish = FramePublisher(pika_shim.channel_of(publisher))
     bodies = [f"s{i}".encode() for i in range(300)] + [b"y" * 300_000]
-    signed = pika.BasicProperties(
+    signed = amqp.Properties(
         delivery_mode=2, headers={"x-mm-reason": "r" * 300}, priority=1, user_id="matchmaker"
     )
     users = [None if i % 3 else "matchmaker" for i in range(len(bodies))]
@@ -211,7 +212,7 @@ def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None
     reader = reader_of(channel)
     assert reader is not None
     publisher_connection, publisher = open_channel()
-    publish = FramePublisher(publisher._impl)
+    publish = FramePublisher(pika_shim.channel_of(publisher))
 
     def send_and_wait(body: bytes, limit: float) -> float:
         publish("", QUEUE, body, broker.PERSISTENT)
@@ -240,7 +241,7 @@ def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     consume(channel, QUEUE, lambda tag, _body, _user: got.append(tag))
     while len(got) < 6:
         connection.process_data_events(time_limit=5)
-    ack = FrameAcker(channel._impl)
+    ack = FrameAcker(pika_shim.channel_of(channel))
     ack(3, True)
     ack(5)
     connection.process_data_events(time_limit=0)
@@ -258,7 +259,7 @@ def test_deliveries_waiting_before_the_consumer_reach_the_sink_in_tag_order(
     of channel events after later ones (whose tags a ``multiple`` ack would then pass)."""
     connection, channel = open_channel()
     channel.queue_purge(QUEUE)
-    publish = FramePublisher(channel._impl)
+    publish = FramePublisher(pika_shim.channel_of(channel))
     for i in range(3000):
         publish("", QUEUE, f"q{i}".encode(), broker.PERSISTENT)
     channel.queue_declare(QUEUE, durable=True, passive=True)  # a round trip: all stored

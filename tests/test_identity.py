@@ -24,17 +24,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker import broker, identity, users
-from matchmaker.frames import user_id
+from matchmaker import identity, users
 from matchmaker.identity import IdentityError, Senders
 from matchmaker.ledger import Ledger
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, Drain, MessageError, TaskRequest, TaskResult, encode
+from matchmaker.wire import amqp, broker
+from matchmaker.wire.frames import user_id
 from tests.conftest import RoleUsers, rabbitmqctl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +78,10 @@ def test_senders_own_tasks_report_as_their_worker_and_admins_do_more() -> None:
 
 def test_user_id_is_read_from_any_mix_of_properties() -> None:
     mixes = [
-        pika.BasicProperties(),
-        pika.BasicProperties(user_id="u1"),
-        pika.BasicProperties(headers={"x": "y" * 300, "n": 1}, delivery_mode=2),
-        pika.BasicProperties(
+        amqp.Properties(),
+        amqp.Properties(user_id="u1"),
+        amqp.Properties(headers={"x": "y" * 300, "n": 1}, delivery_mode=2),
+        amqp.Properties(
             content_type="a", content_encoding="b", headers={"k": [1, "v"]}, delivery_mode=2,
             priority=3, correlation_id="c", reply_to="r", expiration="10", message_id="m",
             timestamp=5, type="t", user_id="mm-worker-é", app_id="a", cluster_id="c",
@@ -106,7 +104,7 @@ def test_urls_lose_their_passwords_in_text_and_outputs() -> None:
     }
     url = identity.with_password("amqp://mm-client@h:5672/v", "p/@:")
     assert url == "amqp://mm-client:p%2F%40%3A@h:5672/v"
-    assert pika.URLParameters(url).credentials.password == "p/@:"
+    assert amqp.URLParameters(url).credentials.password == "p/@:"
 
 
 def test_a_password_file_others_may_read_is_refused(tmp_path: Path) -> None:
@@ -124,12 +122,12 @@ def test_a_password_file_others_may_read_is_refused(tmp_path: Path) -> None:
 # -- what RabbitMQ refuses ------------------------------------------------------------------
 
 
-def _channel(url: str) -> tuple[pika.BlockingConnection, BlockingChannel]:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+def _channel(url: str) -> tuple[amqp.Connection, amqp.Channel]:
+    connection = amqp.plain(url)
     return connection, connection.channel()
 
 
-def refusal(url: str, act: Callable[[BlockingChannel], object]) -> int | None:
+def refusal(url: str, act: Callable[[amqp.Channel], object]) -> int | None:
     """The reply code the broker closes the channel with when ``act`` runs on it (None:
     not refused); a passive declare after it makes the round trip."""
     connection, channel = _channel(url)
@@ -137,7 +135,7 @@ def refusal(url: str, act: Callable[[BlockingChannel], object]) -> int | None:
         act(channel)
         channel.queue_declare(broker.REQUESTS, passive=True)
         return None
-    except pika.exceptions.ChannelClosedByBroker as error:
+    except amqp.ChannelClosedByBroker as error:
         return int(error.reply_code)
     finally:
         if connection.is_open:
@@ -145,8 +143,8 @@ def refusal(url: str, act: Callable[[BlockingChannel], object]) -> int | None:
 
 
 def publishing(
-    exchange: str, key: str, body: bytes, properties: pika.BasicProperties
-) -> Callable[[BlockingChannel], object]:
+    exchange: str, key: str, body: bytes, properties: amqp.Properties
+) -> Callable[[amqp.Channel], object]:
     return lambda channel: channel.basic_publish(exchange, key, body, properties)
 
 

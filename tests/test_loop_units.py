@@ -20,15 +20,21 @@ from matchmaker.scheduler.clock import TurnClock
 from matchmaker.scheduler.memory import FakeClock, MemoryBroker, MemoryTransport
 from matchmaker.service import Scheduler
 from membership.inventory import Change, LiveWorker
+from membership.tags import Advertised
 
 REQUESTS, RESULTS = "mm.requests", "mm.results"
+
+
+def advertised(w: Worker) -> Advertised:
+    """What ``w`` would advertise (the inventory's type)."""
+    return Advertised(w.name, w.capabilities, w.slots, w.attributes, w.perf)
 
 
 class Members:
     """The inventory as a test sets it."""
 
     def __init__(self, workers: list[Worker]) -> None:
-        self.live = {w.name: LiveWorker(w, f"mm.worker.{w.name}") for w in workers}
+        self.live = {w.name: LiveWorker(advertised(w), f"mm.worker.{w.name}") for w in workers}
 
     def snapshot(self) -> Mapping[str, LiveWorker]:
         return dict(self.live)
@@ -186,7 +192,7 @@ def test_a_lost_worker_s_tasks_are_placed_on_another_at_once(
     members = scheduler.inventory
     assert isinstance(members, Members)
     gone = members.live.pop("w1").worker
-    members.live["w2"] = LiveWorker(Worker("w2", ["sleep"], 1), "mm.worker.w2")
+    members.live["w2"] = LiveWorker(advertised(Worker("w2", ["sleep"], 1)), "mm.worker.w2")
     scheduler.changes.put(Change("failed", "w1", gone))
     scheduler.changes.put(Change("joined", "w2", members.live["w2"].worker))
     steps_until(scheduler, lambda: broker.dispatched("w2") == ["t1"])

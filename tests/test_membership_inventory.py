@@ -74,7 +74,7 @@ def test_snapshot_join_and_tag_changes(cluster: Cluster, watch, resync: float) -
     w1 = snap["w1"]
     assert w1.queue == "mm.worker.w1" and w1.status == "alive" and w1.addr == "127.0.0.1"
     assert w1.worker.capabilities == {"data_staging", "env_setup"}
-    assert (w1.worker.slots, w1.worker.running) == (4, 0)
+    assert (w1.worker.slots, w1.worker.perf) == (4, 1.0)
     assert w1.worker.attributes == {"site": "iu", "gpu": 0}
 
     # A worker joining appears.

@@ -28,7 +28,7 @@ def test_example_from_the_design_decodes() -> None:
     assert info.queue == "mm.worker.w7"
     assert info.worker.name == "w7"
     assert info.worker.capabilities == {"data_staging", "env_setup"}
-    assert info.worker.slots == 4 and info.worker.running == 0
+    assert info.worker.slots == 4 and info.worker.perf == 1.0
     assert info.worker.attributes == {"site": "iu", "gpu": 0, "speed": 1.5}
     assert info.notes == ()
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
-from matchmaker import broker
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest
+from matchmaker.wire import amqp, broker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,7 +49,7 @@ class DeadLetters:
         self.seen: list[tuple[bytes, str]] = []
 
     def reasons(self) -> list[str]:
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        connection = amqp.plain(self.url)
         channel = connection.channel()
         while True:
             method, props, body = channel.basic_get(broker.DEAD, auto_ack=True)

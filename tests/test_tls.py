@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker import broker
-from matchmaker.broker import BrokerError, TLSFiles
 from matchmaker.config import load
 from matchmaker.local import LocalCluster
 from matchmaker.messages import TaskRequest, decode_results, encode
 from matchmaker.tls import TLSError, make_all
+from matchmaker.wire import broker
+from matchmaker.wire.broker import BrokerError, TLSFiles
 from membership.agent import free_port
 from tests.workers_support import wait_for
 

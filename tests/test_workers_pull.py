@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from matchmaker.broker import pull_queue
 from matchmaker.messages import TaskRequest, encode
+from matchmaker.wire.broker import pull_queue
 from tests.workers_support import Client, client, spawn, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.broker

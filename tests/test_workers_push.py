@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 
-import pika.exceptions
 import pytest
 
-from matchmaker.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
 from matchmaker.messages import Cancel, TaskDispatch, TaskResult, decode_dispatches, encode
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
 from membership.agent import free_port
 from tests.conftest import rabbitmqctl
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
@@ -281,7 +281,7 @@ def test_a_result_the_broker_refuses_is_sent_again(spawn, client: Client, broker
     def refused() -> bool:  # a quorum queue takes one message past its limit, then nacks
         try:
             probe.basic_publish(*route(RESULTS), filler, PERSISTENT)
-        except pika.exceptions.NackError:
+        except amqp.NackError:
             return True
         return False
 

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
 import pytest
 
-from matchmaker.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
 from matchmaker.messages import TaskDispatch, TaskResult, decode_results, encode, encode_batch
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import DEAD, PERSISTENT, RESULTS, declare_core, worker_queue
 from membership.agent import SerfAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +95,7 @@ class Client:
     """The test's side of the broker: publish dispatches, read results and dead letters."""
 
     def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.connection = amqp.plain(url)
         self.channel = self.connection.channel()
         declare_core(self.channel)
         self.results: list[TaskResult] = []
@@ -156,7 +155,7 @@ class Client:
         return int(self.channel.queue_declare(queue, passive=True).method.message_count)
 
     def close(self) -> None:
-        with contextlib.suppress(pika.exceptions.AMQPError):
+        with contextlib.suppress(amqp.AMQPError):
             if self.connection.is_open:
                 self.connection.close()
 

@@ -19,23 +19,42 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from matchmaker import logs
-from matchmaker.broker import DEFAULT_URL, BrokerError
+from matchmaker import __version__, logs
 from matchmaker.identity import resolve_url
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import DEFAULT_URL, BrokerError
 from membership.errors import MembershipError
 from membership.keys import resolve
-from workers.config import SerfConfig, WorkerConfig, parse_attribute, parse_network
+from workers.config import (
+    FileSettings,
+    SerfConfig,
+    WorkerConfig,
+    parse_attribute,
+    parse_network,
+    read_file,
+)
 from workers.presence import OwnAgent, PresenceError, make_presence, worker_tags
+from workers.registry import load_tasks
 from workers.runtime import Worker
-from workers.tasks import REGISTRY
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"matchmaker worker {__version__}")
     p.add_argument("--name", required=True, help="worker name (its queue is mm.worker.<name>)")
     p.add_argument("--caps", required=True, help="comma-separated task types this worker runs")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE, whose @task functions become task types (repeatable)",
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="TOML", help="worker file: tasks = [...], [commands]"
+    )
     p.add_argument("--slots", type=int, default=1, help="tasks run at once (default 1)")
     p.add_argument(
         "--attr", action="append", default=[], metavar="KEY=VALUE", help="attribute (repeatable)"
@@ -135,10 +154,8 @@ def parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> WorkerConfig:
     """The worker's configuration; ValueError with one sentence if it makes no sense."""
     caps = tuple(c.strip() for c in args.caps.split(",") if c.strip())
-    unknown = [c for c in caps if c not in REGISTRY]
-    if unknown:
-        known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown task type(s) in --caps: {', '.join(unknown)} (known: {known})")
+    settings = read_file(args.config) if args.config else FileSettings()
+    load_tasks(caps, [*settings.tasks, *args.tasks])
     attributes = dict(parse_attribute(a) for a in args.attr)
     serf = None
     if args.mode == "push" and not args.no_serf:
@@ -165,6 +182,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         perf=args.perf,
         stage_roots=tuple(root.absolute() for root in args.stage_root),
         allow_net=tuple(parse_network(net) for net in args.allow_net),
+        commands=settings.commands,
         **extra,
     )
 
@@ -192,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # the worker logs what matters
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # the worker logs what matters
     try:
         config = config_from(args)
         if config.serf is not None:

@@ -7,7 +7,12 @@ or start its own agent (``bind``, ``rpc_bind``, ``join``, keys).
 ``stage_roots`` and ``allow_net`` are what the worker lets its tasks reach:
 the directories ``file://`` sources may come from, and the networks fetched
 from although not public (both empty by default: no local file, no loopback,
-private or link-local address).
+private or link-local address). ``commands`` are the ``exec`` driver's named
+command lines (``workers.tasks.execute``; none by default).
+
+``read_file`` reads the worker's TOML file (``--config``): ``tasks``, a list of
+modules to import (as ``--tasks``), and ``[commands]``, name = an argument list
+whose first item is an absolute path, e.g. ``align = ["/usr/bin/bwa", "mem"]``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import functools
 import ipaddress
 import re
 import tempfile
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from matchmaker.broker import DEFAULT_URL
 from matchmaker.messages import NAME
+from matchmaker.wire.broker import DEFAULT_URL
 from workers.tasks.base import Network
 
 MODES = ("push", "pull")
@@ -63,6 +70,7 @@ class WorkerConfig:
     requeue_delay: float = 0.05
     stage_roots: tuple[Path, ...] = ()
     allow_net: tuple[Network, ...] = ()
+    commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -89,6 +97,10 @@ class WorkerConfig:
         for root in self.stage_roots:
             if not root.is_absolute() or not root.is_dir():
                 raise ValueError(f"stage root {str(root)!r} must be an existing absolute directory")
+        if "exec" in self.capabilities and not self.commands:
+            raise ValueError(
+                "--caps exec needs named commands: a [commands] table in the --config file"
+            )
 
     @functools.cached_property  # asked for every task
     def sandbox_dir(self) -> Path:
@@ -112,3 +124,43 @@ def parse_network(text: str) -> Network:
         raise ValueError(
             f"network {text!r} must be an address or CIDR, e.g. 127.0.0.1/32 or fd00::/8"
         ) from None
+
+
+FILE_KEYS = ("commands", "tasks")
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """What a worker's ``--config`` TOML file holds."""
+
+    tasks: tuple[str, ...] = ()
+    commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def read_file(path: Path) -> FileSettings:
+    """The worker's TOML file, checked; ValueError with one sentence if it makes no sense."""
+    from workers.tasks.execute import check_commands  # only a worker with a file needs it
+
+    try:
+        with open(path, "rb") as file:
+            data: dict[str, Any] = tomllib.load(file)
+    except OSError as error:
+        raise ValueError(f"--config {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"--config {path}: not valid TOML: {error}") from None
+    unknown = sorted(set(data) - set(FILE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"--config {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(FILE_KEYS)})"
+        )
+    tasks = data.get("tasks", [])
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"--config {path}: 'tasks' must be a list of module names")
+    commands = data.get("commands", {})
+    if not isinstance(commands, dict):
+        raise ValueError(f"--config {path}: [commands] must be a table of name = [argv...]")
+    try:
+        checked = check_commands(commands)
+    except ValueError as error:
+        raise ValueError(f"--config {path}: {error}") from None
+    return FileSettings(tuple(tasks), checked)

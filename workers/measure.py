@@ -22,10 +22,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import pika
-
-from matchmaker.broker import PERSISTENT, RESULTS, declare_core, declare_worker
 from matchmaker.messages import TaskDispatch, decode_results, encode
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import PERSISTENT, RESULTS, declare_core, declare_worker
 
 USER = "matchmaker"
 
@@ -52,7 +51,7 @@ def scratch_vhost(base_url: str | None) -> Iterator[str]:
 def measure(url: str, slots: int, count: int) -> tuple[float, int]:
     """(final results per second, running reports seen) for ``count`` no-op tasks."""
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     channel = connection.channel()
     declare_core(channel)
     queue = declare_worker(channel, name)

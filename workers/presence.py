@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from matchmaker.broker import worker_queue
+from matchmaker.wire.broker import worker_queue
 from membership.agent import LOOPBACK, SerfAgent
 from membership.errors import MembershipError
 from membership.rpc import SerfRPC, split_addr

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ import orjson
 
 from matchmaker.identity import redact, redact_json
 from matchmaker.messages import MAX_MESSAGE_BYTES, TaskDispatch, TaskResult
+from workers.context import TaskContext, TaskError, TaskFunction, TaskLog
 from workers.pool import Pool
-from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,17 @@ def _check_output(output: dict[str, Any]) -> None:
         raise TaskError(
             f"the task's output is {size} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
         )
+
+
+def _logs(log: TaskLog, output: dict[str, Any] | None) -> str | None:
+    """The attempt's log as it travels: its tail, in the room the output leaves (a log
+    written as JSON takes at most twice its bytes: control characters are not kept)."""
+    if not log:
+        return None
+    room = MAX_OUTPUT_BYTES
+    if output is not None:
+        room -= len(orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS))
+    return redact(log.text(limit=max(0, room // 2 - 64)))
 
 
 class Runner:
@@ -219,6 +231,7 @@ class Runner:
             self.finish(job, error=str(error) or "task failed")
         except BaseException as error:  # a bug in the task (even sys.exit): report it, keep going
             log.exception("task crashed id=%s attempt=%d", *job.key)
+            job.context.log.write(traceback.format_exc())
             self.finish(job, error=f"internal error in {job.dispatch.type}: {error!r}")
         else:
             self.finish(job, output=output)
@@ -291,6 +304,7 @@ class Runner:
     ) -> bool:
         """Set the job's final result unless it has one; True if this call set it."""
         now = time.time()
+        logs = _logs(job.context.log, output if error is None else None)
         with self._lock:
             if job.final is not None:
                 return False
@@ -305,6 +319,7 @@ class Runner:
                 output=output if error is None else None,
                 error=error,
                 received_at=job.received_at,
+                logs=logs,
             )
             self._dirty[job.key] = job
         if self.observer is not None:

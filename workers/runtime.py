@@ -46,12 +46,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic, BasicProperties
-
-from matchmaker.broker import (
+from matchmaker.messages import (
+    MAX_MESSAGE_BYTES,
+    Cancel,
+    MessageError,
+    TaskDispatch,
+    TaskRequest,
+    decode,
+    decode_dispatches,
+    encode,
+    pack,
+)
+from matchmaker.models import Worker as WorkerModel
+from matchmaker.wire import amqp
+from matchmaker.wire.broker import (
     CONTROL,
     DEAD,
     RESULTS,
@@ -70,19 +78,7 @@ from matchmaker.broker import (
     route,
     sender,
 )
-from matchmaker.confirms import Confirms
-from matchmaker.messages import (
-    MAX_MESSAGE_BYTES,
-    Cancel,
-    MessageError,
-    TaskDispatch,
-    TaskRequest,
-    decode,
-    decode_dispatches,
-    encode,
-    pack,
-)
-from matchmaker.models import Worker as WorkerModel
+from matchmaker.wire.confirms import Confirms
 from workers.config import WorkerConfig
 from workers.pull import as_dispatch, refusal
 from workers.runner import Delivery, Job, Report, Runner
@@ -176,7 +172,7 @@ class Worker:
             config.name, config.capabilities, config.slots, attributes=config.attributes
         )
         self._stopping = threading.Event()
-        self._conn: pika.BlockingConnection | None = None
+        self._conn: amqp.Connection | None = None
         self._wake_pending = False
         self._session = 0
         self._letters: list[Letter] = []
@@ -218,7 +214,7 @@ class Worker:
                 self._advertised = True
             try:
                 channels = self._open(conn)
-            except pika.exceptions.AMQPError as error:
+            except amqp.AMQPError as error:
                 where = describe(self.config.broker_url)
                 raise BrokerError(f"the broker at {where} refused its queues: {error}") from None
             while True:
@@ -226,7 +222,7 @@ class Worker:
                     self._serve(conn, channels)
                     status = 0
                     break
-                except pika.exceptions.AMQPError as error:
+                except amqp.AMQPError as error:
                     log.warning("broker connection lost (%s); reconnecting", _reason(error))
                     self._lost(channels)
                     _close(conn)
@@ -239,7 +235,7 @@ class Worker:
             self._finish(conn)
         return status
 
-    def _finish(self, conn: pika.BlockingConnection) -> None:
+    def _finish(self, conn: amqp.Connection) -> None:
         lost = self.runner.busy()
         if lost:
             log.warning("stopping with %d task(s) whose results were not delivered", lost)
@@ -264,7 +260,7 @@ class Worker:
             s.redelivered,
         )
 
-    def _reconnect(self) -> tuple[pika.BlockingConnection, _Channels] | None:
+    def _reconnect(self) -> tuple[amqp.Connection, _Channels] | None:
         delay = 0.2
         while True:
             self.runner.expire()
@@ -281,7 +277,7 @@ class Worker:
                     tls=TLSFiles.of(self.config),
                 )
                 channels = self._open(conn)
-            except (BrokerError, pika.exceptions.AMQPError) as error:
+            except (BrokerError, amqp.AMQPError) as error:
                 log.warning("reconnect failed (%s); retrying in %.1fs", _reason(error), delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
@@ -291,7 +287,7 @@ class Worker:
 
     # -- one connection -----------------------------------------------------------------
 
-    def _open(self, conn: pika.BlockingConnection) -> _Channels:
+    def _open(self, conn: amqp.Connection) -> _Channels:
         """Channels, topology and consumers for a new connection (a new session)."""
         self._session += 1
         session = self._session
@@ -323,7 +319,7 @@ class Worker:
         )
         return channels
 
-    def _serve(self, conn: pika.BlockingConnection, ch: _Channels) -> None:
+    def _serve(self, conn: amqp.Connection, ch: _Channels) -> None:
         """The loop: events, deadlines, flush; returns when drained."""
         while True:
             if self._stopping.is_set():
@@ -413,9 +409,9 @@ class Worker:
         self,
         ch: _Channels,
         queue: str,
-        _channel: BlockingChannel,
-        method: Basic.Deliver,
-        _props: BasicProperties,
+        _channel: amqp.Channel,
+        method: amqp.Deliver,
+        _props: amqp.Properties,
         body: bytes,
     ) -> None:
         ch.unacked.add(method.delivery_tag)
@@ -481,6 +477,8 @@ class Worker:
             aurora_url=self.config.aurora_url,
             stage_roots=self.config.stage_roots,
             allow_net=self.config.allow_net,
+            commands=self.config.commands,
+            type=dispatch.type,
         )
         if dispatch.id in self._cancels:
             context.cancelled.set()
@@ -512,7 +510,7 @@ class Worker:
             self._letters.append(letter)
 
     def _on_control(
-        self, _channel: BlockingChannel, _method: Basic.Deliver, _props: Any, body: bytes
+        self, _channel: amqp.Channel, _method: amqp.Deliver, _props: Any, body: bytes
     ) -> None:
         try:
             message = decode(body, expect=("cancel",))
@@ -612,7 +610,7 @@ class Worker:
 @dataclass
 class _Channels:
     session: int
-    consume: BlockingChannel
+    consume: amqp.Channel
     reports: Confirms[ReportBatch | Letter]  # results and dead letters, on a channel of their own
     consumers: list[str] = field(default_factory=list)
     unacked: set[int] = field(default_factory=set)
@@ -654,7 +652,7 @@ class _Channels:
             self.consume.basic_nack(tag, requeue=True)
 
 
-def _close(conn: pika.BlockingConnection) -> None:
+def _close(conn: amqp.Connection) -> None:
     try:
         if conn.is_open:
             conn.close()

@@ -26,7 +26,6 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from matchmaker import broker
 from matchmaker.api import auth
 from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.leader import Leader
@@ -43,6 +42,7 @@ from matchmaker.messages import (
     decode,
     encode,
 )
+from matchmaker.wire import broker
 
 log = logging.getLogger("matchmaker.api")
 STATIC = Path(__file__).parent / "static"
@@ -310,7 +310,7 @@ class Api:
     async def submit(self, request: Request) -> Response:
         self.who(request, "submit")
         params(request, ())
-        self.active()
+        snapshot = self.active()
         body = await json_body(request)
         body = {"v": 1, "kind": "submit", "id": uuid.uuid4().hex, **body}
         if body.get("kind") != "submit":
@@ -321,7 +321,12 @@ class Api:
             raise Refused(400, str(e)) from None
         assert isinstance(message, TaskRequest)
         await asyncio.to_thread(self.send, [encode(message)])
-        return answer({"id": message.id, "state": "submitted"}, 202)
+        reply = {"id": message.id, "state": "submitted"}
+        if not any(message.type in w["capabilities"] for w in snapshot.workers):
+            reply["warning"] = (
+                f"no live worker advertises task type {message.type!r}; it waits until one does"
+            )
+        return answer(reply, 202)
 
     async def _open_task(self, request: Request, role: str) -> tuple[dict[str, Any], Any]:
         identity = self.who(request, role)

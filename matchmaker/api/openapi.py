@@ -68,7 +68,7 @@ def document() -> dict[str, Any]:
         },
         "/v1/tasks/{task_id}": {
             "get": {
-                **_op("A task: state, attempts, history, output, why it waits", "read"),
+                **_op("A task: state, attempts, history, output, logs, why it waits", "read"),
                 "parameters": task_id,
             }
         },

@@ -39,6 +39,7 @@ class Store:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._owner_column: bool | None = None
+        self._logs_table: bool | None = None
         self._counts: tuple[float, dict[str, int]] = (0.0, {})
 
     def _connect(self) -> sqlite3.Connection:
@@ -102,8 +103,22 @@ class Store:
             (task_id,),
         )
         task["history"] = [dict(h) for h in history]
+        task["logs"] = self.logs(task_id)
         task["explanation"] = explain(task)
         return task
+
+    def logs(self, task_id: str) -> list[dict[str, Any]]:
+        """The kept logs of a task's attempts (none from a ledger that predates them)."""
+        if not self._logs_table:  # looked for again until a scheduler has made it
+            made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_logs'"
+            self._logs_table = bool(self._query(made))
+            if not self._logs_table:
+                return []
+        rows = self._query(
+            "SELECT attempt, worker, at, text FROM task_logs WHERE id = ? ORDER BY attempt",
+            (task_id,),
+        )
+        return [dict(r) for r in rows]
 
     def counts(self, max_age: float = 2.0) -> dict[str, int]:
         """Tasks by state, at most ``max_age`` seconds old (a count scans the table)."""

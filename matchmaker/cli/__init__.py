@@ -11,18 +11,16 @@ error the command meets (``EXIT_USAGE``).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 
-import pika.exceptions
-
-from matchmaker import broker
+from matchmaker import __version__
 from matchmaker.api import ApiError
 from matchmaker.cli import completion, dead, events, run, tasks, users, workers
 from matchmaker.cli.common import EXIT_USAGE, Parser, UserError, common_options
 from matchmaker.config import ConfigError
 from matchmaker.identity import IdentityError
 from matchmaker.ledger import LedgerError
+from matchmaker.wire import amqp, broker
 from membership.errors import MembershipError
 
 __all__ = ["EXIT_USAGE", "UserError", "main", "parser"]
@@ -30,20 +28,9 @@ __all__ = ["EXIT_USAGE", "UserError", "main", "parser"]
 DESCRIPTION = "run the scheduler, submit and inspect tasks, manage workers."
 
 
-def version() -> str:
-    """The installed distribution's version (whatever its name), or the tree's."""
-    names = importlib.metadata.packages_distributions().get("matchmaker", [])
-    for name in names:
-        try:
-            return f"matchmaker {importlib.metadata.version(name)} ({name})"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "matchmaker (not installed: run from a source tree)"
-
-
 def parser() -> argparse.ArgumentParser:
     top = Parser(prog="python -m matchmaker", description=DESCRIPTION)
-    top.add_argument("--version", action="version", version=version())
+    top.add_argument("--version", action="version", version=f"matchmaker {__version__}")
     common = common_options()
     sub = top.add_subparsers(dest="command", required=True)
     run.add_parser(sub, common)
@@ -72,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matchmaker: {error}", file=sys.stderr)
     except MembershipError as error:
         print(f"matchmaker: {str(error).splitlines()[0]}", file=sys.stderr)
-    except pika.exceptions.AMQPError as error:
+    except amqp.AMQPError as error:
         print(f"matchmaker: broker error: {error.__class__.__name__} {error}", file=sys.stderr)
     except BrokenPipeError:
         return 0

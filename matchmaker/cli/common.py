@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from matchmaker import broker
 from matchmaker.config import Config, load
 from matchmaker.ledger import Ledger
 from matchmaker.messages import Single, encode
+from matchmaker.wire import broker
 
 EXIT_USAGE = 2
 

@@ -25,11 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from matchmaker import broker
 from matchmaker.cli.common import (
     UserError,
     add_json,
@@ -41,6 +36,7 @@ from matchmaker.cli.common import (
 )
 from matchmaker.config import Config
 from matchmaker.messages import MessageError, decode, encode
+from matchmaker.wire import amqp, broker
 
 REPLAYABLE = ("submit", "cancel", "retry", "drain")
 
@@ -73,7 +69,7 @@ class Letter:
         }  # fmt: skip
 
 
-def _letter(tag: int, properties: pika.BasicProperties, body: bytes) -> Letter:
+def _letter(tag: int, properties: amqp.Properties, body: bytes) -> Letter:
     headers = dict(properties.headers or {})
 
     def text(key: str) -> str:
@@ -90,7 +86,7 @@ def _letter(tag: int, properties: pika.BasicProperties, body: bytes) -> Letter:
 
 
 @contextmanager
-def holding(config: Config, scan: int) -> Iterator[tuple[BlockingChannel, list[Letter], int]]:
+def holding(config: Config, scan: int) -> Iterator[tuple[amqp.Channel, list[Letter], int]]:
     """Up to ``scan`` letters, held unacknowledged, and how many the queue held; what the
     caller does not ack goes back."""
     connection = broker.connect(
@@ -100,7 +96,7 @@ def holding(config: Config, scan: int) -> Iterator[tuple[BlockingChannel, list[L
         channel = connection.channel()
         try:
             total = int(channel.queue_declare(broker.DEAD, passive=True).method.message_count)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             if error.reply_code != 404:
                 raise
             raise UserError("the broker has no mm.dead queue yet: start the scheduler") from None

@@ -19,12 +19,11 @@ from collections.abc import Generator, Iterable
 from typing import Any
 
 import orjson
-import pika.exceptions
 
-from matchmaker import broker
 from matchmaker.cli.common import UserError, add_json, config_of, when
 from matchmaker.cli.tasks import STATES
 from matchmaker.config import Config
+from matchmaker.wire import amqp, broker
 
 EVENT_STATES = (*STATES, "ignored-running", "ignored-succeeded", "ignored-failed")
 
@@ -64,7 +63,7 @@ def live(config: Config, states: set[str]) -> Generator[dict[str, Any], None, No
         channel = connection.channel()
         try:
             channel.exchange_declare(broker.EVENTS, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             if error.reply_code != 404:
                 raise
             raise UserError(

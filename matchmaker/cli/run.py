@@ -8,6 +8,7 @@ from typing import Any
 
 from matchmaker import logs
 from matchmaker.cli.common import config_of
+from matchmaker.wire import amqp
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -15,7 +16,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_of(args).with_serf_auth()
     logs.setup(config.log_format, config.log_level)
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # a lost broker: one line of ours
+    logging.getLogger(amqp.LOG).setLevel(logging.CRITICAL)  # a lost broker: one line of ours
     Scheduler(config).run()
     return 0
 

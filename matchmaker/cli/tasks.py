@@ -22,6 +22,7 @@ from matchmaker.cli.common import (
     send,
     when,
 )
+from matchmaker.config import Config
 from matchmaker.ledger import LedgerError
 from matchmaker.messages import NAME, Cancel, MessageError, Retry, TaskRequest, decode
 
@@ -98,6 +99,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     send(config, requests)
     ids = [r.id for r in requests]
     emit(args, {"submitted": ids}, "\n".join(ids))
+    _warn_types(config, {r.type for r in requests})
+    return 0
+
+
+def _warn_types(config: Config, types: set[str]) -> None:
+    from matchmaker import advertised
+
+    live = advertised.advertised(config)
+    for line in advertised.warnings(types, live, config.task_types):
+        print(f"matchmaker: warning: {line}", file=sys.stderr)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    ledger = ledger_of(config_of(args))
+    if ledger.get(args.task_id) is None:
+        raise UserError(f"no task {args.task_id!r} in the ledger")
+    entries = ledger.logs(args.task_id, args.attempt)
+    if args.json:
+        emit(args, entries, "")
+        return 0
+    if not entries:
+        which = f"attempt {args.attempt} of " if args.attempt is not None else ""
+        raise UserError(f"no logs kept for {which}{args.task_id} (none written, or not yet in)")
+    for entry in entries:
+        worker = f" on {entry['worker']}" if entry["worker"] else ""
+        print(f"--- attempt {entry['attempt']}{worker}, {when(entry['at'])} ---")
+        text = entry["text"]
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -276,3 +305,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("task_id")
         add_json(p)
         p.set_defaults(func=func)
+
+    logs = sub.add_parser("logs", parents=[common], help="a task's captured output, by attempt")
+    logs.add_argument("task_id")
+    logs.add_argument("--attempt", type=positive_int, help="only this attempt")
+    add_json(logs)
+    logs.set_defaults(func=cmd_logs)

@@ -9,10 +9,6 @@ import time
 import urllib.parse
 from typing import Any
 
-import pika
-import pika.exceptions
-
-from matchmaker import broker
 from matchmaker.cli.common import (
     UserError,
     add_json,
@@ -26,6 +22,7 @@ from matchmaker.cli.common import (
 from matchmaker.config import Config
 from matchmaker.ledger import LedgerError
 from matchmaker.messages import Drain
+from matchmaker.wire import amqp, broker
 
 WAIT_POLL = 0.25
 
@@ -53,7 +50,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def _vhost(config: Config) -> str:
-    return urllib.parse.unquote(pika.URLParameters(config.broker_url).virtual_host)
+    return urllib.parse.unquote(amqp.URLParameters(config.broker_url).virtual_host)
 
 
 def worker_queues(vhost: str) -> dict[str, int]:
@@ -81,7 +78,7 @@ def _delete_unused(channel_of: Any, queue: str) -> str:
     channel = channel_of()
     try:
         channel.queue_delete(queue, if_unused=True)
-    except pika.exceptions.ChannelClosedByBroker as error:
+    except amqp.ChannelClosedByBroker as error:
         return {406: "in use", 404: "gone"}.get(error.reply_code, f"refused ({error.reply_text})")
     with contextlib.suppress(Exception):
         channel.close()

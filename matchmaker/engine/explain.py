@@ -2,7 +2,7 @@
 
 Checked in this order for the task's class; the first that holds is the reason:
 
-1. ``NO_WORKER_FOR_TYPE``: no live worker runs the task's type;
+1. ``NO_WORKER_FOR_TYPE``: no live worker advertises the task's type;
 2. ``CONSTRAINTS``: workers run the type, but none meets every constraint
    (the message counts how many workers each constraint rules out);
 3. ``FULL``: eligible workers exist, but none had a free slot this round;
@@ -40,7 +40,9 @@ def explain_class(
     task = c.sample
     typed = [g for g in groups if task.type in g.capabilities]
     if not typed:
-        return Unplaced(Reason.NO_WORKER_FOR_TYPE, f"no live worker runs task type {task.type!r}")
+        return Unplaced(
+            Reason.NO_WORKER_FOR_TYPE, f"no live worker advertises task type {task.type!r}"
+        )
     if not usable:
         counts = []
         for x in task.constraints:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from matchmaker import broker
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     Cancel,
@@ -16,6 +15,7 @@ from matchmaker.messages import (
     decode,
 )
 from matchmaker.scheduler.state import FATAL, Core
+from matchmaker.wire import broker
 
 log = logging.getLogger("matchmaker.service")
 
@@ -37,12 +37,7 @@ class Intake(Core):
             try:
                 owner = self.senders.owner(d.user)
                 message = decode(d.body, expect=("submit", "cancel", "retry", "drain"))
-                if isinstance(message, TaskRequest):
-                    if message.type not in self.config.task_types:
-                        raise MessageError(
-                            f"unknown task type {message.type!r} (this scheduler knows "
-                            f"{', '.join(self.config.task_types)})"
-                        )
+                if isinstance(message, TaskRequest):  # any type: it waits for a worker of it
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
                     first = new.get(message.id)

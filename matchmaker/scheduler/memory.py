@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from matchmaker.broker import REQUESTS, RESULTS
 from matchmaker.ledger import Letter
 from matchmaker.scheduler.transport import Delivery, Polled, TransportLost
+from matchmaker.wire.broker import REQUESTS, RESULTS
 
 
 @dataclass

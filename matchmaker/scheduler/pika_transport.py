@@ -19,24 +19,20 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from matchmaker import broker
-from matchmaker.confirms import Confirms
-from matchmaker.dispatch import Dispatcher
-from matchmaker.frames import consume, reader_of
 from matchmaker.ledger import Letter
 from matchmaker.messages import Cancel, encode
 from matchmaker.scheduler.transport import Delivery, Polled, TransportLost
+from matchmaker.wire import amqp, broker
+from matchmaker.wire.confirms import Confirms
+from matchmaker.wire.dispatch import Dispatcher
+from matchmaker.wire.frames import consume, reader_of
 
 log = logging.getLogger("matchmaker.service")
 
 LEADER_QUEUE = "mm.scheduler.leader"
 PREFETCH = 2000
 STANDBY_CHECK = 0.5  # seconds between a standby's attempts to take the leader queue
-EVENT_PROPERTIES = pika.BasicProperties(content_type="application/json")
+EVENT_PROPERTIES = amqp.Properties(content_type="application/json")
 
 
 @contextlib.contextmanager
@@ -44,7 +40,7 @@ def _translated() -> Iterator[None]:
     """pika's errors as ``TransportLost``: whatever failed, this connection is done."""
     try:
         yield
-    except pika.exceptions.AMQPError as error:
+    except amqp.AMQPError as error:
         raise TransportLost(_describe(error)) from error
 
 
@@ -59,11 +55,13 @@ def _describe(error: BaseException) -> str:
 class PikaTransport:
     """One leading connection: its channels, buffers and confirms."""
 
-    def __init__(self, connection: pika.BlockingConnection, control: BlockingChannel) -> None:
+    def __init__(
+        self, connection: amqp.Connection, control: amqp.Channel, queue_type: str | None = None
+    ) -> None:
         self.connection = connection
         self.control = control
         self.polled = Polled()
-        self.dispatcher = Dispatcher(connection.channel())
+        self.dispatcher = Dispatcher(connection.channel(), queue_type=queue_type)
         self.letters: Confirms[str] = Confirms(connection.channel())
         self.publish_event = broker.queued_publish(control)
         intake = connection.channel()
@@ -144,9 +142,12 @@ class PikaTransport:
 class PikaConnector:
     """``connect(stopping)``: a ``PikaTransport`` once this scheduler leads."""
 
-    def __init__(self, url: str, tls: broker.TLSFiles | None = None) -> None:
+    def __init__(
+        self, url: str, tls: broker.TLSFiles | None = None, queue_type: str | None = None
+    ) -> None:
         self.url = url
         self.tls = tls
+        self.queue_type = queue_type  # of the queues it declares (``broker.queue_type``)
 
     def __call__(self, stopping: Callable[[], bool]) -> PikaTransport:
         try:
@@ -164,15 +165,15 @@ class PikaConnector:
         try:
             with _translated():
                 control = self._lead(connection, stopping)
-                broker.declare_core(control)
-                return PikaTransport(connection, control)
+                broker.declare_core(control, self.queue_type)
+                return PikaTransport(connection, control, self.queue_type)
         except BaseException:
             with contextlib.suppress(Exception):
                 if connection.is_open:
                     connection.close()
             raise
 
-    def _lead(self, connection: pika.BlockingConnection, stopping: Callable[[], bool]) -> Any:
+    def _lead(self, connection: amqp.Connection, stopping: Callable[[], bool]) -> Any:
         """Wait until this scheduler holds the leader queue; returns a fresh channel."""
         announced = False
         while not stopping():
@@ -181,7 +182,7 @@ class PikaConnector:
                 channel.queue_declare(LEADER_QUEUE, exclusive=True, auto_delete=True)
                 log.info("this scheduler is active")
                 return channel
-            except pika.exceptions.ChannelClosedByBroker as error:
+            except amqp.ChannelClosedByBroker as error:
                 if error.reply_code != 405:
                     raise
                 if not announced:

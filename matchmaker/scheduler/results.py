@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from matchmaker import broker
 from matchmaker.messages import (
     MessageError,
     TaskResult,
@@ -12,6 +11,7 @@ from matchmaker.messages import (
     encode,
 )
 from matchmaker.scheduler.state import FATAL, Core
+from matchmaker.wire import broker
 
 log = logging.getLogger("matchmaker.service")
 

@@ -11,10 +11,22 @@ from matchmaker.messages import (
 )
 from matchmaker.models import Policy, Worker
 from matchmaker.scheduler.state import Core
+from membership.tags import Advertised
 
 log = logging.getLogger("matchmaker.service")
 
 MIN_CONSIDERED = 64  # per group, so new work gets a reason even when every slot is taken
+
+
+def worker_of(advertised: Advertised) -> Worker:
+    """The engine's view of a worker the inventory lists (nothing running yet)."""
+    return Worker(
+        advertised.name,
+        advertised.capabilities,
+        advertised.slots,
+        attributes=advertised.attributes,
+        perf=advertised.perf,
+    )
 
 
 class Rounds(Core):
@@ -32,7 +44,7 @@ class Rounds(Core):
     def _refresh_live(self) -> None:
         """The inventory's workers; a newcomer's queue is declared before its first dispatch."""
         assert self.inventory is not None
-        advertised = {name: lw.worker for name, lw in self.inventory.snapshot().items()}
+        advertised = {name: worker_of(lw.worker) for name, lw in self.inventory.snapshot().items()}
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
         self.live, self.loaded = {}, {}

@@ -17,7 +17,6 @@ from matchmaker.api import server as api_server
 from matchmaker.book import Book
 from matchmaker.config import Config
 from matchmaker.drains import DrainDeadlines
-from matchmaker.frames import AckWindow
 from matchmaker.identity import Senders
 from matchmaker.ledger import Ledger, Letter
 from matchmaker.limits import Quotas
@@ -27,6 +26,7 @@ from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, TurnClock
 from matchmaker.scheduler.transport import Delivery as Delivery  # re-exported
 from matchmaker.scheduler.transport import Transport, TransportError
+from matchmaker.wire.frames import AckWindow
 from membership.inventory import Change, LiveWorker
 
 log = logging.getLogger("matchmaker.service")

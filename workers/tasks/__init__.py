@@ -1,15 +1,24 @@
-"""Task implementations by type name; the worker runtime looks them up here."""
+"""The built-in task types. Importing this package registers them in ``workers.registry``
+(each with ``@task``, as any package's tasks are); ``REGISTRY`` is that registry."""
 
 from __future__ import annotations
 
-from workers.tasks import data_staging, env_setup, job_submission, sleep
+from workers.registry import TASKS
+from workers.tasks import data_staging, env_setup, execute, job_submission, sleep
 from workers.tasks.base import TaskContext, TaskError, TaskFunction
 
-REGISTRY: dict[str, TaskFunction] = {
-    "sleep": sleep.run,
-    "job_submission": job_submission.run,
-    "data_staging": data_staging.run,
-    "env_setup": env_setup.run,
-}
+REGISTRY = TASKS
+BUILT_IN = ("sleep", "job_submission", "data_staging", "env_setup", "exec")
 
-__all__ = ["REGISTRY", "TaskContext", "TaskError", "TaskFunction"]
+__all__ = [
+    "BUILT_IN",
+    "REGISTRY",
+    "TaskContext",
+    "TaskError",
+    "TaskFunction",
+    "data_staging",
+    "env_setup",
+    "execute",
+    "job_submission",
+    "sleep",
+]

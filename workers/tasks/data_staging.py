@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from workers.registry import task
 from workers.tasks import fetch
 from workers.tasks.base import TaskContext, TaskError
 from workers.tasks.paths import PathError, atomic_file, open_regular, parts_of
@@ -47,6 +48,7 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 Reader = Callable[[int], bytes]
 
 
+@task("data_staging")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     source, destination = payload.get("source"), payload.get("destination")
     if not isinstance(source, str) or not source:

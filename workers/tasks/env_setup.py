@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workers.registry import task
 from workers.tasks.base import TaskContext, TaskError
 from workers.tasks.paths import PathError, atomic_file, make_dirs, parts_of
 
@@ -276,6 +277,7 @@ STEPS: dict[str, Callable[[_Setup, dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+@task("env_setup")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     steps = payload.get("steps", [])
     if not isinstance(steps, list) or len(steps) > MAX_STEPS:

@@ -24,14 +24,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aurora.client import AuroraClient, JobOutcome
-from aurora.errors import (
-    AuroraError,
-    AuroraTransportError,
-    AuroraWaitCancelled,
-    AuroraWaitTimeout,
-)
+from workers.registry import task as register
 from workers.tasks.base import TaskContext, TaskError
+
+try:  # the Aurora client needs thrift: the ``aurora`` extra
+    from aurora.client import AuroraClient, JobOutcome
+    from aurora.errors import (
+        AuroraError,
+        AuroraTransportError,
+        AuroraWaitCancelled,
+        AuroraWaitTimeout,
+    )
+
+    MISSING = ""
+except ModuleNotFoundError as error:
+    MISSING = error.name or "thrift"
 
 DEFAULT_TIMEOUT = 3600.0
 MAX_PROCESSES = 64
@@ -44,7 +51,13 @@ _RESOURCES = {
 }
 
 
+@register("job_submission")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+    if MISSING:
+        raise TaskError(
+            f"job_submission: this worker lacks {MISSING}: "
+            "pip install 'matchmaker-scheduler[aurora]'"
+        )
     role, environment, name = _job(payload.get("job"))
     processes = _processes(payload.get("processes"))
     resources = _resources(payload.get("resources", {}))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.registry import task
 from workers.tasks.base import TaskContext, TaskError
 
 
+@task("sleep")
 def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     seconds = payload.get("seconds", 0)
     if (

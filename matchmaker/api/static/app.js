@@ -121,6 +121,8 @@ async function showTask(id) {
     <p class="explain">${esc(t.explanation)}</p><h3>history</h3><ul class="timeline">${steps.join("")}</ul>
     ${t.error ? `<h3>error</h3><pre>${esc(t.error)}</pre>` : ""}
     <h3>output</h3><pre>${esc(JSON.stringify(t.output, null, 2))}</pre>
+    ${(t.logs || []).map((l) => `<h3>logs, attempt ${l.attempt}${l.worker ? " on " + esc(l.worker) : ""}</h3>
+    <pre class="logs">${esc(l.text)}</pre>`).join("")}
     <h3>payload</h3><pre>${esc(JSON.stringify(t.payload, null, 2))}</pre>`;
 }
 

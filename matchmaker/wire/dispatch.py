@@ -20,12 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from matchmaker import broker
-from matchmaker.confirms import Confirms
 from matchmaker.messages import pack
+from matchmaker.wire import amqp, broker
+from matchmaker.wire.confirms import Confirms
 
 Item = tuple[str, str]  # (task id, worker)
 Confirmed = tuple[str, str, float]  # (task id, worker, when the broker confirmed it)
@@ -34,8 +31,9 @@ Sent = tuple[Sequence[str], str]  # the task ids of one message, and its worker
 
 @dataclass
 class Dispatcher:
-    channel: BlockingChannel
+    channel: amqp.Channel
     declared: set[str] = field(default_factory=set)
+    queue_type: str | None = None  # of the worker queues it declares (``broker.queue_type``)
 
     def __post_init__(self) -> None:
         self.confirms: Confirms[Sent] = Confirms(self.channel)
@@ -44,7 +42,7 @@ class Dispatcher:
         """The worker's queue, declared once per connection (on join, before any dispatch)."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
-            broker.declare_worker(self.channel, worker)
+            broker.declare_worker(self.channel, worker, kind=self.queue_type)
             self.declared.add(queue)
         return queue
 
@@ -75,7 +73,7 @@ class Dispatcher:
         probe = self.channel.connection.channel()
         try:
             probe.queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
+        except amqp.ChannelClosedByBroker as error:
             if error.reply_code != 404:
                 raise
             return 0

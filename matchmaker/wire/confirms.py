@@ -9,7 +9,7 @@ publish stands for until its answer comes and hands the answers out with
 connection drops.
 
 pika's BlockingChannel has only synchronous confirms (each publish waits), so
-this drives the channel underneath it (``_impl``) and publishes with
+this drives the channel underneath it (``pika_shim.confirm_delivery``) and publishes with
 ``frames.FramePublisher``. The answers are read inside
 ``process_data_events`` on the owner's thread (by ``frames.DeliveryReader``
 when it reads the connection, else by pika); the handler only records them.
@@ -22,10 +22,8 @@ from __future__ import annotations
 import time
 from typing import Any, Generic, TypeVar
 
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic, BasicProperties
-
-from matchmaker.frames import queued_publish, reader_of
+from matchmaker.wire import amqp, pika_shim
+from matchmaker.wire.frames import queued_publish, reader_of
 
 T = TypeVar("T")
 
@@ -33,12 +31,11 @@ T = TypeVar("T")
 class Confirms(Generic[T]):
     """A channel put in confirm mode, with the items of its unanswered publishes."""
 
-    def __init__(self, channel: BlockingChannel, *, wake: bool = False) -> None:
-        impl: Any = channel._impl
-        impl.confirm_delivery(self._on_frame)
+    def __init__(self, channel: amqp.Channel, *, wake: bool = False) -> None:
+        pika_shim.confirm_delivery(channel, self._on_frame)
         reader = reader_of(channel)
         if reader is not None:
-            reader.on_confirm(impl.channel_number, self._on_confirm, wake=wake)
+            reader.on_confirm(channel.channel_number, self._on_confirm, wake=wake)
         self.send = queued_publish(channel)
         self.sequence = 0
         self.pending: dict[int, T] = {}  # by publish number, in publish order
@@ -46,7 +43,7 @@ class Confirms(Generic[T]):
         self.nacked: list[T] = []
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, item: T
+        self, exchange: str, routing_key: str, body: bytes, properties: amqp.Properties, item: T
     ) -> None:
         """Queue the message (sent at the connection's next I/O step); ``item`` stands for it."""
         self.send(exchange, routing_key, body, properties)
@@ -55,7 +52,7 @@ class Confirms(Generic[T]):
 
     def _on_frame(self, frame: Any) -> None:
         method = frame.method
-        self._on_confirm(method.delivery_tag, method.multiple, isinstance(method, Basic.Ack))
+        self._on_confirm(method.delivery_tag, method.multiple, isinstance(method, amqp.Ack))
 
     def _on_confirm(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
         items: list[T] = []

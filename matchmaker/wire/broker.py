@@ -1,9 +1,9 @@
 """RabbitMQ topology and connections, shared by the scheduler, workers and CLI.
 
-Queues are durable classic queues, made ``quorum`` by ``MM_QUEUE_TYPE=quorum``
-(for every process) to replicate them on a cluster; on one node classic ones
-are as durable (a persistent message is confirmed once on disk) and faster
-(README, "Decisions"). A queue that already exists is used as it is, whatever
+Queues are durable classic queues, made ``quorum`` by the scheduler's ``queue_type``
+(``MM_QUEUE_TYPE=quorum``, which the other processes read too) to replicate them on a
+cluster; on one node classic ones are as durable (a persistent message is confirmed once
+on disk) and faster (README, "Decisions"). A queue that already exists is used as it is, whatever
 its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
 waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
 messages with the reason in the ``x-mm-reason`` header and the source queue in
@@ -46,8 +46,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from matchmaker.frames import FrameAcker, read_deliveries
-from matchmaker.frames import queued_publish as queued_publish  # re-exported
+from matchmaker.wire import pika_shim
+from matchmaker.wire.frames import queued_ack as queued_ack  # re-exported
+from matchmaker.wire.frames import queued_publish as queued_publish  # re-exported
+from matchmaker.wire.frames import read_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ CONTROL = "mm.control"
 DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
 ROUTES = {REQUESTS: REQUESTS, RESULTS: RESULTS, DEAD: RESULTS}  # queue -> the exchange feeding it
 QUEUE_TYPES = ("classic", "quorum")
-QUEUE_TYPE = os.environ.get("MM_QUEUE_TYPE", "classic")
+QUEUE_TYPE_ENV = "MM_QUEUE_TYPE"
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 DEAD_MAX_LENGTH = 100_000
@@ -95,6 +97,16 @@ def route(queue: str) -> tuple[str, str]:
     through their exchanges (``ROUTES``), any other queue through the default exchange."""
     exchange = ROUTES.get(queue)
     return (exchange, queue) if exchange is not None else ("", queue)
+
+
+def queue_type(chosen: str | None = None) -> str:
+    """The type of the queues this process declares: ``chosen`` (the scheduler's
+    ``Config.queue_type``), else ``MM_QUEUE_TYPE`` as it is now, else classic; BrokerError
+    if it is not one of ``QUEUE_TYPES``."""
+    kind = chosen if chosen is not None else os.environ.get(QUEUE_TYPE_ENV, "classic")
+    if kind not in QUEUE_TYPES:
+        raise BrokerError(f"the queue type must be classic or quorum, not {kind!r}")
+    return kind
 
 
 def sender(url: str) -> str:
@@ -271,6 +283,9 @@ def connect(
     ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
     not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
     (pika's path costs more than the rest of taking in a message)."""
+    untested = pika_shim.check()
+    if untested is not None:
+        raise BrokerError(untested)
     params = pika.URLParameters(url)
     params.ssl_options = tls_options(url, tls)
     params.client_properties = {"connection_name": name}
@@ -318,12 +333,11 @@ def pause(seconds: float, stopping: Callable[[], bool] | None = None) -> bool:
     return stopping is not None and stopping()
 
 
-def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
-    """Declare a durable queue of ``QUEUE_TYPE`` unless it exists: the broker refuses a
+def _queue(channel: BlockingChannel, name: str, kind: str | None, **arguments: Any) -> None:
+    """Declare a durable queue of ``queue_type(kind)`` unless it exists: the broker refuses a
     declaration whose type or arguments differ from the queue's (and closes the channel),
     so an existing one, made under another setting or by an operator, is used as it is."""
-    if QUEUE_TYPE not in QUEUE_TYPES:
-        raise BrokerError(f"MM_QUEUE_TYPE must be classic or quorum, not {QUEUE_TYPE!r}")
+    kind = queue_type(kind)
     probe = channel.connection.channel()  # a passive declare of a missing queue closes it
     try:
         probe.queue_declare(name, passive=True)
@@ -332,14 +346,15 @@ def _queue(channel: BlockingChannel, name: str, **arguments: Any) -> None:
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code != 404:
             raise
-    channel.queue_declare(name, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **arguments})
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": kind, **arguments})
 
 
-def declare_core(channel: BlockingChannel) -> None:
-    """The scheduler's queues and exchanges, and the bindings of ``ROUTES``."""
-    _queue(channel, REQUESTS, **{"x-single-active-consumer": True})
-    _queue(channel, RESULTS)
-    _queue(channel, DEAD, **DEAD_ARGUMENTS)
+def declare_core(channel: BlockingChannel, kind: str | None = None) -> None:
+    """The scheduler's queues (of ``queue_type(kind)``) and exchanges, and the bindings of
+    ``ROUTES``."""
+    _queue(channel, REQUESTS, kind, **{"x-single-active-consumer": True})
+    _queue(channel, RESULTS, kind)
+    _queue(channel, DEAD, kind, **DEAD_ARGUMENTS)
     for queue, exchange in ROUTES.items():
         channel.exchange_declare(exchange, "direct", durable=True)
         channel.queue_bind(queue, exchange, routing_key=queue)
@@ -373,12 +388,14 @@ def ensure_core(connection: pika.BlockingConnection, url: str) -> None:
         ) from None
 
 
-def declare_worker(channel: BlockingChannel, name: str, *, bind: bool = True) -> str:
+def declare_worker(
+    channel: BlockingChannel, name: str, *, bind: bool = True, kind: str | None = None
+) -> str:
     """A worker's queue and its control queue; with ``bind``, the control queue bound to
     ``mm.control`` for the worker's cancels (the scheduler's right, not a worker's)."""
     queue = worker_queue(name)
-    _queue(channel, queue)
-    _queue(channel, control_queue(name))
+    _queue(channel, queue, kind)
+    _queue(channel, control_queue(name), kind)
     if bind:
         channel.queue_bind(control_queue(name), CONTROL, routing_key=f"cancel.{name}")
     return queue
@@ -398,9 +415,9 @@ def bind_control(connection: pika.BlockingConnection, name: str) -> bool:
     return True
 
 
-def declare_pull(channel: BlockingChannel, task_type: str) -> str:
+def declare_pull(channel: BlockingChannel, task_type: str, kind: str | None = None) -> str:
     queue = pull_queue(task_type)
-    _queue(channel, queue)
+    _queue(channel, queue, kind)
     return queue
 
 
@@ -428,16 +445,6 @@ def send_requests(
         channel.tx_commit()
     finally:
         connection.close()
-
-
-def queued_ack(channel: BlockingChannel) -> Callable[[int, bool], None]:
-    """``basic_ack(tag, multiple)`` that only queues the frame, like ``queued_publish``."""
-    impl = getattr(channel, "_impl", None)
-    try:
-        return FrameAcker(impl)
-    except AttributeError:  # pika's layout changed: its own call
-        ack = getattr(impl, "basic_ack", None)
-        return ack if callable(ack) else channel.basic_ack
 
 
 def dead_letter_properties(
