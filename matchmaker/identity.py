@@ -11,12 +11,15 @@ exchange). The roles (docs/security.md has the table):
   (``EVENTS_VHOST``, when it is another one) only what ``matchmaker.liveness``
   needs: declare, bind and read server-named queues (``amq.gen-*``) and read
   ``amq.rabbitmq.event``.
-- admin (``mm-admin``) and client (``mm-client``, more by ``users add-client``):
-  write the ``mm.requests`` exchange; declare, bind and read queues of their own,
-  ``mm.inbox.<user>.<word>``, bound to the ``mm.notices`` exchange with their own
-  user as the routing key and no other (a topic permission: RabbitMQ checks a
-  binding's key against it). What an admin may do beyond a client (cancel anyone's
-  task, drain) the scheduler decides from the message's ``user_id``.
+- client (``mm-client``, more by ``users add-client``): write the ``mm.requests``
+  exchange; declare, bind and read queues of their own, ``mm.inbox.<user>.<word>``,
+  bound to the ``mm.notices`` exchange with their own user as the routing key and
+  no other (a topic permission: RabbitMQ checks a binding's key against it).
+- admin (``mm-admin``): a client's rights, and read ``mm.dead`` (list, replay,
+  purge dead letters) and ``mm.events`` through a server-named queue of its own
+  (``events --follow``). What an admin may do beyond a client in the scheduler
+  (cancel anyone's task, drain, retry) the scheduler decides from the
+  message's ``user_id``.
 - worker ``<name>`` (``mm-worker-<name>``): configure and read its own queues
   ``mm.worker.<name>`` and ``mm.control.<name>``, write the ``mm.results``
   exchange.
@@ -111,6 +114,24 @@ def client_role(user: str = CLIENT) -> Role:
         f"{_only(broker.REQUESTS)}|{inbox}",
         f"{_only(broker.NOTICES)}|{inbox}",
         ((broker.NOTICES, NOTHING, _only(user)),),
+    )
+
+
+SERVER_NAMED = r"amq\.gen-[A-Za-z0-9_-]+"  # the broker's names for queues declared without one
+
+
+def admin_role(user: str = ADMIN) -> Role:
+    """An admin: a client that may also read and delete dead letters (``mm.dead``) and
+    follow ``mm.events`` through a server-named queue of its own (exclusive: no one
+    else's)."""
+    client = client_role(user)
+    dead, events = re.escape(broker.DEAD), re.escape(broker.EVENTS)
+    return Role(
+        user,
+        f"{client.configure}|^{SERVER_NAMED}$",
+        f"{client.write}|^{SERVER_NAMED}$",
+        f"{client.read}|^({dead}|{events}|{SERVER_NAMED})$",
+        client.topics,
     )
 
 

@@ -6,7 +6,8 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   priority, constraints, preferences, max_attempts, timeout. The id is the
   idempotency key: a second submit with the same id changes nothing.
 - ``cancel`` / ``retry`` / ``drain`` (control, CLI or API -> ``mm.requests``): a task
-  id / a dead or cancelled task's id / a worker name (``"on": false`` undrains).
+  id / a dead or cancelled task's id / a worker name (``"on": false`` undrains; a
+  ``deadline`` in seconds moves what still runs there elsewhere when it passes).
 - ``dispatch`` (TaskDispatch, scheduler -> ``mm.worker.<name>`` or
   ``mm.pull.<type>``): id, attempt, type, payload, deadline (Unix seconds).
 - ``dispatches`` (scheduler -> ``mm.worker.<name>``): ``"dispatches": [...]``,
@@ -147,6 +148,7 @@ class Retry:
 class Drain:
     worker: str
     on: bool = True
+    deadline: float | None = None  # seconds: then what still runs there is moved elsewhere
     kind: str = "drain"
 
 
@@ -422,7 +424,10 @@ def _drain(body: dict[str, Any]) -> Drain:
     on = body.get("on", True)
     if not isinstance(on, bool):
         raise MessageError("'on' must be true or false")
-    return Drain(worker=_name(body, "worker"), on=on)
+    deadline = _seconds(body, "deadline", None, MAX_TIMEOUT)
+    if deadline is not None and not on:
+        raise MessageError("'deadline' is for a drain only, not with \"on\": false")
+    return Drain(worker=_name(body, "worker"), on=on, deadline=deadline)
 
 
 def _batch(single: str) -> Callable[[dict[str, Any]], Message]:

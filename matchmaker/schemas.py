@@ -96,7 +96,23 @@ SUBMIT = _message(
 )
 CANCEL = _message("cancel", {"id": NAME_SCHEMA}, ["id"])
 RETRY = _message("retry", {"id": NAME_SCHEMA}, ["id"])
-DRAIN = _message("drain", {"worker": NAME_SCHEMA, "on": {"type": "boolean"}}, ["worker"])
+DRAIN = _message(
+    "drain",
+    {
+        "worker": NAME_SCHEMA,
+        "on": {"type": "boolean"},
+        "deadline": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_TIMEOUT,
+            "description": "seconds after the drain is taken in; then the worker's tasks are "
+            "cancelled there and run elsewhere (only with on: true)",
+        },
+    },
+    ["worker"],
+)
+DRAIN["if"] = {"properties": {"on": {"const": False}}, "required": ["on"]}
+DRAIN["then"] = {"properties": {"deadline": {"type": "null"}}}  # no deadline on an undrain
 DISPATCH_FIELDS: Schema = {
     "id": NAME_SCHEMA,
     "attempt": _integer(1, MAX_ATTEMPTS),

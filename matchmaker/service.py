@@ -84,6 +84,7 @@ from matchmaker import liveness
 from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
+from matchmaker.drains import DrainDeadlines
 from matchmaker.identity import Senders
 from matchmaker.ledger import LeaderLost, Letter, open_ledger, private_dir
 from matchmaker.ledger.retention import Pruner
@@ -176,6 +177,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()
+        self.drain_deadlines = DrainDeadlines()  # drains.py: then the worker's tasks move
         self.requests: list[Delivery] = []  # delivered, not yet taken in
         self.results: list[Delivery] = []
         self.arrived = 0  # deliveries since the last full turn
@@ -303,9 +305,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.metrics.leader.set(1)
         epoch = self.ledger.take_lead()
         log.info("leader epoch %d in the ledger at %s", epoch, self.ledger.location)
+        if self.api is not None:  # api hook: a standby's API redirects here
+            self.api.lead()
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
+        self.drain_deadlines = DrainDeadlines(self.ledger.drain_deadlines())
         pending, in_flight, _ = self.book.sizes()
         log.info(
             "restored %d pending and %d in-flight tasks from %s",
@@ -363,6 +368,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             self.ledger.write()
         if turns.sweep_due(clock):
             self._sweep(turns.prune_due(clock))
+            self._evict_drained()
         committed = full or not arrived  # a step between turns leaves the commit to the turn
         if committed:
             self._outbox()  # the letters of what was rejected, in this turn's commit

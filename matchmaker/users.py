@@ -84,7 +84,7 @@ def setup(
         _check_name(user, "user name")
     roles: list[tuple[Role, str]] = [
         (identity.scheduler_role(scheduler), "scheduler"),
-        (identity.client_role(admin), "admin"),
+        (identity.admin_role(admin), "admin"),
     ]
     roles += [(identity.client_role(user), "client") for user in clients]
     roles += [(identity.worker_role(name), f"worker {name}") for name in workers]
@@ -115,6 +115,29 @@ def remove(user: str, secrets: Path = DEFAULT_SECRETS) -> None:
     _check_name(user, "user name")
     rabbitmqctl("delete_user", user)
     identity.secret_path(secrets, user).unlink(missing_ok=True)
+
+
+WORKER_QUEUES_POLICY = "mm-worker-queues-expire"
+WORKER_QUEUES_PATTERN = r"^mm\.(worker|control)\."
+
+
+def expire_worker_queues(vhost: str, seconds: float) -> None:
+    """A policy on ``vhost``: a worker's queues (``mm.worker.<name>``, ``mm.control.<name>``)
+    unused for ``seconds`` (no consumer, no declare, no get) are deleted by the broker.
+
+    A policy, not an ``x-expires`` argument: the broker refuses a declare whose arguments
+    differ from an existing queue's, so a new argument would break every queue made before
+    it; a policy applies to existing queues and new ones alike, and nobody's declare changes.
+    A queue matched by a policy of higher priority (an operator's) keeps that one instead."""
+    definition = json_text({"expires": max(1, round(seconds * 1000))})
+    rabbitmqctl(
+        "set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "0",
+        WORKER_QUEUES_POLICY, WORKER_QUEUES_PATTERN, definition,
+    )  # fmt: skip
+
+
+def json_text(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def report(made: Sequence[Made]) -> str:

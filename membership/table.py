@@ -9,6 +9,7 @@ so the caller passes it in.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -111,17 +112,22 @@ def format_workers(
         lines.append(
             (
                 _shown(row.name, 64),
-                ",".join(row.capabilities) or "-",
+                _shown(",".join(row.capabilities), 120) or "-",
                 str(row.slots),
                 str(running.get(row.name, 0)),
-                attributes or "-",
+                _shown(attributes, 120) or "-",
                 _shown(row.status, 120),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    widths = [max(_width(line[i]) for line in lines) for i in range(len(COLUMNS))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
-        + "  "
-        + line[-1]
+        "  ".join(
+            cell + " " * (w - _width(cell)) for cell, w in zip(line, widths, strict=True)
+        ).rstrip()
         for line in lines
     )
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide (East Asian) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

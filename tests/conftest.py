@@ -116,7 +116,7 @@ class RoleUsers:
     def make(self) -> RoleUsers:
         roles = [
             (identity.scheduler_role(self.scheduler), "scheduler"),
-            (identity.client_role(self.admin), "admin"),
+            (identity.admin_role(self.admin), "admin"),
             *[(identity.client_role(user), "client") for user in self.clients],
             *[(identity.worker_role(name), "worker") for name in self.workers],
         ]

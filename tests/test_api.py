@@ -111,15 +111,17 @@ def test_drain_and_retry_are_published(api_cluster: ApiCluster) -> None:
     c.start_worker("w1", ["sleep"], 1)
     wait_until(lambda: api_cluster.get("/v1/workers")["workers"], 10, "the worker listed")
     assert api_cluster.call("POST", "/v1/workers/w1/drain", "submit")[0] == 403
-    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"deadline": 60})
-    assert status == 501 and "not supported" in body["error"]
-    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin")
-    assert status == 202 and body["state"] == "drain requested"
+    for bad, text in (({"deadline": "soon"}, "number"), ({"on": False, "deadline": 5}, "only")):
+        status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", bad)
+        assert status == 400 and text in body["error"], body
+    status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"deadline": 600})
+    assert status == 202 and body == {"worker": "w1", "state": "drain requested", "deadline": 600.0}
 
     def drained() -> bool:
         return api_cluster.get("/v1/workers")["workers"][0]["status"] == "drained"
 
     wait_until(drained, 10, "the worker drained")
+    assert 500 < api_cluster.get("/v1/workers")["workers"][0]["drain_deadline"] <= 600
     status, body, _ = api_cluster.call("POST", "/v1/workers/w1/drain", "admin", {"on": False})
     assert status == 202
     wait_until(lambda: not drained(), 10, "the worker back in service")
@@ -156,26 +158,19 @@ def test_openapi_document_and_events(api_cluster: ApiCluster) -> None:
     assert {"pending", "in_flight", "workers", "counters"} <= set(data)
 
 
-def test_standby_answers_503(api_cluster: ApiCluster, tmp_path: Path) -> None:
+def test_standby_redirects_to_the_leader(api_cluster: ApiCluster, tmp_path: Path) -> None:
+    """(tests/test_api_standby.py follows a takeover too.)"""
     from membership.agent import free_port
 
     c = api_cluster.cluster
     port = free_port()
     c.scheduler_args = ("--http-port", str(port))
     c.start_scheduler(standby=True, wait=False)
-    url = f"http://127.0.0.1:{port}/v1/stats"
-
-    def answer() -> int | None:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return 200
-        except urllib.error.HTTPError as e:
-            return e.code
-        except OSError:
-            return None
-
-    wait_until(lambda: answer() is not None, 20, "the standby's API")
-    assert answer() == 503
+    standby = ApiCluster(c, f"http://127.0.0.1:{port}", {})
+    wait_until(lambda: standby.call("GET", "/v1/stats", None)[0] != 0, 20, "the standby's API")
+    status, body, headers = standby.call("GET", "/v1/stats", None)
+    assert status == 307, body
+    assert headers["location"] == api_cluster.url + "/v1/stats"
 
 
 def test_tokens_file_is_checked(tmp_path: Path) -> None:

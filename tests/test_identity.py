@@ -435,3 +435,14 @@ def test_add_worker_makes_a_user_that_reads_its_queue(broker_url: str, tmp_path:
     finally:
         with contextlib.suppress(pytest.fail.Exception):
             rabbitmqctl("delete_user", user)
+
+
+def test_the_admin_role_reads_dead_letters_and_events_only() -> None:
+    admin = identity.admin_role("boss")
+    names = ["mm.requests", "mm.results", "mm.dead", "mm.events", "mm.control", "mm.worker.a"]
+    names += ["amq.gen-Xy_12-ab", "amq.gen-", "amq.default", "amq.gen-a.b", "mm.deadx"]
+    assert [n for n in names if re.search(admin.read, n)] == [
+        "mm.dead", "mm.events", "amq.gen-Xy_12-ab"
+    ]  # fmt: skip
+    assert [n for n in names if re.search(admin.write, n)] == ["mm.requests", "amq.gen-Xy_12-ab"]
+    assert [n for n in names if re.search(admin.configure, n)] == ["amq.gen-Xy_12-ab"]

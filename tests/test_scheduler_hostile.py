@@ -21,7 +21,8 @@ from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode
 from matchmaker.wire import amqp, broker
-from membership.agent import free_port
+from membership.agent import SerfAgent, free_port
+from membership.tags import encode_worker_tags
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -304,19 +305,30 @@ def test_refused_credentials_are_retried_too(broker_url: str, tmp_path: Path) ->
 def test_after_a_channel_error_the_scheduler_reconnects_and_leads_at_once(
     cluster: LocalCluster,
 ) -> None:
-    """A channel error (here: purging a lost worker's queue that someone deleted) drops the
-    whole connection; one left open would keep the leader queue and its deliveries while
-    the new connection stood by."""
+    """A channel error (here: declaring the queues of a newcomer whose control queue another
+    connection holds exclusively) drops the whole connection; one left open would keep the
+    leader queue and its deliveries while the new connection stood by. (A lost worker's
+    queue deleted under the scheduler is no channel error: the dispatcher checks first.)"""
     scheduler = cluster.start_scheduler()
-    victim = cluster.start_worker("victim", ["sleep"], 1)
     cluster.start_worker("other", ["sleep"], 1)
     cluster.wait_states(cluster.submit(sleep_task("before")))
-    connection = amqp.plain(cluster.broker_url)
-    connection.channel().queue_delete(broker.worker_queue("victim"))
-    connection.close()
-    victim.popen.kill()
-    cluster.wait_log(scheduler, "lost the broker (ChannelClosedByBroker: (404", 60)
-    rows = cluster.wait_states(cluster.submit(sleep_task("after")), timeout=20)
+    holder = amqp.plain(cluster.broker_url)
+    holder.channel().queue_declare(broker.control_queue("ghost"), exclusive=True)
+    agent = cluster.start_agent()
+    ghost = SerfAgent(
+        "ghost",
+        tags=encode_worker_tags("ghost", ("sleep",), 1, {}),
+        encrypt_key=cluster.encrypt_key,
+        join=[agent.bind_addr],
+        workdir=cluster.workdir / "serf-ghost",
+        insecure=True,
+    ).start()  # a worker in the pool only: the scheduler declares its queues
+    try:
+        cluster.wait_log(scheduler, "lost the broker (ChannelClosedByBroker: (405", 60)
+    finally:
+        holder.close()  # the next connection declares them
+        ghost.kill()
+    rows = cluster.wait_states(cluster.submit(sleep_task("after")), timeout=30)
     assert rows["after"].worker == "other"
     assert "standing by" not in scheduler.log.read_text()
     assert scheduler.alive()

@@ -2,7 +2,9 @@
 
 Every answer that is not a success is ``{"error": "<one sentence>"}``. Reads need the
 ``read`` role, submitting ``submit``, cancel ``submit`` for one's own task (when the
-ledger records owners) or ``admin``, retry and drain ``admin``.
+ledger records owners) or ``admin``, retry and drain ``admin``. A drain may carry a
+``deadline`` (seconds): when it passes, what still runs on the worker is cancelled there and
+runs elsewhere (``matchmaker.drains``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from starlette.staticfiles import StaticFiles
 
 from matchmaker.api import auth
 from matchmaker.api.control import encode_drain, encode_retry
+from matchmaker.api.leader import Leader
 from matchmaker.api.openapi import document
 from matchmaker.api.snapshot import Board, Snapshot
 from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
+    MAX_TIMEOUT,
     NAME,
     Cancel,
     MessageError,
@@ -46,6 +50,10 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 MAX_STREAMS = 32
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class NotActive(Exception):
+    """This scheduler is not active: the answer is a redirect to the one that is, or 503."""
 
 
 class Refused(Exception):
@@ -143,6 +151,7 @@ class Api:
         path = getattr(config, "api_tokens_file", "")
         self.tokens = auth.load_tokens(path) if path else None
         self.streams = 0
+        self.leader = Leader(config) if getattr(config, "serf_rpc", "") else None
 
     # guards ----------------------------------------------------------------
 
@@ -160,12 +169,22 @@ class Api:
     def active(self) -> Snapshot:
         snapshot = self.board.fresh()
         if snapshot is None:
-            raise Refused(
+            raise NotActive()
+        return snapshot
+
+    async def elsewhere(self, request: Request) -> Response:
+        """A standby's answer: 307 to the active scheduler's API (``api.leader``), or 503."""
+        found = await asyncio.to_thread(self.leader.find) if self.leader else None
+        if found is None:
+            return error(
                 503,
                 "this scheduler is not active (standing by or reconnecting) and knows no leader",
                 {"Retry-After": "2"},
             )
-        return snapshot
+        query = f"?{request.url.query}" if request.url.query else ""
+        location = f"http://{found}{request.url.path}{query}"
+        text = f"this scheduler stands by; the active one's API is at http://{found}/"
+        return error(307, text, {"Location": location})
 
     def send(self, bodies: list[bytes]) -> None:
         try:
@@ -345,19 +364,27 @@ class Api:
         snapshot = self.active()
         worker = name(request.path_params["worker"], "the worker name") or ""
         body = await json_body(request, 4096)
-        if "deadline" in body:
-            raise Refused(501, "drain deadlines are not supported yet: drain without one")
-        unknown = sorted(set(body) - {"on"})
+        unknown = sorted(set(body) - {"on", "deadline"})
         if unknown:
-            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: on)")
+            raise Refused(400, f"unknown field {unknown[0]!r} (allowed: on, deadline)")
         on = body.get("on", True)
         if not isinstance(on, bool):
             raise Refused(400, "on must be true or false")
+        deadline = body.get("deadline")
+        if deadline is not None:
+            if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+                raise Refused(400, "deadline must be a number of seconds")
+            number(str(deadline), "deadline", 0, MAX_TIMEOUT)
+            if not on:
+                raise Refused(400, "a deadline is for a drain only, not with on: false")
         if on and worker not in {w["name"] for w in snapshot.workers}:
             raise Refused(404, f"no live worker {worker!r}")
-        await asyncio.to_thread(self.send, [encode_drain(worker, on)])
+        await asyncio.to_thread(self.send, [encode_drain(worker, on, deadline)])
         state = "drain requested" if on else "undrain requested"
-        return answer({"worker": worker, "state": state}, 202)
+        reply: dict[str, Any] = {"worker": worker, "state": state}
+        if deadline is not None:
+            reply["deadline"] = float(deadline)
+        return answer(reply, 202)
 
     async def openapi(self, request: Request) -> Response:
         params(request, ())
@@ -367,10 +394,12 @@ class Api:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(handler: Handler, api: Api) -> Handler:
     async def run(request: Request) -> Response:
         try:
             return await handler(request)
+        except NotActive:
+            return await api.elsewhere(request)
         except Refused as r:
             return error(r.status, r.text, r.headers)
         except StoreError as e:
@@ -381,19 +410,23 @@ def guarded(handler: Handler) -> Handler:
 
 def build(config: Any, board: Board) -> Starlette:
     api = Api(config, board)
+
+    def guard(handler: Handler) -> Handler:
+        return guarded(handler, api)
+
     routes = [
         Route("/", api.index),
-        Route("/openapi.json", guarded(api.openapi)),
-        Route("/v1/tasks", guarded(api.list_tasks), methods=["GET"]),
-        Route("/v1/tasks", guarded(api.submit), methods=["POST"]),
-        Route("/v1/tasks/{task_id}", guarded(api.show_task), methods=["GET"]),
-        Route("/v1/tasks/{task_id}/cancel", guarded(api.cancel), methods=["POST"]),
-        Route("/v1/tasks/{task_id}/retry", guarded(api.retry), methods=["POST"]),
-        Route("/v1/workers", guarded(api.workers), methods=["GET"]),
-        Route("/v1/workers/{worker}/drain", guarded(api.drain), methods=["POST"]),
-        Route("/v1/stats", guarded(api.stats), methods=["GET"]),
-        Route("/v1/rounds", guarded(api.rounds), methods=["GET"]),
-        Route("/v1/events", guarded(api.events), methods=["GET"]),
+        Route("/openapi.json", guard(api.openapi)),
+        Route("/v1/tasks", guard(api.list_tasks), methods=["GET"]),
+        Route("/v1/tasks", guard(api.submit), methods=["POST"]),
+        Route("/v1/tasks/{task_id}", guard(api.show_task), methods=["GET"]),
+        Route("/v1/tasks/{task_id}/cancel", guard(api.cancel), methods=["POST"]),
+        Route("/v1/tasks/{task_id}/retry", guard(api.retry), methods=["POST"]),
+        Route("/v1/workers", guard(api.workers), methods=["GET"]),
+        Route("/v1/workers/{worker}/drain", guard(api.drain), methods=["POST"]),
+        Route("/v1/stats", guard(api.stats), methods=["GET"]),
+        Route("/v1/rounds", guard(api.rounds), methods=["GET"]),
+        Route("/v1/events", guard(api.events), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -11,5 +11,5 @@ def encode_retry(task_id: str) -> bytes:
     return encode(Retry(task_id))
 
 
-def encode_drain(worker: str, on: bool = True) -> bytes:
-    return encode(Drain(worker, on))
+def encode_drain(worker: str, on: bool = True, deadline: float | None = None) -> bytes:
+    return encode(Drain(worker, on, None if deadline is None else float(deadline)))

@@ -87,7 +87,8 @@ def document() -> dict[str, Any]:
         "/v1/workers/{worker}/drain": {
             "post": {
                 **_op(
-                    "Drain a worker (body: on; false undrains)",
+                    "Drain a worker (body: on, false undrains; deadline, seconds: then its tasks "
+                    "are cancelled there and run elsewhere)",
                     "admin",
                     body=True,
                     status="202",

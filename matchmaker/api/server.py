@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from matchmaker.api import MISSING, ApiError
+from matchmaker.api.leader import Leader
 from matchmaker.api.snapshot import Board, snapshot_of
 
 log = logging.getLogger("matchmaker.api")
@@ -38,6 +39,7 @@ class ApiServer:
         )
         self.where = f"{config.http_bind}:{config.http_port}"
         self.thread = threading.Thread(target=self.server.run, name="http-api", daemon=True)
+        self.leader = Leader(config) if getattr(config, "serf_rpc", "") else None
 
     def start(self) -> ApiServer:
         self.thread.start()
@@ -58,7 +60,15 @@ class ApiServer:
                 log.exception("cannot make the API's snapshot")
                 self.board.next_at = now + 5
 
+    def lead(self) -> None:
+        """Called by the loop when this scheduler becomes active: a standby's API sends
+        requests here (``api.leader``). In a thread: the loop never waits on the agent."""
+        if self.leader is not None:
+            threading.Thread(target=self.leader.lead, name="api-advert", daemon=True).start()
+
     def stop(self) -> None:
+        if self.leader is not None:
+            self.leader.resign()
         self.server.should_exit = True
         self.thread.join(timeout=5)
 

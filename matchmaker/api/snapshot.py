@@ -45,7 +45,9 @@ class Sample:
     in_flight: int
 
 
-def _worker(name: str, worker: Any, running: int, status: str) -> dict[str, Any]:
+def _worker(
+    name: str, worker: Any, running: int, status: str, deadline: float | None = None
+) -> dict[str, Any]:
     attributes = dict(getattr(worker, "attributes", {}) or {})
     return {
         "name": name,
@@ -56,6 +58,7 @@ def _worker(name: str, worker: Any, running: int, status: str) -> dict[str, Any]
         "speed": attributes.get("speed"),
         "attributes": attributes,
         "status": status,
+        "drain_deadline": deadline,  # seconds until its tasks move elsewhere (drains.py)
     }
 
 
@@ -63,8 +66,15 @@ def snapshot_of(scheduler: Any, now: float) -> Snapshot:
     """The scheduler's live state now; called in the loop's thread."""
     book = scheduler.book
     drained = set(scheduler.drained)
+    deadlines = getattr(scheduler, "drain_deadlines", None)
     workers = tuple(
-        _worker(name, w, book.running(name), "drained" if name in drained else "alive")
+        _worker(
+            name,
+            w,
+            book.running(name),
+            "drained" if name in drained else "alive",
+            deadlines.left(name, now) if deadlines is not None and name in drained else None,
+        )
         for name, w in sorted(scheduler.live.items())
     )
     registry = scheduler.metrics.registry

@@ -71,8 +71,8 @@ INSERT_LOG = (
     " SET worker = excluded.worker, at = excluded.at, text = excluded.text"
 )
 SET_DRAINED = (
-    "INSERT INTO drained (worker, at) VALUES (?, ?)"
-    " ON CONFLICT (worker) DO UPDATE SET at = excluded.at"
+    "INSERT INTO drained (worker, at, deadline) VALUES (?, ?, ?)"
+    " ON CONFLICT (worker) DO UPDATE SET at = excluded.at, deadline = excluded.deadline"
 )
 OPEN = "finished_at IS NULL AND state IN ('pending', 'assigned', 'running')"
 SELECT_TASK = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"
@@ -354,9 +354,12 @@ class TaskLedger:
     def transitions(self, rows: Iterable[Transition]) -> None:
         self._transitions.extend(rows)
 
-    def set_drained(self, worker: str, on: bool, now: float) -> None:
+    def set_drained(
+        self, worker: str, on: bool, now: float, deadline_at: float | None = None
+    ) -> None:
+        """A drain (with the wall-clock time its deadline passes, if any) or an undrain."""
         if on:
-            self._drained.append((SET_DRAINED, (worker, now)))
+            self._drained.append((SET_DRAINED, (worker, now, deadline_at)))
         else:
             self._drained.append(("DELETE FROM drained WHERE worker = ?", (worker,)))
 
@@ -545,3 +548,22 @@ class TaskLedger:
     def drained(self) -> set[str]:
         self.write()
         return {row[0] for row in self._run("SELECT worker FROM drained")}
+
+    def drain_deadlines(self) -> dict[str, float]:
+        """Drained workers with a deadline -> when it passes (wall clock)."""
+        self.write()
+        rows = self._run("SELECT worker, deadline FROM drained WHERE deadline IS NOT NULL")
+        return {worker: deadline for worker, deadline in rows}
+
+    def recent_transitions(self, limit: int, states: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The last ``limit`` state changes (of ``states``, if any), oldest first."""
+        self.write()
+        wanted = sorted(states)
+        where = f" WHERE state IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        rows = self._run(
+            f"SELECT id, state, attempt, worker, at, note FROM transitions{where}"
+            f" ORDER BY {self.ORDER} DESC LIMIT ?",
+            (*wanted, limit),
+        )
+        keys = ("id", "state", "attempt", "worker", "at", "note")
+        return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]

@@ -126,10 +126,18 @@ def _script(text: str) -> Callable[[sqlite3.Connection], None]:
     return run
 
 
+def _drain_deadlines(db: sqlite3.Connection) -> None:
+    """A drain's deadline (wall clock), kept so a scheduler taking over keeps it; the
+    baseline of a file from before numbered migrations may already have it."""
+    if "deadline" not in {row[1] for row in db.execute("PRAGMA table_info(drained)")}:
+        db.execute("ALTER TABLE drained ADD COLUMN deadline REAL")
+
+
 SQLITE: list[Callable[[sqlite3.Connection], None]] = [
     _sqlite_baseline,  # 1
     _script(LEADER_AND_RETENTION),  # 2
     _script(TASK_LOGS),  # 3
+    _drain_deadlines,  # 4
 ]
 
 POSTGRES: list[str] = [
@@ -217,6 +225,8 @@ POSTGRES: list[str] = [
         PRIMARY KEY (id, attempt)
     );
     """,
+    # 4: a drain's deadline (wall clock), kept so a scheduler taking over keeps it
+    "ALTER TABLE drained ADD COLUMN IF NOT EXISTS deadline DOUBLE PRECISION;",
 ]
 LATEST = len(SQLITE)
 assert len(POSTGRES) == LATEST, "every migration exists for both backends"

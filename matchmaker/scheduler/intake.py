@@ -149,6 +149,30 @@ class Intake(Core):
             self.drained.add(message.worker)
         else:
             self.drained.discard(message.worker)
-        self.ledger.set_drained(message.worker, message.on, now)
+        at = self.drain_deadlines.drained(message.worker, message.on, message.deadline, now)
+        self.ledger.set_drained(message.worker, message.on, now, at)
         log.info("worker %s %s", message.worker, "drained" if message.on else "back in service")
         self.dirty = True
+
+    def _evict_drained(self) -> None:
+        """Drained workers whose deadline passed (``drains.py``): each task still there is
+        cancelled on the worker and goes back to pending to run elsewhere."""
+        if self.transport is None:
+            return
+        now = self.clock.time()
+        for worker in self.drain_deadlines.due(now):
+            if worker not in self.drained:
+                continue
+            for task_id in sorted(self.book.by_worker.get(worker, ())):
+                self.transport.cancel(worker, task_id)
+            purged = self.transport.purge(worker)
+            moved = self.book.worker_lost(worker, now, "was drained and its deadline passed")
+            self.ledger.set_drained(worker, True, now)  # still drained, the deadline spent
+            log.info(
+                "worker %s: drain deadline passed; %d tasks cancelled there and rescheduled, "
+                "%d queued dispatch messages purged",
+                worker,
+                moved,
+                purged,
+            )
+            self.dirty = True

@@ -15,6 +15,7 @@ from typing import Protocol
 from matchmaker.api import server as api_server
 from matchmaker.book import Book
 from matchmaker.config import Config
+from matchmaker.drains import DrainDeadlines
 from matchmaker.identity import Senders
 from matchmaker.ledger import FAILURES, Letter, TaskLedger
 from matchmaker.limits import Quotas
@@ -67,6 +68,7 @@ class Core:
     rates: ServiceRates
     timed: set[str]
     drained: set[str]
+    drain_deadlines: DrainDeadlines
     requests: list[Delivery]
     results: list[Delivery]
     arrived: int

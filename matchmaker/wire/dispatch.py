@@ -80,8 +80,21 @@ class Dispatcher:
         return None
 
     def purge(self, worker: str) -> int:
-        """Empty a lost worker's queue (how many messages it held); its tasks are pending again."""
+        """Empty a lost worker's queue (how many messages it held); its tasks are pending
+        again. Its queues are declared (and its cancels bound) again when it comes back:
+        ``workers gc`` or the expiry policy may delete them meanwhile. A queue already
+        deleted is found on a channel of its own (a purge of it would close this one); the
+        purge itself stays on this channel, after the dispatches it sent."""
         queue = broker.worker_queue(worker)
         if queue not in self.declared:
             return 0
+        self.declared.discard(queue)
+        probe = self.channel.connection.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+        except amqp.ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            return 0
+        probe.close()
         return int(self.channel.queue_purge(queue).method.message_count)

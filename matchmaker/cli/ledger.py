@@ -11,11 +11,14 @@ makes a read-only PostgreSQL role for the CLI (``docs/operations.md``).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from matchmaker.cli.common import add_json
 from matchmaker.config import ConfigError, load
 from matchmaker.ledger import open_ledger
 from matchmaker.ledger.retention import archive, prune
@@ -24,7 +27,8 @@ TABLES = ("tasks", "transitions", "task_logs", "drained", "leader", "schema_vers
 ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-def add_actions(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("ledger", help="prune or archive finished tasks; read-only grants")
     actions = parser.add_subparsers(dest="action", required=True)
     when = argparse.ArgumentParser(add_help=False)
     group = when.add_mutually_exclusive_group()
@@ -33,13 +37,16 @@ def add_actions(parser: argparse.ArgumentParser, common: argparse.ArgumentParser
         "--older-than", dest="older_than", type=float, help="seconds (default ledger_retention)"
     )
     p = actions.add_parser("prune", parents=[common, when], help="delete old finished tasks")
+    add_json(p)
     p.set_defaults(func=cmd_prune)
     a = actions.add_parser(
         "archive", parents=[common, when], help="append old finished tasks to a file, then delete"
     )
     a.add_argument("--out", required=True, type=Path, help="JSON lines file (appended, 0600)")
+    add_json(a)
     a.set_defaults(func=cmd_archive)
     i = actions.add_parser("info", parents=[common], help="leader epoch and holder, task counts")
+    add_json(i)
     i.set_defaults(func=cmd_info)
     g = actions.add_parser("grants", help="SQL for a read-only PostgreSQL role (the CLI's)")
     g.add_argument("--role", default="mm_reader", help="the role's name (default mm_reader)")
@@ -72,7 +79,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         gone = prune(ledger, before)
     finally:
         ledger.close()
-    print(f"pruned {gone} tasks finished before {_when(before)}")
+    if args.json:
+        print(json.dumps({"pruned": gone, "before": before}))
+    else:
+        print(f"pruned {gone} tasks finished before {_when(before)}")
     return 0
 
 
@@ -84,7 +94,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
         done = archive(ledger, before, args.out)
     finally:
         ledger.close()
-    print(f"archived {done} tasks finished before {_when(before)} to {args.out}")
+    if args.json:
+        print(json.dumps({"archived": done, "before": before, "out": str(args.out)}))
+    else:
+        print(f"archived {done} tasks finished before {_when(before)} to {args.out}")
     return 0
 
 
@@ -96,6 +109,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         counts = ledger.counts()
     finally:
         ledger.close()
+    if args.json:
+        leader = {"epoch": epoch, "holder": holder or None, "since": at or None}
+        print(json.dumps({"ledger": ledger.location, "leader": leader, "tasks": counts}))
+        return 0
     print(f"ledger    {ledger.location}")
     print(f"leader    epoch {epoch}, {holder or '-'} since {_when(at) if at else '-'}")
     print("tasks     " + (", ".join(f"{s} {n}" for s, n in sorted(counts.items())) or "none"))
