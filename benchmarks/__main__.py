@@ -88,7 +88,7 @@ def _sim(args: argparse.Namespace) -> int:
 def _ledger(args: argparse.Namespace) -> int:
     from benchmarks import ledger
 
-    report = ledger.run(args.batch, args.gap, args.seconds)
+    report = ledger.run(args.batch, args.gap, args.seconds, args.ledger_url or "")
     print(ledger.table(report))
     _write_json(report, args.out)
     return 0
@@ -168,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=_positive_int, default=3, help="tasks per turn")
     g.add_argument("--gap", type=_positive_float, default=0.002, help="seconds between turns")
     g.add_argument("--seconds", type=_positive_float, default=12.0, help="per mode")
+    g.add_argument(
+        "--ledger-url", dest="ledger_url", help="also a PostgreSQL ledger (postgresql://...)"
+    )
     g.add_argument("--out", type=Path, default=Path("results/ledger.json"))
     g.set_defaults(handler=_ledger)
 

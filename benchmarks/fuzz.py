@@ -158,7 +158,7 @@ WRONG_SUBMIT: dict[str, list[Any]] = {
         "explode",
     ],
     "id": [1, None, [], {}, True, "", "has space", "a" * 129, "../etc/passwd", "nul\x00", "é"],
-    "type": [1, None, [], {}, True, "", "no such type", "nosuchtype", "x" * 129],
+    "type": [1, None, [], {}, True, "", "no such type", "bad/type", "-lead", "x" * 129],
     "payload": [[], "text", 1, None, True, 1.5],
     "priority": [-1, 10, 1.5, "5", True, None, [], {}, 2**63 - 1, -(2**63)],
     "constraints": [[], "site=iu", 1, None, True],

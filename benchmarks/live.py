@@ -14,6 +14,11 @@ Scenarios (``--scenario``, repeatable, or ``all``):
   (``benchmarks.live_failover``);
 - ``compare``: push vs pull on the same heterogeneous work (``benchmarks.live_compare``).
 
+``--ledger-url`` (repeatable; ``sqlite`` names the embedded default) runs each
+scenario once per ledger, in turn, ``--alternate`` times (``sqlite``, PostgreSQL,
+``sqlite``, ...), each on a fresh ledger (a new file, or a new schema of the
+database), and reports every run and each ledger's range.
+
 Each scenario starts what it needs on its own vhost and stops it afterwards,
 also on errors and Ctrl-C. The run prints a table per scenario (with a plain
 MET / MISSED line per target), writes one JSON report and PNG plots.
@@ -31,6 +36,7 @@ import signal
 import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -80,6 +86,18 @@ def parser() -> argparse.ArgumentParser:
         help="the scheduler's round interval in seconds (default: %(default)s, the service's)",
     )
     p.add_argument("--progress", action="store_true", help="draw progress bars even when piped")
+    p.add_argument(
+        "--ledger-url",
+        action="append",
+        help="the scheduler's ledger: sqlite (the default) or postgresql://...; repeat it to "
+        "compare, each scenario runs once per ledger in turn",
+    )
+    p.add_argument(
+        "--alternate",
+        type=_positive_int,
+        default=1,
+        help="with several --ledger-url: rounds of runs, one per ledger each (default 1)",
+    )
     g = p.add_argument_group("push")
     g.add_argument(
         "--push-workers", type=_positive_int, default=4, help="bare worker agents (at least)"
@@ -193,14 +211,23 @@ def main(argv: list[str] | Sequence[str]) -> int:
     journal = rabbit_setting(JOURNAL)
     report["broker"] = {JOURNAL: journal}
     print(f"broker: {JOURNAL} = {journal} (scripts/broker.sh starts it with 2048)", file=sys.stderr)
-    for name in names:
-        env = Env(args.amqp.rstrip("/"), workdir, args.progress, args.round_interval)
-        print(f"-- live {name}: running", file=sys.stderr, flush=True)
+    ledgers = [_ledger(u) for u in args.ledger_url or ["sqlite"]]
+    plan = [(n, u) for n in names for _ in range(args.alternate if len(ledgers) > 1 else 1)
+            for u in ledgers]  # fmt: skip
+    for name, ledger_url in plan:
+        env = Env(
+            args.amqp.rstrip("/"), workdir, args.progress, args.round_interval,
+            ledger_url=ledger_url,
+        )  # fmt: skip
+        label = _label(ledger_url)
+        print(f"-- live {name} ({label} ledger): running", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
             result = _runner(name, args)(env)
             result["wall_s"] = round(time.monotonic() - started, 2)
-            report["scenarios"][name] = result
+            result["ledger"] = label
+            _record(report, name, result, len(ledgers) > 1)
+            print(f"ledger: {label}")
             print(_table(name, result), flush=True)
             print(flush=True)
         except KeyboardInterrupt:
@@ -212,17 +239,22 @@ def main(argv: list[str] | Sequence[str]) -> int:
             if isinstance(error, amqp.AMQPError):
                 text = f"lost the broker ({type(error).__name__}: {error})"
             print(f"live {name}: {text}", file=sys.stderr)
-            report["scenarios"][name] = {"error": text}
+            _record(report, name, {"error": text, "ledger": label}, len(ledgers) > 1)
             status = 1
             if isinstance(error, BrokerError):  # every scenario needs it: stop here
                 break
         except Exception as error:  # report, clean up, go on with the next scenario
             traceback.print_exc()
             print(f"live {name}: failed: {error}", file=sys.stderr)
-            report["scenarios"][name] = {"error": f"{type(error).__name__}: {error}"}
+            failed = {"error": f"{type(error).__name__}: {error}", "ledger": label}
+            _record(report, name, failed, len(ledgers) > 1)
             status = 1
         finally:
             env.close()
+    if len(ledgers) > 1:
+        for name, scenario in report["scenarios"].items():
+            if "runs" in scenario:
+                print(_ledger_summary(name, scenario))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_finite(report), indent=1, default=_jsonable) + "\n")
     print(f"wrote {args.out}")
@@ -238,6 +270,52 @@ def main(argv: list[str] | Sequence[str]) -> int:
     if missed:
         print(f"targets missed: {', '.join(missed)}")
     return status
+
+
+def _ledger(text: str) -> str:
+    """``sqlite`` or ``default``: the embedded ledger (empty ``ledger_url``); else the URL."""
+    return "" if text in ("sqlite", "default", "") else text
+
+
+def _label(url: str) -> str:
+    if not url or url.startswith("sqlite"):
+        return "sqlite"
+    options = urllib.parse.unquote(urllib.parse.urlsplit(url).query).replace(" ", "")
+    return "postgresql-async" if "synchronous_commit=off" in options else "postgresql"
+
+
+HEADLINE: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
+    "e2e": ("no-op completions/s", lambda r: float(r["matchmaker"]["rate"])),
+    "latency": ("p99 ms", lambda r: 1e3 * float(r["latency"]["p99"])),
+    "push": ("tasks/s", lambda r: float(r.get("push_rate", math.nan))),
+}
+
+
+def _record(report: dict[str, Any], name: str, result: dict[str, Any], several: bool) -> None:
+    """A scenario's result (or error); with several ledgers, one run of it among others."""
+    if not several:
+        report["scenarios"][name] = result
+        return
+    entry = report["scenarios"].setdefault(name, {"runs": [], "by_ledger": {}})
+    entry["runs"].append(result)
+    if name in HEADLINE and "error" not in result:
+        entry["by_ledger"].setdefault(result["ledger"], []).append(HEADLINE[name][1](result))
+
+
+def _ledger_summary(name: str, scenario: dict[str, Any]) -> str:
+    if name not in HEADLINE:
+        return f"== live {name} by ledger: {len(scenario['runs'])} runs (see the report) =="
+    what = HEADLINE[name][0]
+    lines = [f"== live {name} by ledger ({what}, runs in order) =="]
+    for label, values in scenario["by_ledger"].items():
+        shown = ", ".join(f"{v:,.1f}" for v in values)
+        lines.append(f"{label:<11} {shown}  (range {min(values):,.1f}-{max(values):,.1f})")
+    figures = scenario["by_ledger"]
+    for label in [k for k in figures if k != "sqlite" and "sqlite" in figures]:
+        ratios = [p / s for s, p in zip(figures["sqlite"], figures[label], strict=False)]
+        scenario[f"{label.replace('-', '_')}_over_sqlite"] = ratios
+        lines.append(f"{label} / sqlite, run by run: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    return "\n".join(lines)
 
 
 RUN_DIR = re.compile(r"run-\d{8}-\d{6}-\d+")

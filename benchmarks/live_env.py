@@ -6,8 +6,10 @@ in reverse order, whether the run ended normally, with an error or with
 Ctrl-C. Vhosts are made with ``rabbitmqctl`` for the matchmaker user and
 deleted afterwards, so runs never see each other's queues.
 
-Ledger reads go straight to the scheduler's SQLite file, read-only, while
-the scheduler writes it (WAL allows that).
+Ledger reads go through a read-only ledger handle (``LedgerView``) while
+the scheduler writes: its SQLite file (WAL allows that), or with
+``ledger_url`` a PostgreSQL database, where each cluster gets a schema of
+its own, dropped on close.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ import numpy as np
 
 from benchmarks.progress import Progress
 from matchmaker.config import Config
+from matchmaker.ledger import LedgerError, TaskLedger, open_url
 from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
 from matchmaker.wire import amqp, broker
@@ -96,6 +100,7 @@ class Env:
     progress: bool = False
     round_interval: float = Config.round_interval
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    ledger_url: str = ""  # empty: each scheduler's own SQLite file
 
     def vhost(self, label: str) -> str:
         """A fresh vhost for the user of ``amqp``; returns its AMQP URL. Deleted on close."""
@@ -117,15 +122,56 @@ class Env:
             workdir=workdir,
             round_interval=self.round_interval,
             scheduler_args=ROUND_LOG,
+            ledger_url=self.fresh_ledger(label),
         )
         self.stack.callback(cluster.stop)
         return cluster
+
+    def fresh_ledger(self, label: str) -> str:
+        """An empty ledger for one cluster: "" (its own SQLite file) or, on PostgreSQL, a
+        new schema in ``ledger_url``'s database (dropped on close)."""
+        if not self.ledger_url.startswith(("postgresql://", "postgres://")):
+            return self.ledger_url
+        url, schema = fresh_schema(self.ledger_url, label)
+        self.stack.callback(drop_schema, self.ledger_url, schema)
+        return url
 
     def bar(self, total: float, label: str) -> Progress:
         return Progress(total, label, force=self.progress)
 
     def close(self) -> None:
         self.stack.close()
+
+
+def fresh_schema(url: str, label: str) -> tuple[str, str]:
+    """A new schema in the PostgreSQL database ``url`` names: (a URL whose sessions use
+    it, its name). LiveError if it cannot be made."""
+    import psycopg
+
+    schema = f"mm_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+            db.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise LiveError(
+            f"cannot make a schema in the PostgreSQL ledger database: {first}"
+        ) from None
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))  # other options (synchronous_commit) stay
+    query["options"] = f"{query.get('options', '')} -csearch_path={schema}".strip()
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # %20, not +
+    return urllib.parse.urlunsplit(parts._replace(query=encoded)), schema
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+            db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    except psycopg.Error as error:
+        print(f"warning: schema {schema} not dropped: {error}", file=sys.stderr)
 
 
 def _delete_vhost(name: str, timeout: float = 60.0) -> None:
@@ -244,24 +290,29 @@ def request_body(request: TaskRequest) -> bytes:
 
 
 class LedgerView:
-    """Read-only SQL on a scheduler's ledger file."""
+    """Read-only SQL (``?`` placeholders) on a scheduler's ledger, whichever backend."""
 
     def __init__(self, cluster: LocalCluster) -> None:
-        self.path = cluster.state_dir / "ledger.sqlite"
-        self.db: sqlite3.Connection | None = None
+        self.cluster = cluster
+        self.ledger: TaskLedger | None = None
 
-    def _db(self) -> sqlite3.Connection | None:
-        if self.db is None and self.path.exists():
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        return self.db
+    def _ledger(self) -> TaskLedger | None:
+        if self.ledger is None:
+            try:
+                self.ledger = open_url(
+                    self.cluster.ledger_url, self.cluster.state_dir, readonly=True
+                )
+            except LedgerError:  # not there yet
+                return None
+        return self.ledger
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        db = self._db()
-        if db is None:
+        ledger = self._ledger()
+        if ledger is None:
             return []
         try:
-            return db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:  # the schema is not there yet
+            return ledger.query(sql, args)
+        except (LedgerError, sqlite3.OperationalError):  # the schema is not there yet
             return []
 
     def counts(self) -> dict[str, int]:
@@ -275,9 +326,9 @@ class LedgerView:
         return self.rows(sql + " AND attempt = ?", state, attempt)
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
 
 
 def wait_for(

@@ -119,6 +119,9 @@ class Paced:
     def event(self, routing_key: str, body: bytes) -> None:
         self.inner.event(routing_key, body)
 
+    def notice(self, owner: str, body: bytes) -> None:
+        self.inner.notice(owner, body)
+
     def cancel(self, worker: str, task_id: str) -> None:
         self.inner.cancel(worker, task_id)
 

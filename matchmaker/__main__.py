@@ -22,12 +22,13 @@ from matchmaker import __version__, identity, logs
 from matchmaker.api import ApiError
 from matchmaker.config import Config, ConfigError, load
 from matchmaker.identity import IdentityError
-from matchmaker.ledger import Ledger, LedgerError
+from matchmaker.ledger import LeaderLost, LedgerError, TaskLedger, open_ledger
 from matchmaker.messages import Cancel, Drain, MessageError, Single, TaskRequest, decode, encode
 from matchmaker.wire import amqp, broker
 from membership.errors import MembershipError
 
 EXIT_USAGE = 2
+EXIT_DEPOSED = 3  # another scheduler took the lead in the ledger
 
 
 class UserError(Exception):
@@ -180,8 +181,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ledger(config: Config) -> Ledger:
-    return Ledger(config.ledger_path, readonly=True)
+def _ledger(config: Config) -> TaskLedger:
+    return open_ledger(config, readonly=True)
 
 
 def _when(at: float | None) -> str:
@@ -297,6 +298,11 @@ def parser() -> argparse.ArgumentParser:
         help="talk to the Serf agent without an RPC auth key",
     )
     common.add_argument("--state-dir", dest="state_dir", help="where the ledger lives")
+    common.add_argument(
+        "--ledger-url",
+        dest="ledger_url",
+        help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (also MM_LEDGER_URL)",
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run the scheduler")
@@ -355,7 +361,15 @@ def parser() -> argparse.ArgumentParser:
     drain.add_argument("--undo", action="store_true", help="put the worker back in service")
     drain.set_defaults(func=cmd_drain)
     _users_parser(sub)
+    _ledger_parser(sub, common)
     return top
+
+
+def _ledger_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    from matchmaker import ledger_cli
+
+    ledger = sub.add_parser("ledger", help="prune or archive finished tasks; read-only grants")
+    ledger_cli.add_actions(ledger, common)
 
 
 def _users_parser(sub: Any) -> None:
@@ -388,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except LeaderLost as error:
+        print(f"matchmaker: {error}", file=sys.stderr)
+        return EXIT_DEPOSED
     except (
         UserError,
         ConfigError,

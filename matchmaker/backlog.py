@@ -39,6 +39,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from matchmaker.messages import TaskRequest
 from matchmaker.models import Task
@@ -59,6 +60,8 @@ class OpenTask:
     not_before: float = 0.0
     deadline: float = 0.0
     owner: str = ""  # the submitter's broker user ('' if unknown)
+    output: dict[str, Any] | None = None  # of the succeeded attempt, for ``on_close``
+    error: str | None = None  # of the last failed attempt
 
 
 Rank = tuple[float, float, str]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from matchmaker.backlog import Backlog, OpenTask
-from matchmaker.ledger import Ledger, Owned, TaskRow
+from matchmaker.ledger import Owned, TaskLedger, TaskRow
 from matchmaker.messages import MAX_ATTEMPTS, MessageError, TaskRequest, TaskResult
 from matchmaker.models import Task
 
@@ -48,7 +48,7 @@ class Event:
 
 @dataclass
 class Book:
-    ledger: Ledger
+    ledger: TaskLedger
     retry_backoff: float = 1.0
     result_grace: float = 30.0
     pending: Backlog = field(default_factory=Backlog)
@@ -277,7 +277,7 @@ class Book:
             return "running"
         self._land(t)
         if r.state == "succeeded":
-            t.state = "succeeded"
+            t.state, t.output = "succeeded", r.output
             done = {"finished_at": r.finished_at or now, "output": r.output, "error": None}
             self.ledger.update(r.id, now, state="succeeded", **ran, **done)
             self._event(t, "succeeded", now)
@@ -289,6 +289,7 @@ class Book:
     def fail(self, t: OpenTask, error: str, now: float, finished_at: float | None = None) -> str:
         """An attempt failed: retry with exponential backoff, or dead after max_attempts."""
         self._land(t)
+        t.error = error
         self.ledger.update(t.request.id, now, error=error, finished_at=finished_at or now)
         self._event(t, "failed", now, error)
         if t.attempt >= t.request.max_attempts:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
+from matchmaker.ledger import check_url, sqlite_path
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
 from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES
 from membership.errors import MembershipError
@@ -72,10 +73,13 @@ class Config:
     http_port: int = 0  # the HTTP API and dashboard; 0: off
     http_bind: str = "127.0.0.1"
     api_tokens_file: str = ""  # ``token role owner`` lines, mode 0600
+    ledger_url: str = ""  # sqlite:///PATH or postgresql://...; empty: <state_dir>/ledger.sqlite
+    ledger_retention: float = 7 * 86400.0  # seconds a finished task is kept; 0: for ever
 
     @property
     def ledger_path(self) -> Path:
-        return self.state_dir / "ledger.sqlite"
+        """The SQLite ledger's file (for a PostgreSQL ledger, where one would be)."""
+        return sqlite_path(self.ledger_url, self.state_dir) or self.state_dir / "ledger.sqlite"
 
     def with_serf_auth(self) -> Config:
         """This config with its Serf RPC auth key read (from the key, its file, or
@@ -113,6 +117,12 @@ class Config:
             raise ConfigError("log_format must be text or json")
         if not self.task_types:
             raise ConfigError("task_types must name at least one task type")
+        try:
+            check_url(self.ledger_url)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if not self.ledger_retention >= 0:
+            raise ConfigError("ledger_retention must be >= 0 seconds (0 keeps tasks for ever)")
         self._check_limits()
         return self
 

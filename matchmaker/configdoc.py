@@ -39,7 +39,13 @@ DESCRIPTIONS: dict[str, str] = {
     "`python -m membership keygen`).",
     "insecure": "Run without Serf gossip encryption and RPC auth (a scheduler refuses to start "
     "without an auth key otherwise).",
-    "state_dir": "Directory of the scheduler's state (the ledger).",
+    "state_dir": "Directory of the scheduler's state (the ledger, unless `ledger_url` "
+    "names one elsewhere).",
+    "ledger_url": "Where the ledger is: `sqlite:///PATH` (embedded, this host only) or "
+    "`postgresql://USER@HOST:PORT/DB` (shared by a standby on another host and the CLI "
+    "anywhere; the password from `PGPASSFILE` or the URL). Empty: `<state_dir>/ledger.sqlite`.",
+    "ledger_retention": "Seconds a finished task (and its history) stays in the ledger before "
+    "the scheduler prunes it, in small batches; 0 keeps every task for ever.",
     "pipeline_depth": "Dispatches a worker may hold beyond its slots (0-64): it runs at most "
     "its slots at once and starts the next it holds the moment one ends, without a round "
     "trip; a task held so is committed to that worker (benchmarks/README.md measures it).",

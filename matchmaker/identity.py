@@ -12,9 +12,11 @@ exchange). The roles (docs/security.md has the table):
   needs: declare, bind and read server-named queues (``amq.gen-*``) and read
   ``amq.rabbitmq.event``.
 - admin (``mm-admin``) and client (``mm-client``, more by ``users add-client``):
-  write the ``mm.requests`` exchange, nothing else. What an admin may do
-  beyond a client (cancel anyone's task, drain) the scheduler decides from
-  the message's ``user_id``.
+  write the ``mm.requests`` exchange; declare, bind and read queues of their own,
+  ``mm.inbox.<user>.<word>``, bound to the ``mm.notices`` exchange with their own
+  user as the routing key and no other (a topic permission: RabbitMQ checks a
+  binding's key against it). What an admin may do beyond a client (cancel anyone's
+  task, drain) the scheduler decides from the message's ``user_id``.
 - worker ``<name>`` (``mm-worker-<name>``): configure and read its own queues
   ``mm.worker.<name>`` and ``mm.control.<name>``, write the ``mm.results``
   exchange.
@@ -74,11 +76,18 @@ class Role:
     configure: str
     write: str
     read: str
+    topics: tuple[tuple[str, str, str], ...] = ()  # (topic exchange, write, read) patterns
     events: bool = False  # also follows the broker's consumer events (the scheduler)
 
     def permission(self, vhost: str) -> dict[str, str]:
         rights = {"configure": self.configure, "write": self.write, "read": self.read}
         return {"user": self.user, "vhost": vhost, **rights}
+
+    def topic_permissions(self, vhost: str) -> list[dict[str, str]]:
+        return [
+            {"user": self.user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+            for exchange, write, read in self.topics
+        ]
 
 
 def scheduler_role(user: str = SCHEDULER) -> Role:
@@ -93,8 +102,16 @@ def events_role(user: str) -> Role:
 
 
 def client_role(user: str = CLIENT) -> Role:
-    """A client or an admin: publish requests, nothing more."""
-    return Role(user, NOTHING, _only(broker.REQUESTS), NOTHING)
+    """A client or an admin: publish requests, and read its own notices through inbox
+    queues of its own (``broker.inbox_queue``) bound with its own user as the key."""
+    inbox = "^" + re.escape(broker.inbox_queue(user, "")) + "[A-Za-z0-9_-]+$"
+    return Role(
+        user,
+        inbox,
+        f"{_only(broker.REQUESTS)}|{inbox}",
+        f"{_only(broker.NOTICES)}|{inbox}",
+        ((broker.NOTICES, NOTHING, _only(user)),),
+    )
 
 
 def worker_role(name: str, user: str | None = None) -> Role:
@@ -233,21 +250,31 @@ def _binding(vhost: str, exchange: str, queue: str, key: str) -> dict[str, Any]:
     }
 
 
+INBOX_POLICY = {"expires": 3_600_000, "max-length": 100_000, "overflow": "drop-head"}
+
+
 def topology(vhost: str, workers: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The core objects (``broker.declare_core``) and each worker's queues and binding."""
+    """The core objects (``broker.declare_core``) and each worker's queues and binding, and
+    a policy that bounds clients' inbox queues (``INBOX_POLICY``): a client may declare
+    them, and one it declares durable and leaves unread would otherwise grow for ever."""
     queues = [
         _queue(vhost, broker.REQUESTS, **{"x-single-active-consumer": True}),
         _queue(vhost, broker.RESULTS),
         _queue(vhost, broker.DEAD, **broker.DEAD_ARGUMENTS),
     ]
     exchanges = [_exchange(vhost, e, "direct") for e in sorted(set(broker.ROUTES.values()))]
-    exchanges += [_exchange(vhost, name, "topic") for name in (broker.EVENTS, broker.CONTROL)]
+    topics = (broker.EVENTS, broker.CONTROL, broker.NOTICES)
+    exchanges += [_exchange(vhost, name, "topic") for name in topics]
     bindings = [_binding(vhost, e, q, q) for q, e in broker.ROUTES.items()]
     for name in workers:
         own, control = broker.worker_queue(name), broker.control_queue(name)
         queues += [_queue(vhost, own), _queue(vhost, control)]
         bindings.append(_binding(vhost, broker.CONTROL, control, f"cancel.{name}"))
-    return {"queues": queues, "exchanges": exchanges, "bindings": bindings}
+    policy = {
+        "vhost": vhost, "name": "mm-inbox", "pattern": "^" + re.escape(broker.INBOX_PREFIX),
+        "apply-to": "queues", "definition": INBOX_POLICY, "priority": 0,
+    }  # fmt: skip
+    return {"queues": queues, "exchanges": exchanges, "bindings": bindings, "policies": [policy]}
 
 
 def _user(name: str, password: str) -> dict[str, Any]:
@@ -273,6 +300,7 @@ def definitions(
     out: dict[str, Any] = {
         "vhosts": [{"name": vhost}],
         "users": [_user(role.user, password) for role, password in users],
+        "topic_permissions": [t for role, _ in users for t in role.topic_permissions(vhost)],
         "permissions": permissions,
     }
     if workers is not None:

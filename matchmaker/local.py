@@ -30,7 +30,7 @@ from typing import Any
 
 from matchmaker import identity
 from matchmaker.config import Config
-from matchmaker.ledger import Ledger, LedgerError, TaskRow
+from matchmaker.ledger import LedgerError, TaskLedger, TaskRow, open_url
 from matchmaker.messages import Single, TaskRequest, encode
 from matchmaker.wire import broker
 from membership.agent import SerfAgent, free_port
@@ -91,6 +91,7 @@ class LocalCluster:
     workers: dict[str, Process] = field(default_factory=dict)
     aurora: Process | None = None
     aurora_url: str = ""
+    ledger_url: str = ""  # empty: the SQLite file in ``state_dir``
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,33 @@ class LocalCluster:
         bare = identity.with_password(url, None)
         return ["--broker-url", bare, "--broker-password-file", str(secret)]
 
+    def _ledger_args(self) -> list[str]:
+        """``--ledger-url`` without its password, which goes to a 0600 passfile."""
+        if not self.ledger_url:
+            return []
+        parts = urllib.parse.urlsplit(self.ledger_url)
+        if parts.password is None:
+            return ["--ledger-url", self.ledger_url]
+        netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return ["--ledger-url", urllib.parse.urlunsplit(parts._replace(netloc=netloc))]
+
+    def _ledger_env(self) -> dict[str, str]:
+        """``PGPASSFILE`` for a PostgreSQL ledger URL with a password (libpq reads it)."""
+        parts = urllib.parse.urlsplit(self.ledger_url)
+        if not self.ledger_url or parts.password is None:
+            return {}
+        fields = (
+            parts.hostname or "localhost",
+            str(parts.port or 5432),
+            parts.path.lstrip("/") or "*",
+            urllib.parse.unquote(parts.username or ""),
+            urllib.parse.unquote(parts.password),
+        )
+        line = ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields)
+        passfile = self.workdir / "secrets" / "pgpass"
+        identity.write_secret(passfile, line)  # it adds the newline
+        return {"PGPASSFILE": str(passfile)}
+
     @property
     def aurora_token_file(self) -> Path:
         """The local Aurora server's token, generated in its state directory at its start."""
@@ -163,8 +191,15 @@ class LocalCluster:
         return self.agent
 
     def start_scheduler(
-        self, *, standby: bool = False, wait: bool = True, broker_url: str | None = None
+        self,
+        *,
+        standby: bool = False,
+        wait: bool = True,
+        broker_url: str | None = None,
+        state_dir: Path | None = None,
     ) -> Process:
+        """The scheduler (or a standby); ``state_dir`` other than the cluster's plays a
+        scheduler on another host (sharing only a PostgreSQL ``ledger_url``)."""
         agent = self.start_agent()
         trusted = self.trusted_users
         if trusted is None:
@@ -175,11 +210,14 @@ class LocalCluster:
             "--trusted-users", ",".join(trusted),
             "--serf-rpc", agent.rpc_addr,
             "--serf-auth-key-file", str(self.keys_dir / AUTH_FILE),
-            "--state-dir", str(self.state_dir),
+            "--state-dir", str(state_dir or self.state_dir),
             "--round-interval", str(self.round_interval),
             *self.scheduler_args,
         ]  # fmt: skip
-        process = self._spawn("scheduler-standby" if standby else "scheduler", args)
+        args += self._ledger_args()
+        process = self._spawn(
+            "scheduler-standby" if standby else "scheduler", args, self._ledger_env()
+        )
         if standby:
             self.standby = process
         else:
@@ -294,8 +332,8 @@ class LocalCluster:
         self.send(requests)
         return [r.id for r in requests]
 
-    def ledger(self) -> Ledger:
-        return Ledger(self.state_dir / "ledger.sqlite", readonly=True)
+    def ledger(self) -> TaskLedger:
+        return open_url(self.ledger_url, self.state_dir, readonly=True)
 
     def task(self, task_id: str) -> TaskRow | None:
         try:

@@ -19,6 +19,13 @@ Every message is a JSON object with ``"v": 1`` and a ``"kind"``:
   optional, absent from older workers and from running reports).
 - ``results`` (worker -> ``mm.results``): ``"results": [...]``, the results
   a worker's flush has ready, in one message.
+- ``status`` (client -> ``mm.requests``): ``"ids": [...]`` (1 to ``MAX_STATUS_IDS``
+  task ids) and an optional ``ref``: the scheduler answers with a notice per id.
+- ``notice`` / ``notices`` (scheduler -> the ``mm.notices`` topic exchange, routing key
+  the owner's broker user): id, state, attempt, worker, at, output, error, ref. A task's
+  final state (``succeeded`` with its output, ``dead`` with its error, ``cancelled``), a
+  refused submit (``rejected``, the reason as error), or the answer to a ``status``
+  (any state, or ``unknown``; ``ref`` echoes the request's).
 
 A batch (``dispatches``, ``results``) holds whole messages of the single kind
 and is packed up to ``MAX_MESSAGE_BYTES`` (``pack``), so the broker stores one
@@ -58,6 +65,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a Serf ``caps`` tag can carry
 MAX_LOG_CHARS = 64 * 1024 + 64  # a result's logs: the tail kept (64 KiB and a header line)
 RESULT_STATES = ("running", "succeeded", "failed")
+NOTICE_STATES = (
+    "pending", "assigned", "running", "succeeded", "dead", "cancelled", "rejected", "unknown",
+)  # fmt: skip
+FINAL_STATES = ("succeeded", "dead", "cancelled", "rejected", "unknown")
+MAX_STATUS_IDS = 1000
 MAX_DEPTH = 32  # levels of objects and arrays in one message (or one item of a batch)
 CONTAINERS = (dict, list)
 
@@ -139,6 +151,15 @@ class Drain:
 
 
 @dataclass
+class Status:
+    """Ask the scheduler for the state of tasks (their owner's, or any for an admin)."""
+
+    ids: list[str]
+    ref: str | None = None
+    kind: str = "status"
+
+
+@dataclass
 class TaskDispatch:
     id: str
     attempt: int
@@ -163,9 +184,24 @@ class TaskResult:
     kind: str = "result"
 
 
-Single = TaskRequest | Cancel | Retry | Drain | TaskDispatch | TaskResult
-BATCHES = {"dispatch": "dispatches", "result": "results"}  # single kind -> its batch kind
-T = TypeVar("T", TaskDispatch, TaskResult)
+@dataclass
+class Notice:
+    """What the scheduler tells a task's owner: a final state, a refusal, or a status answer."""
+
+    id: str
+    state: str
+    attempt: int = 0
+    worker: str | None = None
+    at: float | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    ref: str | None = None
+    kind: str = "notice"
+
+
+Single = TaskRequest | Cancel | Retry | Drain | Status | TaskDispatch | TaskResult | Notice
+BATCHES = {"dispatch": "dispatches", "result": "results", "notice": "notices"}  # single -> batch
+T = TypeVar("T", TaskDispatch, TaskResult, Notice)
 X = TypeVar("X")
 
 
@@ -179,7 +215,7 @@ class Batch(Generic[T]):
     invalid: tuple[tuple[bytes, str], ...] = ()
 
 
-Message = Single | Batch[TaskDispatch] | Batch[TaskResult]
+Message = Single | Batch[TaskDispatch] | Batch[TaskResult] | Batch[Notice]
 
 
 def encode(message: Single) -> bytes:
@@ -330,6 +366,45 @@ def _result(body: dict[str, Any]) -> TaskResult:
     )
 
 
+def _ref(body: dict[str, Any]) -> str | None:
+    return None if body.get("ref") is None else _name(body, "ref")
+
+
+def _status(body: dict[str, Any]) -> Status:
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_STATUS_IDS:
+        raise MessageError(f"'ids' must be a JSON array of 1 to {MAX_STATUS_IDS} task ids")
+    for n, task_id in enumerate(ids):
+        if not isinstance(task_id, str) or not NAME.fullmatch(task_id):
+            raise MessageError(f"'ids'[{n}] is not a task id (got {show(task_id)})")
+    return Status(ids=ids, ref=_ref(body))
+
+
+def _notice(body: dict[str, Any]) -> Notice:
+    state = body.get("state")
+    if state not in NOTICE_STATES:
+        raise MessageError(f"'state' must be one of {', '.join(NOTICE_STATES)} (got {show(state)})")
+    worker = body.get("worker")
+    if worker is not None:
+        worker = _name(body, "worker")
+    output = body.get("output")
+    if output is not None and not isinstance(output, dict):
+        raise MessageError("'output' must be a JSON object or null")
+    error = body.get("error")
+    if error is not None and not isinstance(error, str):
+        raise MessageError("'error' must be a string or null")
+    return Notice(
+        id=_name(body, "id"),
+        state=state,
+        attempt=_int(body, "attempt", 0, 0, MAX_ATTEMPTS),
+        worker=worker,
+        at=_seconds(body, "at", None, math.inf),
+        output=output,
+        error=error,
+        ref=_ref(body),
+    )
+
+
 def _dispatch(body: dict[str, Any]) -> TaskDispatch:
     deadline = _seconds(body, "deadline", None, math.inf)
     if deadline is None:
@@ -390,17 +465,21 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "cancel": lambda body: Cancel(id=_name(body, "id")),
     "retry": lambda body: Retry(id=_name(body, "id")),
     "drain": _drain,
+    "status": _status,
     "dispatch": _dispatch,
     "result": _result,
+    "notice": _notice,
 }
 _DECODERS.update({BATCHES[single]: _batch(single) for single in BATCHES})
 _BATCH_KINDS = frozenset(BATCHES.values())
 
 
-def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
+def decode(
+    raw: bytes, *, expect: tuple[str, ...] | None = None, limit: int = MAX_MESSAGE_BYTES
+) -> Message:
     """Parse and validate one message; ``expect`` limits the kinds accepted."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    if len(raw) > limit:
+        raise MessageError(f"message is {len(raw)} bytes, over the {limit}-byte limit")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -424,9 +503,9 @@ def decode(raw: bytes, *, expect: tuple[str, ...] | None = None) -> Message:
     return _DECODERS[kind](body)
 
 
-def decode_batch(raw: bytes, single: str) -> Batch[Any]:
+def decode_batch(raw: bytes, single: str, limit: int = MAX_MESSAGE_BYTES) -> Batch[Any]:
     """A ``single`` message (``dispatch``, ``result``) or a batch of them, as a batch."""
-    message = decode(raw, expect=(single, BATCHES[single]))
+    message = decode(raw, expect=(single, BATCHES[single]), limit=limit)
     if isinstance(message, Batch):
         return message
     return Batch(BATCHES[single], (message,))
@@ -438,3 +517,9 @@ def decode_results(raw: bytes) -> Batch[TaskResult]:
 
 def decode_dispatches(raw: bytes) -> Batch[TaskDispatch]:
     return decode_batch(raw, "dispatch")
+
+
+def decode_notices(raw: bytes) -> Batch[Notice]:
+    """A notice carries a task's output, which a worker's result could carry in up to
+    ``MAX_MESSAGE_BYTES``: a lone notice may be a little over that."""
+    return decode_batch(raw, "notice", 2 * MAX_MESSAGE_BYTES)

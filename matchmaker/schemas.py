@@ -19,8 +19,10 @@ from typing import Any
 from matchmaker.messages import (
     MAX_ATTEMPTS,
     MAX_LOG_CHARS,
+    MAX_STATUS_IDS,
     MAX_TIMEOUT,
     NAME,
+    NOTICE_STATES,
     RESULT_STATES,
     TYPE_NAME,
     VERSION,
@@ -33,6 +35,7 @@ BASE = "https://matchmaker.invalid/schemas/"  # an identifier only, never fetche
 Schema = dict[str, Any]
 
 NAME_SCHEMA: Schema = {"type": "string", "pattern": f"^{NAME.pattern}$"}
+NAME_OR_NULL: Schema = {"type": ["string", "null"], "pattern": f"^{NAME.pattern}$"}
 TYPE_SCHEMA: Schema = {
     "type": "string",
     "pattern": f"^{TYPE_NAME.pattern}$",
@@ -117,6 +120,25 @@ RESULT_FIELDS: Schema = {
         f"to its last {MAX_LOG_CHARS:,} characters)",
     },
 }
+STATUS = _message(
+    "status",
+    {
+        "ids": {"type": "array", "items": NAME_SCHEMA, "minItems": 1, "maxItems": MAX_STATUS_IDS},
+        "ref": NAME_OR_NULL,
+    },
+    ["ids"],
+)
+NOTICE_FIELDS: Schema = {
+    "id": NAME_SCHEMA,
+    "state": {"enum": list(NOTICE_STATES)},
+    "attempt": _integer(0, MAX_ATTEMPTS),
+    "worker": NAME_OR_NULL,
+    "at": SECONDS,
+    "output": {"type": ["object", "null"]},
+    "error": {"type": ["string", "null"]},
+    "ref": NAME_OR_NULL,
+}
+NOTICE = _message("notice", NOTICE_FIELDS, ["id", "state"])
 DISPATCH = _message("dispatch", DISPATCH_FIELDS, ["id", "attempt", "type", "payload", "deadline"])
 RESULT = _message("result", RESULT_FIELDS, ["id", "attempt", "worker", "state"])
 
@@ -155,11 +177,14 @@ SCHEMAS: dict[str, Schema] = {
     "cancel": CANCEL,
     "retry": RETRY,
     "drain": DRAIN,
+    "status": STATUS,
     "dispatch": DISPATCH,
     "dispatches": _batch("dispatches", DISPATCH),
     "result": RESULT,
     "results": _batch("results", RESULT),
     "events": EVENTS,
+    "notice": NOTICE,
+    "notices": _batch("notices", NOTICE),
 }
 
 

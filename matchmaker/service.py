@@ -65,7 +65,10 @@ Refusals go to ``mm.dead`` with the reason.
 
 Leadership: only the scheduler holding the exclusive queue
 ``mm.scheduler.leader`` consumes; a second one waits on it and takes over
-(rebuilding from the ledger) when the first one's connection dies.
+(rebuilding from the ledger) when the first one's connection dies. The queue
+is the fast signal; the authority is the ledger's leader epoch, which ``lead``
+raises: a deposed scheduler's next commit fails with ``LeaderLost`` (nothing
+of its turn stays) and it exits with that sentence.
 """
 
 from __future__ import annotations
@@ -82,10 +85,12 @@ from matchmaker.api import server as api_server  # api hook
 from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
 from matchmaker.identity import Senders
-from matchmaker.ledger import Ledger, Letter, private_dir
+from matchmaker.ledger import LeaderLost, Letter, open_ledger, private_dir
+from matchmaker.ledger.retention import Pruner
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
+from matchmaker.notices import Notices
 from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, SystemClock, TurnClock
 from matchmaker.scheduler.events import Events
@@ -158,8 +163,10 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             frozenset(config.trusted_users),
         )
         private_dir(config.state_dir)
-        self.ledger = Ledger(config.ledger_path, background_checkpoints=True)
+        self.ledger = open_ledger(config, background_checkpoints=True)
+        self.pruner = Pruner(config.ledger_retention)  # finished tasks past retention
         self.quotas = quotas_of(config)
+        self.notices = Notices(self.senders)  # what owners hear over mm.notices (client hook)
         self.book = self._new_book()
         self.metrics = Metrics(config.metrics_port, config.metrics_bind)
         self.changes: queue.Queue[Change] = queue.Queue()
@@ -234,6 +241,9 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
                         if not self.stopping:
                             self.metrics.reconnects.inc()
                             log.warning("lost the broker (%s); reconnecting in %.1fs", error, delay)
+                    except LeaderLost as error:  # fenced: another scheduler leads the ledger
+                        log.error("%s", error)
+                        raise
                 self.drop()
                 if self.stopping or self.clock.pause(delay, lambda: self.stopping):
                     break
@@ -256,8 +266,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.quotas.forget_open()
         book = Book(self.ledger, self.config.retry_backoff, self.config.result_grace)
         book.on_open = self._opened
-        book.on_close = lambda t: self.quotas.closed(owner_of(t))
+        book.on_close = self._closed
         return book
+
+    def _closed(self, t: OpenTask) -> None:
+        self.quotas.closed(owner_of(t))
+        self.notices.closed(t)  # client hook
 
     def _opened(self, t: OpenTask) -> None:
         self.quotas.opened(owner_of(t))
@@ -283,9 +297,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
 
     def lead(self, transport: Transport) -> None:
         """This scheduler leads on ``transport``: the ledger is the truth (a previous
-        leader may have written it), the book is rebuilt from it."""
+        leader may have written it), the book is rebuilt from it, and this scheduler's
+        epoch in it fences every commit of the one before."""
         self.transport = transport
         self.metrics.leader.set(1)
+        epoch = self.ledger.take_lead()
+        log.info("leader epoch %d in the ledger at %s", epoch, self.ledger.location)
         self.book = self._new_book()
         self.book.restore(self.ledger.open_tasks())
         self.drained = self.ledger.drained()
@@ -294,7 +311,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             "restored %d pending and %d in-flight tasks from %s",
             pending,
             in_flight,
-            self.ledger.path,
+            self.ledger.location,
         )
         settle_garbage_collector()
         self.turns.reset()
@@ -327,7 +344,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             owed=self.arrived,
             round_wanted=self._round_wanted(),
             buffered=bool(self.requests or self.results),
-            events=self.book.has_events() and not self.arrived,  # else the turn sends them
+            events=(self.book.has_events() or self.notices.waiting()) and not self.arrived,
             changes=not self.changes.empty(),
         )
         self._poll(wait)
@@ -349,6 +366,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         committed = full or not arrived  # a step between turns leaves the commit to the turn
         if committed:
             self._outbox()  # the letters of what was rejected, in this turn's commit
+            self.pruner.step(self.ledger)  # a bounded batch of expired tasks, if due
             with self.metrics.commit_seconds.time():
                 self.ledger.commit()  # one commit a turn; every frame of it is sent after
             self._send_letters()

@@ -12,6 +12,7 @@ command -v serf >/dev/null || need+=(serf)
 command -v thrift >/dev/null || need+=(thrift-compiler)
 command -v openssl >/dev/null || need+=(openssl)  # matchmaker.tls makes the test certificates
 command -v chromium >/dev/null || need+=(chromium)  # the dashboard tests drive it headless
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # the ledger's tests
 command -v python3.11 >/dev/null || command -v python3 >/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

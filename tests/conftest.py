@@ -19,6 +19,13 @@ import pytest
 
 from benchmarks.live_env import vhost_definitions
 from matchmaker import identity, users
+from tests.pg_support import (  # noqa: F401  (fixtures)
+    ledger_url,
+    new_ledger_url,
+    open_ledgers,
+    pg_schemas,
+    pg_url,
+)
 
 USER = "matchmaker"
 PASSWORD = "matchmaker"

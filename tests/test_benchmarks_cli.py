@@ -59,6 +59,19 @@ def test_ledger_compares_both_checkpoint_modes(tmp_path: Path) -> None:
     assert "background" in done.stdout
 
 
+def test_ledger_also_times_a_postgresql_ledger(tmp_path: Path) -> None:
+    from tests.pg_support import admin_url
+
+    out = tmp_path / "ledger.json"
+    done = bench(
+        "ledger", "--seconds", "1", "--batch", "20", "--ledger-url", admin_url(), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    modes = json.loads(out.read_text())["modes"]
+    assert [m["checkpoints"] for m in modes] == ["automatic", "background", "postgresql"]
+    assert modes[2]["commits"] > 4 and 0 < modes[2]["p50_ms"] <= modes[2]["max_ms"]
+
+
 def synthetic_swf(path: Path, jobs: int) -> Path:
     """A small SWF file (18 fields a job) for when the shared trace is not beside the clone."""
     lines = ["; MaxProcs: 128", "; MaxNodes: 128"]

@@ -192,3 +192,29 @@ def test_cpu_meter_sees_two_processes_wait_for_one_cpu() -> None:
     intervals = meter.wait_by_interval()
     assert len(intervals) >= 4, intervals  # a quarter second each
     assert abs(sum(intervals) - (waits["a"] + waits["b"] + waits["idle"]) * meter.wall) < 0.05
+
+
+def _bench_schemas(url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'mm_bench_%'")
+        return {name for (name,) in rows}
+
+
+def test_e2e_runs_on_each_ledger_in_turn(tmp_path: Path) -> None:
+    from tests.pg_support import admin_url
+
+    url = admin_url()
+    before = _bench_schemas(url)
+    report = _live(
+        tmp_path, "--scenario", "e2e", "--tasks", "200", "--no-celery",
+        "--ledger-url", "sqlite", "--ledger-url", url,
+    )  # fmt: skip
+    e2e = report["scenarios"]["e2e"]
+    assert [run["ledger"] for run in e2e["runs"]] == ["sqlite", "postgresql"]
+    for run in e2e["runs"]:
+        assert run["matchmaker"]["succeeded"] == 200 and run["matchmaker"]["rate"] > 0
+    assert set(e2e["by_ledger"]) == {"sqlite", "postgresql"}
+    assert len(e2e["postgresql_over_sqlite"]) == 1
+    assert _bench_schemas(url) == before  # its schemas were dropped

@@ -345,7 +345,18 @@ def test_setup_keeps_passwords_in_0600_files_and_off_command_lines(
             ).stdout
         )  # fmt: skip
         rights = {p["user"]: (p["configure"], p["write"], p["read"]) for p in listing}
-        assert rights[client] == ("^$", "^(mm\\.requests)$", "^$")
+        own = identity.client_role(client)
+        assert rights[client] == (own.configure, own.write, own.read)
+        assert own.write.startswith("^(mm\\.requests)$|") and own.configure != ".*"
+        topics = json.loads(
+            subprocess.run(
+                ["rabbitmqctl", "-q", "list_topic_permissions", "-p", vhost, "--formatter", "json"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        )  # fmt: skip
+        assert {(t["user"], t["exchange"], t["read"]) for t in topics if t["user"] == client} == {
+            (client, broker.NOTICES, f"^({re.escape(client)})$")
+        }
         assert rights[identity.worker_user(worker)][1] == "^(mm\\.results)$"
     finally:
         for user in made:

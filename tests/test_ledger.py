@@ -1,12 +1,13 @@
-"""The ledger: writes merged per batch, and its write-ahead log (checkpointed by a thread,
-restarted by the writer)."""
+"""The ledger: writes merged per batch (on both backends: the ``ledger_url`` fixture runs a
+test once on SQLite and once on PostgreSQL), and SQLite's write-ahead log (checkpointed by a
+thread, restarted by the writer)."""
 
 from __future__ import annotations
 
 import sqlite3
 import stat
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 
 from matchmaker.book import Book
 from matchmaker.config import Config
-from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter
+from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter, TaskLedger
+from matchmaker.ledger.rows import TASK_COLUMNS
 from matchmaker.messages import TaskRequest
 from matchmaker.service import Scheduler
 
@@ -34,8 +36,9 @@ def test_background_checkpoints_keep_the_log_short_and_lose_nothing(tmp_path: Pa
     depends on when the thread gets a core, so the writer goes on until three restarts,
     within a generous deadline."""
     path = tmp_path / "ledger.sqlite"
-    book = Book(Ledger(path, background_checkpoints=True))
-    checkpoints = book.ledger.checkpoints
+    ledger = Ledger(path, background_checkpoints=True)
+    book = Book(ledger)
+    checkpoints = ledger.checkpoints
     assert checkpoints is not None
     checkpoints.interval, checkpoints.restart_frames = 0.01, 64
 
@@ -103,7 +106,7 @@ WRITE = st.one_of(
 )
 
 
-def _apply(ledger: Ledger, write: tuple[str, int, Any], at: float) -> None:
+def _apply(ledger: TaskLedger, write: tuple[str, int, Any], at: float) -> None:
     kind, n, value = write
     task_id = f"t{n}"
     if kind == "update":
@@ -116,23 +119,26 @@ def _apply(ledger: Ledger, write: tuple[str, int, Any], at: float) -> None:
         ledger.transitions([(task_id, 1, value, None, at, None)])
 
 
-def _tables(ledger: Ledger) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _tables(ledger: TaskLedger) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     ledger.commit()
-    tasks = ledger.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()
-    transitions = ledger.db.execute("SELECT * FROM transitions ORDER BY rowid").fetchall()
+    tasks = ledger.query(f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks ORDER BY id")
+    transitions = ledger.query(
+        f"SELECT id, attempt, state, worker, at, note FROM transitions ORDER BY {ledger.ORDER}"
+    )
     return [tuple(r) for r in tasks], [tuple(r) for r in transitions]
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(writes=st.lists(WRITE, max_size=30))
 def test_writes_merged_in_one_batch_leave_what_writes_one_by_one_leave(
-    tmp_path: Path, writes: list[tuple[str, int, Any]]
+    new_ledger_url: Callable[[], str],
+    open_ledgers: Callable[..., TaskLedger],
+    writes: list[tuple[str, int, Any]],
 ) -> None:
     """The batch merges each task's changes into one row; the tables must not tell."""
-    directory = Path(tempfile.mkdtemp(dir=tmp_path))
-    batched, single = Ledger(directory / "batched.sqlite"), Ledger(directory / "single.sqlite")
+    batched, single = open_ledgers(new_ledger_url()), open_ledgers(new_ledger_url())
     requests = [TaskRequest(f"t{n}", "sleep") for n in range(4)]
     for ledger in (batched, single):
         ledger.add(requests, 0.0)
@@ -144,18 +150,19 @@ def test_writes_merged_in_one_batch_leave_what_writes_one_by_one_leave(
     assert _tables(batched) == _tables(single)
 
 
-def test_an_id_added_again_is_not_new_before_or_after_the_commit(tmp_path: Path) -> None:
+def test_an_id_added_again_is_not_new_before_or_after_the_commit(
+    ledger_url: str, open_ledgers: Callable[..., TaskLedger]
+) -> None:
     """The idempotency check sees the adds not yet written as well as the committed rows."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = open_ledgers(ledger_url)
     a, b = TaskRequest("a", "sleep"), TaskRequest("b", "sleep")
     assert [r.id for r in ledger.add([a, a], 1.0)] == ["a"]
     assert [r.id for r in ledger.add([a, b], 2.0)] == ["b"]  # "a" still waits in memory
     ledger.commit()
     assert ledger.add([b, a], 3.0) == []
     ledger.commit()
-    rows = ledger.db.execute("SELECT id, submitted_at FROM tasks ORDER BY id").fetchall()
+    rows = ledger.query("SELECT id, submitted_at FROM tasks ORDER BY id")
     assert [tuple(r) for r in rows] == [("a", 1.0), ("b", 2.0)]
-    ledger.close()
 
 
 def test_a_ledger_from_before_received_at_gets_the_column(tmp_path: Path) -> None:
@@ -164,6 +171,7 @@ def test_a_ledger_from_before_received_at_gets_the_column(tmp_path: Path) -> Non
     old.add([TaskRequest("a", "sleep")], 1.0)
     old.commit()
     old.db.execute("ALTER TABLE tasks DROP COLUMN received_at")  # as an older version made it
+    old.db.execute("PRAGMA user_version = 0")  # from before numbered migrations
     old.close()
     ledger = Ledger(path)
     row = ledger.get("a")
@@ -212,8 +220,10 @@ def test_the_ledger_files_and_the_state_dir_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((fresh / "ledger.sqlite").stat().st_mode) == 0o600
 
 
-def test_the_outbox_holds_each_letter_once(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_the_outbox_holds_each_letter_once(
+    ledger_url: str, open_ledgers: Callable[..., TaskLedger]
+) -> None:
+    ledger = open_ledgers(ledger_url)
     big = b"x" * 10_000
     first = Letter.of("mm.requests", big, "why", 1.0)
     assert len(first.body) == DEAD_BODY_BYTES and first.size == 10_000
@@ -229,5 +239,5 @@ def test_the_outbox_holds_each_letter_once(tmp_path: Path) -> None:
     ledger.commit()
     assert ledger.unsent_letters() == [other]
     ledger.prune_letters(before=2.0)  # the sent one is forgotten, the unsent one kept
-    assert ledger.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 1
-    ledger.close()
+    ledger.commit()
+    assert ledger.query("SELECT COUNT(*) FROM dead_letters") == [(1,)]

@@ -189,7 +189,7 @@ def test_a_redelivered_rejected_message_is_dead_lettered_once(cluster: LocalClus
     )
     query = "SELECT 1 FROM dead_letters WHERE sent = 0"
     reader = cluster.ledger()
-    wait_until(lambda: not reader.db.execute(query).fetchone(), 20, "the letters marked sent")
+    wait_until(lambda: not reader.query(query), 20, "the letters marked sent")
 
 
 def intake_mix(total: int) -> tuple[list[bytes], set[str], dict[bytes, str], set[str]]:

@@ -56,6 +56,20 @@ VALID: dict[str, dict[str, Any]] = {
         "error": None,
     },
 }
+VALID["status"] = {"v": 1, "kind": "status", "ids": ["t-1", "t-2"], "ref": "r1"}
+VALID["notice"] = {
+    "v": 1,
+    "kind": "notice",
+    "id": "t-1",
+    "state": "succeeded",
+    "attempt": 1,
+    "worker": "w1",
+    "at": 1.7e9,
+    "output": {"n": 1},
+    "error": None,
+    "ref": None,
+}
+VALID["notices"] = {"v": 1, "kind": "notices", "notices": [VALID["notice"]]}
 VALID["dispatches"] = {"v": 1, "kind": "dispatches", "dispatches": [VALID["dispatch"]]}
 VALID["results"] = {"v": 1, "kind": "results", "results": [VALID["result"]]}
 

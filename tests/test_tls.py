@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from matchmaker.client import Client
 from matchmaker.config import load
 from matchmaker.local import LocalCluster
 from matchmaker.messages import TaskRequest, decode_results, encode
@@ -209,8 +210,13 @@ def test_submit_scheduler_worker_result_over_amqps(tls_broker: TLSBroker, tmp_pa
         assert submitted.stdout.split() == ["over-tls"]
         row = cluster.wait_states(["over-tls"], timeout=45)["over-tls"]
         assert (row.worker, row.attempt, row.output) == ("tls-w1", 1, {"slept": 0.1})
-        connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
-        for name in ("matchmaker-scheduler", "worker tls-w1"):
+        with Client(  # the client library, with the same files
+            url, name="client over tls", broker_ca=tls.ca, broker_cert=tls.cert, broker_key=tls.key
+        ) as client:
+            handle = client.submit("sleep", {"seconds": 0}, id="client-over-tls")
+            assert handle.wait(timeout=45) == {"slept": 0}
+            connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
+        for name in ("matchmaker-scheduler", "worker tls-w1", "client over tls"):
             mine = [line for line in connections.splitlines() if name in line]
             assert mine and all(line.endswith("\ttrue") for line in mine), connections
     finally:

@@ -20,6 +20,8 @@ class Events(Core):
 
     def _publish_events(self) -> None:
         """Events go out batched per state: one message per routing key ``task.<state>``."""
+        if self.transport is not None:
+            self.notices.publish(self.transport.notice)  # client hook: after the commit
         if self.transport is None or not self.book.has_events():
             return
         events = self.book.take_events()

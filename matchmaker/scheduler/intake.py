@@ -1,4 +1,5 @@
-"""Intake: requests from ``mm.requests`` validated and recorded, cancels, retries, drains."""
+"""Intake: requests from ``mm.requests`` validated and recorded, cancels, retries, drains,
+and status requests (answered through ``matchmaker/notices.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from matchmaker.messages import (
     Drain,
     MessageError,
     Retry,
+    Status,
     TaskRequest,
     check_dispatchable,
     decode,
@@ -36,7 +38,7 @@ class Intake(Core):
         for d in self.requests:
             try:
                 owner = self.senders.owner(d.user)
-                message = decode(d.body, expect=("submit", "cancel", "retry", "drain"))
+                message = decode(d.body, expect=("submit", "cancel", "retry", "drain", "status"))
                 if isinstance(message, TaskRequest):  # any type: it waits for a worker of it
                     if len(d.body) > MAX_MESSAGE_BYTES // 8:  # only a large one can grow past
                         check_dispatchable(message)
@@ -58,9 +60,12 @@ class Intake(Core):
                         self._retry(message.id, now, owner)
                     elif isinstance(message, Drain):
                         self._drain(message, now, owner)
+                    elif isinstance(message, Status):  # client hook
+                        self.notices.answer(message, owner, self.book, self.ledger)
             except MessageError as error:
                 log.warning("rejected a request: %s", error)
                 self.rejects.append((broker.REQUESTS, d.body, str(error), d.body))
+                self.notices.refused(d.user, d.body, str(error))  # client hook
             except FATAL:
                 raise
             except Exception as error:
@@ -109,6 +114,7 @@ class Intake(Core):
                 reason = f"id {request.id} belongs to another owner"
                 log.warning("rejected a request: %s", reason)
                 self.rejects.append((broker.REQUESTS, body, reason, body))
+                self.notices.refused(owner, body, reason)  # client hook
 
     def _cancel(self, task_id: str, now: float, sender: str) -> None:
         owner = self.book.owner(task_id)

@@ -63,6 +63,7 @@ class MemoryBroker:
     dispatches: dict[str, list[tuple[list[str], list[bytes]]]] = field(default_factory=dict)
     letters: list[Letter] = field(default_factory=list)
     events: list[tuple[str, bytes]] = field(default_factory=list)
+    notices: list[tuple[str, bytes]] = field(default_factory=list)  # (owner, body)
     cancels: list[tuple[str, str]] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     acked: dict[str, int] = field(default_factory=lambda: {REQUESTS: 0, RESULTS: 0})
@@ -186,6 +187,10 @@ class MemoryTransport:
     def event(self, routing_key: str, body: bytes) -> None:
         self._alive()
         self.broker.events.append((routing_key, body))
+
+    def notice(self, owner: str, body: bytes) -> None:
+        self._alive()
+        self.broker.notices.append((owner, body))
 
     def cancel(self, worker: str, task_id: str) -> None:
         self._alive()

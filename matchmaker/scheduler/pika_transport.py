@@ -117,6 +117,10 @@ class PikaTransport:
         with _translated():
             self.publish_event(broker.EVENTS, routing_key, body, EVENT_PROPERTIES)
 
+    def notice(self, owner: str, body: bytes) -> None:
+        with _translated():
+            self.publish_event(broker.NOTICES, owner, body, EVENT_PROPERTIES)
+
     def cancel(self, worker: str, task_id: str) -> None:
         with _translated():
             self.control.basic_publish(broker.CONTROL, f"cancel.{worker}", encode(Cancel(task_id)))

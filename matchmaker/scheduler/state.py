@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -17,11 +16,12 @@ from matchmaker.api import server as api_server
 from matchmaker.book import Book
 from matchmaker.config import Config
 from matchmaker.identity import Senders
-from matchmaker.ledger import Ledger, Letter
+from matchmaker.ledger import FAILURES, Letter, TaskLedger
 from matchmaker.limits import Quotas
 from matchmaker.liveness import Liveness
 from matchmaker.metrics import Metrics
 from matchmaker.models import Worker
+from matchmaker.notices import Notices
 from matchmaker.rates import ServiceRates
 from matchmaker.scheduler.clock import Clock, TurnClock
 from matchmaker.scheduler.transport import Delivery as Delivery  # re-exported
@@ -32,7 +32,7 @@ from membership.inventory import Change, LiveWorker
 log = logging.getLogger("matchmaker.service")
 
 # Not one message's fault: the broker or the ledger itself failed. They end the turn.
-FATAL = (TransportError, sqlite3.OperationalError)
+FATAL: tuple[type[BaseException], ...] = (TransportError, *FAILURES)
 
 
 def describe_error(error: BaseException) -> str:
@@ -55,8 +55,9 @@ class Core:
 
     config: Config
     senders: Senders
-    ledger: Ledger
+    ledger: TaskLedger
     quotas: Quotas
+    notices: Notices  # client hook
     book: Book
     metrics: Metrics
     changes: queue.Queue[Change]

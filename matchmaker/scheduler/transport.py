@@ -9,7 +9,7 @@ objects are declared and it consumes ``mm.requests`` and ``mm.results``):
   for something to arrive; it returns as soon as a delivery did, with every
   delivery and publisher confirm received since the last poll. It does no
   domain work: deciding, decoding and writing happen in the loop.
-- ``dispatch``, ``letter``, ``event`` and ``cancel`` queue a publish; a
+- ``dispatch``, ``letter``, ``event``, ``notice`` and ``cancel`` queue a publish; a
   dispatch and a letter are confirmed (or refused) in a later ``poll``.
 - ``ack(source, tag)`` queues a ``multiple`` ack of every delivery of that
   queue up to ``tag``. Nothing is nacked: a message the scheduler cannot use
@@ -85,6 +85,9 @@ class Transport(Protocol):
 
     def event(self, routing_key: str, body: bytes) -> None:
         """Queue an event message for ``mm.events``."""
+
+    def notice(self, owner: str, body: bytes) -> None:
+        """Queue a ``notices`` message for ``mm.notices``, routed to ``owner``."""
 
     def cancel(self, worker: str, task_id: str) -> None:
         """Queue a cancel of ``task_id`` to ``worker``'s control queue."""

@@ -14,7 +14,10 @@ body, with the whole body's size and SHA-256 in ``x-mm-size`` and
 ``mm.events`` is a topic exchange
 (routing key ``task.<state>``); ``mm.control`` a topic exchange for
 cancellations (routing key ``cancel.<worker>``), bound by the scheduler to each
-worker's control queue ``mm.control.<worker>``.
+worker's control queue ``mm.control.<worker>``. ``mm.notices`` is a topic exchange
+for what the scheduler tells a task's owner (``matchmaker/notices.py``), routing key
+the owner's broker user; a client reads it through an exclusive queue of its own,
+``mm.inbox.<user>.<suffix>`` (``inbox_queue``), bound with its own user as the key.
 
 Publishing rights are per exchange (docs/security.md), and the right to write
 the default exchange is the right to write every queue, which only the
@@ -58,6 +61,8 @@ RESULTS = "mm.results"
 DEAD = "mm.dead"
 EVENTS = "mm.events"
 CONTROL = "mm.control"
+NOTICES = "mm.notices"
+INBOX_PREFIX = "mm.inbox."
 DEFAULT_URL = "amqp://matchmaker:matchmaker@127.0.0.1:5672/matchmaker"
 ROUTES = {REQUESTS: REQUESTS, RESULTS: RESULTS, DEAD: RESULTS}  # queue -> the exchange feeding it
 QUEUE_TYPES = ("classic", "quorum")
@@ -86,6 +91,13 @@ def control_queue(name: str) -> str:
     """A worker's queue of cancels. Not ``mm.worker.<name>.control``: a worker may be named
     ``<name>.control``, and a worker's rights on its queues are by name."""
     return f"mm.control.{name}"
+
+
+def inbox_queue(user: str, suffix: str) -> str:
+    """A client's queue of notices: ``mm.inbox.<user>.<suffix>``, the suffix without dots
+    (so no user's queue names can be another's: a user's rights name ``<user>.`` plus one
+    dotless word)."""
+    return f"{INBOX_PREFIX}{user}.{suffix}"
 
 
 def pull_queue(task_type: str) -> str:
@@ -360,6 +372,7 @@ def declare_core(channel: BlockingChannel, kind: str | None = None) -> None:
         channel.queue_bind(queue, exchange, routing_key=queue)
     channel.exchange_declare(EVENTS, "topic", durable=True)
     channel.exchange_declare(CONTROL, "topic", durable=True)
+    channel.exchange_declare(NOTICES, "topic", durable=True)
 
 
 def ensure_core(connection: pika.BlockingConnection, url: str) -> None:
