@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.broker import CONTROL
 from matchmaker.messages import Cancel, encode
+from matchmaker.wire.broker import CONTROL
 from tests.workers_support import ROOT, Client, client, spawn, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.broker
