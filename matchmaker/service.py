@@ -173,6 +173,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Members | None = None
         self.live: dict[str, Worker] = {}
+        self.in_pool: set[str] = set()
         self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
         self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round

@@ -1,4 +1,11 @@
-"""Shared fixtures: a fresh RabbitMQ vhost per test on the real local broker.
+"""Shared fixtures: a fresh RabbitMQ vhost per test on the real local broker; and the
+selection of tests by what they need.
+
+``tests/unit`` needs nothing outside the process (no broker, no Serf, no PostgreSQL, no
+subprocess); ``tests/integration`` talks to real components. A test is marked by what its
+fixtures need (``broker``, ``postgres``), and every test under ``tests/integration`` is
+marked ``integration``. Without a broker on 127.0.0.1:5672 the integration tests are
+skipped with that reason, except under CI (``CI`` set), which runs everything.
 
 Every ``rabbitmqctl`` call boots an Erlang VM (about a second of CPU), so the
 vhosts are made and removed in batches: ``import_definitions`` creates
@@ -10,6 +17,8 @@ test still gets a vhost no other test has touched.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,6 +35,16 @@ from tests.pg_support import (  # noqa: F401  (fixtures)
     pg_schemas,
     pg_url,
 )
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+NEEDS = {  # fixture -> the marker of what it needs
+    "broker_url": "broker",
+    "vhost_pool": "broker",
+    "role_users": "broker",
+    "pg_url": "postgres",
+    "pg_schemas": "postgres",
+    "new_ledger_url": "postgres",
+}
 
 USER = "matchmaker"
 PASSWORD = "matchmaker"
@@ -154,3 +173,29 @@ def role_users(broker_url: str, tmp_path: Path) -> Iterator[RoleUsers]:
         yield made
     finally:
         made.delete()
+
+
+def _broker_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip: pytest.MarkDecorator | None = None
+    checked = False
+    for item in items:
+        for fixture in set(NEEDS) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(NEEDS[fixture])
+        if INTEGRATION not in item.path.parents:
+            continue
+        item.add_marker("integration")
+        if not checked:
+            checked = True
+            if not (os.environ.get("CI") or _broker_answers()):
+                reason = "no RabbitMQ on 127.0.0.1:5672 (scripts/broker.sh start); CI runs these"
+                skip = pytest.mark.skip(reason=reason)
+        if skip is not None:
+            item.add_marker(skip)

@@ -16,13 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
 from matchmaker.liveness import Liveness
 from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest, encode
-from matchmaker.wire import broker
+from matchmaker.wire import amqp, broker
 from membership.agent import SerfAgent, free_port
 from membership.inventory import Change
 from membership.tags import encode_worker_tags
@@ -253,7 +252,7 @@ def test_a_worker_alive_in_serf_without_a_consumer_gets_nothing(
 
 def _held(url: str, name: str) -> int:
     """How many messages worker ``name``'s queue holds."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = amqp.plain(url)
     try:
         ok = connection.channel().queue_declare(broker.worker_queue(name), passive=True)
         return int(ok.method.message_count)

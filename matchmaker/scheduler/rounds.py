@@ -47,6 +47,7 @@ class Rounds(Core):
         advertised = {name: worker_of(lw.worker) for name, lw in self.inventory.snapshot().items()}
         for gone in set(self.live) - set(advertised):
             self.rates.forget(gone)
+        self.in_pool = set(advertised)
         if self.liveness is not None:  # only those consuming their queue get dispatches
             advertised = self.liveness.present(advertised)
         self.live, self.loaded = {}, {}
@@ -64,7 +65,9 @@ class Rounds(Core):
     def _reconcile_inventory(self) -> None:
         self._refresh_live()
         now = self.clock.time()
-        for worker in sorted(self.book.workers_with_tasks() - set(self.live)):
+        # Not yet seen consuming is no loss (a standby taking over learns the consumers a
+        # moment later); a dropped consumer comes as a change of its own.
+        for worker in sorted(self.book.workers_with_tasks() - self.in_pool):
             moved = self.book.worker_lost(worker, now, "is not in the inventory")
             log.info("worker %s is gone; %d tasks back to pending", worker, moved)
         self.ledger.commit()

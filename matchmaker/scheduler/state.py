@@ -64,6 +64,7 @@ class Core:
     changes: queue.Queue[Change]
     inventory: Members | None
     live: dict[str, Worker]
+    in_pool: set[str]  # the inventory's workers, consuming or not (``live`` is those consuming)
     loaded: dict[str, Worker]
     rates: ServiceRates
     timed: set[str]
