@@ -4,7 +4,7 @@
 which needs pika's internals: the output function, the input callback it replaces, the
 frame processor it hands other frames to, the channel table and each channel's consumers.
 They are reached only through the functions below, and ``PRIVATE`` lists them, so that a
-pika release that renames one fails ``tests/test_pika_shim.py`` rather than delivery.
+pika release that renames one fails ``tests/integration/test_pika_shim.py`` rather than delivery.
 
 ``check()`` compares the installed pika with ``TESTED`` (the range pyproject pins); outside
 it, ``broker.connect`` refuses with one sentence saying what to install.

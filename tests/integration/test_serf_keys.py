@@ -23,7 +23,7 @@ from membership.keys import (
 from membership.rpc import SerfRPC
 from tests.workers_support import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
 
 

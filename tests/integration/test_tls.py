@@ -36,7 +36,7 @@ from tests.workers_support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The distribution's own scripts: the /usr/sbin wrappers switch to the rabbitmq user, who
 # cannot read the test's temporary directory.
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")

@@ -15,7 +15,7 @@ import pytest
 
 from matchmaker.advertised import warnings
 from matchmaker.messages import MAX_LOG_CHARS, MessageError, TaskResult, decode, encode
-from tests.test_imports import loaded_after
+from tests.integration.test_imports import loaded_after
 from workers.context import TaskContext, TaskLog
 from workers.registry import (
     TASKS,
@@ -29,7 +29,7 @@ from workers.registry import (
 )
 from workers.runner import MAX_OUTPUT_BYTES, _logs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def noop(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from matchmaker import plan
 from matchmaker.engine.speed import MAX_TIER, STEP, tier
 from matchmaker.models import MAX_SPEED, MIN_SPEED, Policy, Task, Worker
 from tests import reference_flow as ref
-from tests.test_engine_properties import (
+from tests.unit.test_engine_properties import (
     SETTINGS,
     TYPES,
     aging_policies,

@@ -15,7 +15,7 @@ from pika.connection import Connection
 
 from matchmaker.wire import broker, pika_shim
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "matchmaker" / "wire" / "pika_shim.py"
 
 

@@ -34,7 +34,7 @@ from matchmaker.wire import amqp, broker
 from tests.conftest import RoleUsers, VhostPool
 
 pytestmark = pytest.mark.timeout(240)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class System:

@@ -49,7 +49,7 @@ def test_the_configuration_reference_is_current() -> None:
     from matchmaker import configdoc
 
     assert configdoc.missing() == [], "describe these fields in matchmaker/configdoc.py"
-    reference = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    reference = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert configdoc.is_current(reference), "run: python -m matchmaker.configdoc > " + str(
         reference
     )

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.swf import SWFError, read_swf
 from benchmarks.trace import scenario_from_trace
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "NASA-iPSC-1993-3.1-cln.swf"
+TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "NASA-iPSC-1993-3.1-cln.swf"
 needs_trace = pytest.mark.skipif(not TRACE.is_file(), reason=f"{TRACE} is not present")
 
 

@@ -159,7 +159,7 @@ def test_openapi_document_and_events(api_cluster: ApiCluster) -> None:
 
 
 def test_standby_redirects_to_the_leader(api_cluster: ApiCluster, tmp_path: Path) -> None:
-    """(tests/test_api_standby.py follows a takeover too.)"""
+    """(tests/integration/test_api_standby.py follows a takeover too.)"""
     from membership.agent import free_port
 
     c = api_cluster.cluster

@@ -38,7 +38,7 @@ from aurora.local import LocalAurora
 from aurora.thermos import task_instance
 from aurora.transport import THRIFT_BINARY, THRIFT_JSON, HttpTransport, redirect_target
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,9 @@ def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
         for family in registry.collect()
         for suffix in suffixes[family.type]
     }
-    dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana/matchmaker.json").read_text())
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs/grafana/matchmaker.json").read_text()
+    )
     used = {
         name
         for panel in dashboard["panels"]

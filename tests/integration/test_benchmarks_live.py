@@ -21,7 +21,7 @@ from benchmarks.live import parser
 from benchmarks.live_cpu import Meter, cpu_seconds
 from tests.workers_support import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(180)
 
 

@@ -1,4 +1,5 @@
-"""Drain deadlines as the scheduler keeps them (the eviction itself: tests/test_cli_ops.py)."""
+"""Drain deadlines as the scheduler keeps them (the eviction itself:
+tests/integration/test_cli_ops.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The scheduler's notices to owners (``matchmaker/notices.py``), the wire messages they use,
 and the client rights that keep each user to its own notices: pure logic on a real ledger
-file, no broker (``tests/test_client.py`` has the whole system)."""
+file, no broker (``tests/integration/test_client.py`` has the whole system)."""
 
 from __future__ import annotations
 

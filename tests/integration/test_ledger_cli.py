@@ -1,5 +1,5 @@
 """``python -m matchmaker ledger ...`` and ``ledger_url`` in the configuration, on an
-embedded ledger (the PostgreSQL side: tests/test_ledger_standby.py)."""
+embedded ledger (the PostgreSQL side: tests/integration/test_ledger_standby.py)."""
 
 from __future__ import annotations
 

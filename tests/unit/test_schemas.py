@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from matchmaker.messages import Batch, MessageError, decode
 from matchmaker.schemas import SCHEMAS, render
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 INTEGER_FIELDS = {"priority", "max_attempts", "attempt"}
 
 VALID: dict[str, dict[str, Any]] = {

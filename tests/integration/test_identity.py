@@ -35,7 +35,7 @@ from matchmaker.wire import amqp, broker
 from matchmaker.wire.frames import user_id
 from tests.conftest import RoleUsers, rabbitmqctl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- the rules, without a broker --------------------------------------------------------

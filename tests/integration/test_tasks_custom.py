@@ -17,12 +17,12 @@ from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from membership.keys import AUTH_FILE
 from tests.api_support import ApiCluster, api_cluster
-from tests.test_dashboard import SHOTS, page
+from tests.integration.test_dashboard import SHOTS, page
 
 pytestmark = [pytest.mark.broker, pytest.mark.serf]
 __all__ = ["api_cluster", "page"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "examples" / "gateway"
 
 SHOUT = """
