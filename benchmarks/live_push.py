@@ -127,6 +127,8 @@ def run(env: Env, tasks: int, workers: int, slots: int) -> dict[str, Any]:
 
     ledger = LedgerView(cluster)
     env.stack.callback(ledger.close)
+    # Bare agents never consume their queues: broker-side liveness would keep them out.
+    cluster.scheduler_args = (*cluster.scheduler_args, "--liveness-vhost", "")
     scheduler = cluster.start_scheduler(wait=False)
     env.stack.callback(scheduler.stop)  # before the bare agents go: nothing to reschedule
     meter = Meter({"scheduler": scheduler.popen.pid, "rabbitmq": broker_pid()}).start()

@@ -25,6 +25,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", parents=[common], help="run the scheduler")
     run.add_argument("--round-interval", dest="round_interval", type=float)
     run.add_argument("--pipeline-depth", dest="pipeline_depth", type=int)
+    run.add_argument(
+        "--liveness-vhost",
+        dest="liveness_vhost",
+        help="vhost of RabbitMQ's event exchange ('' turns broker-side failure detection off)",
+    )
     run.add_argument("--strategy", choices=["spread", "binpack"])
     run.add_argument("--aging-interval", dest="aging_interval", type=float)
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
