@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def test_a_collision_is_an_error_and_the_same_function_again_is_not() -> None:
     registry = Registry()
     task("one", registry=registry)(noop)
     task("one", registry=registry)(noop)  # a module imported twice: nothing changes
-    twice = r"'one' is defined twice: by tests\.test_registry:noop"
+    twice = rf"'one' is defined twice: by {re.escape(__name__)}:noop"
     with pytest.raises(RegistryError, match=twice):
         task("one", registry=registry)(other)
     assert registry["one"] is noop and list(registry) == ["one"]

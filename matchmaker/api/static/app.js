@@ -80,7 +80,8 @@ async function loadTasks(append) {
 function chart(svg, series, colors) {
   const el = $(svg), w = el.clientWidth || 320, h = 120, pad = 4;
   const all = series.flat().filter((v) => Number.isFinite(v));
-  const max = Math.max(1e-9, ...all);
+  const top = Math.max(0, ...all);
+  const max = top > 0 ? top : 1;  // an all-zero chart is scaled to 1
   const n = Math.max(2, ...series.map((s) => s.length));
   const lines = series.map((s, i) => {
     const pts = s.map((v, j) => `${(pad + (w - 2 * pad) * j / (n - 1)).toFixed(1)},${(h - pad - (h - 2 * pad) * v / max).toFixed(1)}`);
