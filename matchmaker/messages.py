@@ -341,19 +341,25 @@ def _request(body: dict[str, Any]) -> TaskRequest:
     )
 
 
+def _one_of(body: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(field)
+    if value not in allowed:
+        raise MessageError(f"'{field}' must be one of {', '.join(allowed)} (got {show(value)})")
+    return str(value)
+
+
+def _optional(body: dict[str, Any], field: str, kind: type, what: str) -> Any:
+    value = body.get(field)
+    if value is not None and not isinstance(value, kind):
+        raise MessageError(f"'{field}' must be {what} or null")
+    return value
+
+
 def _result(body: dict[str, Any]) -> TaskResult:
-    state = body.get("state")
-    if state not in RESULT_STATES:
-        raise MessageError(f"'state' must be one of {', '.join(RESULT_STATES)} (got {show(state)})")
-    output = body.get("output")
-    if output is not None and not isinstance(output, dict):
-        raise MessageError("'output' must be a JSON object or null")
-    error = body.get("error")
-    if error is not None and not isinstance(error, str):
-        raise MessageError("'error' must be a string or null")
-    logs = body.get("logs")
-    if logs is not None and not isinstance(logs, str):
-        raise MessageError("'logs' must be a string or null")
+    state = _one_of(body, "state", RESULT_STATES)
+    output = _optional(body, "output", dict, "a JSON object")
+    error = _optional(body, "error", str, "a string")
+    logs = _optional(body, "logs", str, "a string")
     return TaskResult(
         id=_name(body, "id"),
         attempt=_int(body, "attempt", 0, 1, MAX_ATTEMPTS),
@@ -383,18 +389,12 @@ def _status(body: dict[str, Any]) -> Status:
 
 
 def _notice(body: dict[str, Any]) -> Notice:
-    state = body.get("state")
-    if state not in NOTICE_STATES:
-        raise MessageError(f"'state' must be one of {', '.join(NOTICE_STATES)} (got {show(state)})")
+    state = _one_of(body, "state", NOTICE_STATES)
     worker = body.get("worker")
     if worker is not None:
         worker = _name(body, "worker")
-    output = body.get("output")
-    if output is not None and not isinstance(output, dict):
-        raise MessageError("'output' must be a JSON object or null")
-    error = body.get("error")
-    if error is not None and not isinstance(error, str):
-        raise MessageError("'error' must be a string or null")
+    output = _optional(body, "output", dict, "a JSON object")
+    error = _optional(body, "error", str, "a string")
     return Notice(
         id=_name(body, "id"),
         state=state,

@@ -488,21 +488,8 @@ class TaskLedger:
 
     def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The history of each of these tasks (for archives)."""
-        self.write()
-        out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._run(
-                "SELECT id, attempt, state, worker, at, note FROM transitions"
-                f" WHERE id IN ({marks}) ORDER BY {self.ORDER}",
-                chunk,
-            )
-            for i, attempt, state, worker, at, note in rows:
-                out[i].append(
-                    {"attempt": attempt, "state": state, "worker": worker, "at": at, "note": note}
-                )
-        return out
+        names = ("attempt", "state", "worker", "at", "note")
+        return self._by_task("transitions", names, ids, self.ORDER)
 
     def logs(self, task_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
         """The kept logs of a task's attempts (or of one), by attempt."""
@@ -518,18 +505,24 @@ class TaskLedger:
 
     def logs_of(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The logs of each of these tasks, by attempt (for archives)."""
+        return self._by_task("task_logs", ("attempt", "worker", "at", "text"), ids, "attempt")
+
+    def _by_task(
+        self, table: str, names: tuple[str, ...], ids: list[str], order: str
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Rows of ``table`` for these task ids, ``CHUNK`` ids a query, grouped by task."""
         self.write()
         out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             marks = ", ".join("?" * len(chunk))
             rows = self._run(
-                "SELECT id, attempt, worker, at, text FROM task_logs"
-                f" WHERE id IN ({marks}) ORDER BY attempt",
+                f"SELECT id, {', '.join(names)} FROM {table}"
+                f" WHERE id IN ({marks}) ORDER BY {order}",
                 chunk,
             )
-            for i, attempt, worker, at, text in rows:
-                out[i].append({"attempt": attempt, "worker": worker, "at": at, "text": text})
+            for i, *values in rows:
+                out[i].append(dict(zip(names, values, strict=True)))
         return out
 
     def counts(self) -> dict[str, int]:
