@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.live_env import vhost_definitions
 from matchmaker.client import Client
-from matchmaker.local import LocalCluster
+from matchmaker.devtools.cluster import LocalCluster
 from matchmaker.messages import TaskRequest
 
 

@@ -45,7 +45,7 @@ from typing import Any
 from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
 from benchmarks.live_env import AMQP, Env, LiveError, rabbit_setting
 from matchmaker.config import Config
-from matchmaker.local import ClusterError
+from matchmaker.devtools.cluster import ClusterError
 from matchmaker.wire import amqp
 from matchmaker.wire.broker import BrokerError
 

@@ -37,7 +37,7 @@ from benchmarks.live_env import Env, LedgerView, paced, wait_for
 from benchmarks.record import RunRecord, check_placement, metrics
 from benchmarks.scenarios import Scenario, ScenarioParams, Workload, constraints
 from benchmarks.sim import table as sim_table
-from matchmaker.local import LocalCluster
+from matchmaker.devtools.cluster import LocalCluster
 from matchmaker.messages import TaskRequest, TaskResult, decode_results, encode
 from matchmaker.models import Task, Worker
 from matchmaker.wire import amqp, broker

@@ -37,7 +37,7 @@ from benchmarks.live_env import (
     verdict,
     wait_for,
 )
-from matchmaker.local import ROOT
+from matchmaker.devtools.cluster import ROOT
 
 CELERY_QUEUE_TYPES = ("quorum", "classic")
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from benchmarks.progress import Progress
 from matchmaker.config import Config
+from matchmaker.devtools.cluster import LocalCluster, Process
 from matchmaker.ledger import LedgerError, TaskLedger, open_url
-from matchmaker.local import LocalCluster, Process
 from matchmaker.messages import TaskRequest, encode
 from matchmaker.wire import amqp, broker
 

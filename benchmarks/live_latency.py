@@ -54,7 +54,7 @@ from benchmarks.live_env import (
     verdict,
     wait_for,
 )
-from matchmaker.local import LocalCluster
+from matchmaker.devtools.cluster import LocalCluster
 
 TARGET_P99 = 0.025
 CDF_POINTS = 200

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from matchmaker.experiment import run_experiment
-from matchmaker.local import ClusterError, LocalCluster, storage_site
+from matchmaker.devtools.cluster import ClusterError, LocalCluster, storage_site
+from matchmaker.devtools.experiment import run_experiment
 from matchmaker.messages import TaskRequest
 from matchmaker.wire import broker
 

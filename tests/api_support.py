@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from membership.agent import free_port
 
 

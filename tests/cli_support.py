@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from matchmaker.local import ROOT, LocalCluster
+from matchmaker.devtools.cluster import ROOT, LocalCluster
 from membership.keys import AUTH_FILE
 
 

@@ -4,7 +4,7 @@
 temporary directory the ``postgres`` user may enter; it listens on the host's address
 only, passwords checked with SCRAM), with one database and one role owning it.
 ``spawn`` starts a Python module on a host (``ip netns exec``) with its output in a
-log file; the returned ``matchmaker.local.Process`` is what the test kills or waits on.
+log file; the returned ``matchmaker.devtools.cluster.Process`` is what the test kills or waits on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from matchmaker.local import Process
+from matchmaker.devtools.cluster import Process
 from tests.netns_support import SUBNET, Host
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 
 from matchmaker.api import ApiError
 from matchmaker.api.auth import identify, load_tokens
-from matchmaker.local import wait_until
+from matchmaker.devtools.cluster import wait_until
 from matchmaker.messages import TaskRequest
 from tests.api_support import ApiCluster, api_cluster, write_tokens
 
@@ -192,7 +192,7 @@ def test_tokens_file_is_checked(tmp_path: Path) -> None:
 
 
 def test_without_tokens_only_local_reads(broker_url: str, tmp_path: Path) -> None:
-    from matchmaker.local import LocalCluster
+    from matchmaker.devtools.cluster import LocalCluster
     from membership.agent import free_port
 
     port = free_port()

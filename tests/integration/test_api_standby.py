@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from matchmaker.api.leader import TAG, Advert, parse
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from membership.agent import free_port
 from membership.rpc import Member
 from tests.api_support import ApiCluster, write_tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from matchmaker import users
-from matchmaker.local import ROOT, LocalCluster, wait_until
+from matchmaker.devtools.cluster import ROOT, LocalCluster, wait_until
 from matchmaker.messages import Retry, TaskRequest
 from matchmaker.wire import amqp, broker
 from tests.cli_support import cli, cli_json, where

@@ -29,7 +29,7 @@ from matchmaker.client import (
     TaskRejected,
     TaskUnknown,
 )
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.wire import amqp, broker
 from tests.conftest import RoleUsers, VhostPool
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rabbit_cluster import RabbitCluster
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from matchmaker.wire import broker
 from tests.multihost_support import logged_after

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from matchmaker.local import wait_until
+from matchmaker.devtools.cluster import wait_until
 from matchmaker.messages import TaskRequest
 from tests.api_support import ApiCluster, api_cluster
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from matchmaker.experiment import run_experiment
-from matchmaker.local import LocalCluster, storage_site
+from matchmaker.devtools.cluster import LocalCluster, storage_site
+from matchmaker.devtools.experiment import run_experiment
 from matchmaker.messages import TaskRequest
 
 pytestmark = pytest.mark.timeout(240)

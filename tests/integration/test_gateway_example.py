@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from matchmaker.local import wait_until
+from matchmaker.devtools.cluster import wait_until
 from tests.api_support import ApiCluster, api_cluster
 from tests.conftest import RoleUsers
 from tests.integration.test_dashboard import page

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from matchmaker import identity, users
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.identity import IdentityError, Senders
 from matchmaker.ledger import Ledger
-from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, Drain, MessageError, TaskRequest, TaskResult, encode
 from matchmaker.wire import amqp, broker
 from matchmaker.wire.frames import user_id

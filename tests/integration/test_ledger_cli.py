@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from matchmaker.config import Config, ConfigError, load
+from matchmaker.devtools.cluster import ROOT
 from matchmaker.ledger import open_ledger
-from matchmaker.local import ROOT
 from matchmaker.messages import TaskRequest
 
 

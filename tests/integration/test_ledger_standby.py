@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from matchmaker.devtools.cluster import ROOT, LocalCluster, wait_until
 from matchmaker.ledger import open_url
-from matchmaker.local import ROOT, LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from tests.pg_support import Schemas
 

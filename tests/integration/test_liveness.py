@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.liveness import Liveness
-from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest, encode
 from matchmaker.wire import amqp, broker
 from membership.agent import SerfAgent, free_port

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from matchmaker.book import Event
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from matchmaker.metrics import Metrics
 from membership.agent import free_port

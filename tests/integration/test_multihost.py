@@ -37,7 +37,7 @@ import pytest
 
 from benchmarks.rabbit_cluster import RabbitCluster, RabbitNode
 from matchmaker.config import Config
-from matchmaker.local import Process, wait_until
+from matchmaker.devtools.cluster import Process, wait_until
 from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen
 from tests import netns_support
 from tests.multihost_support import Postgres, logged_after, spawn

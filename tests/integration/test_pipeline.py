@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode, encode_batch
 from matchmaker.wire import amqp, broker
 from membership.agent import free_port

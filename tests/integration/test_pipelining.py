@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.local import LocalCluster
+from matchmaker.devtools.cluster import LocalCluster
 from matchmaker.messages import TaskRequest
 
 pytestmark = pytest.mark.timeout(180)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest
 from matchmaker.wire import amqp, broker
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.ledger import DEAD_BODY_BYTES, Ledger, Letter
-from matchmaker.local import LocalCluster, wait_until
 from matchmaker.messages import Cancel, TaskRequest, TaskResult, encode
 from matchmaker.wire import amqp, broker
 from membership.agent import SerfAgent, free_port

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from aurora.local import LocalAurora
-from matchmaker.experiment import run_experiment
-from matchmaker.local import storage_site
+from matchmaker.devtools.cluster import storage_site
+from matchmaker.devtools.experiment import run_experiment
 from matchmaker.messages import TaskRequest
 from workers.tasks import REGISTRY, TaskContext
 

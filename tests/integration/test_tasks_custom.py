@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from matchmaker.local import LocalCluster, wait_until
+from matchmaker.devtools.cluster import LocalCluster, wait_until
 from matchmaker.messages import TaskRequest
 from membership.keys import AUTH_FILE
 from tests.api_support import ApiCluster, api_cluster

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from matchmaker.local import storage_site
+from matchmaker.devtools.cluster import storage_site
 from workers.tasks import REGISTRY, TaskContext, TaskError, fetch
 from workers.tasks.data_staging import run
 

@@ -26,7 +26,7 @@ import pytest
 
 from matchmaker.client import Client
 from matchmaker.config import load
-from matchmaker.local import LocalCluster
+from matchmaker.devtools.cluster import LocalCluster
 from matchmaker.messages import TaskRequest, decode_results, encode
 from matchmaker.tls import TLSError, make_all
 from matchmaker.wire import broker

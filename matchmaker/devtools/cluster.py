@@ -36,7 +36,7 @@ from matchmaker.wire import broker
 from membership.agent import SerfAgent, free_port
 from membership.keys import AUTH_FILE, ENCRYPT_FILE, keygen, read_key_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class ClusterError(RuntimeError):
