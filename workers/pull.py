@@ -1,4 +1,4 @@
-"""Pull mode (the original design, kept for comparison): admit or refuse a TaskRequest.
+"""Pull mode (the original design, kept for comparison): admit a TaskRequest, or hand it back.
 
 A pull worker competes for messages on ``mm.pull.<type>`` queues and sees only
 what arrives. It can check a request's constraints against its own attributes
@@ -6,14 +6,32 @@ what arrives. It can check a request's constraints against its own attributes
 better with one it cannot meet than hand it back to the queue and hope
 another worker takes it. The accepted request becomes a one-attempt dispatch
 whose deadline is its timeout from now.
+
+A refused request is handed back (``HandBack``): after ``requeue_delay`` (so a
+lone unsuitable worker does not spin on it) it is published again to the end
+of its queue under confirms, like a dead letter (``workers.reports``), and
+its delivery is acked once the broker has it. A ``basic_nack(requeue=True)``
+would put it back at the head of a classic queue, where every worker that
+cannot run it takes it again before anything behind it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 from matchmaker.messages import TaskDispatch, TaskRequest
 from matchmaker.models import Task, Worker, worker_value
+from workers.reports import Letter, Reporter
+from workers.stats import Stats
+
+log = logging.getLogger("workers.runtime")  # the worker's one log, as operators filter it
+
+REMEMBER_REQUEUES = 10_000  # tasks whose hand-backs are counted (for the log) before forgetting
+
+# Runs a callback on the connection's thread after a delay; False without a connection.
+Later = Callable[[float, Callable[[], None]], bool]
 
 
 def refusal(request: TaskRequest, worker: Worker) -> str | None:
@@ -37,3 +55,34 @@ def as_dispatch(request: TaskRequest, now: float | None = None) -> TaskDispatch:
         payload=request.payload,
         deadline=start + request.timeout,
     )
+
+
+class HandBack:
+    """Pull mode's refusal path: requests this worker cannot run go back to their queue."""
+
+    def __init__(self, stats: Stats, reports: Reporter, delay: float, later: Later) -> None:
+        self.stats = stats
+        self.reports = reports
+        self.delay = delay
+        self.later = later
+
+    def __call__(self, request: TaskRequest, reason: str, letter: Letter) -> None:
+        """Count and log the refusal, then give ``letter`` (``requeue``) to the reporter."""
+        stats = self.stats
+        stats.requeued += 1
+        count = stats.requeues_by_task.get(request.id, 0) + 1
+        if len(stats.requeues_by_task) > REMEMBER_REQUEUES:
+            stats.requeues_by_task.clear()
+        stats.requeues_by_task[request.id] = count
+        if count == 1 or count % 100 == 0:
+            log.info(
+                "task requeued id=%s reason=%r times=%d total_requeues=%d",
+                request.id,
+                reason,
+                count,
+                stats.requeued,
+            )
+        # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
+        if self.delay > 0 and self.later(self.delay, lambda: self.reports.add(letter)):
+            return
+        self.reports.add(letter)

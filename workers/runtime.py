@@ -1,34 +1,20 @@
-"""The worker runtime: consume dispatches, run them, report results, ack after the report.
+"""The worker runtime: one connection's life, and the loop that serves it.
 
 One thread owns the broker connection (pika's BlockingConnection is not
 thread-safe) and runs a loop: process broker events for a short tick, fail
-jobs past their deadline, settle the confirms that came, then flush (at most
-every ``FLUSH_INTERVAL``, so reports share the broker's writes under load).
-A flush publishes every report ready (running reports and final results,
-coalesced by the ``Runner``) as one ``results`` message (more if they pass
-the message size limit), and every dead letter, on a dedicated channel in
-confirm mode, and goes on; once the broker confirms a final result (or a dead
-letter), the dispatch it answers is acked. So a dispatch is never acked
-before its result is in the broker, and the loop never waits for the broker
-to write; a crash in between means a redelivery (at-least-once), which the
-runner recognises by ``(id, attempt)`` and does not run twice. A report the
-broker refuses, or one unconfirmed when the connection drops, is sent again.
+jobs past their deadline, settle the confirms that came, then flush. The
+loop composes one collaborator per job, each given the connection's channels
+(``workers.acks.Channels``) explicitly: ``workers.intake`` turns deliveries
+into Jobs for the ``Runner`` (``workers.runner``), ``workers.reports``
+publishes what the runner reports under confirms and acks a dispatch only
+once its result is in the broker, and ``workers.pull`` hands back the pull
+requests this worker cannot run. Task threads wake the loop when they end.
 
-Push mode consumes ``mm.worker.<name>`` (prefetch = 2 x slots: the scheduler
-may hold ``pipeline_depth`` dispatches here beyond the slots) and its control
-queue ``mm.control.<name>``, which the scheduler (or the setup) binds to
-``mm.control`` with ``cancel.<name>``; a worker may only read its own queues.
-Results and dead letters go to the ``mm.results`` exchange (``broker.route``),
-the one thing a worker may write, with the worker's broker user as the AMQP
-``user_id`` (checked by RabbitMQ, then by the scheduler). A ``dispatches``
-message holds what one round placed here; it is acked once every dispatch in
-it is reported (or dead-lettered), and its tasks run at most ``slots`` at once.
-Pull mode consumes the ``mm.pull.<type>`` queues of its capabilities
-(prefetch = slots across them) and hands back requests whose constraints it
-cannot meet: published again to the end of their queue (under confirms, like
-a dead letter), then acked. A ``basic_nack(requeue=True)`` would put them back
-at the head of a classic queue, where every worker that cannot run them
-takes them again before anything behind them.
+Push mode consumes its queue with prefetch = 2 x slots (the scheduler may
+hold ``pipeline_depth`` dispatches here beyond the slots), pull mode its
+capabilities' shared queues with prefetch = slots across them. The worker's
+capacity is advertised in the gossip pool (``Presence``), lowered while
+tasks that would not stop hold slots.
 
 ``stop()`` (SIGTERM/SIGINT in the CLI) drains: stop consuming, requeue what has
 not started, let running tasks finish for ``grace`` seconds, then cancel them,
@@ -42,64 +28,39 @@ import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from matchmaker.messages import (
-    MAX_MESSAGE_BYTES,
-    Cancel,
-    MessageError,
-    TaskDispatch,
-    TaskRequest,
-    decode,
-    decode_dispatches,
-    encode,
-    pack,
-)
-from matchmaker.models import Worker as WorkerModel
 from matchmaker.wire import amqp
 from matchmaker.wire.broker import (
-    CONTROL,
-    DEAD,
-    RESULTS,
     BrokerError,
     TLSFiles,
     bind_control,
     connect,
     control_queue,
-    dead_letter_properties,
     declare_pull,
     declare_worker,
     describe,
     ensure_core,
-    persistent,
-    queued_ack,
-    route,
     sender,
 )
 from matchmaker.wire.confirms import Confirms
+from workers.acks import Channels
 from workers.config import WorkerConfig
-from workers.pull import as_dispatch, refusal
-from workers.runner import Delivery, Job, Report, Runner
+from workers.intake import Intake
+from workers.pull import HandBack
+from workers.reports import Outgoing, Reporter
+from workers.runner import Runner
+from workers.stats import Stats
 from workers.tasks import REGISTRY
-from workers.tasks.base import TaskContext, TaskFunction
+from workers.tasks.base import TaskFunction
 
 log = logging.getLogger(__name__)
 
 TICK = 0.5  # longest the loop waits for broker events before checking deadlines and flags
 CANCEL_WAIT = 5.0  # after the grace period: how long cancelled tasks get to stop
 RECONNECT_MAX_DELAY = 5.0
-REMEMBER_CANCELS = 10_000  # cancels for tasks not (yet) held, applied when they arrive
 PUSH_PREFETCH = 2  # push: dispatch messages held per slot (room for the pipeline)
-RUNNING_HOLD = 0.05  # a task shorter than this reports only its final result
-FLUSH_INTERVAL = 0.005  # reports wait at most this long to go out together
-REFUSED_PAUSE = 1.0  # after the broker refused reports, the next flush waits this long
-# Refusals in a row after which the connection is opened anew: after a cluster node's
-# kill, a channel opened while a quorum queue elected its leader went on refusing every
-# publish to that queue (RabbitMQ 3.10), and the next connection did not.
-REFUSED_RECONNECT = 3
 ADVERTISE_RETRY = 5.0  # after advertising a changed capacity failed, the next try waits this long
 
 
@@ -117,48 +78,6 @@ class Presence(Protocol):
     def leave(self) -> None: ...
 
 
-@dataclass
-class Letter:
-    """A message to park on ``mm.dead`` (or, ``requeue``, to publish again to the end of
-    ``source``), and the delivery to ack once it is there."""
-
-    body: bytes
-    reason: str
-    source: str
-    delivery: Delivery | None
-    requeue: bool = False
-
-
-@dataclass
-class ReportBatch:
-    """Reports sent together in one message (a ``results`` batch, or a lone ``result``)."""
-
-    reports: list[Report]
-    body: bytes
-
-
-def batches(reports: list[Report], limit: int = MAX_MESSAGE_BYTES) -> list[ReportBatch]:
-    """``reports`` packed in order into messages of at most ``limit`` bytes (``pack``)."""
-    packed = pack("results", reports, [encode(r.result) for r in reports], limit)
-    return [ReportBatch(list(group), body) for group, body in packed]
-
-
-def _split(items: list[ReportBatch | Letter]) -> tuple[list[Report], list[Letter]]:
-    reports = [r for i in items if isinstance(i, ReportBatch) for r in i.reports]
-    return reports, [i for i in items if isinstance(i, Letter)]
-
-
-@dataclass
-class Stats:
-    received: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    redelivered: int = 0
-    requeues_by_task: dict[str, int] = field(default_factory=dict)
-
-
 class Worker:
     """A worker process's runtime; ``run()`` blocks until ``stop()`` has drained it."""
 
@@ -174,25 +93,18 @@ class Worker:
         self.stats = Stats()
         runs = {t: registry[t] for t in config.capabilities if t in registry}  # its caps only
         self.runner = Runner(config.name, config.slots, runs, wake=self._wake)
-        self._model = WorkerModel(
-            config.name, config.capabilities, config.slots, attributes=config.attributes
-        )
+        self.reports = Reporter(self.runner, self.stats, sender(config.broker_url))
+        hand_back = HandBack(self.stats, self.reports, config.requeue_delay, self._call_later)
+        self.intake = Intake(config, self.runner, self.stats, self.reports, hand_back)
         self._stopping = threading.Event()
         self._conn: amqp.Connection | None = None
         self._wake_pending = False
         self._session = 0
-        self._letters: list[Letter] = []
         self._drain_until: float | None = None
         self._cancelled_all = False
-        self._running_due: float | None = None
-        self._last_flush = 0.0
-        self._cancels: OrderedDict[str, None] = OrderedDict()
         self._advertised = False
-        self._user = sender(config.broker_url)
-        self._persistent = persistent(self._user)  # one object: its encoding is cached
         self._shown_slots = config.slots  # the capacity the gossip pool was last told
         self._advertise_after = 0.0
-        self._refusals = 0  # flushes refused in a row (REFUSED_RECONNECT)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -231,7 +143,7 @@ class Worker:
                     break
                 except amqp.AMQPError as error:
                     log.warning("broker connection lost (%s); reconnecting", _reason(error))
-                    self._lost(channels)
+                    self.reports.lost(channels)
                     _close(conn)
                     self._conn = None
                     reconnected = self._reconnect()
@@ -267,7 +179,7 @@ class Worker:
             s.redelivered,
         )
 
-    def _reconnect(self) -> tuple[amqp.Connection, _Channels] | None:
+    def _reconnect(self) -> tuple[amqp.Connection, Channels] | None:
         delay = 0.2
         while True:
             self.runner.expire()
@@ -294,7 +206,7 @@ class Worker:
 
     # -- one connection -----------------------------------------------------------------
 
-    def _open(self, conn: amqp.Connection) -> _Channels:
+    def _open(self, conn: amqp.Connection) -> Channels:
         """Channels, topology and consumers for a new connection (a new session)."""
         self._session += 1
         session = self._session
@@ -311,12 +223,13 @@ class Worker:
         # (slots + its pipeline_depth), the room beyond the slots is for that pipeline
         prefetch = cfg.slots if cfg.mode != "push" else PUSH_PREFETCH * cfg.slots
         consume.basic_qos(prefetch_count=prefetch)
-        channels = _Channels(session, consume, Confirms(publish, wake=True))
+        reports: Confirms[Outgoing] = Confirms(publish, wake=True)
+        channels = Channels(session, consume, reports)
         if cfg.mode == "push":
-            consume.basic_consume(control_queue(cfg.name), self._on_control, auto_ack=True)
+            consume.basic_consume(control_queue(cfg.name), self.intake.on_control, auto_ack=True)
         if not self._stopping.is_set():
             for queue in queues:
-                callback = functools.partial(self._on_message, channels, queue)
+                callback = functools.partial(self.intake.on_message, channels, queue)
                 channels.consumers.append(consume.basic_consume(queue, callback))
         self._conn = conn
         log.info(
@@ -329,24 +242,24 @@ class Worker:
         )
         return channels
 
-    def _serve(self, conn: amqp.Connection, ch: _Channels) -> None:
-        """The loop: events, deadlines, flush; returns when drained."""
+    def _serve(self, conn: amqp.Connection, ch: Channels) -> None:
+        """The loop: events, deadlines, confirms, flush; returns when drained."""
+        reports = self.reports
         while True:
             if self._stopping.is_set():
                 self._drain_step(ch)
-                if self.runner.busy() == 0 and not self._letters and not ch.reports.outstanding():
+                if self.runner.busy() == 0 and reports.idle(ch):
                     return
             nearest = self.runner.expire()
-            due = [t for t in (TICK, nearest, self._running_due) if t is not None]
-            since = time.monotonic() - self._last_flush
-            interval = 0.0 if self._letters else FLUSH_INTERVAL  # dead letters go at once
-            if self._letters or self.runner.reporting():
-                due.append(interval - since)
+            due = [t for t in (TICK, nearest, reports.running_due) if t is not None]
+            flush_in = reports.flush_in()
+            if reports.waiting():
+                due.append(flush_in)
             conn.process_data_events(time_limit=max(0.0, min(due)))  # a confirm ends it
             self.runner.expire()
-            self._settle(ch)
-            if since >= interval:
-                self._flush(ch)
+            reports.settle(ch)
+            if flush_in <= 0:
+                reports.flush(ch)
             self._advertise_capacity()
 
     def _advertise_capacity(self) -> None:
@@ -374,7 +287,7 @@ class Worker:
             withheld,
         )
 
-    def _drain_step(self, ch: _Channels) -> None:
+    def _drain_step(self, ch: Channels) -> None:
         if ch.consumers:
             for tag in ch.consumers:
                 ch.consume.basic_cancel(tag)
@@ -413,200 +326,6 @@ class Worker:
         if self._drain_until is None:
             self._drain_until = time.monotonic() + self.config.grace
 
-    # -- intake -------------------------------------------------------------------------
-
-    def _on_message(
-        self,
-        ch: _Channels,
-        queue: str,
-        _channel: amqp.Channel,
-        method: amqp.Deliver,
-        _props: amqp.Properties,
-        body: bytes,
-    ) -> None:
-        ch.unacked.add(method.delivery_tag)
-        if self.config.mode == "push":
-            self._take_dispatches(ch, queue, method.delivery_tag, body)
-        else:
-            self._take_request(ch, queue, method.delivery_tag, body)
-
-    def _take_dispatches(self, ch: _Channels, queue: str, tag: int, body: bytes) -> None:
-        """A ``dispatch`` or a ``dispatches`` batch: its invalid items dead-lettered, the
-        others run; the delivery is acked once each of them is done with."""
-        try:
-            batch = decode_dispatches(body)
-        except MessageError as error:
-            self.stats.received += 1
-            self._reject(body, str(error), queue, Delivery(ch.session, tag))
-            return
-        delivery = Delivery(ch.session, tag, len(batch.items) + len(batch.invalid))
-        self.stats.received += delivery.parts
-        for letter, why in batch.invalid:
-            self._reject(letter, why, queue, delivery)
-        for dispatch in batch.items:
-            self._accept(ch, dispatch, delivery)
-
-    def _take_request(self, ch: _Channels, queue: str, tag: int, body: bytes) -> None:
-        """Pull mode: a request from a shared queue, run if this worker may, else handed back."""
-        delivery = Delivery(ch.session, tag)
-        self.stats.received += 1
-        try:
-            request = decode(body, expect=("submit",))
-        except MessageError as error:
-            self._reject(body, str(error), queue, delivery)
-            return
-        assert isinstance(request, TaskRequest)
-        reason = refusal(request, self._model)
-        if reason is not None:
-            self._requeue(request, reason, Letter(body, reason, queue, delivery, requeue=True))
-            return
-        self._accept(ch, as_dispatch(request), delivery)
-
-    def _accept(self, ch: _Channels, dispatch: TaskDispatch, delivery: Delivery) -> None:
-        key = (dispatch.id, dispatch.attempt)
-        held = self.runner.find(key)
-        if held is not None:
-            self.stats.redelivered += 1
-            log.info("redelivery joins the held task id=%s attempt=%d", *key)
-            held.deliveries.append(delivery)
-            return
-        if self.runner.seen(key):
-            self.stats.redelivered += 1
-            if self.runner.replay(key, delivery):
-                log.info("redelivery of a reported task: result sent again id=%s attempt=%d", *key)
-            else:
-                log.info("redelivery of a reported task acked id=%s attempt=%d", *key)
-                ch.done_with([delivery])
-            return
-        context = TaskContext(
-            task_id=dispatch.id,
-            attempt=dispatch.attempt,
-            worker=self.config.name,
-            sandbox=self.config.sandbox_dir,
-            deadline=dispatch.deadline,
-            aurora_url=self.config.aurora_url,
-            stage_roots=self.config.stage_roots,
-            allow_net=self.config.allow_net,
-            commands=self.config.commands,
-            type=dispatch.type,
-        )
-        if dispatch.id in self._cancels:
-            context.cancelled.set()
-        self.runner.start(Job(dispatch, context, [delivery]))
-
-    def _reject(self, body: bytes, reason: str, source: str, delivery: Delivery | None) -> None:
-        log.warning("message rejected to the dead-letter queue source=%s reason=%r", source, reason)
-        self._letters.append(Letter(body, reason, source, delivery))
-
-    def _requeue(self, request: TaskRequest, reason: str, letter: Letter) -> None:
-        stats = self.stats
-        stats.requeued += 1
-        count = stats.requeues_by_task.get(request.id, 0) + 1
-        if len(stats.requeues_by_task) > 10_000:
-            stats.requeues_by_task.clear()
-        stats.requeues_by_task[request.id] = count
-        if count == 1 or count % 100 == 0:
-            log.info(
-                "task requeued id=%s reason=%r times=%d total_requeues=%d",
-                request.id,
-                reason,
-                count,
-                stats.requeued,
-            )
-        # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
-        if self._conn is not None and self.config.requeue_delay > 0:
-            self._conn.call_later(self.config.requeue_delay, lambda: self._letters.append(letter))
-        else:
-            self._letters.append(letter)
-
-    def _on_control(
-        self, _channel: amqp.Channel, _method: amqp.Deliver, _props: Any, body: bytes
-    ) -> None:
-        try:
-            message = decode(body, expect=("cancel",))
-        except MessageError as error:
-            self._reject(body, str(error), CONTROL, None)
-            return
-        assert isinstance(message, Cancel)
-        held = self.runner.cancel(message.id)
-        if not held:  # its dispatch may still be on the way: cancel it on arrival
-            self._cancels[message.id] = None
-            if len(self._cancels) > REMEMBER_CANCELS:
-                self._cancels.popitem(last=False)
-        log.info("cancel received id=%s held=%d", message.id, held)
-
-    # -- reporting ----------------------------------------------------------------------
-
-    def _flush(self, ch: _Channels) -> None:
-        """Publish every ready report and dead letter under confirms; ``_settle`` acks."""
-        self._last_flush = time.monotonic()
-        reports, self._running_due = self.runner.take(hold=RUNNING_HOLD)
-        letters, self._letters = self._letters, []
-        outgoing: list[ReportBatch | Letter] = [*batches(reports), *letters]
-        for n, item in enumerate(outgoing):
-            try:
-                if isinstance(item, ReportBatch):
-                    ch.reports.publish(*route(RESULTS), item.body, self._persistent, item)
-                elif item.requeue:
-                    ch.reports.publish(*route(item.source), item.body, self._persistent, item)
-                else:
-                    properties = dead_letter_properties(item.reason, item.source, user=self._user)
-                    ch.reports.publish(*route(DEAD), item.body, properties, item)
-            except BaseException:
-                self._give_back(outgoing[n:])
-                raise
-
-    def _settle(self, ch: _Channels) -> None:
-        """Ack the dispatches whose final results (or dead letters) the broker confirmed."""
-        confirmed, refused = ch.reports.confirmed()
-        if refused:
-            log.warning(
-                "the broker refused %d report(s) (a full queue?); sending them again in %gs",
-                len(refused),
-                REFUSED_PAUSE,
-            )
-            self._give_back(refused)
-            self._last_flush = time.monotonic() + REFUSED_PAUSE  # no flush until then
-            self._refusals += 1
-            if self._refusals >= REFUSED_RECONNECT:
-                self._refusals = 0
-                raise _Refusing(f"reports refused {REFUSED_RECONNECT} times in a row")
-        if confirmed:
-            self._refusals = 0
-            ch.done_with(self._sent([item for item, _ in confirmed]))
-
-    def _sent(self, items: list[ReportBatch | Letter]) -> list[Delivery]:
-        """Record reports and dead letters as in the broker; the deliveries they answer."""
-        reports, letters = _split(items)
-        answered = []
-        for job in self.runner.sent(reports):
-            if job.final is not None and job.final.state == "succeeded":
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-            answered += job.deliveries
-        for letter in letters:
-            self.stats.dead_lettered += not letter.requeue
-            if letter.delivery is not None:
-                answered.append(letter.delivery)
-        return answered
-
-    def _give_back(self, items: list[ReportBatch | Letter]) -> None:
-        """Reports and dead letters to publish again at the next flush."""
-        reports, letters = _split(items)
-        self.runner.unsent(reports)
-        self._letters = letters + self._letters
-
-    def _lost(self, ch: _Channels) -> None:
-        """The connection dropped: what it confirmed is in the broker (its deliveries come
-        back and are acked as seen), what it did not is sent again on the next one."""
-        confirmed, refused = ch.reports.confirmed()
-        self._sent([item for item, _ in confirmed])  # their deliveries come back
-        self._give_back([*refused, *ch.reports.pending.values()])
-        ch.reports.pending.clear()
-        # a refused request not yet in its queue again is still the broker's (it comes back)
-        self._letters = [letter for letter in self._letters if not letter.requeue]
-
     def _wake(self) -> None:
         """From a task thread: make the connection loop flush soon."""
         conn = self._conn
@@ -621,57 +340,13 @@ class Worker:
     def _woken(self) -> None:
         self._wake_pending = False
 
-
-class _Refusing(amqp.AMQPError):
-    """The broker keeps refusing reports on this connection: open a new one."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "reports refused"
-
-
-@dataclass
-class _Channels:
-    session: int
-    consume: amqp.Channel
-    reports: Confirms[ReportBatch | Letter]  # results and dead letters, on a channel of their own
-    consumers: list[str] = field(default_factory=list)
-    unacked: set[int] = field(default_factory=set)
-
-    def done_with(self, deliveries: list[Delivery], hand_back: bool = False) -> None:
-        """A part of each delivery is done with; ack or nack those with none left.
-        Deliveries of an earlier session are gone (the broker requeued them)."""
-        acks = []
-        for delivery in deliveries:
-            if delivery.session != self.session:
-                continue
-            outcome = delivery.done_with(hand_back)
-            if outcome == "ack":
-                acks.append(delivery.tag)
-            elif outcome == "nack":
-                self.nack(delivery.tag)
-        self.ack(acks)
-
-    def ack(self, tags: list[int]) -> None:
-        """Acknowledge ``tags``: the prefix below every other unacked tag in one frame."""
-        if not tags:
-            return
-        done = set(tags)
-        others = self.unacked - done
-        lowest_other = min(others) if others else None
-        below = [t for t in tags if lowest_other is None or t < lowest_other]
-        ack = queued_ack(self.consume)  # sent with the loop's next I/O step
-        if below:
-            ack(max(below), True)
-        for tag in tags:
-            if lowest_other is not None and tag > lowest_other:
-                ack(tag, False)
-        self.unacked = others
-
-    def nack(self, tag: int) -> None:
-        """Hand a delivery back to its queue."""
-        if self.consume.is_open and tag in self.unacked:
-            self.unacked.discard(tag)
-            self.consume.basic_nack(tag, requeue=True)
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` on the loop's thread in ``delay`` seconds (False: no connection)."""
+        conn = self._conn
+        if conn is None:
+            return False
+        conn.call_later(delay, callback)
+        return True
 
 
 def _close(conn: amqp.Connection) -> None:

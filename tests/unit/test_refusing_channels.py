@@ -1,5 +1,5 @@
 """A queue that refuses every publish makes its publisher open a new connection: the
-scheduler's dispatcher (``stuck``) and a worker's reports (``_settle``)."""
+scheduler's dispatcher (``stuck``) and a worker's reports (``Reporter.settle``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from matchmaker.wire import amqp
 from matchmaker.wire.dispatch import REFUSED_RECONNECT, Dispatcher
-from workers import runtime
+from workers import reports, runtime
 from workers.config import WorkerConfig
 
 
@@ -61,21 +61,21 @@ def test_an_accepted_dispatch_resets_the_count() -> None:
 
 def test_a_worker_whose_reports_keep_being_refused_opens_a_new_connection() -> None:
     worker = runtime.Worker(WorkerConfig("w1", ("sleep",)), registry={})
-    letter = runtime.Letter(b"{}", "bad", "mm.worker.w1", None)
+    letter = reports.Letter(b"{}", "bad", "mm.worker.w1", None)
     refusing = SimpleNamespace(reports=SimpleNamespace(confirmed=lambda: ([], [letter])))
     try:
-        for _ in range(runtime.REFUSED_RECONNECT - 1):
-            worker._settle(refusing)  # type: ignore[arg-type]
-        assert worker._letters  # given back, to go again
+        for _ in range(reports.REFUSED_RECONNECT - 1):
+            worker.reports.settle(refusing)  # type: ignore[arg-type]
+        assert worker.reports.letters  # given back, to go again
         with pytest.raises(amqp.AMQPError, match="refused 3 times in a row"):
-            worker._settle(refusing)  # type: ignore[arg-type]
+            worker.reports.settle(refusing)  # type: ignore[arg-type]
         accepted = SimpleNamespace(
             reports=SimpleNamespace(confirmed=lambda: ([(letter, 1.0)], [])),
             done_with=lambda deliveries: None,
         )
-        worker._settle(refusing)  # type: ignore[arg-type]
-        worker._settle(accepted)  # type: ignore[arg-type]
-        for _ in range(runtime.REFUSED_RECONNECT - 1):
-            worker._settle(refusing)  # type: ignore[arg-type]  # counted from the acceptance
+        worker.reports.settle(refusing)  # type: ignore[arg-type]
+        worker.reports.settle(accepted)  # type: ignore[arg-type]
+        for _ in range(reports.REFUSED_RECONNECT - 1):
+            worker.reports.settle(refusing)  # type: ignore[arg-type]  # counted from the acceptance
     finally:
         worker.runner.shutdown()

@@ -13,12 +13,13 @@ import pytest
 from matchmaker.messages import TaskDispatch, TaskRequest, TaskResult, decode_results
 from matchmaker.models import Worker
 from tests.workers_support import wait_for
+from workers.acks import Channels
 from workers.config import WorkerConfig
 from workers.pool import Pool
 from workers.presence import PresenceError, worker_tags
 from workers.pull import as_dispatch, refusal
+from workers.reports import batches
 from workers.runner import Delivery, Job, Report, Runner
-from workers.runtime import _Channels, batches
 from workers.tasks.base import TaskContext, TaskError
 
 
@@ -173,7 +174,7 @@ class Recorder:
 
 def test_acks_cover_the_done_prefix_in_one_frame() -> None:
     consume = Recorder()
-    ch = _Channels(1, consume, None, unacked={1, 2, 3, 4, 5, 6})  # type: ignore[arg-type]
+    ch = Channels(1, consume, None, unacked={1, 2, 3, 4, 5, 6})  # type: ignore[arg-type]
     ch.ack([3, 1, 2, 5])
     assert consume.calls == [("ack", 3, True), ("ack", 5, False)]
     ch.nack(4)
