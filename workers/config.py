@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from matchmaker.messages import NAME
-from matchmaker.wire.broker import DEFAULT_URL
+from matchmaker.wire.broker import DEFAULT_URL, BrokerError, check_urls
 from workers.tasks.base import Network
 
 MODES = ("push", "pull")
@@ -94,6 +94,10 @@ class WorkerConfig:
                 )
         if self.mode not in MODES:
             raise ValueError(f"mode must be push or pull (got {self.mode!r})")
+        try:
+            check_urls(self.broker_url)
+        except BrokerError as error:
+            raise ValueError(str(error)) from None
         if not self.grace >= 0:
             raise ValueError("grace must be a number of seconds >= 0")
         for root in self.stage_roots:
