@@ -120,3 +120,10 @@ def test_worker_serf_flags_for_several_hosts() -> None:
     assert serf is not None and (serf.profile, serf.advertise) == ("lan", "10.0.0.5:7946")
     with pytest.raises(SystemExit):
         parser().parse_args(["--name", "w1", "--caps", "sleep", "--serf-profile", "fast"])
+
+
+@pytest.mark.parametrize("perf", ["nan", "inf", "0", "100"])
+def test_a_worker_perf_outside_the_speed_range_is_refused(perf: str) -> None:
+    args = parser().parse_args(["--name", "w1", "--caps", "sleep", "--no-serf", "--perf", perf])
+    with pytest.raises(ValueError, match="perf must be a number from 1/64 to 64"):
+        config_from(args)
