@@ -3,7 +3,8 @@ thread beside the loop.
 
 The loop never waits on it: it hands over an immutable ``Snapshot`` of its live state at
 most every ``PUBLISH_INTERVAL`` (``ApiServer.offer``), tasks are read from the ledger
-through a read-only SQLite connection of the API's own, and every write (submit, cancel,
+through a read-only handle of the API's own on the ledger the configuration names (SQLite
+or PostgreSQL), and every write (submit, cancel,
 retry, drain) is a message published to ``mm.requests`` like the CLI's.
 """
 

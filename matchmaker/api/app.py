@@ -31,7 +31,7 @@ from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.leader import Leader
 from matchmaker.api.openapi import document
 from matchmaker.api.snapshot import Board, Snapshot
-from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError
+from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError, parse_cursor
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     MAX_TIMEOUT,
@@ -147,7 +147,7 @@ class Api:
     def __init__(self, config: Any, board: Board) -> None:
         self.config = config
         self.board = board
-        self.store = Store(config.ledger_path)
+        self.store = Store(config)
         path = getattr(config, "api_tokens_file", "")
         self.tokens = auth.load_tokens(path) if path else None
         self.streams = 0
@@ -206,11 +206,12 @@ class Api:
         state = q.get("state")
         if state is not None and state not in STATES:
             raise Refused(400, f"state must be one of {', '.join(STATES)}")
-        if q.get("owner") is not None and not self.store.has_owners():
-            raise Refused(400, "this ledger does not record owners, so owner cannot filter")
         cursor = q.get("cursor")
-        if cursor is not None and (not cursor.isdigit() or len(cursor) > 18):
-            raise Refused(400, "cursor must be the next_cursor of a previous page")
+        if cursor is not None:
+            try:
+                parse_cursor(cursor)
+            except ValueError as e:
+                raise Refused(400, str(e)) from None
         filters = {
             "state": state,
             "type": name(q.get("type"), "type"),
@@ -219,10 +220,8 @@ class Api:
             "since": number(q.get("since"), "since", 0, 1e11),
         }
         limit = clamp_limit(q.get("limit"))
-        tasks, more = await asyncio.to_thread(
-            self.store.tasks, filters, limit, int(cursor) if cursor else None
-        )
-        return answer({"tasks": tasks, "next_cursor": str(more) if more else None})
+        tasks, more = await asyncio.to_thread(self.store.tasks, filters, limit, cursor)
+        return answer({"tasks": tasks, "next_cursor": more})
 
     async def show_task(self, request: Request) -> Response:
         self.who(request, "read")

@@ -1,74 +1,112 @@
-"""The API's own read-only view of the ledger: a SQLite connection opened with
-``mode=ro`` beside the scheduler's writer (WAL lets a reader see the last commit)."""
+"""The API's and the CLI's read-only view of the ledger the configuration names, SQLite
+or PostgreSQL (``ledger_url``), through a read-only ``TaskLedger``.
+
+The handle is opened at the first read, not before: an API that starts before its
+scheduler has made a SQLite ledger answers "the scheduler has no ledger yet" until it
+has, and a PostgreSQL server that does not answer gets its sentence at each read, not
+a failed start. The API's threads share the one handle, one read at a time (a lock); a
+failed read drops it, so the next opens afresh (a PostgreSQL server that restarted, a
+connection cut).
+
+Pages of tasks go newest first by ``(submitted_at, id)``, both descending, on either
+backend (the index ``tasks_submitted``, migration 5); a page's cursor is the key of its
+last task, base64url-encoded JSON: opaque to clients, and the same on both backends.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import math
 import sqlite3
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 import orjson
 
+from matchmaker.ledger import LedgerError, Located, TaskLedger, open_ledger, sqlite_path
+from matchmaker.messages import NAME
+
 STATES = ("pending", "assigned", "running", "succeeded", "dead", "cancelled")
 OPEN_STATES = ("pending", "assigned", "running")
-COLUMNS = (
-    "id, type, priority, state, attempt, max_attempts, worker, submitted_at, updated_at,"
-    " assigned_at, started_at, finished_at, error, reason, not_before"
-)
-JSON_COLUMNS = ("payload", "constraints", "preferences", "output")
+LISTED = (
+    "id", "type", "priority", "state", "attempt", "max_attempts", "worker", "submitted_at",
+    "updated_at", "assigned_at", "started_at", "finished_at", "error", "reason", "not_before",
+    "owner",
+)  # fmt: skip
+NEWEST_FIRST = "ORDER BY submitted_at DESC, id DESC"
+MAX_CURSOR = 400  # characters: the encoding of a time and a 128-character id, with room
+BAD_CURSOR = "cursor must be the next_cursor of a previous page"
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
     """The ledger cannot be read; the text says why."""
 
 
-def _json(text: str | None) -> Any:
-    if text is None:
-        return None
+def cursor_of(submitted_at: float, task_id: str) -> str:
+    """The cursor of the page that follows the task with this key."""
+    return base64.urlsafe_b64encode(orjson.dumps([submitted_at, task_id])).decode().rstrip("=")
+
+
+def parse_cursor(text: str) -> tuple[float, str]:
+    """The key a cursor names; ``ValueError`` (``BAD_CURSOR``) for anything else."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
+        if len(text) > MAX_CURSOR:
+            raise ValueError
+        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        at, task_id = key
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise ValueError
+        if not isinstance(task_id, str) or not NAME.fullmatch(task_id):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):  # orjson's decode error is a ValueError
+        raise ValueError(BAD_CURSOR) from None
+    return float(at), task_id
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
+    """Reads of the ledger ``where`` names (a ``Config``), for the API and the CLI."""
+
+    def __init__(self, where: Located) -> None:
+        self.where = where
+        self._ledger: TaskLedger | None = None
         self._lock = threading.Lock()
-        self._owner_column: bool | None = None
-        self._logs_table: bool | None = None
         self._counts: tuple[float, dict[str, int]] = (0.0, {})
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            if not self.path.exists():
+    def _open(self) -> TaskLedger:
+        if self._ledger is None:
+            path = sqlite_path(self.where.ledger_url, self.where.state_dir)
+            if path is not None and not path.exists():
                 raise StoreError("the scheduler has no ledger yet")
-            uri = self.path.resolve().as_uri() + "?mode=ro"
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5)
-            db.row_factory = sqlite3.Row
-            self._db = db
-        return self._db
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
             try:
-                return self._connect().execute(sql, args).fetchall()
-            except sqlite3.Error as error:
+                self._ledger = open_ledger(self.where, readonly=True)
+            except LedgerError as error:
+                raise StoreError(str(error)) from None
+        return self._ledger
+
+    def _read(self, read: Callable[[TaskLedger], T]) -> T:
+        """``read`` on the handle, under the lock; a failure drops the handle."""
+        with self._lock:
+            ledger = self._open()
+            try:
+                return read(ledger)
+            except (LedgerError, sqlite3.Error) as error:
+                self._drop()
                 raise StoreError(f"cannot read the ledger: {error}") from None
 
-    def has_owners(self) -> bool:
-        if self._owner_column is None:
-            names = {r[1] for r in self._query("PRAGMA table_info(tasks)")}
-            self._owner_column = "owner" in names
-        return self._owner_column
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._read(lambda ledger: ledger.query(sql, args))
 
     def tasks(
-        self, filters: dict[str, Any], limit: int, cursor: int | None
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """Newest first; the cursor is the rowid the next page starts below."""
+        self, filters: dict[str, Any], limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of tasks, newest first, and the cursor of the next (None at the end);
+        ``ValueError`` for a cursor that no page gave."""
         where, args = [], []
         for key in ("state", "type", "worker", "owner"):
             if filters.get(key) is not None:
@@ -78,54 +116,39 @@ class Store:
             where.append("submitted_at >= ?")
             args.append(filters["since"])
         if cursor is not None:
-            where.append("rowid < ?")
-            args.append(cursor)
-        owner = ", owner" if self.has_owners() else ""
-        sql = f"SELECT rowid, {COLUMNS}{owner} FROM tasks"
+            where.append("(submitted_at, id) < (?, ?)")
+            args.extend(parse_cursor(cursor))
+        sql = f"SELECT {', '.join(LISTED)} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY rowid DESC LIMIT ?"
-        rows = self._query(sql, (*args, limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        out = [{k: v for k, v in dict(r).items() if k != "rowid"} for r in rows]
-        return out, (rows[-1]["rowid"] if more and rows else None)
+        rows = self._query(f"{sql} {NEWEST_FIRST} LIMIT ?", (*args, limit + 1))
+        page = [dict(zip(LISTED, row, strict=True)) for row in rows[:limit]]
+        if len(rows) <= limit or not page:
+            return page, None
+        return page, cursor_of(page[-1]["submitted_at"], page[-1]["id"])
 
     def task(self, task_id: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
-        if not rows:
-            return None
-        task = dict(rows[0])
-        for key in JSON_COLUMNS:
-            task[key] = _json(task.get(key))
-        history = self._query(
-            "SELECT attempt, state, worker, at, note FROM transitions WHERE id = ? ORDER BY rowid",
-            (task_id,),
-        )
-        task["history"] = [dict(h) for h in history]
-        task["logs"] = self.logs(task_id)
-        task["explanation"] = explain(task)
-        return task
+        """A task with its history, its attempts' logs and why it is where it is."""
 
-    def logs(self, task_id: str) -> list[dict[str, Any]]:
-        """The kept logs of a task's attempts (none from a ledger that predates them)."""
-        if not self._logs_table:  # looked for again until a scheduler has made it
-            made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_logs'"
-            self._logs_table = bool(self._query(made))
-            if not self._logs_table:
-                return []
-        rows = self._query(
-            "SELECT attempt, worker, at, text FROM task_logs WHERE id = ? ORDER BY attempt",
-            (task_id,),
-        )
-        return [dict(r) for r in rows]
+        def read(ledger: TaskLedger) -> dict[str, Any] | None:
+            row = ledger.get(task_id)
+            if row is None:
+                return None
+            task = asdict(row)
+            task["history"] = ledger.history(task_id)
+            task["logs"] = ledger.logs(task_id)
+            return task
+
+        task = self._read(read)
+        if task is not None:
+            task["explanation"] = explain(task)
+        return task
 
     def counts(self, max_age: float = 2.0) -> dict[str, int]:
         """Tasks by state, at most ``max_age`` seconds old (a count scans the table)."""
         at, counts = self._counts
         if time.time() - at > max_age:
-            rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-            counts = {r[0]: r[1] for r in rows}
+            counts = self._read(lambda ledger: ledger.counts())
             self._counts = (time.time(), counts)
         return counts
 
@@ -137,29 +160,32 @@ class Store:
             " GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
             (top,),
         )
-        return [{"reason": r["reason"], "tasks": r["n"]} for r in rows]
+        return [{"reason": reason, "tasks": int(n)} for reason, n in rows]
 
     def waits(self, last: int = 500) -> list[dict[str, float]]:
         """The most recent tasks that started: when submitted, how long they waited and ran."""
         rows = self._query(
             "SELECT submitted_at, started_at, finished_at FROM"
-            " (SELECT * FROM tasks ORDER BY rowid DESC LIMIT ?) WHERE started_at IS NOT NULL",
+            " (SELECT submitted_at, started_at, finished_at FROM tasks"
+            f" {NEWEST_FIRST} LIMIT ?) AS recent WHERE started_at IS NOT NULL",
             (last,),
         )
         out = []
-        for r in rows:
-            run = r["finished_at"] - r["started_at"] if r["finished_at"] else None
-            out.append(
-                {"at": r["submitted_at"], "wait": r["started_at"] - r["submitted_at"], "run": run}
-            )
+        for submitted, started, finished in rows:
+            run = finished - started if finished else None
+            out.append({"at": submitted, "wait": started - submitted, "run": run})
         out.sort(key=lambda w: w["at"])
         return out
 
+    def _drop(self) -> None:
+        if self._ledger is not None:
+            ledger, self._ledger = self._ledger, None
+            with contextlib.suppress(LedgerError, sqlite3.Error):  # gone: nothing to free
+                ledger.close()
+
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._drop()
 
 
 def explain(task: dict[str, Any]) -> str:

@@ -152,12 +152,21 @@ def _name(text: str) -> str:
     return text
 
 
+def _cursor(text: str) -> str:
+    from matchmaker.api.store import parse_cursor
+
+    try:
+        parse_cursor(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """A page of tasks, newest first, with the API's filters (``api.store``)."""
     from matchmaker.api.store import Store, StoreError
 
-    config = config_of(args)
-    store = Store(config.ledger_path)
+    store = Store(config_of(args))
     filters = {
         "state": args.state,
         "type": args.type,
@@ -166,14 +175,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         "since": args.since,
     }
     try:
-        if args.owner is not None and not store.has_owners():
-            raise UserError("this ledger does not record owners, so --owner cannot filter")
-        tasks, more = store.tasks(filters, args.limit, args.cursor)
+        tasks, cursor = store.tasks(filters, args.limit, args.cursor)
     except StoreError as error:
         raise UserError(str(error)) from None
     finally:
         store.close()
-    cursor = str(more) if more else None
     emit(args, {"tasks": tasks, "next_cursor": cursor}, lambda: _table(tasks, cursor))
     return 0
 
@@ -291,7 +297,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--since", type=_since, help="submitted since: Unix seconds, ISO 8601, or 15m, 2h, 1d"
     )
     tasks.add_argument("--limit", type=positive_int, default=50, help="a page (default 50)")
-    tasks.add_argument("--cursor", type=positive_int, help="the next page (printed at the end)")
+    tasks.add_argument("--cursor", type=_cursor, help="the next page (printed at the end)")
     add_json(tasks)
     tasks.set_defaults(func=cmd_tasks)
 

@@ -100,6 +100,11 @@ CREATE TABLE IF NOT EXISTS task_logs (
 """
 
 
+# Tasks newest first, as the API and ``matchmaker tasks`` page them (``api.store``): a
+# page is a walk down this index from the last page's key.
+TASKS_SUBMITTED = "CREATE INDEX IF NOT EXISTS tasks_submitted ON tasks(submitted_at, id);"
+
+
 def _sqlite_baseline(db: sqlite3.Connection) -> None:
     """Migration 1: the schema, and a file from before versions brought up to it."""
     for statement in SQLITE_BASELINE.split(";"):
@@ -138,6 +143,7 @@ SQLITE: list[Callable[[sqlite3.Connection], None]] = [
     _script(LEADER_AND_RETENTION),  # 2
     _script(TASK_LOGS),  # 3
     _drain_deadlines,  # 4
+    _script(TASKS_SUBMITTED),  # 5
 ]
 
 POSTGRES: list[str] = [
@@ -227,6 +233,8 @@ POSTGRES: list[str] = [
     """,
     # 4: a drain's deadline (wall clock), kept so a scheduler taking over keeps it
     "ALTER TABLE drained ADD COLUMN IF NOT EXISTS deadline DOUBLE PRECISION;",
+    # 5: tasks newest first, as the API pages them
+    TASKS_SUBMITTED,
 ]
 LATEST = len(SQLITE)
 assert len(POSTGRES) == LATEST, "every migration exists for both backends"

@@ -2,7 +2,8 @@
 
 The writer makes its files 0600 (the database, its log and its index) in a
 0700 directory; a reader opens it read-only through a percent-encoded
-``file:`` URI. A write transaction is ``BEGIN IMMEDIATE``: it holds SQLite's
+``file:`` URI, on a connection any thread may use (one at a time: the API's
+``Store`` locks it). A write transaction is ``BEGIN IMMEDIATE``: it holds SQLite's
 one write lock from its first write to its commit, so the fencing check
 (``TaskLedger.commit``) and a take-over by another process on the same file
 are serialised by that lock.
@@ -97,7 +98,9 @@ class SqliteLedger(TaskLedger):
                 if not self.path.exists():
                     raise LedgerError(f"no ledger at {self.path} (has the scheduler run here?)")
                 uri = self.path.resolve().as_uri() + "?mode=ro"  # the path percent-encoded
-                self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
+                self.db = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, timeout=10, check_same_thread=False
+                )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 umask = os.umask(0o077)  # the file, its log and its index made 0600

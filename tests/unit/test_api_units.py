@@ -7,6 +7,7 @@ import pytest
 
 from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.snapshot import Board, Snapshot
+from matchmaker.api.store import cursor_of, parse_cursor
 from matchmaker.config import ConfigError, load
 from matchmaker.messages import Drain, MessageError, Retry, decode
 
@@ -41,3 +42,18 @@ def test_http_config_keys() -> None:
     with pytest.raises(ConfigError, match="api_tokens_file"):
         load(None, {"http_port": 8080, "http_bind": "0.0.0.0"})
     assert load(None, {"http_port": 8080, "http_bind": "::1"}).http_port == 8080
+
+
+@pytest.mark.parametrize(
+    ("at", "task_id"), [(0.0, "a"), (1733400000.123456, "exp-1:x@y.z"), (1e-300, "Z" * 128)]
+)
+def test_a_page_cursor_names_its_key_exactly(at: float, task_id: str) -> None:
+    cursor = cursor_of(at, task_id)
+    assert parse_cursor(cursor) == (at, task_id)
+    assert cursor.replace("-", "").replace("_", "").isalnum()  # no escaping in a query string
+
+
+@pytest.mark.parametrize("text", ["", "12", "abc", "W3RydWUsImEiXQ", "x" * 500])
+def test_a_cursor_no_page_gave_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="next_cursor of a previous page"):
+        parse_cursor(text)
