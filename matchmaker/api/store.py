@@ -5,8 +5,9 @@ The handle is opened at the first read, not before: an API that starts before it
 scheduler has made a SQLite ledger answers "the scheduler has no ledger yet" until it
 has, and a PostgreSQL server that does not answer gets its sentence at each read, not
 a failed start. The API's threads share the one handle, one read at a time (a lock); a
-failed read drops it, so the next opens afresh (a PostgreSQL server that restarted, a
-connection cut).
+failed read drops it, and a read that fails on a handle kept from earlier reads is tried
+once more on a new one (its session may have ended: a PostgreSQL server that restarted,
+a connection cut), so such a break costs no request an error.
 
 Pages of tasks go newest first by ``(submitted_at, id)``, both descending, on either
 backend (the index ``tasks_submitted``, migration 5); a page's cursor is the key of its
@@ -90,11 +91,17 @@ class Store:
         return self._ledger
 
     def _read(self, read: Callable[[TaskLedger], T]) -> T:
-        """``read`` on the handle, under the lock; a failure drops the handle."""
+        """``read`` on the handle, under the lock. A failure drops the handle; one kept
+        from an earlier read is given a second try on a new one (its session may have
+        ended meanwhile: a server restarted, a connection cut), a new one is not."""
         with self._lock:
-            ledger = self._open()
+            if self._ledger is not None:
+                try:
+                    return read(self._ledger)
+                except (LedgerError, sqlite3.Error):
+                    self._drop()
             try:
-                return read(ledger)
+                return read(self._open())
             except (LedgerError, sqlite3.Error) as error:
                 self._drop()
                 raise StoreError(f"cannot read the ledger: {error}") from None

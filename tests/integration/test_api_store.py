@@ -15,6 +15,7 @@ from matchmaker.api.store import Store, StoreError
 from matchmaker.ledger import TaskLedger
 from matchmaker.messages import TaskRequest
 from membership.agent import free_port
+from tests.pg_support import Schemas
 
 Open = Callable[..., TaskLedger]
 
@@ -146,4 +147,21 @@ def test_a_postgresql_server_that_does_not_answer_is_a_sentence(tmp_path: Path) 
         assert text.startswith("cannot reach the ledger at postgresql://mm@127.0.0.1:"), text
         assert "secret" not in text and "\n" not in text
     assert not (tmp_path / "ledger.sqlite").exists()
+    store.close()
+
+
+def test_a_postgresql_session_cut_off_costs_no_read(
+    pg_url: str, pg_schemas: Schemas, open_ledgers: Open, tmp_path: Path
+) -> None:
+    """A server restart or a cut connection ends the store's session: its next read opens
+    a new one rather than answering with the error."""
+    ids = write_tasks(open_ledgers(pg_url))
+    store = Store(Where(pg_url, tmp_path))
+    [(pid,)] = store._query("SELECT pg_backend_pid()")
+    ended = pg_schemas.admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()
+    assert ended == (True,)
+    page, _ = store.tasks({}, 3, None)
+    assert [t["id"] for t in page] == ids[:3]
+    [(again,)] = store._query("SELECT pg_backend_pid()")
+    assert again != pid
     store.close()
