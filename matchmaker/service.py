@@ -132,11 +132,9 @@ def settle_garbage_collector() -> None:
     """What start-up made (modules, the restored book) is frozen out of collection, and the
     youngest generation is collected every ``GC_YOUNG`` allocations instead of 700.
 
-    The loop allocates per task and frees nearly all of it by reference counting; the
-    cyclic collector only added pauses: in-process, 60,000 requests taken in cost 5 full
-    collections (254 ms, the longest 74 ms, the whole time a stall of the loop) and 50
-    middle ones (up to 8 ms); frozen and with these thresholds, none of either, and the
-    intake took 13 % less time.
+    The loop allocates per task and frees nearly all of it by reference counting, so the
+    cyclic collector finds little to free, and each of its full passes over the large
+    long-lived heap is a stall of the loop (the measurement: benchmarks/README.md).
     """
     gc.collect()
     gc.freeze()

@@ -13,8 +13,8 @@ Rounds are event-driven with adaptive batching:
   committed, or a round wanted: new pending work or a freed slot) and the
   *batch window* since the last full turn has passed;
 - the batch window is ``BATCH`` times what the last full turn cost, capped at
-  ``round_interval``: on a quiet system a turn costs about a millisecond, so a
-  task that arrives is placed at once; when work arrives faster than turns
+  ``round_interval``: on a quiet system a turn is short (a decode, one commit, one
+  round), so a task that arrives is placed at once; when work arrives faster than turns
   complete, turns grow with the work they carry and the window grows with
   them, so the loop spends at most about ``1 / (1 + BATCH)`` of its time in
   full turns and the rest taking work in, and under a flood it batches as
