@@ -126,6 +126,10 @@ class Book:
         """(pending, in flight, running) tasks."""
         return len(self.pending), len(self.in_flight), self.running_count
 
+    def counts(self) -> dict[str, int]:
+        """A copy of the running totals (submitted, placements, succeeded, ...)."""
+        return dict(self.counters)
+
     def open_task(self, task_id: str) -> OpenTask | None:
         """The open task (pending or in flight) of that id, None if it is not open."""
         return self.in_flight.get(task_id) or self.pending.get(task_id)
