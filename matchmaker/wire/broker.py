@@ -316,7 +316,7 @@ def connect(
 
     ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
     not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
-    (pika's path costs more than the rest of taking in a message)."""
+    (pika's path costs more than the rest of processing a message)."""
     untested = pika_shim.check()
     if untested is not None:
         raise BrokerError(untested)

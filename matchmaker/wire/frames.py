@@ -164,7 +164,7 @@ class DeliveryReader:
         self.waking: set[int] = set()  # channels whose confirms end the wait
         self.sinks: dict[str, Sink] = {}  # by consumer tag
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
-        self.woken = False  # a sink or a waking confirm handler got something in this read
+        self.wait_over = False  # this read gave a sink, or a waking confirm handler, something
         pika_shim.take_input(connection, self.data_received)
 
     def on_confirm(self, channel_number: int, handler: Confirm, *, wake: bool = False) -> None:
@@ -195,8 +195,8 @@ class DeliveryReader:
                 at = end
         finally:
             self.pending = buffer[at:]
-            if self.woken and self.wake is not None:
-                self.woken = False
+            if self.wait_over and self.wake is not None:
+                self.wait_over = False
                 self.wake(-1)  # process_data_events returns: the owner has work
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
@@ -215,7 +215,7 @@ class DeliveryReader:
         tag, multiple = codec.confirm(buffer, at)
         self.connection.bytes_received += end - at
         self.connection.frames_received += 1
-        self.woken = self.woken or number in self.waking
+        self.wait_over = self.wait_over or number in self.waking
         return end, (handler, tag, multiple, acked)
 
     def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
@@ -240,7 +240,7 @@ class DeliveryReader:
         self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
-            self.woken = True
+            self.wait_over = True
             return after, (sink, delivery_tag, body, self._user(raw_properties))
         exchange, routing_key = codec.names(buffer, names)
         method = amqp.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
