@@ -24,7 +24,7 @@ from typing import Any
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.ledger import check_url, sqlite_path
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
-from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES, split_urls
+from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES, BrokerError, check_urls
 from membership.errors import MembershipError
 from membership.keys import resolve
 
@@ -113,8 +113,10 @@ class Config:
             raise ConfigError("http_bind beyond loopback needs api_tokens_file (bearer tokens)")
         if self.queue_type not in QUEUE_TYPES:
             raise ConfigError(f"queue_type must be classic or quorum, not {self.queue_type!r}")
-        if not split_urls(self.broker_url):
-            raise ConfigError("broker_url must name at least one broker")
+        try:
+            check_urls(self.broker_url, password_given=bool(self.broker_password_file))
+        except BrokerError as error:
+            raise ConfigError(f"broker_url: {error}") from None
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         if not self.task_types:

@@ -34,6 +34,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+class AckRecorder:
+    """Stands for a worker's consuming channel in unit tests: records acks and nacks."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+        self.is_open = True
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, multiple))
+
+    def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+
 class WorkerProcess:
     """``python -m workers ...`` as a real subprocess, its log in a file."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 import tempfile
 import tomllib
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from matchmaker.messages import NAME
-from matchmaker.wire.broker import DEFAULT_URL
+from matchmaker.wire.broker import DEFAULT_URL, BrokerError, check_urls
+from membership.tags import MAX_SPEED, MIN_SPEED
 from workers.tasks.base import Network
 
 MODES = ("push", "pull")
@@ -94,6 +96,12 @@ class WorkerConfig:
                 )
         if self.mode not in MODES:
             raise ValueError(f"mode must be push or pull (got {self.mode!r})")
+        try:
+            check_urls(self.broker_url)
+        except BrokerError as error:
+            raise ValueError(str(error)) from None
+        if not (math.isfinite(self.perf) and MIN_SPEED <= self.perf <= MAX_SPEED):
+            raise ValueError(f"perf must be a number from 1/64 to 64 (got {self.perf})")
         if not self.grace >= 0:
             raise ValueError("grace must be a number of seconds >= 0")
         for root in self.stage_roots:

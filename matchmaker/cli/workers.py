@@ -50,7 +50,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def _vhost(config: Config) -> str:
-    return urllib.parse.unquote(amqp.URLParameters(config.broker_url).virtual_host)
+    first = broker.split_urls(config.broker_url)[0]
+    return urllib.parse.unquote(broker.url_parameters(first).virtual_host)
 
 
 def worker_queues(vhost: str) -> dict[str, int]:

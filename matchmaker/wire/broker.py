@@ -45,6 +45,7 @@ import re
 import ssl
 import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -135,10 +136,59 @@ def split_urls(url: str) -> list[str]:
     return [part for part in parts if part]
 
 
+URL_SCHEMES = ("amqp", "amqps")
+_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")
+
+
+def _unusable(url: str, password_given: bool) -> str | None:
+    """Why pika cannot use ``url`` (None: it can), in a sentence without its password."""
+    shown = _PASSWORD.sub(r"\1:***@", url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        if parts.scheme not in URL_SCHEMES:
+            raise ValueError("it must begin with amqp:// or amqps://")
+        if parts.username is not None and parts.password is None:
+            if password_given:
+                return None  # the password file adds it (identity.resolve_url)
+            raise ValueError(
+                f"it names the user {urllib.parse.unquote(parts.username)!r} without a "
+                "password (add it, or give a broker password file)"
+            )
+        pika.URLParameters(url)
+    except (ValueError, TypeError, AttributeError) as error:
+        return f"the broker URL {shown!r} cannot be used: {error}"
+    return None
+
+
+def url_parameters(url: str) -> pika.URLParameters:
+    """pika's parameters for one broker URL; BrokerError with a sentence if it is not an
+    ``amqp://`` or ``amqps://`` URL pika can use, or names a user without a password
+    (pika would fail on either later, with a traceback)."""
+    problem = _unusable(url.strip(), False)
+    if problem is not None:
+        raise BrokerError(problem)
+    return pika.URLParameters(url.strip())
+
+
+def check_urls(url: str, *, password_given: bool = False) -> list[str]:
+    """The URLs of ``url`` (``split_urls``), each one pika can use (a user without a
+    password only if ``password_given``: a password file will add it); BrokerError if
+    there is none or one cannot be used."""
+    urls = split_urls(url)
+    if not urls:
+        raise BrokerError("no broker URL given")
+    for one in urls:
+        problem = _unusable(one, password_given)
+        if problem is not None:
+            raise BrokerError(problem)
+    return urls
+
+
 def sender(url: str) -> str:
     """The broker user of ``url`` (of its first URL: a cluster has one set of users): what
     the AMQP ``user_id`` of its messages must say."""
-    return pika.URLParameters(split_urls(url)[0]).credentials.username
+    return url_parameters(split_urls(url)[0]).credentials.username
 
 
 def persistent(user: str | None) -> pika.BasicProperties:
@@ -151,7 +201,11 @@ def describe(url: str) -> str:
     """The URL (each URL of a list) without its password, for messages."""
     described = []
     for one in split_urls(url):
-        params = pika.URLParameters(one)
+        try:
+            params = url_parameters(one)
+        except BrokerError:
+            described.append("an unusable URL")
+            continue
         vhost = "" if params.virtual_host == "/" else f"/{params.virtual_host}"
         described.append(f"{params.host}:{params.port}{vhost}")
     return ", ".join(described)
@@ -205,7 +259,7 @@ def tls_options(url: str, tls: TLSFiles | None) -> pika.SSLOptions | None:
     verify against ``tls.ca`` and match the URL's host (pika's own amqps default checks
     neither). BrokerError if a file cannot be used or TLS files come with ``amqp://``."""
     tls = tls or TLSFiles()
-    params = pika.URLParameters(url)
+    params = url_parameters(url)
     if params.ssl_options is None:
         if tls != TLSFiles():
             raise BrokerError(
@@ -320,9 +374,7 @@ def connect(
     untested = pika_shim.check()
     if untested is not None:
         raise BrokerError(untested)
-    urls = split_urls(url)
-    if not urls:
-        raise BrokerError("no broker URL given")
+    urls = check_urls(url)
     delay = 0.2
     attempt = 0
     while True:
@@ -361,7 +413,7 @@ def _first_reachable(urls: list[str], name: str, tls: TLSFiles | None) -> pika.B
     failures = []
     for index in [*range(start, len(urls)), *range(start)]:
         one = urls[index]
-        params = pika.URLParameters(one)
+        params = url_parameters(one)
         params.ssl_options = tls_options(one, tls)
         params.client_properties = {"connection_name": name}
         params.heartbeat = 30

@@ -339,3 +339,21 @@ def test_users_setup_sets_the_worker_queue_expiry(broker_url: str, tmp_path: Pat
         for user in made:
             rabbitmqctl("delete_user", user)
         rabbitmqctl("clear_policy", "-p", vhost, users.WORKER_QUEUES_POLICY)
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://guest@127.0.0.1:5672/%2F", "amqp://u:secret@127.0.0.1:99999/", "http://x/"]
+)
+def test_an_unusable_broker_url_is_one_sentence_from_every_process(url: str) -> None:
+    """A process given a broker URL it cannot use says so and exits 2, without a
+    traceback and without the URL's password (a user without one crashed pika)."""
+    for argv in (
+        ["matchmaker", "submit", "--type", "sleep", "--broker-url", url],
+        ["workers", "--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", *argv], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        assert done.returncode == 2, done.stderr
+        assert "cannot be used" in done.stderr and "Traceback" not in done.stderr
+        assert "secret" not in done.stderr

@@ -54,8 +54,35 @@ def test_config_takes_a_toml_list_and_checks_the_queue_type(
     with pytest.raises(ConfigError, match="queue_type must be classic or quorum, not 'qorum'"):
         load()
     monkeypatch.delenv("MM_QUEUE_TYPE")
-    with pytest.raises(ConfigError, match="broker_url must name at least one broker"):
+    with pytest.raises(ConfigError, match="broker_url: no broker URL given"):
         load(flags={"broker_url": " "})
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("amqp://guest@127.0.0.1:5672/%2F", "names the user 'guest' without a password"),
+        ("amqp://u:secret@127.0.0.1:99999/", "Port out of range"),
+        ("amqp://[::1", "Invalid IPv6 URL"),
+        ("http://u:secret@host/", "must begin with amqp:// or amqps://"),
+        ("127.0.0.1:5672", "must begin with amqp:// or amqps://"),
+    ],
+)
+def test_an_unusable_url_is_one_sentence_without_its_password(url: str, why: str) -> None:
+    with pytest.raises(broker.BrokerError, match=f"^the broker URL .* cannot be used: .*{why}"):
+        broker.url_parameters(url)
+    with pytest.raises(ConfigError, match=why) as refused:
+        load(flags={"broker_url": url})
+    assert "secret" not in str(refused.value)
+    args = ["--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url]
+    with pytest.raises(ValueError, match=why):
+        config_from(parser().parse_args(args))
+    assert broker.describe(url) == "an unusable URL"
+
+
+def test_a_user_without_password_is_fine_when_a_password_file_gives_it() -> None:
+    assert broker.check_urls("amqp://u@h/v", password_given=True) == ["amqp://u@h/v"]
+    assert broker.url_parameters(A).credentials.password == "p"
 
 
 def test_an_unknown_queue_type_is_refused() -> None:
@@ -93,3 +120,10 @@ def test_worker_serf_flags_for_several_hosts() -> None:
     assert serf is not None and (serf.profile, serf.advertise) == ("lan", "10.0.0.5:7946")
     with pytest.raises(SystemExit):
         parser().parse_args(["--name", "w1", "--caps", "sleep", "--serf-profile", "fast"])
+
+
+@pytest.mark.parametrize("perf", ["nan", "inf", "0", "100"])
+def test_a_worker_perf_outside_the_speed_range_is_refused(perf: str) -> None:
+    args = parser().parse_args(["--name", "w1", "--caps", "sleep", "--no-serf", "--perf", perf])
+    with pytest.raises(ValueError, match="perf must be a number from 1/64 to 64"):
+        config_from(args)

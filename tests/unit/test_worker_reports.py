@@ -12,27 +12,13 @@ import pytest
 
 from matchmaker.messages import TaskDispatch, TaskRequest, decode_results
 from matchmaker.wire.broker import DEAD, RESULTS
-from tests.workers_support import wait_for
+from tests.workers_support import AckRecorder, wait_for
 from workers.acks import Channels
 from workers.pull import HandBack
 from workers.reports import Letter, Outgoing, Reporter
 from workers.runner import Delivery, Job, Runner
 from workers.stats import Stats
 from workers.tasks.base import TaskContext
-
-
-class Consume:
-    """Stands for the consuming channel: records acks and nacks."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, bool]] = []
-        self.is_open = True
-
-    def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        self.calls.append(("ack", tag, multiple))
-
-    def basic_nack(self, tag: int, requeue: bool = True) -> None:
-        self.calls.append(("nack", tag, requeue))
 
 
 class Broker:
@@ -65,8 +51,10 @@ class Broker:
         return acked, nacked
 
 
-def channels(session: int = 1, tags: set[int] | None = None) -> tuple[Channels, Consume, Broker]:
-    consume, broker = Consume(), Broker()
+def channels(
+    session: int = 1, tags: set[int] | None = None
+) -> tuple[Channels, AckRecorder, Broker]:
+    consume, broker = AckRecorder(), Broker()
     ch = Channels(session, consume, broker, unacked=set(tags or ()))  # type: ignore[arg-type]
     return ch, consume, broker
 

@@ -12,7 +12,7 @@ import pytest
 
 from matchmaker.messages import TaskDispatch, TaskRequest, TaskResult, decode_results
 from matchmaker.models import Worker
-from tests.workers_support import wait_for
+from tests.workers_support import AckRecorder, wait_for
 from workers.acks import Channels
 from workers.config import WorkerConfig
 from workers.pool import Pool
@@ -160,20 +160,8 @@ def test_withdrawn_and_cancelled_waiting_jobs_never_run(runner: Runner, gate: Ga
     assert gate.ran == ["first"]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, bool]] = []
-        self.is_open = True
-
-    def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        self.calls.append(("ack", tag, multiple))
-
-    def basic_nack(self, tag: int, requeue: bool = True) -> None:
-        self.calls.append(("nack", tag, requeue))
-
-
 def test_acks_cover_the_done_prefix_in_one_frame() -> None:
-    consume = Recorder()
+    consume = AckRecorder()
     ch = Channels(1, consume, None, unacked={1, 2, 3, 4, 5, 6})  # type: ignore[arg-type]
     ch.ack([3, 1, 2, 5])
     assert consume.calls == [("ack", 3, True), ("ack", 5, False)]
