@@ -13,10 +13,11 @@ recorded as an ``ignored-<state>`` transition with the reason, and changes
 nothing.
 
 Deadlines wait in a heap of (deadline, id), so a sweep looks only at the
-tasks whose deadline passed; entries of tasks that landed in the meantime
-are skipped when they come up, and the heap is rebuilt from ``in_flight``
-once it holds twice as many entries. ``running_count`` follows every move in
-and out of ``in_flight``, so nothing scans the tasks in flight.
+tasks whose deadline passed; entries of tasks no longer in flight (or in
+flight again, with a new deadline) are skipped when they come up, and the
+heap is rebuilt from ``in_flight`` once it holds twice as many entries.
+``running_count`` follows every move in and out of ``in_flight``, so nothing
+scans the tasks in flight.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class Book:
         self.events.append(Event(t.request.id, state, t.attempt, t.worker, at, note))
         self.ledger.transitions([(t.request.id, t.attempt, state, t.worker, at, note)])
 
-    def _fly(self, t: OpenTask, worker: str) -> None:
+    def _put_in_flight(self, t: OpenTask, worker: str) -> None:
+        """From pending to in flight on ``worker``."""
         self.pending.pop(t.request.id)
         self.reasons.pop(t.request.id, None)
         t.worker = worker
@@ -85,7 +87,8 @@ class Book:
                 self.deadlines = [(f.deadline, i) for i, f in self.in_flight.items() if f.deadline]
                 heapq.heapify(self.deadlines)
 
-    def _land(self, t: OpenTask) -> None:
+    def _remove(self, t: OpenTask) -> None:
+        """Out of pending or in flight, wherever it is (its state is the caller's)."""
         self.reasons.pop(t.request.id, None)
         if self.in_flight.pop(t.request.id, None) is not None and t.state == "running":
             self.running_count -= 1
@@ -99,7 +102,7 @@ class Book:
 
     def _requeue(self, t: OpenTask, now: float, note: str, delay: float = 0.0) -> None:
         """Back to pending with the next attempt (the caller checked max_attempts)."""
-        self._land(t)
+        self._remove(t)
         t.attempt += 1
         t.state, t.worker, t.not_before = "pending", None, now + delay
         self.pending.add(t)
@@ -125,6 +128,10 @@ class Book:
     def sizes(self) -> tuple[int, int, int]:
         """(pending, in flight, running) tasks."""
         return len(self.pending), len(self.in_flight), self.running_count
+
+    def counts(self) -> dict[str, int]:
+        """A copy of the running totals (submitted, placements, succeeded, ...)."""
+        return dict(self.counters)
 
     def open_task(self, task_id: str) -> OpenTask | None:
         """The open task (pending or in flight) of that id, None if it is not open."""
@@ -173,7 +180,7 @@ class Book:
                 self.pending.add(t)
             else:
                 t.deadline = (row.assigned_at or row.updated_at) + row.timeout + self.result_grace
-                self._fly(t, row.worker)
+                self._put_in_flight(t, row.worker)
             if self.on_open is not None:
                 self.on_open(t)
 
@@ -213,7 +220,7 @@ class Book:
             t = self.pending[task_id]
             t.state = "dispatching"
             t.deadline = now + t.request.timeout + self.result_grace
-            self._fly(t, worker)
+            self._put_in_flight(t, worker)
 
     def assigned(self, items: list[tuple[str, str, float]]) -> None:
         """The broker confirmed these dispatches (id, worker, when): record them assigned."""
@@ -233,7 +240,7 @@ class Book:
         for task_id, worker in items:
             t = self.in_flight.get(task_id)
             if t is not None and t.state == "dispatching" and t.worker == worker:
-                self._land(t)
+                self._remove(t)
                 t.state, t.worker = "pending", None
                 self.pending.add(t)
 
@@ -275,7 +282,7 @@ class Book:
             self.ledger.update(r.id, now, state="running", **ran)
             self._event(t, "running", now)
             return "running"
-        self._land(t)
+        self._remove(t)
         if r.state == "succeeded":
             t.state, t.output = "succeeded", r.output
             done = {"finished_at": r.finished_at or now, "output": r.output, "error": None}
@@ -288,7 +295,7 @@ class Book:
 
     def fail(self, t: OpenTask, error: str, now: float, finished_at: float | None = None) -> str:
         """An attempt failed: retry with exponential backoff, or dead after max_attempts."""
-        self._land(t)
+        self._remove(t)
         t.error = error
         self.ledger.update(t.request.id, now, error=error, finished_at=finished_at or now)
         self._event(t, "failed", now, error)
@@ -354,7 +361,7 @@ class Book:
         if t is None:
             return False, None
         worker = t.worker if task_id in self.in_flight else None
-        self._land(t)
+        self._remove(t)
         t.state = "cancelled"
         self.ledger.update(task_id, now, state="cancelled", finished_at=now)
         self._event(t, "cancelled", now)
@@ -367,7 +374,7 @@ class Book:
         while self.deadlines and self.deadlines[0][0] < now:
             deadline, task_id = heapq.heappop(self.deadlines)
             t = self.in_flight.get(task_id)
-            if t is not None and t.deadline == deadline:  # else it landed, or flew again since
+            if t is not None and t.deadline == deadline:  # else no longer in flight, or again since
                 self.fail(t, f"no result from worker {t.worker} by the deadline", now)
                 late += 1
         return late

@@ -6,8 +6,8 @@ name in capitals (``MM_BROKER_URL``, ``MM_ROUND_INTERVAL``...). Flags are the
 field names with dashes (``--broker-url``).
 
 Quotas (``matchmaker.limits``): the submit rate per owner is off by default,
-since a rate one benchmark client passes (20,000 tasks/s) is about all one
-scheduler takes in; ``max_pending_per_owner`` bounds a flood instead.
+since one client publishing flat out already submits about as fast as one
+scheduler processes; ``max_pending_per_owner`` bounds a flood instead.
 ``max_priority_by_role`` is a table (``{client = 7, admin = 9}``) or
 ``client=7,admin=9``; a role it does not name may not submit.
 """

@@ -2,7 +2,7 @@
 cancelled on the worker and runs elsewhere.
 
 A drain stops new work going to a worker at once; with a deadline (seconds, from when the
-scheduler takes the drain in) the scheduler also keeps, in memory, when the tasks still on
+scheduler receives the drain) the scheduler also keeps, in memory, when the tasks still on
 the worker must leave it. Once that time passes, each of the worker's tasks gets a cancel
 on ``mm.control`` (routing key ``cancel.<worker>``: the worker stops it for real), its
 queued dispatches are purged, and the tasks go back to pending with attempt + 1, as for a
@@ -25,7 +25,7 @@ class DrainDeadlines:
     due_at: dict[str, float] = field(default_factory=dict)  # worker -> wall-clock deadline
 
     def drained(self, worker: str, on: bool, deadline: float | None, now: float) -> float | None:
-        """A drain (``on``) with or without a deadline, or an undrain, taken in at ``now``;
+        """A drain (``on``) with or without a deadline, or an undrain, received at ``now``;
         when the deadline passes (wall clock), for the ledger."""
         if on and deadline is not None:
             self.due_at[worker] = at = now + deadline

@@ -91,6 +91,12 @@ class Metrics:
         if port:
             start_http_server(port, addr=bind, registry=r)
 
+    def rounds(self) -> tuple[int, float]:
+        """Rounds run so far, and their total seconds."""
+        r = self.registry
+        count = r.get_sample_value("mm_round_seconds_count") or 0
+        return int(count), float(r.get_sample_value("mm_round_seconds_sum") or 0.0)
+
     def sync(self, counts: dict[str, int]) -> None:
         """Advance the counters to the totals the book keeps."""
         for name, counter in self.counters.items():

@@ -105,8 +105,8 @@ DRAIN = _message(
             "type": ["number", "null"],
             "minimum": 0,
             "maximum": MAX_TIMEOUT,
-            "description": "seconds after the drain is taken in; then the worker's tasks are "
-            "cancelled there and run elsewhere (only with on: true)",
+            "description": "seconds after the scheduler receives the drain; then the worker's "
+            "tasks are cancelled there and run elsewhere (only with on: true)",
         },
     },
     ["worker"],

@@ -12,16 +12,16 @@ What is due when is decided by ``scheduler.clock.TurnClock``. Each step:
 2. applies inventory changes (a failed or departed worker's tasks go back to
    pending with attempt + 1, and its queue is purged), and the confirms:
    confirmed dispatches recorded assigned, refused ones pending again;
-3. when a full turn is due (``TurnClock.turn_due``): takes in what is
+3. when a full turn is due (``TurnClock.turn_due``): processes what is
    buffered (invalid requests and results are set aside for ``mm.dead``; a
    cancel, a retry or a drain is only acted on here, in order); between full
-   turns, buffered deliveries are taken in at most once per intake slice,
+   turns, buffered deliveries are processed at most once per intake slice,
    written uncommitted, so the due turn has little left but its commit;
 4. puts what was set aside in the ledger's dead-letter outbox, commits the
    ledger once, then publishes the new letters to ``mm.dead`` (under
    publisher confirms, ``message_id`` = the letter's key; confirmed ones are
    marked sent with a later commit, unsent ones are published again by the
-   next connection) and queues the acks of what it took in;
+   next connection) and queues the acks of what it recorded;
 5. at most every ``EVENT_INTERVAL``, publishes the events of the state changes;
 6. in a full turn, when work is pending, something changed and the round
    window has passed, runs a round on the committed state: ``plan()`` over
@@ -30,7 +30,7 @@ What is due when is decided by ``scheduler.clock.TurnClock``. Each step:
    writes itself (reasons a task waits) is committed with the next turn.
 
 Rounds are event-driven (a task that arrives while a slot is free is placed
-in the turn that takes it in; a result that frees a slot starts a turn),
+in the turn that receives it; a result that frees a slot starts a turn),
 with batching only when work comes faster than turns complete (``clock``).
 
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
@@ -132,11 +132,9 @@ def settle_garbage_collector() -> None:
     """What start-up made (modules, the restored book) is frozen out of collection, and the
     youngest generation is collected every ``GC_YOUNG`` allocations instead of 700.
 
-    The loop allocates per task and frees nearly all of it by reference counting; the
-    cyclic collector only added pauses: in-process, 60,000 requests taken in cost 5 full
-    collections (254 ms, the longest 74 ms, the whole time a stall of the loop) and 50
-    middle ones (up to 8 ms); frozen and with these thresholds, none of either, and the
-    intake took 13 % less time.
+    The loop allocates per task and frees nearly all of it by reference counting, so the
+    cyclic collector finds little to free, and each of its full passes over the large
+    long-lived heap is a stall of the loop (the measurement: benchmarks/README.md).
     """
     gc.collect()
     gc.freeze()
@@ -179,7 +177,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()
         self.drain_deadlines = DrainDeadlines()  # drains.py: then the worker's tasks move
-        self.requests: list[Delivery] = []  # delivered, not yet taken in
+        self.requests: list[Delivery] = []  # delivered, not yet processed
         self.results: list[Delivery] = []
         self.arrived = 0  # deliveries since the last full turn
         self.request_acks = AckWindow()  # what a multiple ack may cover, after the next commit
@@ -364,7 +362,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             self._take_requests(True)
             self._take_results()
         elif (self.requests or self.results) and turns.intake_due(clock):
-            self._take_requests(False)  # between turns: taken in, written, not committed
+            self._take_requests(False)  # between turns: processed, written, not committed
             self._take_results()
             self.ledger.write()
         if turns.sweep_due(clock):

@@ -10,7 +10,7 @@ from typing import Any
 
 from matchmaker.api import MISSING, ApiError
 from matchmaker.api.leader import Leader
-from matchmaker.api.snapshot import Board, snapshot_of
+from matchmaker.api.snapshot import Board, Observed, snapshot_of
 
 log = logging.getLogger("matchmaker.api")
 
@@ -50,7 +50,7 @@ class ApiServer:
             raise ApiError(f"the HTTP API cannot listen on {self.where} (is the port in use?)")
         return self
 
-    def offer(self, scheduler: Any) -> None:
+    def offer(self, scheduler: Observed) -> None:
         """Called by the loop: publishes a snapshot when one is due (cheap otherwise)."""
         now = time.time()
         if self.board.due(now):

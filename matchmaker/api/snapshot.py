@@ -2,7 +2,9 @@
 thread (plain tuples and dicts, built fresh each time and never changed after), and a
 short history of them for the rounds and throughput series.
 
-The API thread only swaps and reads references; it never touches the loop's objects.
+The snapshot reads the scheduler through ``Observed`` only (the book's and the metrics'
+public readers, and the scheduler's live workers and drains). The API thread only swaps
+and reads references; it never touches the loop's objects.
 """
 
 from __future__ import annotations
@@ -11,10 +13,26 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from matchmaker.book import Book
+    from matchmaker.metrics import Metrics
+    from matchmaker.models import Worker
 
 HISTORY = 720  # samples kept: six minutes at one per PUBLISH_INTERVAL
 PUBLISH_INTERVAL = 0.5
+
+
+class Observed(Protocol):
+    """What a snapshot reads of the scheduler (``scheduler.events.Events``)."""
+
+    book: Book
+    metrics: Metrics
+
+    def live_workers(self) -> list[tuple[str, Worker]]: ...
+
+    def drain_of(self, worker: str, now: float) -> tuple[bool, float | None]: ...
 
 
 @dataclass(frozen=True)
@@ -46,13 +64,13 @@ class Sample:
 
 
 def _worker(
-    name: str, worker: Any, running: int, status: str, deadline: float | None = None
+    name: str, worker: Worker, running: int, status: str, deadline: float | None = None
 ) -> dict[str, Any]:
-    attributes = dict(getattr(worker, "attributes", {}) or {})
+    attributes = dict(worker.attributes)
     return {
         "name": name,
-        "capabilities": sorted(getattr(worker, "capabilities", ())),
-        "slots": int(getattr(worker, "slots", 0)),
+        "capabilities": sorted(worker.capabilities),
+        "slots": int(worker.slots),
         "running": running,
         "site": attributes.get("site"),
         "speed": attributes.get("speed"),
@@ -62,31 +80,25 @@ def _worker(
     }
 
 
-def snapshot_of(scheduler: Any, now: float) -> Snapshot:
+def snapshot_of(scheduler: Observed, now: float) -> Snapshot:
     """The scheduler's live state now; called in the loop's thread."""
     book = scheduler.book
-    drained = set(scheduler.drained)
-    deadlines = getattr(scheduler, "drain_deadlines", None)
-    workers = tuple(
-        _worker(
-            name,
-            w,
-            book.running(name),
-            "drained" if name in drained else "alive",
-            deadlines.left(name, now) if deadlines is not None and name in drained else None,
-        )
-        for name, w in sorted(scheduler.live.items())
-    )
-    registry = scheduler.metrics.registry
+    workers = []
+    for name, w in scheduler.live_workers():
+        drained, deadline = scheduler.drain_of(name, now)
+        status = "drained" if drained else "alive"
+        workers.append(_worker(name, w, book.running(name), status, deadline))
+    pending, in_flight, running = book.sizes()
+    rounds, round_seconds = scheduler.metrics.rounds()
     return Snapshot(
         at=now,
-        workers=workers,
-        pending=len(book.pending),
-        in_flight=len(book.in_flight),
-        running=int(book.running_count),
-        counters=dict(book.counters),
-        rounds=int(registry.get_sample_value("mm_round_seconds_count") or 0),
-        round_seconds=float(registry.get_sample_value("mm_round_seconds_sum") or 0.0),
+        workers=tuple(workers),
+        pending=pending,
+        in_flight=in_flight,
+        running=running,
+        counters=book.counts(),
+        rounds=rounds,
+        round_seconds=round_seconds,
     )
 
 

@@ -8,7 +8,7 @@ the caller's threads never touch it. On it:
   with the client's broker user as ``user_id`` (so the scheduler records it as the
   owner). A call returns once the broker has confirmed its message (stored);
   ``confirm_timeout`` bounds the wait. The caller's requests keep their order on the
-  wire, so the scheduler takes them in that order.
+  wire, so the scheduler receives them in that order.
 - an exclusive inbox queue, ``mm.inbox.<user>.<random>``, bound to the ``mm.notices``
   exchange with the client's own user as the key (the only key its rights allow):
   what the scheduler tells this user about its tasks (``matchmaker/notices.py``):

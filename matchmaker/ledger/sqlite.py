@@ -10,15 +10,15 @@ are serialised by that lock.
 
 Checkpoints: by default SQLite copies the write-ahead log into the database
 file inside whichever COMMIT takes the log past 1,000 pages, and that copy
-and its fsync stalled the scheduler's loop for 10-20 ms several times a
-second under load. The scheduler opens its ledger with
+and its fsync stall the scheduler's loop inside the commit, repeatedly under
+load. The scheduler opens its ledger with
 ``background_checkpoints=True``: a ``Checkpointer`` thread, on a connection
 of its own, copies the log every quarter second in PASSIVE mode (never
 waiting for the writer or a reader; SQLite releases the GIL meanwhile). The log starts
 again from its head only when a writer finds it wholly copied, which a busy
 writer never does; so once it is long, the thread copies it in passes back
 to back until one finds few new frames, and the writer's next ``commit()``
-copies those few itself (about a millisecond), after which its next write
+copies those few itself (a short copy), after which its next write
 starts the log again.
 """
 

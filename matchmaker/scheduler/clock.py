@@ -1,9 +1,9 @@
 """The scheduler loop's timing: what is due when. Pure: every call is given the time.
 
-The loop does its work in *turns*: a full turn takes in what arrived, commits
+The loop does its work in *turns*: a full turn processes what arrived, commits
 the ledger once, acks what it committed and, when the backlog or the free
 slots changed, runs a *round* (``plan()`` over the whole backlog, and the
-dispatches it places). Between full turns, deliveries are taken in as they
+dispatches it places). Between full turns, deliveries are processed as they
 come (decoded, validated, written uncommitted), at most once per
 ``INTAKE_SLICE``, so a due turn has little left but its commit and round.
 
@@ -13,11 +13,11 @@ Rounds are event-driven with adaptive batching:
   committed, or a round wanted: new pending work or a freed slot) and the
   *batch window* since the last full turn has passed;
 - the batch window is ``BATCH`` times what the last full turn cost, capped at
-  ``round_interval``: on a quiet system a turn costs about a millisecond, so a
-  task that arrives is placed at once; when work arrives faster than turns
+  ``round_interval``: on a quiet system a turn is short (a decode, one commit, one
+  round), so a task that arrives is placed at once; when work arrives faster than turns
   complete, turns grow with the work they carry and the window grows with
   them, so the loop spends at most about ``1 / (1 + BATCH)`` of its time in
-  full turns and the rest taking work in, and under a flood it batches as
+  full turns and the rest on intake, and under a flood it batches as
   the fixed round interval did;
 - rounds keep a window of their own the same way (a turn whose round is
   not yet due only commits and acks);
@@ -40,7 +40,7 @@ from typing import Protocol
 
 BATCH = 3.0  # a batch window is this many times the last turn's cost
 BACKLOG = 500  # deliveries in one turn that mean a backlog (a quarter of the prefetch window)
-INTAKE_SLICE = 0.002  # between turns, deliveries are taken in at most this often
+INTAKE_SLICE = 0.002  # between turns, deliveries are processed at most this often
 SWEEP_INTERVAL = 0.25
 PRUNE_INTERVAL = 3600.0
 EVENT_INTERVAL = 0.02
@@ -130,14 +130,14 @@ class TurnClock:
         return owed >= self.backlog or ((owed > 0 or round_due) and self.turns.open(now))
 
     def turned(self, started: float, ended: float, owed: int) -> None:
-        """A full turn that took in ``owed`` deliveries ran from ``started`` to ``ended``."""
+        """A full turn that processed ``owed`` deliveries ran from ``started`` to ``ended``."""
         self.turns.done(started, ended, at_once=owed >= self.backlog)
 
     def rounded(self, started: float, ended: float) -> None:
         self.rounds.done(started, ended)
 
     def intake_due(self, now: float) -> bool:
-        """Between turns: whether buffered deliveries may be taken in now (at most once
+        """Between turns: whether buffered deliveries may be processed now (at most once
         per ``intake_slice``)."""
         if now < self.next_intake:
             return False

@@ -8,6 +8,7 @@ import orjson
 
 from matchmaker.book import Event
 from matchmaker.messages import VERSION
+from matchmaker.models import Worker
 from matchmaker.scheduler.state import Core
 
 log = logging.getLogger("matchmaker.service")
@@ -43,6 +44,17 @@ class Events(Core):
         m.sync(self.book.counters)
         if self.api is not None:  # api hook: a snapshot at most every 0.5 s
             self.api.offer(self)
+
+    def live_workers(self) -> list[tuple[str, Worker]]:
+        """The workers rounds may use, by name (for the API's snapshot)."""
+        return sorted(self.live.items())
+
+    def drain_of(self, worker: str, now: float) -> tuple[bool, float | None]:
+        """Whether ``worker`` is drained, and the seconds until its drain deadline (None
+        when it has none, or is not drained)."""
+        if worker not in self.drained:
+            return False, None
+        return True, self.drain_deadlines.left(worker, now)
 
     def _sweep(self, prune: bool = False) -> None:
         """Periodically: deadlines passed with no result, retries whose backoff ended, metrics,

@@ -26,7 +26,7 @@ from matchmaker.scheduler.transport import Delivery, Polled, TransportLost
 from matchmaker.wire import amqp, broker
 from matchmaker.wire.confirms import Confirms
 from matchmaker.wire.dispatch import Dispatcher
-from matchmaker.wire.frames import consume, reader_of
+from matchmaker.wire.frames import consume
 
 log = logging.getLogger("matchmaker.service")
 
@@ -75,9 +75,6 @@ class PikaTransport:
             broker.REQUESTS: broker.queued_ack(intake),
             broker.RESULTS: broker.queued_ack(results),
         }
-        self.reader = reader_of(intake)
-        if self.reader is not None:
-            self.reader.hold = False  # a delivery ends the wait: the loop decides what waits
 
     def _on_request(self, tag: int, body: bytes, user: str | None) -> None:
         self.polled.requests.append(Delivery(tag, body, user))

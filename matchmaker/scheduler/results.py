@@ -61,8 +61,8 @@ class Results(Core):
         self.dirty = True
 
     def _apply_result(self, result: TaskResult, now: float) -> None:
-        flying = self.book.open_task(result.id)
-        task_type = flying.request.type if flying is not None else ""
+        task = self.book.open_task(result.id)
+        task_type = task.request.type if task is not None else ""
         outcome = self.book.result(result, now)
         if outcome == "succeeded":
             self._observe_run(result, task_type)

@@ -3,8 +3,8 @@
 Queues are durable classic queues, made ``quorum`` by the scheduler's ``queue_type``
 (``MM_QUEUE_TYPE=quorum``, which the other processes read too) to replicate them on a
 cluster; on one node classic ones are as durable (a persistent message is confirmed once
-on disk) and faster (README, "Decisions"). A queue that already exists is used as it is, whatever
-its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
+on disk) and faster (docs/perf/history.md). A queue that already exists is used as it is,
+whatever its type. ``mm.requests`` uses single-active-consumer so a standby scheduler
 waits and takes over. The dead-letter queue ``mm.dead`` carries rejected
 messages with the reason in the ``x-mm-reason`` header and the source queue in
 ``x-mm-source``; it is bounded (``DEAD_MAX_LENGTH`` letters, the oldest
@@ -370,7 +370,7 @@ def connect(
 
     ``amqps://`` URLs use TLS with ``tls`` (``tls_options``); a certificate that does
     not verify is not retried. Its deliveries are parsed by ``frames.DeliveryReader``
-    (pika's path costs more than the rest of taking in a message)."""
+    (pika's path costs more than the rest of processing a message)."""
     untested = pika_shim.check()
     if untested is not None:
         raise BrokerError(untested)

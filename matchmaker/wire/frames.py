@@ -29,9 +29,7 @@ This module does the two hot cases itself and leaves everything else to pika:
   delivery tag, bit ``multiple``) and ``Basic.Nack`` (60.120: delivery tag,
   bits ``multiple`` and ``requeue``), go straight to a handler registered for
   their channel with ``on_confirm`` (which may ask them to end the wait, as a
-  sink's deliveries do unless the owner set ``hold``; held ones are followed,
-  once the read is done, by the owner's ``on_held`` if it set one, for work
-  that needs no I/O). Every other frame, or a delivery it has any doubt
+  sink's deliveries always do). Every other frame, or a delivery it has any doubt
   about, goes through pika's own decoder in the order it arrived.
 """
 
@@ -166,10 +164,7 @@ class DeliveryReader:
         self.waking: set[int] = set()  # channels whose confirms end the wait
         self.sinks: dict[str, Sink] = {}  # by consumer tag
         self.wake = wake  # ends the BlockingConnection's wait (a negative channel number)
-        self.woken = False  # a sink or a waking confirm handler got something in this read
-        self.hold = False  # the owner's choice: deliveries to sinks wait out the time limit
-        self.on_held: Callable[[], None] | None = None  # after a read that sank held deliveries
-        self.sank_held = False
+        self.wait_over = False  # this read gave a sink, or a waking confirm handler, something
         pika_shim.take_input(connection, self.data_received)
 
     def on_confirm(self, channel_number: int, handler: Confirm, *, wake: bool = False) -> None:
@@ -200,12 +195,9 @@ class DeliveryReader:
                 at = end
         finally:
             self.pending = buffer[at:]
-            if self.woken and self.wake is not None:
-                self.woken = False
+            if self.wait_over and self.wake is not None:
+                self.wait_over = False
                 self.wake(-1)  # process_data_events returns: the owner has work
-            if self.sank_held and self.on_held is not None:
-                self.sank_held = False
-                self.on_held()  # the owner's work that needs no I/O, done inside the wait
 
     def _method(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
         """A method frame this reader handles itself: see ``_deliver`` and ``_confirm``."""
@@ -223,7 +215,7 @@ class DeliveryReader:
         tag, multiple = codec.confirm(buffer, at)
         self.connection.bytes_received += end - at
         self.connection.frames_received += 1
-        self.woken = self.woken or number in self.waking
+        self.wait_over = self.wait_over or number in self.waking
         return end, (handler, tag, multiple, acked)
 
     def _deliver(self, buffer: bytes, at: int, end: int, number: int) -> Taken | None:
@@ -248,8 +240,7 @@ class DeliveryReader:
         self.connection.frames_received += frames
         sink = self.sinks.get(consumer_tag)
         if sink is not None:
-            self.woken = self.woken or not self.hold
-            self.sank_held = self.sank_held or self.hold
+            self.wait_over = True
             return after, (sink, delivery_tag, body, self._user(raw_properties))
         exchange, routing_key = codec.names(buffer, names)
         method = amqp.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)

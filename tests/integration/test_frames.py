@@ -203,34 +203,6 @@ def test_consume_feeds_the_sink_and_ends_the_wait(open_channel: OpenChannel) -> 
     assert got == list(zip(range(1, len(bodies) + 1), bodies, users, strict=True))
 
 
-def test_a_held_sink_waits_out_the_time_limit(open_channel: OpenChannel) -> None:
-    """With ``hold`` the deliveries are buffered, the owner's ``on_held`` is called after
-    the read, and the wait runs to its limit."""
-    connection, channel = open_channel()
-    got: list[bytes] = []
-    consume(channel, QUEUE, lambda _tag, body, _user: got.append(body))
-    reader = reader_of(channel)
-    assert reader is not None
-    publisher_connection, publisher = open_channel()
-    publish = FramePublisher(pika_shim.channel_of(publisher))
-
-    def send_and_wait(body: bytes, limit: float) -> float:
-        publish("", QUEUE, body, broker.PERSISTENT)
-        publisher_connection.process_data_events(time_limit=0)
-        started = time.monotonic()
-        connection.process_data_events(time_limit=limit)
-        return time.monotonic() - started
-
-    seen_by_owner: list[list[bytes]] = []
-    reader.on_held = lambda: seen_by_owner.append(list(got))
-    reader.hold = True
-    assert send_and_wait(b"held", 1.5) >= 1.4 and got == [b"held"]
-    assert seen_by_owner == [[b"held"]]  # inside the wait, once the delivery was in
-    reader.hold = False
-    assert send_and_wait(b"woke", 20) < 10 and got == [b"held", b"woke"]
-    assert seen_by_owner == [[b"held"]]  # not held: the wait ended instead
-
-
 def test_frame_acks_settle_what_they_name(open_channel: OpenChannel) -> None:
     """A ``multiple`` ack settles every tag up to it, a single one only its own."""
     connection, channel = open_channel()

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from matchmaker.api.control import encode_drain
+from matchmaker.api.snapshot import snapshot_of
 from matchmaker.config import Config
+from matchmaker.identity import ADMIN
 from matchmaker.messages import TaskRequest, TaskResult, encode, encode_batch
 from matchmaker.models import Worker
 from matchmaker.scheduler.clock import TurnClock
@@ -345,3 +348,27 @@ def test_the_in_process_loop_benchmark_dispatches_every_task_once() -> None:
     report = loop.measure(rate=500.0, count=40, run=0.001, workers=1, slots=4)
     assert report["tasks"] == 40 and report["steps"] >= 1
     assert 0 <= report["to_round"]["p50"] <= report["to_sent"]["max"]
+
+
+def test_the_api_snapshot_reads_the_loop_through_its_public_readers(
+    make: Callable[..., Scheduler], broker: MemoryBroker
+) -> None:
+    """Workers with their load and drains, the book's sizes and totals, the rounds run."""
+    scheduler = make(
+        Worker("w1", ["sleep"], 2, attributes={"site": "iu"}), Worker("w2", ["sleep"], 1)
+    )
+    submit(broker, TaskRequest("t1", "sleep"), TaskRequest("t2", "sleep", priority=1))
+    broker.send(REQUESTS, encode_drain("w2", True, 60.0), ADMIN)
+    steps_until(scheduler, lambda: state(scheduler, "t2") == "assigned")
+    assert state(scheduler, "t1") == "assigned"
+    now = broker.clock.time()
+    snap = snapshot_of(scheduler, now)
+    assert [(w["name"], w["running"], w["status"]) for w in snap.workers] == [
+        ("w1", 2, "alive"),
+        ("w2", 0, "drained"),
+    ]
+    assert snap.workers[0]["attributes"] == {"site": "iu"} and snap.workers[0]["slots"] == 2
+    assert snap.workers[0]["drain_deadline"] is None
+    assert snap.workers[1]["drain_deadline"] == pytest.approx(60.0, abs=1.0)
+    assert (snap.pending, snap.in_flight, snap.running) == (0, 2, 0)
+    assert snap.counters["submitted"] == 2 and snap.rounds >= 1
