@@ -3,6 +3,7 @@ and a small HTTP client for them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -59,13 +60,17 @@ def write_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
-@pytest.fixture
-def api_cluster(broker_url: str, tmp_path: Path) -> Iterator[ApiCluster]:
+@contextlib.contextmanager
+def running_api(broker_url: str, tmp_path: Path, **cluster: Any) -> Iterator[ApiCluster]:
+    """A scheduler process serving its API with bearer tokens, until the block ends;
+    ``cluster`` goes to ``LocalCluster`` (e.g. ``ledger_url``)."""
     port = free_port()
     tokens_file = tmp_path / "tokens"
     tokens = write_tokens(tokens_file)
     args = ("--http-port", str(port), "--api-tokens-file", str(tokens_file))
-    c = LocalCluster(broker_url=broker_url, workdir=tmp_path / "cluster", scheduler_args=args)
+    c = LocalCluster(
+        broker_url=broker_url, workdir=tmp_path / "cluster", scheduler_args=args, **cluster
+    )
     try:
         c.start_scheduler()
         api = ApiCluster(c, f"http://127.0.0.1:{port}", tokens)
@@ -73,3 +78,9 @@ def api_cluster(broker_url: str, tmp_path: Path) -> Iterator[ApiCluster]:
         yield api
     finally:
         c.stop()
+
+
+@pytest.fixture
+def api_cluster(broker_url: str, tmp_path: Path) -> Iterator[ApiCluster]:
+    with running_api(broker_url, tmp_path) as api:
+        yield api

@@ -31,7 +31,7 @@ from matchmaker.api.control import encode_drain, encode_retry
 from matchmaker.api.leader import Leader
 from matchmaker.api.openapi import document
 from matchmaker.api.snapshot import Board, Snapshot
-from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError, parse_cursor
+from matchmaker.api.store import OPEN_STATES, STATES, Store, StoreError
 from matchmaker.messages import (
     MAX_MESSAGE_BYTES,
     MAX_TIMEOUT,
@@ -206,12 +206,6 @@ class Api:
         state = q.get("state")
         if state is not None and state not in STATES:
             raise Refused(400, f"state must be one of {', '.join(STATES)}")
-        cursor = q.get("cursor")
-        if cursor is not None:
-            try:
-                parse_cursor(cursor)
-            except ValueError as e:
-                raise Refused(400, str(e)) from None
         filters = {
             "state": state,
             "type": name(q.get("type"), "type"),
@@ -220,7 +214,10 @@ class Api:
             "since": number(q.get("since"), "since", 0, 1e11),
         }
         limit = clamp_limit(q.get("limit"))
-        tasks, more = await asyncio.to_thread(self.store.tasks, filters, limit, cursor)
+        try:
+            tasks, more = await asyncio.to_thread(self.store.tasks, filters, limit, q.get("cursor"))
+        except ValueError as e:  # a cursor no page gave
+            raise Refused(400, str(e)) from None
         return answer({"tasks": tasks, "next_cursor": more})
 
     async def show_task(self, request: Request) -> Response:

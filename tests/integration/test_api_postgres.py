@@ -12,30 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.devtools.cluster import ROOT, LocalCluster, wait_until
+from matchmaker.devtools.cluster import ROOT, wait_until
 from matchmaker.messages import TaskRequest
-from membership.agent import free_port
-from tests.api_support import ApiCluster, write_tokens
+from tests.api_support import ApiCluster, running_api
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def pg_api(broker_url: str, pg_url: str, tmp_path: Path) -> Iterator[ApiCluster]:
-    port = free_port()
-    tokens_file = tmp_path / "tokens"
-    tokens = write_tokens(tokens_file)
-    args = ("--http-port", str(port), "--api-tokens-file", str(tokens_file))
-    c = LocalCluster(
-        broker_url=broker_url, workdir=tmp_path / "cluster", scheduler_args=args, ledger_url=pg_url
-    )
-    try:
-        c.start_scheduler()
-        api = ApiCluster(c, f"http://127.0.0.1:{port}", tokens)
-        wait_until(lambda: api.call("GET", "/v1/stats")[0] == 200, 20, "the API answering")
+    with running_api(broker_url, tmp_path, ledger_url=pg_url) as api:
         yield api
-    finally:
-        c.stop()
 
 
 def tasks_cli(pg_url: str, state_dir: Path, *args: str) -> dict[str, object]:
