@@ -96,10 +96,6 @@ class WorkerConfig:
                 )
         if self.mode not in MODES:
             raise ValueError(f"mode must be push or pull (got {self.mode!r})")
-        try:
-            check_urls(self.broker_url)
-        except BrokerError as error:
-            raise ValueError(str(error)) from None
         if not (math.isfinite(self.perf) and MIN_SPEED <= self.perf <= MAX_SPEED):
             raise ValueError(f"perf must be a number from 1/64 to 64 (got {self.perf})")
         if not self.grace >= 0:
@@ -111,6 +107,10 @@ class WorkerConfig:
             raise ValueError(
                 "--caps exec needs named commands: a [commands] table in the --config file"
             )
+        try:  # last: the worker's own settings are reported before its environment's
+            check_urls(self.broker_url)
+        except BrokerError as error:
+            raise ValueError(str(error)) from None
 
     @functools.cached_property  # asked for every task
     def sandbox_dir(self) -> Path:
