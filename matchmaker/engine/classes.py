@@ -15,6 +15,7 @@ Cost: O(m + n) dictionary operations for m tasks and n workers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -25,6 +26,7 @@ import numpy.typing as npt
 from matchmaker.models import Policy, Scalar, Task, Worker, worker_value
 
 MAX_BAND = 1_000_000
+FEW = 16  # rounds of at most this many tasks are grouped without numpy
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -104,11 +106,56 @@ class WorkerGroup:
 
 
 def task_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
-    """Group tasks into classes, highest band first, then by key.
+    """Group tasks into classes, highest band first, then by key (members in input order).
 
-    Vectorised: one pass over the tasks reads id, key, priority and
-    submission time; numpy computes the bands and sorts by class.
+    Up to ``FEW`` tasks, plain Python: numpy's fixed cost per call would be
+    most of such a round, the usual one at low load. Above, vectorised.
     """
+    if len(tasks) <= FEW:
+        return _few_classes(tasks, policy)
+    return _many_classes(tasks, policy)
+
+
+def band_of(task: Task, policy: Policy) -> int:
+    """The task's priority plus one per ``aging_interval`` waited, at most ``MAX_BAND``."""
+    if policy.now is None or policy.aging_interval <= 0:
+        return task.priority
+    waited = (policy.now - task.submitted_at) / policy.aging_interval
+    if not waited > 0:  # not yet submitted, or NaN
+        return task.priority
+    if waited >= MAX_BAND:
+        return MAX_BAND
+    return min(task.priority + math.floor(waited), MAX_BAND)
+
+
+def _few_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
+    rows = sorted((-band_of(t, policy), t.class_key, i) for i, t in enumerate(tasks))
+    ids = np.array([t.id for t in tasks], dtype=object)
+    classes = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end < len(rows) and rows[end][:2] == rows[start][:2]:
+            continue
+        members = [i for _, _, i in rows[start:end]]  # ascending: the sort's last key
+        sample = tasks[members[0]]
+        submitted = np.array([tasks[i].submitted_at for i in members], dtype=np.float64)
+        classes.append(
+            TaskClass(
+                sample.class_key,
+                -rows[start][0],
+                sample,
+                np.array(members, dtype=np.int64),
+                submitted,
+                ids,
+            )
+        )
+        start = end
+    return classes
+
+
+def _many_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
+    """Vectorised: one pass over the tasks reads id, key, priority and
+    submission time; numpy computes the bands and sorts by class."""
     m = len(tasks)
     if m == 0:
         return []

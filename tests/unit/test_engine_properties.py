@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from matchmaker import plan
+from matchmaker.engine import classes
 from matchmaker.models import Plan, Policy, Reason, Task, Unplaced, Worker
 from tests import reference_flow as ref
 
@@ -542,3 +543,36 @@ def test_every_unplaced_task_has_one_true_reason(
             higher = any(b > bands[task_id] for b in takers)
             expected = Reason.OUTRANKED if higher else Reason.CONTENDED
         assert why.code == expected, f"{task_id}: {why.code} ({why.message}), expected {expected}"
+
+
+@given(instances(max_tasks=2 * classes.FEW), aging_policies)
+def test_few_and_many_tasks_form_the_same_classes(
+    instance: tuple[list[Task], list[Worker]], policy: Policy
+) -> None:
+    tasks, _ = instance
+    few, many = classes._few_classes(tasks, policy), classes._many_classes(tasks, policy)
+    assert [(c.key, c.band, c.sample.id) for c in few] == [
+        (c.key, c.band, c.sample.id) for c in many
+    ]
+    for a, b in zip(few, many, strict=True):
+        assert a.members.tolist() == b.members.tolist()
+        assert a.submitted.tolist() == b.submitted.tolist()
+        assert a.oldest(len(tasks) // 2) == b.oldest(len(tasks) // 2)
+
+
+@pytest.mark.parametrize(
+    ("submitted", "band"),
+    [
+        (NOW, 3),
+        (NOW - 25, 5),
+        (NOW + 50, 3),
+        (NOW - 1e300, classes.MAX_BAND),
+        (NOW - 10 * classes.MAX_BAND + 10, classes.MAX_BAND),
+        (NOW - 10 * classes.MAX_BAND - 10, classes.MAX_BAND),
+    ],
+)
+def test_both_paths_band_a_task_alike(submitted: float, band: int) -> None:
+    policy = Policy(aging_interval=10.0, now=NOW)
+    task = Task("t", "env_setup", 3, submitted_at=submitted)
+    assert classes.band_of(task, policy) == band
+    assert [c.band for c in classes._many_classes([task], policy)] == [band]
