@@ -8,8 +8,8 @@ Scenarios (``--scenario``, repeatable, or ``all``):
   (``benchmarks.live_e2e``);
 - ``latency``: submit -> worker queue latency at a paced offered load
   (``benchmarks.live_latency``);
-- ``lowload``: the same at a low rate (``--lowload-rate``, default 50/s) on idle workers:
-  what a task pays when nothing else waits (event-driven rounds place it at once);
+- ``lowload``: push against pull at a low rate (``--lowload-rate``, default 50/s) on idle
+  workers: what a task pays when nothing else waits (``benchmarks.live_lowload``);
 - ``failover``: kill -9 a busy worker: Serf detection vs its tasks running elsewhere
   (``benchmarks.live_failover``);
 - ``compare``: push vs pull on the same heterogeneous work (``benchmarks.live_compare``).
@@ -42,7 +42,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import live_compare, live_e2e, live_failover, live_latency, live_push
+from benchmarks import (
+    live_compare,
+    live_e2e,
+    live_failover,
+    live_latency,
+    live_lowload,
+    live_push,
+)
 from benchmarks.live_env import AMQP, Env, LiveError, rabbit_setting
 from matchmaker.config import Config
 from matchmaker.devtools.cluster import ClusterError
@@ -156,8 +163,8 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[Env], dict[str, An
     if name == "latency":
         return lambda env: live_latency.run(env, args.rate, args.duration, args.latency_slots)
     if name == "lowload":
-        return lambda env: live_latency.run(
-            env, args.lowload_rate, args.duration, args.latency_slots, name="lowload"
+        return lambda env: live_lowload.run(
+            env, args.lowload_rate, args.duration, args.latency_slots
         )
     if name == "failover":
         return lambda env: live_failover.run(env, args.repeats)
@@ -178,7 +185,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "push": live_push.table,
     "e2e": live_e2e.table,
     "latency": live_latency.table,
-    "lowload": live_latency.table,
+    "lowload": live_lowload.table,
     "failover": live_failover.table,
     "compare": live_compare.table,
 }

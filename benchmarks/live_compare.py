@@ -25,7 +25,6 @@ process's CPU time (push only).
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -33,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.live_cpu import cpu_seconds
-from benchmarks.live_env import Env, LedgerView, paced, wait_for
+from benchmarks.live_env import Env, LedgerView, Results, paced, wait_for
 from benchmarks.record import RunRecord, check_placement, metrics
 from benchmarks.scenarios import Scenario, ScenarioParams, Workload, constraints
 from benchmarks.sim import table as sim_table
 from matchmaker.devtools.cluster import LocalCluster
-from matchmaker.messages import TaskRequest, TaskResult, decode_results, encode
+from matchmaker.messages import TaskRequest, encode
 from matchmaker.models import Task, Worker
-from matchmaker.wire import amqp, broker
+from matchmaker.wire import broker
 
 TASK_TYPE = "sleep"
 REQUEUED = re.compile(r"worker stopped name=(\S+) .*requeued=(\d+)")
@@ -192,73 +191,10 @@ def _push(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord,
     return record, {"_arrival": arrival, "scheduler_cpu_s": cpu}
 
 
-class _Results:
-    """Consumes ``mm.results`` on its own thread; keeps each task's first final result."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.finals: dict[str, TaskResult] = {}
-        self.duplicates = 0
-        self.failed = 0
-        self.error: amqp.AMQPError | None = None  # the connection it lost
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="live-results", daemon=True)
-
-    def start(self) -> _Results:
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("the results consumer did not start")
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def count(self) -> int:
-        """Final results so far; raises what the consumer's connection died of."""
-        if self.error is not None:
-            raise self.error
-        return len(self.finals)
-
-    def _run(self) -> None:
-        connection = broker.connect(self.url, name="live-results")
-        try:
-            channel = connection.channel()
-            broker.declare_core(channel)
-            channel.basic_qos(prefetch_count=500)
-            channel.basic_consume(broker.RESULTS, self._on_result)
-            self._ready.set()
-            while not self._stop.is_set():
-                connection.process_data_events(time_limit=0.1)
-        except amqp.AMQPError as error:  # the waiting thread reports it
-            self.error = error
-        finally:
-            if connection.is_open:
-                connection.close()
-
-    def _on_result(
-        self,
-        channel: Any,
-        method: amqp.Deliver,
-        _props: amqp.Properties,
-        body: bytes,
-    ) -> None:
-        for result in decode_results(body).items:
-            if result.state == "succeeded":
-                if result.id in self.finals:
-                    self.duplicates += 1
-                else:
-                    self.finals[result.id] = result
-            elif result.state == "failed":
-                self.failed += 1
-        channel.basic_ack(method.delivery_tag)
-
-
 def _pull(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord, dict[str, Any]]:
     cluster = env.cluster("compare-pull")
     _start_workers(cluster, scenario, "pull")
-    results = _Results(cluster.broker_url).start()
+    results = Results(cluster.broker_url).start()
     env.stack.callback(results.stop)
     count = len(bodies)
     started = time.monotonic()

@@ -20,6 +20,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -34,7 +35,7 @@ from benchmarks.progress import Progress
 from matchmaker.config import Config
 from matchmaker.devtools.cluster import LocalCluster, Process
 from matchmaker.ledger import LedgerError, TaskLedger, open_url
-from matchmaker.messages import TaskRequest, encode
+from matchmaker.messages import TaskRequest, TaskResult, decode_results, encode
 from matchmaker.wire import amqp, broker
 
 AMQP = "amqp://matchmaker:matchmaker@127.0.0.1:5672"
@@ -403,6 +404,72 @@ def describe_rounds(spent: dict[str, Any]) -> str:
         f"{spent['rounds']} rounds placed {spent['placed']:,}, {spent['total_ms'] / 1e3:.2f} s "
         f"in rounds (p50 {spent['p50_ms']:.1f} ms, max {spent['max_ms']:.0f} ms)"
     )
+
+
+# -- results read off mm.results (pull mode, where no ledger has them) ------------------
+
+
+class Results:
+    """Consumes ``mm.results`` on its own thread; keeps each task's first final result."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.finals: dict[str, TaskResult] = {}
+        self.duplicates = 0
+        self.failed = 0
+        self.error: amqp.AMQPError | None = None  # the connection it lost
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-results", daemon=True)
+
+    def start(self) -> Results:
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("the results consumer did not start")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def count(self) -> int:
+        """Final results so far; raises what the consumer's connection died of."""
+        if self.error is not None:
+            raise self.error
+        return len(self.finals)
+
+    def _run(self) -> None:
+        connection = broker.connect(self.url, name="live-results")
+        try:
+            channel = connection.channel()
+            broker.declare_core(channel)
+            channel.basic_qos(prefetch_count=500)
+            channel.basic_consume(broker.RESULTS, self._on_result)
+            self._ready.set()
+            while not self._stop.is_set():
+                connection.process_data_events(time_limit=0.1)
+        except amqp.AMQPError as error:  # the waiting thread reports it
+            self.error = error
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_result(
+        self,
+        channel: Any,
+        method: amqp.Deliver,
+        _props: amqp.Properties,
+        body: bytes,
+    ) -> None:
+        for result in decode_results(body).items:
+            if result.state == "succeeded":
+                if result.id in self.finals:
+                    self.duplicates += 1
+                else:
+                    self.finals[result.id] = result
+            elif result.state == "failed":
+                self.failed += 1
+        channel.basic_ack(method.delivery_tag)
 
 
 # -- figures ------------------------------------------------------------------------------

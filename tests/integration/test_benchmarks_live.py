@@ -99,6 +99,23 @@ def test_latency_counts_the_measured_tasks_after_a_warm_up(tmp_path: Path) -> No
     assert isinstance(latency["targets"]["p99"]["met"], bool)
 
 
+def test_lowload_measures_push_and_pull_on_the_same_paced_work(tmp_path: Path) -> None:
+    report = _live(
+        tmp_path, "--scenario", "lowload", "--lowload-rate", "40", "--duration", "1",
+        "--latency-slots", "8",
+    )  # fmt: skip
+    lowload = report["scenarios"]["lowload"]
+    assert lowload["push"]["tasks"] == lowload["push"]["sent"] == 40
+    assert lowload["pull"]["tasks"] == 40 and lowload["pull"]["duplicates"] == 0
+    assert sum(lowload["pull"]["tasks_by_worker"].values()) == 40
+    for side in ("push", "pull"):
+        start = lowload[side]["start"]
+        assert start["count"] == 40 and 0 < start["p50"] <= start["p99"] < 5
+    gap = lowload["push"]["start"]["p50"] - lowload["pull"]["start"]["p50"]
+    assert lowload["start_p50_gap"] == pytest.approx(gap)
+    assert isinstance(lowload["targets"]["start_p50"]["met"], bool)
+
+
 def test_bad_arguments_are_one_sentence() -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(["--tasks", "0"])
