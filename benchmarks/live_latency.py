@@ -56,7 +56,7 @@ from benchmarks.live_env import (
 )
 from matchmaker.devtools.cluster import LocalCluster
 
-TARGET_P99 = 0.025
+TARGET_P99 = 0.010  # issue 20's target at 2,000/s
 CDF_POINTS = 200
 WARM_UP_ROUNDS = 10  # at most this many warm-up seconds
 
@@ -144,6 +144,7 @@ def run(
         "cpu_cores": cpu,
         "cpu_wait": meter.wait_shares(),
         "steal_cores": meter.steal,
+        "target_p99_s": TARGET_P99,
         "cdf": {"seconds": np.quantile(latency[order], q).tolist(), "fraction": q.tolist()},
         "targets": {
             "p99": verdict(stats["p99"] <= TARGET_P99, f"p99 <= {TARGET_P99 * 1e3:.0f} ms"),
