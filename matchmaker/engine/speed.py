@@ -1,16 +1,20 @@
 """Stage 1b: worker speeds, as groups and as tiers.
 
 A worker's speed on a task type is ``Worker.speed(type)``: a learned rate
-when there is one, else its advertised ``perf`` (1.0 by default). Workers of
-one group must be interchangeable for every class, so a group whose workers
-run the round's types at different speeds is split by speed (in a
-deterministic order). When every worker has the default speed nothing
-changes, and the rest of the engine sees the groups of stage 1.
+when there is one, else its advertised ``perf`` (1.0 by default). The engine
+sees it on a grid: the nearest power of ``STEP`` (``level``). Workers of one
+group must be interchangeable for every class, so a group whose workers run
+the round's types at different grid speeds is split by them (fastest first).
+Grouping on the grid, not on the exact rate, keeps groups few: learned rates
+differ from worker to worker, and a group per worker would make every round's
+network as large as the cluster. When every worker has the default speed
+nothing changes, and the rest of the engine sees the groups of stage 1.
 
 A class compares the groups it may use by speed tier: the fastest eligible
-group with a free slot is tier 0, and a group ``STEP ** t`` times slower is
-tier ``t`` (rounded; at most ``MAX_TIER``). Speeds within a few percent share
-a tier, so noise in learned rates does not override the strategy.
+group with a free slot is tier 0, and a group ``STEP ** t`` times slower on
+the grid is tier ``t`` (at most ``MAX_TIER``). Speeds within a few percent
+mostly share a grid point, so noise in learned rates does not override the
+strategy.
 
 Cost: O(n) for n workers, plus O(C * G) tier computations.
 """
@@ -29,13 +33,18 @@ _LOG_STEP = math.log(STEP)
 _timed = attrgetter("timed")
 
 
+def level(speed: float) -> int:
+    """A speed's place on the grid: ``speed`` is about ``STEP ** level(speed)``."""
+    return round(math.log(speed) / _LOG_STEP)
+
+
 def group_speed(group: WorkerGroup, task_type: str) -> float:
-    """The speed of the group's workers on a type (they all share it after the split)."""
-    return group.workers[0].speed(task_type)
+    """The grid speed of the group's workers on a type (they all share it after the split)."""
+    return float(STEP ** level(group.workers[0].speed(task_type)))
 
 
 def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[WorkerGroup]:
-    """The groups, with every group of mixed speeds split into groups of one speed each."""
+    """The groups, with every group of mixed grid speeds split into groups of one each."""
     out: list[WorkerGroup] = []
     ordered = sorted(types)
     for g in groups:
@@ -43,14 +52,14 @@ def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[Wor
             out.append(g)
             continue
         mine = [t for t in ordered if t in g.capabilities]
-        parts: dict[tuple[float, ...], list[Worker]] = {}
+        parts: dict[tuple[int, ...], list[Worker]] = {}
         for w in g.workers:
-            key = tuple(w.speed(t) for t in mine) if w.timed else ()
+            key = tuple(level(w.speed(t)) for t in mine)
             parts.setdefault(key, []).append(w)
         if len(parts) == 1:
             out.append(g)
             continue
-        for key in sorted(parts, key=lambda k: k or tuple(1.0 for _ in mine), reverse=True):
+        for key in sorted(parts, reverse=True):
             out.append(WorkerGroup(parts[key], g.running, g.free, g.capabilities, dict(g.values)))
     return out
 

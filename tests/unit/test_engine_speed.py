@@ -151,3 +151,17 @@ def test_no_task_runs_slower_than_an_eligible_slot_left_free(
                     f"{task_id} runs on {name} at {mine} while {w.name} "
                     f"({w.speed(task.type)}) keeps a free slot"
                 )
+
+
+def test_workers_of_nearly_the_same_learned_speed_form_one_group() -> None:
+    """Learned rates differ in every worker; on the speed grid they fall into a few groups,
+    so a round's network does not grow with the cluster."""
+    workers = [
+        Worker(f"w{i:03d}", {"x"}, 4).with_speeds({"x": base * (0.97 + 0.0006 * i)})
+        for i, base in enumerate([1.0] * 100 + [2.0] * 100)
+    ]
+    result = plan([Task("t", "x")], workers, Policy())
+    assert result.worker_groups == 2
+    assert int(result.assignments["t"][1:]) >= 100  # one of the twice-as-fast workers
+    slow = [w for w in workers if w.speed("x") < 1.5]
+    assert plan([Task("t", "x")], slow, Policy()).worker_groups == 1
