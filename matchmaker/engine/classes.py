@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -132,24 +133,12 @@ def _few_classes(tasks: Sequence[Task], policy: Policy) -> list[TaskClass]:
     rows = sorted((-band_of(t, policy), t.class_key, i) for i, t in enumerate(tasks))
     ids = np.array([t.id for t in tasks], dtype=object)
     classes = []
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end < len(rows) and rows[end][:2] == rows[start][:2]:
-            continue
-        members = [i for _, _, i in rows[start:end]]  # ascending: the sort's last key
-        sample = tasks[members[0]]
+    for (negative_band, key), group in groupby(rows, key=itemgetter(0, 1)):
+        members = [i for _, _, i in group]  # ascending: the sort's last key
         submitted = np.array([tasks[i].submitted_at for i in members], dtype=np.float64)
-        classes.append(
-            TaskClass(
-                sample.class_key,
-                -rows[start][0],
-                sample,
-                np.array(members, dtype=np.int64),
-                submitted,
-                ids,
-            )
-        )
-        start = end
+        members_array = np.array(members, dtype=np.int64)
+        sample = tasks[members[0]]
+        classes.append(TaskClass(key, -negative_band, sample, members_array, submitted, ids))
     return classes
 
 
