@@ -6,7 +6,11 @@ The connection runs in autocommit; a batch is an explicit ``BEGIN`` ...
 open. The writer's session sets
 ``idle_in_transaction_session_timeout`` (``IDLE_TIMEOUT``): a scheduler
 paused or cut off inside a transaction has it ended by the server, so its
-row locks never hold up the standby that took over.
+row locks never hold up the standby that took over. That timeout is armed only
+between statements; a scheduler cut off in the middle of a pipeline leaves the
+server reading, so the session also has the server probe its peer
+(``DEAD_PEER_SETTINGS``): a dead connection is dropped within seconds, not
+the kernel's two hours.
 
 A turn costs two round trips: the batched statements, the epoch check and
 ``COMMIT`` go in one pipeline (``commit``), plus the query that tells new task
@@ -50,6 +54,13 @@ IDLE_TIMEOUT = "10s"
 # would scan the whole table (the planner chose one while a fresh table's statistics
 # were missing or stale: a turn then cost a scan of every task).
 WRITER_SETTINGS = ("enable_hashjoin = off", "enable_mergejoin = off")
+# Keepalives after 5 s of silence, 3 probes 2 s apart; unacknowledged data for 10 s.
+DEAD_PEER_SETTINGS = (
+    "tcp_keepalives_idle = 5",
+    "tcp_keepalives_interval = 2",
+    "tcp_keepalives_count = 3",
+    "tcp_user_timeout = 10000",
+)
 FENCED = "MM001"  # the SQLSTATE of mm_check_epoch's refusal
 CONNECT_TIMEOUT = 10
 MIGRATION_LOCK = 0x6D6D6C6564676572  # the advisory lock migrations hold ("mmledger")
@@ -157,7 +168,7 @@ class PostgresLedger(TaskLedger):
                 self.db.execute("SET default_transaction_read_only = on")
             else:
                 self.db.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_TIMEOUT}'")
-                for setting in WRITER_SETTINGS:
+                for setting in (*WRITER_SETTINGS, *DEAD_PEER_SETTINGS):
                     self.db.execute(f"SET {setting}")
             self._migrate()
         except psycopg.Error as error:

@@ -136,3 +136,29 @@ def test_the_cli_reads_a_postgresql_ledger_with_a_read_only_role(
     finally:
         admin.execute(f"DROP OWNED BY {role}")
         admin.execute(f"DROP ROLE {role}")
+
+
+def test_the_writer_session_lets_the_server_end_a_cut_off_transaction(pg_url: str) -> None:
+    """Idle in a transaction, or cut off in the middle of a pipeline (where that timeout is
+    not armed), a scheduler's session is ended by the server within seconds."""
+    ledger = open_url(pg_url, ROOT)
+    try:
+        shown = {
+            name: ledger.db.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[attr-defined]
+            for name in (
+                "idle_in_transaction_session_timeout",
+                "tcp_keepalives_idle",
+                "tcp_keepalives_interval",
+                "tcp_keepalives_count",
+                "tcp_user_timeout",
+            )
+        }
+    finally:
+        ledger.close()
+    assert shown == {
+        "idle_in_transaction_session_timeout": "10s",
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "2",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "10000",  # ms
+    }
