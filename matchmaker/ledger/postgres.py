@@ -8,9 +8,11 @@ open. The writer's session sets
 paused or cut off inside a transaction has it ended by the server, so its
 row locks never hold up the standby that took over. That timeout is armed only
 between statements; a scheduler cut off in the middle of a pipeline leaves the
-server reading, so the session also has the server probe its peer
-(``DEAD_PEER_SETTINGS``): a dead connection is dropped within seconds, not
-the kernel's two hours.
+server reading, so both ends probe their peer: the server (``DEAD_PEER_SETTINGS``)
+and libpq (``DEAD_PEER_PARAMS``), so a dead connection is dropped within seconds,
+not the kernel's two hours. On the client this is what ends a deposed leader that
+waits for a reply the server will never send (its session ended during the cut):
+the wait fails, and the next commit says ``LeaderLost``.
 
 A turn costs two round trips: the batched statements, the epoch check and
 ``COMMIT`` go in one pipeline (``commit``), plus the query that tells new task
@@ -61,6 +63,13 @@ DEAD_PEER_SETTINGS = (
     "tcp_keepalives_count = 3",
     "tcp_user_timeout = 10000",
 )
+DEAD_PEER_PARAMS = {  # the same probes from libpq's end of the connection
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10000,
+}
 FENCED = "MM001"  # the SQLSTATE of mm_check_epoch's refusal
 CONNECT_TIMEOUT = 10
 MIGRATION_LOCK = 0x6D6D6C6564676572  # the advisory lock migrations hold ("mmledger")
@@ -157,6 +166,7 @@ class PostgresLedger(TaskLedger):
                 url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
+                **DEAD_PEER_PARAMS,
                 application_name="matchmaker-cli" if readonly else "matchmaker-scheduler",
             )
         except psycopg.Error as error:

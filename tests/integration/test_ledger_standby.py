@@ -5,6 +5,8 @@ ledger stops and writes nothing; the CLI reads with a read-only role."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -138,11 +140,22 @@ def test_the_cli_reads_a_postgresql_ledger_with_a_read_only_role(
         admin.execute(f"DROP ROLE {role}")
 
 
-def test_the_writer_session_lets_the_server_end_a_cut_off_transaction(pg_url: str) -> None:
+def test_both_ends_of_the_writer_session_drop_a_cut_off_peer(pg_url: str) -> None:
     """Idle in a transaction, or cut off in the middle of a pipeline (where that timeout is
-    not armed), a scheduler's session is ended by the server within seconds."""
+    not armed), a scheduler's session is ended by the server within seconds; and the
+    scheduler's own socket probes the server, so a leader waiting for a reply that will
+    never come (its session ended during the cut) fails instead of waiting for ever."""
     ledger = open_url(pg_url, ROOT)
     try:
+        fd = ledger.db.fileno()  # type: ignore[attr-defined]
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            client = (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
         shown = {
             name: ledger.db.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[attr-defined]
             for name in (
@@ -162,3 +175,4 @@ def test_the_writer_session_lets_the_server_end_a_cut_off_transaction(pg_url: st
         "tcp_keepalives_count": "3",
         "tcp_user_timeout": "10000",  # ms
     }
+    assert client == (1, 5, 2, 3, 10000)
