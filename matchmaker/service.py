@@ -86,7 +86,7 @@ from matchmaker.book import Book, OpenTask
 from matchmaker.config import Config
 from matchmaker.drains import DrainDeadlines
 from matchmaker.identity import Senders
-from matchmaker.ledger import LeaderLost, Letter, open_ledger, private_dir
+from matchmaker.ledger import LeaderLost, LedgerError, Letter, open_ledger, private_dir
 from matchmaker.ledger.retention import Pruner
 from matchmaker.limits import Quotas
 from matchmaker.metrics import Metrics
@@ -210,15 +210,20 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         inventory.start()
         tls, events = broker.TLSFiles.of(self.config), self.config.liveness_vhost
         self.liveness = liveness.start(self.config.broker_url, events, self.changes.put, tls)
+        ledger_failed = False
         try:
             self.serve()
+        except LedgerError:
+            ledger_failed = True  # its error says why; a last commit would only mask it
+            raise
         finally:
             if self.api is not None:  # api hook
                 self.api.stop()
             inventory.stop()
             if self.liveness is not None:
                 self.liveness.stop()
-            self.ledger.commit()
+            if not ledger_failed:
+                self.ledger.commit()
             self.ledger.close()
             log.info("scheduler stopped")
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from matchmaker.devtools.cluster import ROOT, LocalCluster, wait_until
@@ -94,6 +95,29 @@ def test_a_deposed_leader_stops_and_writes_nothing(cluster: LocalCluster, pg_url
     assert row is not None and row.state == "succeeded"
     usurper.close()
     reader.close()
+
+
+def test_a_leader_whose_session_ends_says_why_and_stops(
+    cluster: LocalCluster, pg_url: str
+) -> None:
+    """The server ends the scheduler's session: it stops (exit 3, as deposed), and its last
+    words give the server's reason, not the error of a commit tried after it."""
+    leader = cluster.start_scheduler()
+    cluster.start_worker("w1", ["sleep"], 2)
+    cluster.wait_states(cluster.submit(sleep_task("before", 0)))
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'matchmaker-scheduler' AND datname = current_database()"
+        ).fetchone()
+    assert ended is not None and ended[0] >= 1
+    cluster.submit(sleep_task("after", 0))  # its next commit meets the ended session
+    leader.popen.wait(30)
+    assert leader.popen.returncode == 3
+    log = leader.log.read_text()
+    last = [line for line in log.splitlines() if line.startswith("matchmaker: ")][-1]
+    assert "ended this scheduler's session (terminating connection" in last
+    assert "Traceback" not in log
 
 
 def test_the_cli_reads_a_postgresql_ledger_with_a_read_only_role(
