@@ -97,9 +97,7 @@ def test_a_deposed_leader_stops_and_writes_nothing(cluster: LocalCluster, pg_url
     reader.close()
 
 
-def test_a_leader_whose_session_ends_says_why_and_stops(
-    cluster: LocalCluster, pg_url: str
-) -> None:
+def test_a_leader_whose_session_ends_says_why_and_stops(cluster: LocalCluster, pg_url: str) -> None:
     """The server ends the scheduler's session: it stops (exit 3, as deposed), and its last
     words give the server's reason, not the error of a commit tried after it."""
     leader = cluster.start_scheduler()
