@@ -10,9 +10,8 @@ row locks never hold up the standby that took over. That timeout is armed only
 between statements; a scheduler cut off in the middle of a pipeline leaves the
 server reading, so both ends probe their peer: the server (``DEAD_PEER_SETTINGS``)
 and libpq (``DEAD_PEER_PARAMS``), so a dead connection is dropped within seconds,
-not the kernel's two hours. On the client this is what ends a deposed leader that
-waits for a reply the server will never send (its session ended during the cut):
-the wait fails, and the next commit says ``LeaderLost``.
+not the kernel's two hours. On the client this is what stops a leader cut off while
+it waits for a reply: the wait fails within seconds and says ``LeaderLost``.
 
 A turn costs two round trips: the batched statements, the epoch check and
 ``COMMIT`` go in one pipeline (``commit``), plus the query that tells new task
