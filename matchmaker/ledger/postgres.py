@@ -62,7 +62,7 @@ DEAD_PEER_SETTINGS = (
     "tcp_keepalives_count = 3",
     "tcp_user_timeout = 10000",
 )
-DEAD_PEER_PARAMS = {  # the same probes from libpq's end of the connection
+DEAD_PEER_PARAMS = {  # the same probes from libpq's end (unless the URL sets them)
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
@@ -161,11 +161,12 @@ class PostgresLedger(TaskLedger):
         self.location = redact(url)
         self.readonly = readonly
         try:
+            given = psycopg.conninfo.conninfo_to_dict(url)  # the URL's own settings win
+            probes = {k: v for k, v in DEAD_PEER_PARAMS.items() if k not in given}
             self.db = psycopg.connect(
-                url,
+                psycopg.conninfo.make_conninfo(url, **probes),
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
-                **DEAD_PEER_PARAMS,
                 application_name="matchmaker-cli" if readonly else "matchmaker-scheduler",
             )
         except psycopg.Error as error:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from matchmaker.devtools.cluster import ROOT, LocalCluster, wait_until
-from matchmaker.ledger import open_url
+from matchmaker.ledger import TaskLedger, open_url
 from matchmaker.messages import TaskRequest
 from tests.pg_support import Schemas
 
@@ -162,6 +162,19 @@ def test_the_cli_reads_a_postgresql_ledger_with_a_read_only_role(
         admin.execute(f"DROP ROLE {role}")
 
 
+def _probes(ledger: TaskLedger) -> tuple[int, ...]:
+    """Keepalive on, idle, interval, count and user timeout of the ledger's own socket."""
+    fd = ledger.db.fileno()  # type: ignore[attr-defined]
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+
+
 def test_both_ends_of_the_writer_session_drop_a_cut_off_peer(pg_url: str) -> None:
     """Idle in a transaction, or cut off in the middle of a pipeline (where that timeout is
     not armed), a scheduler's session is ended by the server within seconds; and the
@@ -169,15 +182,7 @@ def test_both_ends_of_the_writer_session_drop_a_cut_off_peer(pg_url: str) -> Non
     never come (its session ended during the cut) fails instead of waiting for ever."""
     ledger = open_url(pg_url, ROOT)
     try:
-        fd = ledger.db.fileno()  # type: ignore[attr-defined]
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            client = (
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-            )
+        client = _probes(ledger)
         shown = {
             name: ledger.db.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[attr-defined]
             for name in (
@@ -198,3 +203,12 @@ def test_both_ends_of_the_writer_session_drop_a_cut_off_peer(pg_url: str) -> Non
         "tcp_user_timeout": "10000",  # ms
     }
     assert client == (1, 5, 2, 3, 10000)
+
+
+def test_a_ledger_url_may_set_its_own_probes(pg_url: str) -> None:
+    joiner = "&" if "?" in pg_url else "?"
+    ledger = open_url(f"{pg_url}{joiner}keepalives_idle=30&tcp_user_timeout=20000", ROOT)
+    try:
+        assert _probes(ledger) == (1, 30, 2, 3, 20000)
+    finally:
+        ledger.close()
