@@ -55,7 +55,10 @@ def parser() -> argparse.ArgumentParser:
         help="import MODULE, whose @task functions become task types (repeatable)",
     )
     p.add_argument(
-        "--config", type=Path, metavar="TOML", help="worker file: tasks = [...], [commands]"
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="worker file: tasks = [...], [commands], [limits]",
     )
     p.add_argument("--slots", type=int, default=1, help="tasks run at once (default 1)")
     p.add_argument(
@@ -199,6 +202,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         stage_roots=tuple(root.absolute() for root in args.stage_root),
         allow_net=tuple(parse_network(net) for net in args.allow_net),
         commands=settings.commands,
+        limits=settings.limits,
         **extra,
     )
 

@@ -12,8 +12,9 @@ private or link-local address). ``commands`` are the ``exec`` driver's named
 command lines (``workers.tasks.execute``; none by default).
 
 ``read_file`` reads the worker's TOML file (``--config``): ``tasks``, a list of
-modules to import (as ``--tasks``), and ``[commands]``, name = an argument list
-whose first item is an absolute path, e.g. ``align = ["/usr/bin/bwa", "mem"]``.
+modules to import (as ``--tasks``), ``[commands]``, name = an argument list
+whose first item is an absolute path, e.g. ``align = ["/usr/bin/bwa", "mem"]``,
+and ``[limits]``, what every command may use (``memory = "2G"``, ``cpu = 3600``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class WorkerConfig:
     stage_roots: tuple[Path, ...] = ()
     allow_net: tuple[Network, ...] = ()
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -155,7 +157,7 @@ def parse_network(text: str) -> Network:
         ) from None
 
 
-FILE_KEYS = ("commands", "tasks")
+FILE_KEYS = ("commands", "limits", "tasks")
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,12 @@ class FileSettings:
 
     tasks: tuple[str, ...] = ()
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=dict)
 
 
 def read_file(path: Path) -> FileSettings:
     """The worker's TOML file, checked; ValueError with one sentence if it makes no sense."""
-    from workers.tasks.execute import check_commands  # only a worker with a file needs it
+    from workers.tasks.execute import check_commands, check_limits  # only with a file
 
     try:
         with open(path, "rb") as file:
@@ -188,8 +191,10 @@ def read_file(path: Path) -> FileSettings:
     commands = data.get("commands", {})
     if not isinstance(commands, dict):
         raise ValueError(f"--config {path}: [commands] must be a table of name = [argv...]")
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ValueError(f'--config {path}: [limits] must be a table, e.g. memory = "2G"')
     try:
-        checked = check_commands(commands)
+        return FileSettings(tuple(tasks), check_commands(commands), check_limits(limits))
     except ValueError as error:
         raise ValueError(f"--config {path}: {error}") from None
-    return FileSettings(tuple(tasks), checked)

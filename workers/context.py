@@ -130,6 +130,7 @@ class TaskContext:
     stage_roots: tuple[Path, ...] = ()
     allow_net: tuple[Network, ...] = ()
     commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=dict)
     log: TaskLog = field(default_factory=TaskLog)
     type: str = ""
     _logger: logging.Logger | None = field(default=None, repr=False, compare=False)

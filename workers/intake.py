@@ -160,6 +160,7 @@ class Intake:
             stage_roots=self.config.stage_roots,
             allow_net=self.config.allow_net,
             commands=self.config.commands,
+            limits=self.config.limits,
             type=dispatch.type,
         )
         if dispatch.id in self._cancels:

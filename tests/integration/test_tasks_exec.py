@@ -171,7 +171,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("[commands]\nx = []\n", "must be a non-empty list of strings"),
         ('[commands]\n"a b" = ["/bin/echo"]\n', "command name 'a b' must be 1-64"),
         ('commands = "ls"\n', "[commands] must be a table"),
-        ("shell = true\n", "unknown key(s) shell (known: commands, tasks)"),
+        ("shell = true\n", "unknown key(s) shell (known: commands, limits, tasks)"),
+        ("[limits]\nswap = 1\n", "unknown limit(s) swap (known: memory, cpu, files, file_size)"),
+        ('[limits]\nmemory = "lots"\n', "limit 'memory' must be bytes"),
+        ("[limits]\ncpu = -1\n", "limit 'cpu' must be a whole number from 1 to 2**62"),
+        ('[limits]\nfiles = "64"\n', "limit 'files' must be a whole number"),
+        ('limits = "2G"\n', "[limits] must be a table"),
         ("[commands\n", "not valid TOML"),
     ],
 )
@@ -206,3 +211,34 @@ def test_a_flood_of_output_is_kept_bounded(
     head, _, tail = final.logs.partition("\n")
     assert head == f"[... {3_000_009 - 64 * 1024} bytes dropped ...]"
     assert len(tail) == 64 * 1024
+
+
+def test_limits_hold_a_command_from_its_first_instruction(
+    spawn,  # noqa: F811
+    client: Client,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The worker file's [limits] are the command's rlimits, soft and hard, inherited by
+    its children; one exceeded kills it, and the error names the limits."""
+    path = config_file(tmp_path)
+    path.write_text(path.read_text() + '[limits]\nfiles = 32\nfile_size = "1M"\ncpu = 1\n')
+    spawn("--name", "w1", "--caps", "exec", "--config", str(path), *NO_SERF)
+    client.dispatch(
+        "w1", "shown", {"command": "sh", "args": ["cat /proc/self/limits"]}, type="exec"
+    )
+    final = client.final("shown")  # read by a child of the command
+    assert final.state == "succeeded", final.error
+    assert final.output is not None
+    shown = {
+        line[:26].strip(): line[26:].split()[:2] for line in final.output["stdout"].splitlines()
+    }
+    assert shown["Max cpu time"] == ["1", "1"]  # soft, hard
+    assert shown["Max file size"] == ["1048576", "1048576"]
+    assert shown["Max open files"] == ["32", "32"]
+    assert shown["Max address space"] == ["unlimited", "unlimited"]  # not set: not changed
+    big = "exec head -c 2000000 /dev/zero > big"
+    client.dispatch("w1", "big", {"command": "sh", "args": [big]}, type="exec")
+    final = client.final("big")
+    assert final.state == "failed"
+    assert final.error is not None
+    assert "was killed by SIGXFSZ (limits: cpu 1, file_size 1048576, files 32)" in final.error

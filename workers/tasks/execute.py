@@ -25,6 +25,15 @@ seconds later. When the command exits, whatever it left running in its group
 is killed (a process that made a session of its own escapes this; a worker
 that must contain everything runs under a service manager's cgroup).
 
+Limits: the worker file's ``[limits]`` table (``check_limits``) caps each
+command's address space (``memory``, RLIMIT_AS), CPU time (``cpu`` seconds,
+RLIMIT_CPU), open files (``files``, RLIMIT_NOFILE) and the size of any file it
+writes (``file_size``, RLIMIT_FSIZE), soft and hard alike. They are set by
+util-linux's ``prlimit`` before it executes the command, so they hold from
+the command's first instruction and its children inherit them; a command
+that exceeds one is killed by the kernel (SIGKILL or SIGXCPU for CPU time,
+SIGXFSZ for a file's size) and the error names the limits.
+
 Output: ``{"command", "exit_code": 0, "seconds", "stdout", "stderr"}``; a
 non-zero exit, a signal or a stop fails the attempt with the last line of
 stderr in the error.
@@ -35,6 +44,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -54,6 +64,15 @@ AFTER_EXIT = 1.0  # after the command exits, how long its pipes may stay open
 POLL = 0.1
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 KEYS = frozenset({"command", "args", "directory"})
+PRLIMIT = "/usr/bin/prlimit"
+LIMITS = {  # [limits] key -> prlimit option, and whether its value is bytes
+    "memory": ("--as", True),
+    "cpu": ("--cpu", False),
+    "files": ("--nofile", False),
+    "file_size": ("--fsize", True),
+}
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_LIMIT = 1 << 62
 
 
 def check_commands(commands: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -86,6 +105,40 @@ def check_commands(commands: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"command {name!r}: {program} is not an executable file")
         checked[name] = tuple(argv)
     return checked
+
+
+def _amount(name: str, value: Any, in_bytes: bool) -> int:
+    if isinstance(value, str) and in_bytes:
+        match = re.fullmatch(r"\s*(\d{1,19})\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+        if match:
+            value = int(match[1]) * UNITS[match[2].upper()]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        unit = 'bytes (a whole number, or a string such as "2G")' if in_bytes else "a whole number"
+        raise ValueError(f"limit {name!r} must be {unit} from 1 to 2**62 (got {str(value)[:40]!r})")
+    return value
+
+
+def check_limits(limits: Mapping[str, Any]) -> dict[str, int]:
+    """A worker's ``[limits]`` table, validated: name -> a positive whole number (bytes
+    for ``memory`` and ``file_size``, which may be written ``"512M"``, ``"2G"``);
+    ValueError with one sentence otherwise, or if ``prlimit`` is missing."""
+    unknown = sorted(set(limits) - set(LIMITS))
+    if unknown:
+        raise ValueError(
+            f"unknown limit(s) {', '.join(unknown)[:120]} (known: {', '.join(LIMITS)})"
+        )
+    checked = {name: _amount(name, value, LIMITS[name][1]) for name, value in limits.items()}
+    if checked and not os.access(PRLIMIT, os.X_OK):
+        raise ValueError(f"[limits] needs {PRLIMIT} (Debian's util-linux package)")
+    return checked
+
+
+def limited(argv: list[str], limits: Mapping[str, int]) -> list[str]:
+    """``argv`` under ``limits``: prlimit sets them, then executes the command."""
+    if not limits:
+        return argv
+    options = [f"{LIMITS[name][0]}={value}" for name, value in sorted(limits.items())]
+    return [PRLIMIT, *options, "--", *argv]
 
 
 def _arguments(payload: dict[str, Any]) -> list[str]:
@@ -217,7 +270,7 @@ def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
-            argv,
+            limited(argv, context.limits),
             cwd=directory,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -235,6 +288,9 @@ def run(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         raise TaskError(f"exec: {name} was stopped after {seconds:g}s: {stopped}")
     if code != 0:
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with {code}"
+        if code < 0 and context.limits:
+            under = ", ".join(f"{k} {v}" for k, v in sorted(context.limits.items()))
+            how += f" (limits: {under})"
         last = err.text().strip().splitlines()[-1:] or out.text().strip().splitlines()[-1:]
         raise TaskError(f"exec: {name} {how}" + (f": {last[0][:300]}" if last else ""))
     return {
