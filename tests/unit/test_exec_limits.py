@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 
 import pytest
 
@@ -45,3 +47,15 @@ def test_limits_wrap_the_command_in_prlimit() -> None:
     assert argv == [
         PRLIMIT, "--cpu=60", "--nofile=64", f"--as={1 << 30}", "--", "/bin/echo", "--as=1",
     ]  # fmt: skip
+
+
+def test_a_limit_above_the_workers_own_hard_limit_is_refused_unless_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert check_limits({"files": 4096}) == {"files": 4096}
+    with pytest.raises(ValueError, match="limit 'files' 4097 is above this worker's own hard"):
+        check_limits({"files": 4097})
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # root may raise its hard limits
+    assert check_limits({"files": 4097}) == {"files": 4097}

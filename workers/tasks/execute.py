@@ -45,12 +45,13 @@ import codecs
 import contextlib
 import os
 import re
+import resource
 import selectors
 import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers.registry import task
 from workers.tasks.base import TaskContext, TaskError
@@ -65,11 +66,19 @@ POLL = 0.1
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 KEYS = frozenset({"command", "args", "directory"})
 PRLIMIT = "/usr/bin/prlimit"
-LIMITS = {  # [limits] key -> prlimit option, and whether its value is bytes
-    "memory": ("--as", True),
-    "cpu": ("--cpu", False),
-    "files": ("--nofile", False),
-    "file_size": ("--fsize", True),
+
+
+class Limit(NamedTuple):
+    option: str  # prlimit's
+    resource: int
+    in_bytes: bool
+
+
+LIMITS = {  # the [limits] keys
+    "memory": Limit("--as", resource.RLIMIT_AS, True),
+    "cpu": Limit("--cpu", resource.RLIMIT_CPU, False),
+    "files": Limit("--nofile", resource.RLIMIT_NOFILE, False),
+    "file_size": Limit("--fsize", resource.RLIMIT_FSIZE, True),
 }
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_LIMIT = 1 << 62
@@ -127,9 +136,16 @@ def check_limits(limits: Mapping[str, Any]) -> dict[str, int]:
         raise ValueError(
             f"unknown limit(s) {', '.join(unknown)[:120]} (known: {', '.join(LIMITS)})"
         )
-    checked = {name: _amount(name, value, LIMITS[name][1]) for name, value in limits.items()}
+    checked = {name: _amount(name, value, LIMITS[name].in_bytes) for name, value in limits.items()}
     if checked and not os.access(PRLIMIT, os.X_OK):
         raise ValueError(f"[limits] needs {PRLIMIT} (Debian's util-linux package)")
+    for name, value in checked.items():
+        _, hard = resource.getrlimit(LIMITS[name].resource)
+        if hard != resource.RLIM_INFINITY and value > hard and os.geteuid() != 0:
+            raise ValueError(
+                f"limit {name!r} {value} is above this worker's own hard limit {hard}, "
+                "which only root may raise"
+            )
     return checked
 
 
@@ -137,7 +153,7 @@ def limited(argv: list[str], limits: Mapping[str, int]) -> list[str]:
     """``argv`` under ``limits``: prlimit sets them, then executes the command."""
     if not limits:
         return argv
-    options = [f"{LIMITS[name][0]}={value}" for name, value in sorted(limits.items())]
+    options = [f"{LIMITS[name].option}={value}" for name, value in sorted(limits.items())]
     return [PRLIMIT, *options, "--", *argv]
 
 
