@@ -112,10 +112,14 @@ def test_a_leader_whose_session_ends_says_why_and_stops(cluster: LocalCluster, p
     cluster.submit(sleep_task("after", 0))  # its next commit meets the ended session
     leader.popen.wait(30)
     assert leader.popen.returncode == 3
-    log = leader.log.read_text()
-    last = [line for line in log.splitlines() if line.startswith("matchmaker: ")][-1]
-    assert "ended this scheduler's session (terminating connection" in last
-    assert "Traceback" not in log
+    lines = leader.log.read_text().splitlines()
+    first = next(line for line in lines if " ERROR matchmaker.service: " in line)
+    reason = first.split(" ERROR matchmaker.service: ", 1)[1]
+    assert "ended this scheduler's session (" in reason
+    assert "the connection is closed" not in reason  # the server's words, whichever came
+    last = [line for line in lines if line.startswith("matchmaker: ")][-1]
+    assert last == f"matchmaker: {reason}"
+    assert not any("Traceback" in line for line in lines)
 
 
 def test_the_cli_reads_a_postgresql_ledger_with_a_read_only_role(
