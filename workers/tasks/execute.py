@@ -32,7 +32,8 @@ writes (``file_size``, RLIMIT_FSIZE), soft and hard alike. They are set by
 util-linux's ``prlimit`` before it executes the command, so they hold from
 the command's first instruction and its children inherit them; a command
 that exceeds one is killed by the kernel (SIGKILL or SIGXCPU for CPU time,
-SIGXFSZ for a file's size) and the error names the limits.
+SIGXFSZ for a file's size; over ``memory`` an allocation fails instead) and
+the error names the limits.
 
 Output: ``{"command", "exit_code": 0, "seconds", "stdout", "stderr"}``; a
 non-zero exit, a signal or a stop fails the attempt with the last line of
