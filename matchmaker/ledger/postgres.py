@@ -55,20 +55,16 @@ IDLE_TIMEOUT = "10s"
 # would scan the whole table (the planner chose one while a fresh table's statistics
 # were missing or stale: a turn then cost a scan of every task).
 WRITER_SETTINGS = ("enable_hashjoin = off", "enable_mergejoin = off")
-# Keepalives after 5 s of silence, 3 probes 2 s apart; unacknowledged data for 10 s.
-DEAD_PEER_SETTINGS = (
-    "tcp_keepalives_idle = 5",
-    "tcp_keepalives_interval = 2",
-    "tcp_keepalives_count = 3",
-    "tcp_user_timeout = 10000",
-)
-DEAD_PEER_PARAMS = {  # the same probes from libpq's end (unless the URL sets them)
-    "keepalives": 1,
+# Keepalives after 5 s of silence, 3 probes 2 s apart; unacknowledged data for 10 s (ms).
+# Named as libpq names them; the server's setting is the same name with ``tcp_`` in front.
+DEAD_PEER = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
     "tcp_user_timeout": 10000,
 }
+DEAD_PEER_SETTINGS = tuple(f"tcp_{k.removeprefix('tcp_')} = {v}" for k, v in DEAD_PEER.items())
+DEAD_PEER_PARAMS = {"keepalives": 1, **DEAD_PEER}  # libpq's end (unless the URL sets them)
 FENCED = "MM001"  # the SQLSTATE of mm_check_epoch's refusal
 CONNECT_TIMEOUT = 10
 MIGRATION_LOCK = 0x6D6D6C6564676572  # the advisory lock migrations hold ("mmledger")
