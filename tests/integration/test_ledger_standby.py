@@ -97,16 +97,38 @@ def test_a_deposed_leader_stops_and_writes_nothing(cluster: LocalCluster, pg_url
     reader.close()
 
 
+def local_tcp_ports(pid: int) -> set[int]:
+    """The local ports of the TCP sockets process ``pid`` holds (its fds against
+    ``/proc/net/tcp``)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_a_leader_whose_session_ends_says_why_and_stops(cluster: LocalCluster, pg_url: str) -> None:
     """The server ends the scheduler's session: it stops (exit 3, as deposed), and its last
     words give the server's reason, not the error of a commit tried after it."""
     leader = cluster.start_scheduler()
     cluster.start_worker("w1", ["sleep"], 2)
     cluster.wait_states(cluster.submit(sleep_task("before", 0)))
+    ports = sorted(local_tcp_ports(leader.popen.pid))  # this scheduler's sessions only
     with psycopg.connect(pg_url, autocommit=True) as admin:
         ended = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = 'matchmaker-scheduler' AND datname = current_database()"
+            " WHERE application_name = 'matchmaker-scheduler' AND client_port = ANY(%s)",
+            (ports,),
         ).fetchone()
     assert ended is not None and ended[0] >= 1
     cluster.submit(sleep_task("after", 0))  # its next commit meets the ended session
