@@ -287,24 +287,18 @@ class Worker:
     def __hash__(self) -> int:
         return hash((self.name, self.capabilities, self.slots, self.running))
 
+    def _copy(self, **changed: Any) -> Worker:
+        """The same worker with ``changed`` fields (the rest was checked when it was made)."""
+        copy = object.__new__(Worker)
+        for name in Worker.__slots__:
+            object.__setattr__(copy, name, changed.get(name, getattr(self, name)))
+        return copy
+
     def with_running(self, running: int) -> Worker:
-        """The same worker with ``running`` tasks (the rest was checked when it was made)."""
+        """The same worker with ``running`` tasks."""
         if isinstance(running, bool) or not isinstance(running, int) or running < 0:
             raise ValueError(f"worker {self.name!r}: running must be a non-negative integer")
-        copy = object.__new__(Worker)
-        for name in (
-            "name",
-            "capabilities",
-            "slots",
-            "attributes",
-            "perf",
-            "speeds",
-            "profile",
-            "timed",
-        ):
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "running", running)
-        return copy
+        return self._copy(running=running)
 
     def with_slots(self, slots: int) -> Worker:
         """The same worker with ``slots`` places (pipelining: a few beyond its own)."""
@@ -320,15 +314,10 @@ class Worker:
 
     def with_speeds(self, speeds: Mapping[str, float]) -> Worker:
         """The same worker with learned speeds per type (``ServiceRates.speeds``)."""
-        return Worker(
-            self.name,
-            self.capabilities,
-            self.slots,
-            self.running,
-            self.attributes,
-            self.perf,
-            speeds,
-        )
+        checked = {
+            str(t): _speed(v, f"worker {self.name!r} speed of {t!r}") for t, v in speeds.items()
+        }
+        return self._copy(speeds=checked, timed=self.perf != 1.0 or bool(checked))
 
     @property
     def free(self) -> int:

@@ -340,3 +340,17 @@ def test_a_worker_with_another_load_equals_one_made_afresh() -> None:
     assert (again.profile, again.free, w.running) == (w.profile, 1, 1)
     with pytest.raises(ValueError, match="running must be a non-negative integer"):
         w.with_running(-1)
+
+
+@pytest.mark.parametrize("perf", [1.0, 2.0])
+@pytest.mark.parametrize("speeds", [{}, {"sleep": 0.5}, {"sleep": 1.0, "data_staging": 4}])
+def test_a_worker_with_other_speeds_equals_one_made_afresh(
+    perf: float, speeds: dict[str, float]
+) -> None:
+    w = Worker("w1", ["sleep", "data_staging"], 4, 1, {"site": "iu"}, perf, {"sleep": 3.0})
+    again = w.with_speeds(speeds)
+    fresh = Worker("w1", ["sleep", "data_staging"], 4, 1, {"site": "iu"}, perf, speeds)
+    assert again == fresh
+    assert (again.timed, again.profile, again.speeds) == (fresh.timed, fresh.profile, speeds)
+    with pytest.raises(ValueError, match="speed of 'sleep' must be a number"):
+        w.with_speeds({"sleep": 0.0})
