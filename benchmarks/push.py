@@ -9,9 +9,11 @@ scheduler as long after the task ends. A worker starts a dispatch at once
 pipelining, below).
 
 The scheduler is one loop that does one thing at a time, and pays for each:
-taking in a request or a result costs ``intake``; a round costs
-``round_cost`` (below) plus ``dispatch`` per task placed, and its dispatches
-leave when it ends.
+taking in a request or a result costs ``intake``; a turn that runs a round
+costs ``plan()`` plus the rest of the turn (``TURN_BASE + TURN_PER_WORKER *
+workers``: the commit, the events, the views of the workers) plus
+``dispatch`` per task placed, and its dispatches leave when it ends; a turn
+with nothing to place (results only, or no free slot) costs ``BARE_TURN``.
 
 When rounds run (``rounds="event"``, the service's policy): whenever the
 loop has pending work, a worker with a free slot in its view and something
@@ -31,13 +33,12 @@ way to the scheduler.
 
 Each round hands ``plan()`` what the service's backlog hands it: for each
 (class, priority) group, its oldest tasks, at most as many as there are
-free slots. A round's cost is, with ``round_cost="model"`` (the default, so
+free slots. ``plan()`` costs, with ``round_cost="model"`` (the default, so
 runs are deterministic), ``PLAN_BASE + PLAN_PER_WORKER * workers +
-PLAN_PER_LOG * log2(1 + tasks)`` plus ``TURN`` (the service's commit and
-bookkeeping per turn): ``plan()``'s median time, fitted over 35 sizes (16
-to 1,000 workers, 1 to 1,000 tasks) on the project's 2-core machine, within
-about 30 %. With ``round_cost="measured"`` each round costs ``plan()``'s own
-wall time instead.
+PLAN_PER_LOG * log2(1 + tasks)``; with ``round_cost="measured"``, its own
+wall time. Every constant of the loop is fitted to the real scheduler's turns
+(``python -m benchmarks.roundcost``: its loop on the in-memory transport,
+cold between trials as between arrivals).
 
 Speeds (``speeds``): ``advertised`` gives each worker its true speed as
 ``perf`` and learns per-type rates from results on top
@@ -75,10 +76,15 @@ from matchmaker.rates import ServiceRates
 
 ARRIVE, ROUND, START, COMPLETE, RESULT, FAIL, DETECT = range(7)
 
-PLAN_BASE = 50e-6
-PLAN_PER_WORKER = 0.4e-6
-PLAN_PER_LOG = 100e-6
-TURN = 150e-6  # one ledger commit per turn (benchmarks ledger: p50 0.14 ms)
+# The loop's costs in seconds, the medians of three fits (python -m benchmarks.roundcost).
+PLAN_BASE = 260e-6
+PLAN_PER_WORKER = 1.4e-6
+PLAN_PER_LOG = 72e-6
+TURN_BASE = 770e-6
+TURN_PER_WORKER = 0.5e-6
+BARE_TURN = 570e-6
+INTAKE = 42e-6
+DISPATCH = 0.0  # a request's intake and dispatch together cost no more than a result's intake
 BROKER_DETECTION = 2 * 0.0003 + 0.0001  # a consumer event's leg: hop, broker, hop
 ROUND_POLICIES = ("event", "clock")
 ROUND_COSTS = ("model", "measured")
@@ -90,8 +96,8 @@ class PushParams:
     interval: float = 0.015
     latency: float = 0.0003
     broker: float = 0.0001
-    intake: float = 40e-6
-    dispatch: float = 15e-6
+    intake: float = INTAKE
+    dispatch: float = DISPATCH
     detection: float = BROKER_DETECTION
     strategy: str = "spread"
     aging_interval: float = 60.0
@@ -102,7 +108,7 @@ class PushParams:
 
 
 def modelled_round(tasks: int, workers: int) -> float:
-    """Seconds one round of ``plan()`` takes, by the fitted model (without ``TURN``)."""
+    """Seconds one call of ``plan()`` takes, by the fitted model."""
     return PLAN_BASE + PLAN_PER_WORKER * workers + PLAN_PER_LOG * math.log2(1 + tasks)
 
 
@@ -194,7 +200,7 @@ def simulate_push(
         busy_until = max(busy_until, t) + params.intake
         if first_change is None:
             first_change = t
-        if round_at is None and backlog:
+        if round_at is None:
             round_at = max(t, busy_until)
             if params.rounds == "clock":
                 round_at = max(round_at, last_round + params.interval)
@@ -218,6 +224,7 @@ def simulate_push(
         first_change = None
         free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
+            busy_until = max(busy_until, t + BARE_TURN)
             return
         handed = backlog.take(free)
         workers = [worker_view(k) for k in known]
@@ -230,7 +237,8 @@ def simulate_push(
         record.plan_seconds += spent
         record.round_seconds.append(spent)
         record.rounds += 1
-        done = t + spent + TURN + params.dispatch * result.placed
+        rest = TURN_BASE + TURN_PER_WORKER * len(workers)
+        done = t + spent + rest + params.dispatch * result.placed
         busy_until = max(busy_until, done)
         for i in handed:
             if tasks[i].id not in result.assignments:

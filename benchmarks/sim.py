@@ -22,6 +22,8 @@ from benchmarks.progress import Progress
 from benchmarks.pull import PullParams, simulate_pull
 from benchmarks.push import (
     BROKER_DETECTION,
+    DISPATCH,
+    INTAKE,
     ROUND_COSTS,
     ROUND_POLICIES,
     SPEED_MODES,
@@ -131,8 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
     )
     add("--latency", type=_non_negative, default=0.0003, help="one network hop (s), both modes")
     add("--broker", type=_non_negative, default=0.0001, help="broker time per message (s)")
-    add("--intake", type=_non_negative, default=40e-6, help="push: loop time per message in")
-    add("--dispatch", type=_non_negative, default=15e-6, help="push: loop time per dispatch")
+    add("--intake", type=_non_negative, default=INTAKE, help="push: loop time per message in")
+    add("--dispatch", type=_non_negative, default=DISPATCH, help="push: loop time per dispatch")
     add(
         "--detection",
         type=_non_negative,

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from benchmarks.pull import PullParams, simulate_pull
-from benchmarks.push import TURN, PushParams, modelled_round, simulate_push
+from benchmarks.push import (
+    BARE_TURN,
+    TURN_BASE,
+    TURN_PER_WORKER,
+    PushParams,
+    modelled_round,
+    simulate_push,
+)
 from benchmarks.record import RunRecord, metrics
 from benchmarks.scenarios import BUILDERS, Scenario, ScenarioParams, SimWorker, Workload
 from matchmaker.models import Task
@@ -114,7 +121,8 @@ def tiny(arrivals: list[float], durations: list[float], workers: list[SimWorker]
 
 
 def one_round(params: PushParams, tasks: int, workers: int) -> float:
-    return modelled_round(tasks, workers) + TURN + params.dispatch * tasks
+    rest = TURN_BASE + TURN_PER_WORKER * workers
+    return modelled_round(tasks, workers) + rest + params.dispatch * tasks
 
 
 def test_an_arrival_with_a_free_slot_is_placed_at_once() -> None:
@@ -137,6 +145,20 @@ def test_a_result_that_frees_a_slot_places_the_next_task_at_once() -> None:
     first = 1 - second
     result_in = record.finish[first] + leg + params.intake
     assert record.start[second] == pytest.approx(result_in + one_round(params, 1, 1) + leg)
+
+
+def test_a_turn_with_nothing_to_place_still_holds_the_loop() -> None:
+    params = PushParams()
+    leg = 2 * params.latency + params.broker
+    first_start = leg + params.intake + one_round(params, 1, 1) + leg
+    result_in = first_start + 0.5 + leg  # the first task's result reaches the scheduler
+    # the second request reaches it just after: while the result's bare turn runs
+    second = result_in + params.intake + 1e-6 - leg
+    scenario = tiny([0.0, second], [0.5, 0.5], [SimWorker("w", ("a",), 1)])
+    record = simulate_push(scenario, params)
+    turn_done = result_in + params.intake + BARE_TURN
+    expected = turn_done + params.intake + one_round(params, 1, 1) + leg
+    assert record.start[1] == pytest.approx(expected)
 
 
 def test_rounds_batch_only_when_work_outpaces_them() -> None:
