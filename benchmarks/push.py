@@ -107,7 +107,7 @@ class PushParams:
     pipeline: int = 0
 
 
-def modelled_round(tasks: int, workers: int) -> float:
+def modelled_plan(tasks: int, workers: int) -> float:
     """Seconds one call of ``plan()`` takes, by the fitted model."""
     return PLAN_BASE + PLAN_PER_WORKER * workers + PLAN_PER_LOG * math.log2(1 + tasks)
 
@@ -233,7 +233,7 @@ def simulate_push(
         result = plan([tasks[i] for i in handed], workers, policy)
         spent = time.perf_counter() - started
         if params.round_cost == "model":
-            spent = modelled_round(len(handed), len(workers))
+            spent = modelled_plan(len(handed), len(workers))
         record.plan_seconds += spent
         record.round_seconds.append(spent)
         record.rounds += 1

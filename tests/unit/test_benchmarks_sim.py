@@ -12,7 +12,7 @@ from benchmarks.push import (
     TURN_BASE,
     TURN_PER_WORKER,
     PushParams,
-    modelled_round,
+    modelled_plan,
     simulate_push,
 )
 from benchmarks.record import RunRecord, metrics
@@ -122,7 +122,7 @@ def tiny(arrivals: list[float], durations: list[float], workers: list[SimWorker]
 
 def one_round(params: PushParams, tasks: int, workers: int) -> float:
     rest = TURN_BASE + TURN_PER_WORKER * workers
-    return modelled_round(tasks, workers) + rest + params.dispatch * tasks
+    return modelled_plan(tasks, workers) + rest + params.dispatch * tasks
 
 
 def test_an_arrival_with_a_free_slot_is_placed_at_once() -> None:
