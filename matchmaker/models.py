@@ -302,15 +302,9 @@ class Worker:
 
     def with_slots(self, slots: int) -> Worker:
         """The same worker with ``slots`` places (pipelining: a few beyond its own)."""
-        return Worker(
-            self.name,
-            self.capabilities,
-            slots,
-            self.running,
-            self.attributes,
-            self.perf,
-            self.speeds,
-        )
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
+            raise ValueError(f"worker {self.name!r}: slots must be a non-negative integer")
+        return self._copy(slots=slots)
 
     def with_speeds(self, speeds: Mapping[str, float]) -> Worker:
         """The same worker with learned speeds per type (``ServiceRates.speeds``)."""

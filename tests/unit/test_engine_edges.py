@@ -354,3 +354,11 @@ def test_a_worker_with_other_speeds_equals_one_made_afresh(
     assert (again.timed, again.profile, again.speeds) == (fresh.timed, fresh.profile, speeds)
     with pytest.raises(ValueError, match="speed of 'sleep' must be a number"):
         w.with_speeds({"sleep": 0.0})
+
+
+def test_a_worker_with_more_places_equals_one_made_afresh() -> None:
+    w = Worker("w1", ["sleep"], 4, 1, {"site": "iu"}, 2.0, {"sleep": 3.0})
+    assert w.with_slots(6) == Worker("w1", ["sleep"], 6, 1, {"site": "iu"}, 2.0, {"sleep": 3.0})
+    assert (w.with_slots(6).profile, w.with_slots(6).timed) == (w.profile, True)
+    with pytest.raises(ValueError, match="slots must be a non-negative integer"):
+        w.with_slots(-1)
