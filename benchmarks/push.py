@@ -15,17 +15,19 @@ workers``: the commit, the events, the views of the workers) plus
 ``dispatch`` per task placed, and its dispatches leave when it ends; a turn
 with nothing to place (results only, or no free slot) costs ``BARE_TURN``.
 
-When rounds run (``rounds="event"``, the service's policy): whenever the
-loop has pending work, a worker with a free slot in its view and something
-new (a request, a result, a worker declared failed), it runs a round as soon
-as it is idle: a request that arrives while an eligible slot is free is
-placed at once, and so is the next task when a result frees a slot. While
-a round runs, what arrives waits for the next, so rounds batch only when
-work comes faster than rounds complete, and the batch grows with the load
-(a busier round takes longer). Intake never holds a round back more than
-``interval`` after the first change it is to see (the service's
-``round_interval``, 15 ms). ``rounds="clock"`` is the earlier policy: at
-most one round per ``interval``. An immediate placement is a full round:
+When turns run (``rounds="event"``, the service's policy,
+``matchmaker.scheduler.clock``): something new (a request, a result, a worker
+declared failed) makes a turn due, and it runs once the loop is idle and the
+batch window since the last turn has passed: ``BATCH`` times that turn's
+cost, at most ``interval`` (the service's ``round_interval``, 15 ms). On a
+quiet loop the window has passed long before a request comes, so a request
+that finds an eligible slot free is placed at once, and so is the next task
+when a result frees a slot; when work comes faster than turns complete, what
+arrives waits for the next turn, and the batch grows with the load (a busier
+turn costs more, and its window grows with it). Intake never holds a turn
+back more than ``interval`` after the first change it is to see.
+``rounds="clock"`` is the earlier policy: at most one round per ``interval``.
+An immediate placement is a full round:
 ``plan()`` over everything the loop has taken in, so it keeps every
 guarantee of a round (no lower-priority task takes a slot that a pending
 higher-priority one could use); what it cannot see is what is still on its
@@ -73,6 +75,7 @@ from benchmarks.record import RunRecord, check_placement
 from benchmarks.scenarios import Scenario
 from matchmaker import Policy, Task, Worker, plan
 from matchmaker.rates import ServiceRates
+from matchmaker.scheduler.clock import BATCH
 
 ARRIVE, ROUND, START, COMPLETE, RESULT, FAIL, DETECT = range(7)
 
@@ -190,6 +193,7 @@ def simulate_push(
             push(w.fails_at, FAIL, k)
 
     busy_until = 0.0  # the loop is busy until then
+    window_at = 0.0  # the next turn's batch window passes then (event rounds)
     round_at: float | None = None
     first_change: float | None = None
     last_round = -math.inf
@@ -219,12 +223,13 @@ def simulate_push(
         return view
 
     def run_round(t: float) -> None:
-        nonlocal last_round, busy_until, first_change
+        nonlocal last_round, busy_until, first_change, window_at
         last_round = t
         first_change = None
         free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
             busy_until = max(busy_until, t + BARE_TURN)
+            window_at = t + BARE_TURN + min(params.interval, BATCH * BARE_TURN)
             return
         handed = backlog.take(free)
         workers = [worker_view(k) for k in known]
@@ -240,6 +245,7 @@ def simulate_push(
         rest = TURN_BASE + TURN_PER_WORKER * len(workers)
         done = t + spent + rest + params.dispatch * result.placed
         busy_until = max(busy_until, done)
+        window_at = done + min(params.interval, BATCH * (done - t))
         for i in handed:
             if tasks[i].id not in result.assignments:
                 backlog.add(i)
@@ -255,8 +261,9 @@ def simulate_push(
             take_in(t)
         elif kind == ROUND:
             cap = (first_change if first_change is not None else t) + params.interval
-            if t < busy_until and t < cap:
-                round_at = min(busy_until, cap)
+            ready = max(busy_until, window_at) if params.rounds == "event" else busy_until
+            if t < ready and t < cap:
+                round_at = min(ready, cap)
                 push(round_at, ROUND)
                 continue
             round_at = None

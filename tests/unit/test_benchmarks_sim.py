@@ -18,6 +18,7 @@ from benchmarks.push import (
 from benchmarks.record import RunRecord, metrics
 from benchmarks.scenarios import BUILDERS, Scenario, ScenarioParams, SimWorker, Workload
 from matchmaker.models import Task
+from matchmaker.scheduler.clock import BATCH
 
 SMALL = ScenarioParams(tasks=1_500, workers=24, seed=7)
 
@@ -147,7 +148,7 @@ def test_a_result_that_frees_a_slot_places_the_next_task_at_once() -> None:
     assert record.start[second] == pytest.approx(result_in + one_round(params, 1, 1) + leg)
 
 
-def test_a_turn_with_nothing_to_place_still_holds_the_loop() -> None:
+def test_a_turn_with_nothing_to_place_holds_the_loop_and_its_batch_window() -> None:
     params = PushParams()
     leg = 2 * params.latency + params.broker
     first_start = leg + params.intake + one_round(params, 1, 1) + leg
@@ -157,7 +158,8 @@ def test_a_turn_with_nothing_to_place_still_holds_the_loop() -> None:
     scenario = tiny([0.0, second], [0.5, 0.5], [SimWorker("w", ("a",), 1)])
     record = simulate_push(scenario, params)
     turn_done = result_in + params.intake + BARE_TURN
-    expected = turn_done + params.intake + one_round(params, 1, 1) + leg
+    window = min(params.interval, BATCH * BARE_TURN)  # the service's TurnClock
+    expected = turn_done + window + one_round(params, 1, 1) + leg
     assert record.start[1] == pytest.approx(expected)
 
 
