@@ -7,10 +7,14 @@ better with one it cannot meet than hand it back to the queue and hope
 another worker takes it. The accepted request becomes a one-attempt dispatch
 whose deadline is its timeout from now.
 
-A refused request is handed back (``HandBack``): after ``requeue_delay`` (so a
-lone unsuitable worker does not spin on it) it is published again to the end
-of its queue under confirms, like a dead letter (``workers.reports``), and
-its delivery is acked once the broker has it. A ``basic_nack(requeue=True)``
+A refused request is handed back (``HandBack``): after about ``requeue_delay``
+(so a lone unsuitable worker does not spin on it) it is published again to the
+end of its queue under confirms, like a dead letter (``workers.reports``), and
+its delivery is acked once the broker has it. The delay is drawn from
+``JITTER`` times it: with a fixed one, two refused requests going round
+together fall into step with the broker's round robin over the consumers, and
+each can meet only the same half of them for ever, never the one worker that
+could run it. A ``basic_nack(requeue=True)``
 would put it back at the head of a classic queue, where every worker that
 cannot run it takes it again before anything behind it.
 """
@@ -18,6 +22,7 @@ cannot run it takes it again before anything behind it.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -28,6 +33,7 @@ from workers.stats import Stats
 
 log = logging.getLogger("workers.runtime")  # the worker's one log, as operators filter it
 
+JITTER = (0.5, 1.5)  # a hand-back waits requeue_delay times a uniform draw from this
 REMEMBER_REQUEUES = 10_000  # tasks whose hand-backs are counted (for the log) before forgetting
 
 # Runs a callback on the connection's thread after a delay; False without a connection.
@@ -83,6 +89,7 @@ class HandBack:
                 stats.requeued,
             )
         # Hand it back after a short pause, so a lone unsuitable worker does not spin on it.
-        if self.delay > 0 and self.later(self.delay, lambda: self.reports.add(letter)):
+        pause = self.delay * random.uniform(*JITTER)
+        if pause > 0 and self.later(pause, lambda: self.reports.add(letter)):
             return
         self.reports.add(letter)

@@ -155,9 +155,27 @@ def test_a_hand_back_waits_its_delay_when_there_is_a_connection(runner: Runner) 
     request = TaskRequest("t1", "echo", {})
     letter = Letter(b"{}", "no", "mm.pull.echo", Delivery(1, 1), requeue=True)
     HandBack(stats, reports, 0.5, later)(request, "no", letter)
-    assert reports.letters == [] and [d for d, _ in scheduled] == [0.5]
+    assert reports.letters == [] and 0.25 <= scheduled[0][0] <= 0.75
     scheduled[0][1]()
     assert reports.letters == [letter]
     HandBack(stats, reports, 0.5, lambda delay, callback: False)(request, "no", letter)
     assert reports.letters == [letter, letter]  # no connection: at once
     assert stats.requeued == 2 and stats.requeues_by_task == {"t1": 2}
+
+
+def test_hand_backs_wait_jittered_delays(runner: Runner) -> None:
+    """Two refused requests going round together must not fall into step with the broker's
+    round robin: their delays differ from one hand-back to the next."""
+    delays: list[float] = []
+
+    def later(delay: float, callback: Callable[[], None]) -> bool:
+        delays.append(delay)
+        return True
+
+    hand_back = HandBack(Stats(), Reporter(runner, Stats(), "w1"), 0.05, later)
+    request = TaskRequest("t1", "echo", {})
+    for tag in range(1, 51):
+        letter = Letter(b"{}", "no", "mm.pull.echo", Delivery(1, tag), requeue=True)
+        hand_back(request, "no", letter)
+    assert all(0.025 <= d <= 0.075 for d in delays)
+    assert len(set(delays)) > 40
