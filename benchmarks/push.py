@@ -18,13 +18,14 @@ with nothing to place (results only, or no free slot) costs ``BARE_TURN``.
 When turns run (``rounds="event"``, the service's policy,
 ``matchmaker.scheduler.clock``): something new (a request, a result, a worker
 declared failed) makes a turn due, and it runs once the loop is idle and the
-batch window since the last turn has passed: ``BATCH`` times that turn's
-cost, at most ``interval`` (the service's ``round_interval``, 15 ms). On a
-quiet loop the window has passed long before a request comes, so a request
-that finds an eligible slot free is placed at once, and so is the next task
-when a result frees a slot; when work comes faster than turns complete, what
-arrives waits for the next turn, and the batch grows with the load (a busier
-turn costs more, and its window grows with it). Intake never holds a turn
+batch window since the last turn has passed: ``batch_window`` times that
+turn's cost (the service's ``batch_window``), at most ``interval`` (its
+``round_interval``, 15 ms). On a quiet loop the window has passed long before
+a request comes, so a request that finds an eligible slot free is placed at
+once, and so is the next task when a result frees a slot; when work comes
+faster than turns complete, what arrives waits for the next turn, and the
+batch grows with the load (a busier turn costs more, and its window grows
+with it). Intake never holds a turn
 back more than ``interval`` after the first change it is to see.
 ``rounds="clock"`` is the earlier policy: at most one round per ``interval``.
 An immediate placement is a full round:
@@ -97,6 +98,7 @@ SPEED_MODES = ("advertised", "learned", "ignored")
 @dataclass(frozen=True)
 class PushParams:
     interval: float = 0.015
+    batch_window: float = BATCH
     latency: float = 0.0003
     broker: float = 0.0001
     intake: float = INTAKE
@@ -229,7 +231,7 @@ def simulate_push(
         free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
             busy_until = max(busy_until, t + BARE_TURN)
-            window_at = t + BARE_TURN + min(params.interval, BATCH * BARE_TURN)
+            window_at = t + BARE_TURN + min(params.interval, params.batch_window * BARE_TURN)
             return
         handed = backlog.take(free)
         workers = [worker_view(k) for k in known]
@@ -245,7 +247,7 @@ def simulate_push(
         rest = TURN_BASE + TURN_PER_WORKER * len(workers)
         done = t + spent + rest + params.dispatch * result.placed
         busy_until = max(busy_until, done)
-        window_at = done + min(params.interval, BATCH * (done - t))
+        window_at = done + min(params.interval, params.batch_window * (done - t))
         for i in handed:
             if tasks[i].id not in result.assignments:
                 backlog.add(i)

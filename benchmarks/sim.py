@@ -34,6 +34,7 @@ from benchmarks.record import metrics
 from benchmarks.scenarios import BUILDERS, NAMES, Scenario, ScenarioParams
 from benchmarks.targets import judge
 from benchmarks.trace import trace_scenario
+from matchmaker.scheduler.clock import BATCH
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class SimConfig:
             params=ScenarioParams(args.tasks, args.workers, args.seed, args.mean_duration),
             push=PushParams(
                 interval=args.interval,
+                batch_window=args.batch_window,
                 latency=args.latency,
                 broker=args.broker,
                 intake=args.intake,
@@ -130,6 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
         default=0.015,
         help="push: most a round waits for intake (the service's round_interval); "
         "with --rounds clock, the least time between rounds",
+    )
+    add(
+        "--batch-window",
+        type=_non_negative,
+        default=BATCH,
+        help="push: a batch window is this many times the last turn's cost "
+        "(the service's batch_window)",
     )
     add("--latency", type=_non_negative, default=0.0003, help="one network hop (s), both modes")
     add("--broker", type=_non_negative, default=0.0001, help="broker time per message (s)")

@@ -24,11 +24,13 @@ from typing import Any
 from matchmaker.identity import ADMIN, IdentityError, redact, resolve_url
 from matchmaker.ledger import check_url, sqlite_path
 from matchmaker.models import MAX_PRIORITY, STRATEGIES
+from matchmaker.scheduler.clock import BATCH
 from matchmaker.wire.broker import DEFAULT_URL, QUEUE_TYPES, BrokerError, check_urls
 from membership.errors import MembershipError
 from membership.keys import resolve
 
 MAX_PIPELINE = 64
+MAX_BATCH_WINDOW = 100.0
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,7 @@ class Config:
     insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # the longest batch window of the loop (scheduler/clock.py)
+    batch_window: float = BATCH  # a batch window is this many times the last turn's cost
     pipeline_depth: int = 0  # dispatches a worker may hold beyond its slots (0: none)
     strategy: str = "spread"
     aging_interval: float = 60.0
@@ -103,6 +106,8 @@ class Config:
             )
         if not self.round_interval >= 0:
             raise ConfigError("round_interval must be >= 0 seconds")
+        if not 0 <= self.batch_window <= MAX_BATCH_WINDOW:
+            raise ConfigError(f"batch_window must be from 0 to {MAX_BATCH_WINDOW:g}")
         if not 0 <= self.pipeline_depth <= MAX_PIPELINE:
             raise ConfigError(f"pipeline_depth must be from 0 to {MAX_PIPELINE}")
         if not 0 <= self.metrics_port <= 65535:

@@ -155,7 +155,7 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
             config.broker_url, broker.TLSFiles.of(config), config.queue_type
         )
         self.clock: Clock = clock or SystemClock()
-        self.turns = TurnClock(config.round_interval)
+        self.turns = TurnClock(config.round_interval, config.batch_window)
         self.senders = Senders(
             config.authenticated_senders,
             frozenset(config.admin_users),

@@ -24,6 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", parents=[common], help="run the scheduler")
     run.add_argument("--round-interval", dest="round_interval", type=float)
+    run.add_argument("--batch-window", dest="batch_window", type=float)
     run.add_argument("--pipeline-depth", dest="pipeline_depth", type=int)
     run.add_argument(
         "--liveness-vhost",

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-BATCH = 3.0  # a batch window is this many times the last turn's cost
+BATCH = 3.0  # a batch window is this many times the last turn's cost (Config.batch_window)
 BACKLOG = 500  # deliveries in one turn that mean a backlog (a quarter of the prefetch window)
 INTAKE_SLICE = 0.002  # between turns, deliveries are processed at most this often
 SWEEP_INTERVAL = 0.25

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.config import ConfigError, load
+from matchmaker.config import Config, ConfigError, load
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +53,18 @@ def test_the_configuration_reference_is_current() -> None:
     assert configdoc.is_current(reference), "run: python -m matchmaker.configdoc > " + str(
         reference
     )
+
+
+def test_the_batch_window_reaches_the_loop_and_is_checked(tmp_path: Path) -> None:
+    from matchmaker.scheduler.memory import MemoryBroker
+    from matchmaker.service import Scheduler
+
+    config = Config(state_dir=tmp_path, batch_window=1.5, authenticated_senders=False)
+    scheduler = Scheduler(config, connector=MemoryBroker())
+    try:
+        assert scheduler.turns.turns.batch == scheduler.turns.rounds.batch == 1.5
+    finally:
+        scheduler.ledger.close()
+    for bad in (-1.0, 101.0, float("nan")):
+        with pytest.raises(ConfigError, match="batch_window must be from 0 to 100"):
+            Config(state_dir=tmp_path, batch_window=bad).check()
