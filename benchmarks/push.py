@@ -25,10 +25,9 @@ a request comes, so a request that finds an eligible slot free is placed at
 once, and so is the next task when a result frees a slot; when work comes
 faster than turns complete, what arrives waits for the next turn, and the
 batch grows with the load (a busier turn costs more, and its window grows
-with it). Intake never holds a turn
-back more than ``interval`` after the first change it is to see.
-``rounds="clock"`` is the earlier policy: at most one round per ``interval``.
-An immediate placement is a full round:
+with it). Intake never holds a turn back more than ``interval`` after the
+first change it is to see. ``rounds="clock"`` is the earlier policy: at most
+one round per ``interval``. An immediate placement is a full round:
 ``plan()`` over everything the loop has taken in, so it keeps every
 guarantee of a round (no lower-priority task takes a slot that a pending
 higher-priority one could use); what it cannot see is what is still on its
@@ -76,7 +75,7 @@ from benchmarks.record import RunRecord, check_placement
 from benchmarks.scenarios import Scenario
 from matchmaker import Policy, Task, Worker, plan
 from matchmaker.rates import ServiceRates
-from matchmaker.scheduler.clock import BATCH
+from matchmaker.scheduler.clock import BATCH, Window
 
 ARRIVE, ROUND, START, COMPLETE, RESULT, FAIL, DETECT = range(7)
 
@@ -195,7 +194,7 @@ def simulate_push(
             push(w.fails_at, FAIL, k)
 
     busy_until = 0.0  # the loop is busy until then
-    window_at = 0.0  # the next turn's batch window passes then (event rounds)
+    window = Window(params.interval, params.batch_window)  # the service's, per turn
     round_at: float | None = None
     first_change: float | None = None
     last_round = -math.inf
@@ -225,13 +224,13 @@ def simulate_push(
         return view
 
     def run_round(t: float) -> None:
-        nonlocal last_round, busy_until, first_change, window_at
+        nonlocal last_round, busy_until, first_change
         last_round = t
         first_change = None
         free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
             busy_until = max(busy_until, t + BARE_TURN)
-            window_at = t + BARE_TURN + min(params.interval, params.batch_window * BARE_TURN)
+            window.done(t, t + BARE_TURN)
             return
         handed = backlog.take(free)
         workers = [worker_view(k) for k in known]
@@ -247,7 +246,7 @@ def simulate_push(
         rest = TURN_BASE + TURN_PER_WORKER * len(workers)
         done = t + spent + rest + params.dispatch * result.placed
         busy_until = max(busy_until, done)
-        window_at = done + min(params.interval, params.batch_window * (done - t))
+        window.done(t, done)
         for i in handed:
             if tasks[i].id not in result.assignments:
                 backlog.add(i)
@@ -263,7 +262,7 @@ def simulate_push(
             take_in(t)
         elif kind == ROUND:
             cap = (first_change if first_change is not None else t) + params.interval
-            ready = max(busy_until, window_at) if params.rounds == "event" else busy_until
+            ready = max(busy_until, window.at) if params.rounds == "event" else busy_until
             if t < ready and t < cap:
                 round_at = min(ready, cap)
                 push(round_at, ROUND)

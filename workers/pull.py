@@ -14,9 +14,9 @@ its delivery is acked once the broker has it. The delay is drawn from
 ``JITTER`` times it: with a fixed one, two refused requests going round
 together fall into step with the broker's round robin over the consumers, and
 each can meet only the same half of them for ever, never the one worker that
-could run it. A ``basic_nack(requeue=True)``
-would put it back at the head of a classic queue, where every worker that
-cannot run it takes it again before anything behind it.
+could run it. A ``basic_nack(requeue=True)`` would put it back at the head of
+a classic queue, where every worker that cannot run it takes it again before
+anything behind it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from benchmarks.push import (
 from benchmarks.record import RunRecord, metrics
 from benchmarks.scenarios import BUILDERS, Scenario, ScenarioParams, SimWorker, Workload
 from matchmaker.models import Task
-from matchmaker.scheduler.clock import BATCH
 
 SMALL = ScenarioParams(tasks=1_500, workers=24, seed=7)
 
@@ -158,7 +157,7 @@ def test_a_turn_with_nothing_to_place_holds_the_loop_and_its_batch_window() -> N
     scenario = tiny([0.0, second], [0.5, 0.5], [SimWorker("w", ("a",), 1)])
     record = simulate_push(scenario, params)
     turn_done = result_in + params.intake + BARE_TURN
-    window = min(params.interval, BATCH * BARE_TURN)  # the service's TurnClock
+    window = min(params.interval, params.batch_window * BARE_TURN)  # the service's TurnClock
     expected = turn_done + window + one_round(params, 1, 1) + leg
     assert record.start[1] == pytest.approx(expected)
 
