@@ -386,12 +386,15 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
                 self.transport.ack(REQUESTS, tag)
             if tag := self.result_acks.due():
                 self.transport.ack(RESULTS, tag)
-        if committed and turns.events_due(clock):  # events of committed changes only
-            self._publish_events()  # before the round: its frames go out last
+        # Events of committed changes only: taken now, published after the round's
+        # dispatches, which go out first.
+        events = self.book.take_events() if committed and turns.events_due(clock) else None
         ran_round = full and turns.round_due(clock, self._round_wanted())
         if ran_round:  # on committed state: what it writes itself (reasons) can wait
             started = self.clock.monotonic()
             self._round()
-            turns.rounded(started, self.clock.monotonic())
+            turns.rounded(started, self.clock.monotonic(), arrived)
+        if events is not None:
+            self._publish_events(events)
         if full:
             turns.turned(clock, self.clock.monotonic(), arrived)

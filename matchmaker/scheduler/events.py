@@ -19,13 +19,15 @@ LETTERS_KEPT = 24 * 3600.0  # sent dead letters are remembered this long (then p
 class Events(Core):
     """The scheduler's events, metrics and sweeps."""
 
-    def _publish_events(self) -> None:
-        """Events go out batched per state: one message per routing key ``task.<state>``."""
+    def _publish_events(self, events: list[Event] | None = None) -> None:
+        """Events go out batched per state: one message per routing key ``task.<state>``;
+        ``events`` are ones taken from the book earlier (default: all it holds now)."""
         if self.transport is not None:
             self.notices.publish(self.transport.notice)  # client hook: after the commit
-        if self.transport is None or not self.book.has_events():
+        if events is None:
+            events = self.book.take_events() if self.transport is not None else []
+        if self.transport is None or not events:
             return
-        events = self.book.take_events()
         self.metrics.record(events)
         by_state: dict[str, list[Event]] = {}
         for e in events:
