@@ -201,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch",
         type=float,
         default=BATCH,
-        help="batch window / turn cost (default %(default)s; 1e9: a fixed window of "
-        "round_interval, as before event-driven rounds)",
+        help="full batch window / turn cost (default %(default)s; the service's batch_window)",
     )
     p.add_argument("--out", type=Path, default=Path("results/loop.json"))
     args = p.parse_args(argv)

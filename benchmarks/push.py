@@ -18,14 +18,14 @@ with nothing to place (results only, or no free slot) costs ``BARE_TURN``.
 When turns run (``rounds="event"``, the service's policy,
 ``matchmaker.scheduler.clock``): something new (a request, a result, a worker
 declared failed) makes a turn due, and it runs once the loop is idle and the
-batch window since the last turn has passed: ``batch_window`` times that
-turn's cost (the service's ``batch_window``), at most ``interval`` (its
-``round_interval``, 15 ms). On a quiet loop the window has passed long before
-a request comes, so a request that finds an eligible slot free is placed at
-once, and so is the next task when a result frees a slot; when work comes
-faster than turns complete, what arrives waits for the next turn, and the
-batch grows with the load (a busier turn costs more, and its window grows
-with it). Intake never holds a turn back more than ``interval`` after the
+batch window since the last turn has passed: the service's own ``Window``,
+which grows with the messages that turn took in and its cost, towards
+``batch_window`` times the cost, at most ``interval`` (its
+``round_interval``, 15 ms). A turn that took in one message leaves no window,
+so a request that finds an eligible slot free is placed at once, and so is
+the next task when a result frees a slot; when work comes faster than turns
+complete, what arrives waits for the next turn, and the batch and its window
+grow with the load. Intake never holds a turn back more than ``interval`` after the
 first change it is to see. ``rounds="clock"`` is the earlier policy: at most
 one round per ``interval``. An immediate placement is a full round:
 ``plan()`` over everything the loop has taken in, so it keeps every
@@ -195,13 +195,15 @@ def simulate_push(
 
     busy_until = 0.0  # the loop is busy until then
     window = Window(params.interval, params.batch_window)  # the service's, per turn
+    carried = 0  # messages taken in since the last turn
     round_at: float | None = None
     first_change: float | None = None
     last_round = -math.inf
 
     def take_in(t: float) -> None:
         """The loop takes in one message (request, result, failure) that arrived at t."""
-        nonlocal busy_until, round_at, first_change
+        nonlocal busy_until, round_at, first_change, carried
+        carried += 1
         busy_until = max(busy_until, t) + params.intake
         if first_change is None:
             first_change = t
@@ -224,13 +226,13 @@ def simulate_push(
         return view
 
     def run_round(t: float) -> None:
-        nonlocal last_round, busy_until, first_change
-        last_round = t
+        nonlocal last_round, busy_until, first_change, carried
+        last_round, took, carried = t, carried, 0
         first_change = None
         free = sum(max(0, sims[k].slots + extra - len(inflight[k])) for k in known)
         if not free or not backlog:
             busy_until = max(busy_until, t + BARE_TURN)
-            window.done(t, t + BARE_TURN)
+            window.done(t, t + BARE_TURN, took)
             return
         handed = backlog.take(free)
         workers = [worker_view(k) for k in known]
@@ -246,7 +248,7 @@ def simulate_push(
         rest = TURN_BASE + TURN_PER_WORKER * len(workers)
         done = t + spent + rest + params.dispatch * result.placed
         busy_until = max(busy_until, done)
-        window.done(t, done)
+        window.done(t, done, took)
         for i in handed:
             if tasks[i].id not in result.assignments:
                 backlog.add(i)

@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser, default_trace: Path) -> None:
         "--batch-window",
         type=_non_negative,
         default=BATCH,
-        help="push: a batch window is this many times the last turn's cost "
+        help="push: a full batch window is this many times the last turn's cost "
         "(the service's batch_window)",
     )
     add("--latency", type=_non_negative, default=0.0003, help="one network hop (s), both modes")

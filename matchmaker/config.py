@@ -54,7 +54,7 @@ class Config:
     insecure: bool = False  # talk to the Serf agent without an RPC auth key
     state_dir: Path = Path("state")
     round_interval: float = 0.015  # the longest batch window of the loop (scheduler/clock.py)
-    batch_window: float = BATCH  # a batch window is this many times the last turn's cost
+    batch_window: float = BATCH  # a full batch window is this many times the last turn's cost
     pipeline_depth: int = 0  # dispatches a worker may hold beyond its slots (0: none)
     strategy: str = "spread"
     aging_interval: float = 60.0

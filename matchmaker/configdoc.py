@@ -54,10 +54,11 @@ DESCRIPTIONS: dict[str, str] = {
     "round), in seconds. Rounds are event-driven: work that arrives while the loop is idle is "
     "placed at once, and only when it arrives faster than turns complete does the loop batch, "
     "with a window that grows with the load up to this value.",
-    "batch_window": "How long the loop batches once work comes faster than its turns "
-    "complete, as a multiple of the last turn's cost (0-100, capped at `round_interval`). "
-    "Smaller places sooner and spends more CPU on turns: at most 1 / (1 + this) of the "
-    "loop's time goes to full turns (benchmarks/README.md measures 3, 1.5 and 1).",
+    "batch_window": "How long the loop batches under load, as a multiple of the last turn's "
+    "cost (0-100, capped at `round_interval`). The window grows with the deliveries a turn "
+    "carried: none after a turn of one, half of this after a turn of 9, and towards this "
+    "as turns grow. Smaller places sooner and spends more CPU on turns: under a flood at "
+    "most 1 / (1 + this) of the loop's time goes to full turns.",
     "strategy": "`spread` balances load across workers; `binpack` fills the busiest first.",
     "aging_interval": "Seconds of waiting that raise a task one priority band (0 disables aging).",
     "preference_bonus": "Cost saved for each matched preference.",

@@ -12,13 +12,17 @@ Rounds are event-driven with adaptive batching:
 - a full turn is due as soon as something waits for one (a delivery not yet
   committed, or a round wanted: new pending work or a freed slot) and the
   *batch window* since the last full turn has passed;
-- the batch window is ``BATCH`` times what the last full turn cost, capped at
-  ``round_interval``: on a quiet system a turn is short (a decode, one commit, one
-  round), so a task that arrives is placed at once; when work arrives faster than turns
-  complete, turns grow with the work they carry and the window grows with
-  them, so the loop spends at most about ``1 / (1 + BATCH)`` of its time in
-  full turns and the rest on intake, and under a flood it batches as
-  the fixed round interval did;
+- the batch window follows the load, measured as the deliveries ``n`` the
+  last full turn carried: it is ``BATCH * (n - 1) / (n - 1 + RAMP)`` times
+  what that turn cost, capped at ``round_interval``. A turn that carried one
+  delivery (or none) means work does not arrive faster than turns complete:
+  no window, so a task that arrives is placed at once. As work outpaces the
+  turns, each carries more, costs more, and the window grows with both,
+  towards ``BATCH`` times the cost; the loop then spends at most about
+  ``1 / (1 + BATCH)`` of its time in full turns and the rest on intake, and
+  under a flood it batches as a fixed round interval would. The factor rises
+  smoothly with ``n``, so a small change of load never switches the loop from
+  turning back to back to batching;
 - rounds keep a window of their own the same way (a turn whose round is
   not yet due only commits and acks);
 - an intake of ``BACKLOG`` deliveries or more since the last turn means the
@@ -38,7 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-BATCH = 3.0  # a batch window is this many times the last turn's cost (Config.batch_window)
+BATCH = 3.0  # a full batch window is this many times the last turn's cost (Config.batch_window)
+RAMP = 8  # deliveries beyond the first at which a turn's window is half of the full one
 BACKLOG = 500  # deliveries in one turn that mean a backlog (a quarter of the prefetch window)
 INTAKE_SLICE = 0.002  # between turns, deliveries are processed at most this often
 SWEEP_INTERVAL = 0.25
@@ -76,17 +81,25 @@ class SystemClock:
 
 @dataclass
 class Window:
-    """The earliest time the next batch may start: the end of the last one plus ``BATCH``
-    times its cost, at most ``cap``."""
+    """The earliest time the next batch may start: the end of the last one plus its cost
+    times a factor that grows with what it carried, towards ``batch``; at most ``cap``."""
 
     cap: float
     batch: float = BATCH
+    ramp: float = RAMP
     at: float = 0.0  # when the next one may start
     cost: float = 0.0  # what the last one cost
 
-    def done(self, started: float, ended: float, *, at_once: bool = False) -> None:
+    def factor(self, carried: int) -> float:
+        """``batch * (n - 1) / (n - 1 + ramp)`` for ``n`` deliveries carried: 0 for one."""
+        beyond = max(0, carried - 1)
+        return self.batch * beyond / (beyond + self.ramp) if beyond else 0.0
+
+    def done(self, started: float, ended: float, carried: int, *, at_once: bool = False) -> None:
+        """The last batch ran from ``started`` to ``ended`` and took in ``carried`` deliveries."""
         self.cost = max(0.0, ended - started)
-        self.at = ended if at_once else ended + min(self.cap, self.batch * self.cost)
+        wait = 0.0 if at_once else min(self.cap, self.factor(carried) * self.cost)
+        self.at = ended + wait
 
     def open(self, now: float) -> bool:
         return now >= self.at
@@ -98,6 +111,7 @@ class TurnClock:
 
     round_interval: float
     batch: float = BATCH
+    ramp: float = RAMP
     backlog: int = BACKLOG
     intake_slice: float = INTAKE_SLICE
     sweep_interval: float = SWEEP_INTERVAL
@@ -106,8 +120,8 @@ class TurnClock:
     idle_wait: float = IDLE_WAIT
 
     def __post_init__(self) -> None:
-        self.turns = Window(self.round_interval, self.batch)
-        self.rounds = Window(self.round_interval, self.batch)
+        self.turns = Window(self.round_interval, self.batch, self.ramp)
+        self.rounds = Window(self.round_interval, self.batch, self.ramp)
         self.next_intake = 0.0
         self.next_sweep = 0.0
         self.next_prune = 0.0
@@ -131,10 +145,11 @@ class TurnClock:
 
     def turned(self, started: float, ended: float, owed: int) -> None:
         """A full turn that processed ``owed`` deliveries ran from ``started`` to ``ended``."""
-        self.turns.done(started, ended, at_once=owed >= self.backlog)
+        self.turns.done(started, ended, owed, at_once=owed >= self.backlog)
 
-    def rounded(self, started: float, ended: float) -> None:
-        self.rounds.done(started, ended)
+    def rounded(self, started: float, ended: float, owed: int) -> None:
+        """A round ran from ``started`` to ``ended`` in a turn of ``owed`` deliveries."""
+        self.rounds.done(started, ended, owed)
 
     def intake_due(self, now: float) -> bool:
         """Between turns: whether buffered deliveries may be processed now (at most once

@@ -147,7 +147,7 @@ def test_a_result_that_frees_a_slot_places_the_next_task_at_once() -> None:
     assert record.start[second] == pytest.approx(result_in + one_round(params, 1, 1) + leg)
 
 
-def test_a_turn_with_nothing_to_place_holds_the_loop_and_its_batch_window() -> None:
+def test_a_turn_with_nothing_to_place_holds_the_loop() -> None:
     params = PushParams()
     leg = 2 * params.latency + params.broker
     first_start = leg + params.intake + one_round(params, 1, 1) + leg
@@ -156,9 +156,8 @@ def test_a_turn_with_nothing_to_place_holds_the_loop_and_its_batch_window() -> N
     second = result_in + params.intake + 1e-6 - leg
     scenario = tiny([0.0, second], [0.5, 0.5], [SimWorker("w", ("a",), 1)])
     record = simulate_push(scenario, params)
-    turn_done = result_in + params.intake + BARE_TURN
-    window = min(params.interval, params.batch_window * BARE_TURN)  # the service's TurnClock
-    expected = turn_done + window + one_round(params, 1, 1) + leg
+    turn_done = result_in + params.intake + BARE_TURN  # it carried one message: no window
+    expected = turn_done + params.intake + one_round(params, 1, 1) + leg  # then the request
     assert record.start[1] == pytest.approx(expected)
 
 

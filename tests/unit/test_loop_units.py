@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from matchmaker.api.control import encode_drain
 from matchmaker.api.snapshot import snapshot_of
@@ -19,7 +21,7 @@ from matchmaker.config import Config
 from matchmaker.identity import ADMIN
 from matchmaker.messages import TaskRequest, TaskResult, encode, encode_batch
 from matchmaker.models import Worker
-from matchmaker.scheduler.clock import TurnClock
+from matchmaker.scheduler.clock import TurnClock, Window
 from matchmaker.scheduler.memory import FakeClock, MemoryBroker, MemoryTransport
 from matchmaker.service import Scheduler
 from membership.inventory import Change, LiveWorker
@@ -299,15 +301,23 @@ def test_turns_at_low_load_start_as_soon_as_work_arrives() -> None:
     assert idle == pytest.approx(turns.idle_wait)
 
 
-def test_the_batch_window_grows_with_the_cost_of_turns_and_is_capped() -> None:
-    turns = TurnClock(round_interval=0.015, batch=3.0)
+def test_a_turn_that_carried_one_delivery_leaves_no_window() -> None:
+    turns = TurnClock(round_interval=0.015, batch=3.0, ramp=8)
+    turns.turned(0.0, 0.001, owed=1)  # the loop keeps up: the next turn may start at once
+    assert turns.turn_due(0.001, owed=1, round_due=False)
+    turns.rounded(0.001, 0.002, owed=0)
+    assert turns.round_due(0.002, wanted=True)
+
+
+def test_the_batch_window_grows_with_the_load_and_the_cost_of_turns_and_is_capped() -> None:
+    turns = TurnClock(round_interval=0.015, batch=3.0, ramp=8)
     assert turns.sweep_due(0.0)
-    turns.turned(0.0, 0.001, owed=1)
-    assert not turns.turn_due(0.0025, owed=1, round_due=False)  # inside the 3 ms window
-    assert turns.turn_due(0.004, owed=1, round_due=False)
-    turns.turned(0.004, 0.006, owed=4)  # a bigger batch cost 2 ms: the window is 6 ms
-    assert not turns.turn_due(0.0115, owed=3, round_due=False)
-    assert turns.turn_due(0.012, owed=3, round_due=False)
+    turns.turned(0.0, 0.002, owed=9)  # 8 beyond the first: half of 3 x 2 ms, 3 ms
+    assert not turns.turn_due(0.0049, owed=1, round_due=False)
+    assert turns.turn_due(0.005, owed=1, round_due=False)
+    turns.turned(0.005, 0.007, owed=25)  # 24 beyond: 3 x 24/32 x 2 ms = 4.5 ms
+    assert not turns.turn_due(0.0114, owed=3, round_due=False)
+    assert turns.turn_due(0.0115, owed=3, round_due=False)
     turns.turned(0.012, 0.032, owed=300)  # 20 ms: the window is capped at the interval
     assert not turns.turn_due(0.0465, owed=300, round_due=False)
     assert turns.turn_due(0.047, owed=300, round_due=False)
@@ -315,6 +325,14 @@ def test_the_batch_window_grows_with_the_cost_of_turns_and_is_capped() -> None:
         0.040, owed=5, round_wanted=False, buffered=False, events=False, changes=False
     )
     assert wait == pytest.approx(0.007)
+
+
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_the_batch_factor_rises_with_the_load_towards_the_batch(a: int, b: int) -> None:
+    window = Window(cap=1.0, batch=3.0, ramp=8)
+    low, high = sorted((a, b))
+    assert 0.0 <= window.factor(low) <= window.factor(high) < 3.0
+    assert window.factor(1) == 0.0 and window.factor(9) == pytest.approx(1.5)
 
 
 def test_a_backlog_turns_at_once_and_rounds_keep_their_own_window() -> None:
@@ -325,7 +343,7 @@ def test_a_backlog_turns_at_once_and_rounds_keep_their_own_window() -> None:
         turns.wait(0.010, owed=500, round_wanted=True, buffered=True, events=False, changes=False)
         == 0
     )
-    turns.rounded(0.005, 0.010)  # a 5 ms round: the next one no sooner than 15 ms later
+    turns.rounded(0.005, 0.010, owed=500)  # 5 ms: the next one no sooner than ~15 ms later
     assert not turns.round_due(0.020, wanted=True)
     assert turns.round_due(0.025, wanted=True)
     assert not turns.round_due(0.025, wanted=False)
