@@ -7,7 +7,7 @@ quotas in class order (highest band first), each class handing out its
 oldest tasks first. Any such matching is valid: the workers of a group are
 interchangeable for every class that sends flow to it.
 
-Cost: O(placed tasks + arcs).
+Cost: O(placed tasks + arcs + workers of the groups that take tasks).
 """
 
 from __future__ import annotations
@@ -39,17 +39,21 @@ def disaggregate(
     spread: bool,
 ) -> tuple[dict[str, str], list[list[str]]]:
     """Assignments (task id -> worker name) and, per class, the ids it left waiting."""
+    flow_of = [0] * len(classes)
+    used = [False] * len(groups)
+    for arc, i, j in network.placement_arcs:
+        if flows[arc]:
+            flow_of[i] += int(flows[arc])
+            used[j] = True
+
     pools: list[list[str]] = []
     for j, g in enumerate(groups):
         names: list[str] = []
-        quotas = worker_quotas(g, network.slot_arcs[j], flows, spread)
-        for w, quota in zip(g.workers, quotas, strict=True):
-            names.extend([w.name] * quota)
+        if used[j]:  # a group no class sends flow to hands out nothing
+            quotas = worker_quotas(g, network.slot_arcs[j], flows, spread)
+            for w, quota in zip(g.workers, quotas, strict=True):
+                names.extend([w.name] * quota)
         pools.append(names)
-
-    flow_of = [0] * len(classes)
-    for arc, i, _ in network.placement_arcs:
-        flow_of[i] += int(flows[arc])
     chosen = [c.oldest(k) for c, k in zip(classes, flow_of, strict=True)]
 
     assignments: dict[str, str] = {}
