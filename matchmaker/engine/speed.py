@@ -22,6 +22,7 @@ Cost: O(n) for n workers, plus O(C * G) tier computations.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from operator import attrgetter
 
 from matchmaker.engine.classes import WorkerGroup
@@ -38,6 +39,12 @@ def level(speed: float) -> int:
     return round(math.log(speed) / _LOG_STEP)
 
 
+@lru_cache(maxsize=4096)
+def _level(speed: float) -> int:
+    """``level``, remembered: a round asks it of every timed worker, and speeds repeat."""
+    return level(speed)
+
+
 def group_speed(group: WorkerGroup, task_type: str) -> float:
     """The grid speed of the group's workers on a type (they all share it after the split)."""
     return float(STEP ** level(group.workers[0].speed(task_type)))
@@ -52,16 +59,25 @@ def split_by_speed(groups: list[WorkerGroup], types: frozenset[str]) -> list[Wor
             out.append(g)
             continue
         mine = [t for t in ordered if t in g.capabilities]
-        parts: dict[tuple[int, ...], list[Worker]] = {}
-        for w in g.workers:
-            key = tuple(level(w.speed(t)) for t in mine)
-            parts.setdefault(key, []).append(w)
-        if len(parts) == 1:
+        keys = _grid_keys(g.workers, mine)
+        if keys.count(keys[0]) == len(keys):
             out.append(g)
             continue
+        parts: dict[tuple[int, ...], list[Worker]] = {}
+        for key, w in zip(keys, g.workers, strict=True):
+            parts.setdefault(key, []).append(w)
         for key in sorted(parts, reverse=True):
             out.append(WorkerGroup(parts[key], g.running, g.free, g.capabilities, dict(g.values)))
     return out
+
+
+def _grid_keys(workers: list[Worker], types: list[str]) -> list[tuple[int, ...]]:
+    """Each worker's grid speeds on ``types``; one type (the usual round) without a
+    generator per worker."""
+    if len(types) == 1:
+        t = types[0]
+        return [(_level(w.speeds.get(t, w.perf)),) for w in workers]
+    return [tuple(_level(w.speeds.get(t, w.perf)) for t in types) for w in workers]
 
 
 def tier(speed: float, fastest: float) -> int:
