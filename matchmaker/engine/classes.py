@@ -202,7 +202,7 @@ def worker_groups(
     """Group workers by what the round can tell apart, in a deterministic order.
 
     Two passes: workers by (profile, running, slots), a cheap key; then those
-    few buckets merged by what the round's classes look at.
+    few buckets merged by what the round's classes look at (read once per profile).
     """
     buckets: dict[tuple[str, int, int], list[Worker]] = {}
     for w in workers:
@@ -214,16 +214,26 @@ def worker_groups(
                 raise ValueError(f"duplicate worker name {w.name!r}: worker names must be unique")
             seen.add(w.name)
     by_name = "name" in attributes
-    groups: dict[str, WorkerGroup] = {}
+    looks: dict[str, tuple[frozenset[str], dict[str, Scalar | None], tuple[str, ...]]] = {}
+    groups: dict[tuple[frozenset[str], tuple[str, ...], int, int], WorkerGroup] = {}
     for members in buckets.values():
         for part in ([w] for w in members) if by_name else [members]:
             w = part[0]
-            caps = w.capabilities & types
-            values = {a: worker_value(w, a) for a in attributes}
-            key = (sorted(caps), [repr(v) for v in values.values()], w.running, w.free)
-            group = groups.setdefault(repr(key), WorkerGroup([], w.running, w.free, caps, values))
+            look = None if by_name else looks.get(w.profile)
+            if look is None:  # what the round sees of a profile, once per profile
+                caps = w.capabilities & types
+                values = {a: worker_value(w, a) for a in attributes}
+                look = caps, values, tuple(repr(v) for v in values.values())
+                if not by_name:
+                    looks[w.profile] = look
+            caps, values, shown = look
+            key = (caps, shown, w.running, w.free)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = WorkerGroup([], w.running, w.free, caps, dict(values))
             group.workers.extend(part)
-    ordered = [groups[k] for k in sorted(groups)]
+    order = {repr((sorted(k[0]), list(k[1]), k[2], k[3])): g for k, g in groups.items()}
+    ordered = [order[k] for k in sorted(order)]
     for g in ordered:
         g.workers.sort(key=attrgetter("name"))
     return ordered
