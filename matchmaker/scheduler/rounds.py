@@ -105,8 +105,7 @@ class Rounds(Core):
         started = self.clock.time()
         self.dirty = False
         self._refresh_speeds()
-        workers = self._loaded_workers()
-        free = sum(w.free for w in workers)
+        workers, free = self._loaded_workers()
         tasks = self.book.due(
             started,
             limit=max(free, MIN_CONSIDERED),
@@ -143,17 +142,22 @@ class Rounds(Core):
                 1000 * (published - planned),
             )
 
-    def _loaded_workers(self) -> list[Worker]:
-        """The live workers not drained, with their in-flight counts; a worker's view is
-        made again only when its count changed (a round with a thousand workers would
-        otherwise spend more on copies than ``plan()`` spends on the round)."""
+    def _loaded_workers(self) -> tuple[list[Worker], int]:
+        """The live workers not drained, with their in-flight counts, and their free slots
+        in all; a worker's view is made again only when its count changed (a round with a
+        thousand workers would otherwise spend more on copies than ``plan()`` spends on the
+        round)."""
         workers = []
+        free = 0
+        drained, loaded, running_of = self.drained, self.loaded, self.book.running
         for name, live in self.live.items():
-            if name in self.drained:
+            if name in drained:
                 continue
-            running = self.book.running(name)
-            view = self.loaded.get(name)
+            running = running_of(name)
+            view = loaded.get(name)
             if view is None or view.running != running:
-                view = self.loaded[name] = live.with_running(running)
+                view = loaded[name] = live.with_running(running)
             workers.append(view)
-        return workers
+            if view.slots > running:
+                free += view.slots - running
+        return workers, free

@@ -19,15 +19,20 @@ def test_round_workers_follow_the_in_flight_counts(tmp_path: Path) -> None:
     try:
         scheduler.live = {"a": Worker("a", ["sleep"], 4), "b": Worker("b", ["sleep"], 2)}
         scheduler.book.by_worker = {"a": {"t1", "t2"}}
-        first = scheduler._loaded_workers()
+        first, free = scheduler._loaded_workers()
         assert [(w.name, w.running, w.free) for w in first] == [("a", 2, 2), ("b", 0, 2)]
+        assert free == 4
         scheduler.book.by_worker["b"] = {"t3"}
         scheduler.book.by_worker["a"].discard("t1")
-        second = scheduler._loaded_workers()
+        second, free = scheduler._loaded_workers()
         assert [(w.name, w.running, w.free) for w in second] == [("a", 1, 3), ("b", 1, 1)]
-        assert scheduler._loaded_workers()[1] is second[1]  # unchanged count: the same view
+        assert free == 4
+        assert scheduler._loaded_workers()[0][1] is second[1]  # unchanged count: the same view
+        scheduler.book.by_worker["b"] = {"t3", "t4", "t5"}  # beyond its slots: none free
         scheduler.drained.add("a")
-        assert [w.name for w in scheduler._loaded_workers()] == ["b"]
+        third, free = scheduler._loaded_workers()
+        assert [w.name for w in third] == ["b"]
+        assert free == 0
     finally:
         scheduler.ledger.close()
 
@@ -121,7 +126,7 @@ def test_run_times_teach_the_round_each_worker_s_speed(tmp_path: Path) -> None:
             )
         scheduler._observe_run(TaskResult("t", 1, "fast", "succeeded", 10.0, 9.0), "sleep")  # no
         scheduler._refresh_speeds()
-        views = {w.name: w for w in scheduler._loaded_workers()}
+        views = {w.name: w for w in scheduler._loaded_workers()[0]}
         assert views["fast"].speed("sleep") > views["slow"].speed("sleep")
         assert not scheduler.timed
     finally:
