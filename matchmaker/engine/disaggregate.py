@@ -7,7 +7,7 @@ quotas in class order (highest band first), each class handing out its
 oldest tasks first. Any such matching is valid: the workers of a group are
 interchangeable for every class that sends flow to it.
 
-Cost: O(placed tasks + arcs + workers of the groups that take tasks).
+Cost: O(placed tasks + arcs), whatever the size of the groups.
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from matchmaker.engine.classes import TaskClass, WorkerGroup
 from matchmaker.engine.network import IntArray, Network
 
 
-def worker_quotas(
-    group: WorkerGroup, arcs: list[tuple[int, int]], flows: IntArray, spread: bool
-) -> list[int]:
-    """How many tasks each worker of the group takes this round."""
-    quotas = [0] * group.size
+def taking(arcs: list[tuple[int, int]], flows: IntArray, spread: bool) -> list[tuple[int, int]]:
+    """(worker index, tasks) for the workers of a group that take tasks, in worker order:
+    as many as the group places, not as many as it has."""
+    amounts = [int(flows[arc]) for arc, _ in arcs]
     if spread:
-        for arc, _level in arcs:
-            for i in range(int(flows[arc])):
-                quotas[i] += 1
-    else:
-        for arc, worker in arcs:
-            quotas[worker] += int(flows[arc])
-    return quotas
+        return [(i, sum(f > i for f in amounts)) for i in range(max(amounts, default=0))]
+    quotas: dict[int, int] = {}
+    for (_, worker), amount in zip(arcs, amounts, strict=True):
+        if amount:
+            quotas[worker] = quotas.get(worker, 0) + amount
+    return sorted(quotas.items())
 
 
 def disaggregate(
@@ -50,9 +48,8 @@ def disaggregate(
     for j, g in enumerate(groups):
         names: list[str] = []
         if used[j]:  # a group no class sends flow to hands out nothing
-            quotas = worker_quotas(g, network.slot_arcs[j], flows, spread)
-            for w, quota in zip(g.workers, quotas, strict=True):
-                names.extend([w.name] * quota)
+            for w, quota in taking(network.slot_arcs[j], flows, spread):
+                names.extend([g.workers[w].name] * quota)
         pools.append(names)
     chosen = [c.oldest(k) for c, k in zip(classes, flow_of, strict=True)]
 
