@@ -120,6 +120,10 @@ class Book:
     def running(self, worker: str) -> int:
         return len(self.by_worker.get(worker, ()))
 
+    def loads(self) -> dict[str, int]:
+        """Worker -> its tasks in flight, for the workers with any."""
+        return {worker: len(ids) for worker, ids in self.by_worker.items() if ids}
+
     # -- what the scheduler reads ---------------------------------------------
 
     def has_pending(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from matchmaker.engine import plan
 from matchmaker.messages import (
@@ -29,8 +30,24 @@ def worker_of(advertised: Advertised) -> Worker:
     )
 
 
+@dataclass
+class Views:
+    """The workers of the last round: kept up to date by difference, so a turn remakes
+    the views of the workers whose in-flight counts or speeds moved, not every view."""
+
+    live: dict[str, Worker]  # the live workers they were made from
+    drained: frozenset[str]
+    loads: dict[str, int]  # ``Book.loads()`` then
+    workers: list[Worker]
+    at: dict[str, int]  # name -> place in ``workers``
+    free: int
+    stale: set[str] = field(default_factory=set)  # names whose live worker changed
+
+
 class Rounds(Core):
     """The scheduler's rounds and the workers they place on."""
+
+    views: Views | None = None
 
     def _refresh_speeds(self) -> None:
         """The workers whose learned speeds moved get views with them before the round."""
@@ -39,6 +56,8 @@ class Rounds(Core):
             if live is not None:
                 self.live[name] = live.with_speeds(self.rates.speeds(name))
                 self.loaded.pop(name, None)
+                if self.views is not None:
+                    self.views.stale.add(name)
         self.timed.clear()
 
     def _refresh_live(self) -> None:
@@ -144,20 +163,42 @@ class Rounds(Core):
 
     def _loaded_workers(self) -> tuple[list[Worker], int]:
         """The live workers not drained, with their in-flight counts, and their free slots
-        in all; a worker's view is made again only when its count changed (a round with a
-        thousand workers would otherwise spend more on copies than ``plan()`` spends on the
-        round)."""
-        workers = []
+        in all. A worker's view is made again only when its count or its speeds changed,
+        and only those are visited unless the live or drained workers changed (a round with
+        a thousand workers would otherwise spend more on them than ``plan()`` on the round)."""
+        loads = self.book.loads()
+        views = self.views
+        if views is None or views.live is not self.live or views.drained != self.drained:
+            views = self.views = self._all_views(loads)
+        else:
+            moved, views.stale = views.stale, set()
+            for name in views.loads.keys() | loads.keys():
+                if views.loads.get(name, 0) != loads.get(name, 0):
+                    moved.add(name)
+            for name in moved:
+                i = views.at.get(name)
+                if i is not None:
+                    old, new = views.workers[i], self._view(name, loads.get(name, 0))
+                    views.workers[i] = new
+                    views.free += new.free - old.free
+            views.loads = loads
+        return list(views.workers), views.free
+
+    def _all_views(self, loads: dict[str, int]) -> Views:
+        workers: list[Worker] = []
+        at: dict[str, int] = {}
         free = 0
-        drained, loaded, running_of = self.drained, self.loaded, self.book.running
-        for name, live in self.live.items():
-            if name in drained:
-                continue
-            running = running_of(name)
-            view = loaded.get(name)
-            if view is None or view.running != running:
-                view = loaded[name] = live.with_running(running)
-            workers.append(view)
-            if view.slots > running:
-                free += view.slots - running
-        return workers, free
+        for name in self.live:
+            if name not in self.drained:
+                view = self._view(name, loads.get(name, 0))
+                at[name] = len(workers)
+                workers.append(view)
+                free += view.free
+        return Views(self.live, frozenset(self.drained), loads, workers, at, free)
+
+    def _view(self, name: str, running: int) -> Worker:
+        """The live worker with ``running`` tasks: the last view when its count is the same."""
+        view = self.loaded.get(name)
+        if view is None or view.running != running:
+            view = self.loaded[name] = self.live[name].with_running(running)
+        return view

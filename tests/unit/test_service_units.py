@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,47 @@ def test_round_workers_follow_the_in_flight_counts(tmp_path: Path) -> None:
         third, free = scheduler._loaded_workers()
         assert [w.name for w in third] == ["b"]
         assert free == 0
+    finally:
+        scheduler.ledger.close()
+
+
+def test_round_workers_kept_by_difference_match_workers_made_afresh(tmp_path: Path) -> None:
+    """Random turns of load, drain, speed and inventory changes: the workers a turn hands
+    ``plan()``, kept up to date by difference, are those made from scratch."""
+    rng = random.Random(7)
+    scheduler = Scheduler(Config(state_dir=tmp_path))
+    names = [f"w{i}" for i in range(12)]
+
+    def inventory() -> dict[str, Worker]:
+        return {n: Worker(n, ["sleep"], rng.randint(0, 4)) for n in names if rng.random() < 0.8}
+
+    try:
+        scheduler.live = inventory()
+        for turn in range(400):
+            change = rng.random()
+            worker = rng.choice(names)
+            if change < 0.5:
+                tasks = {f"t{turn}-{k}" for k in range(rng.randint(0, 6))}
+                scheduler.book.by_worker[worker] = tasks
+            elif change < 0.6:
+                scheduler.drained ^= {worker}
+            elif change < 0.75:
+                scheduler._observe_run(
+                    TaskResult("t", 1, worker, "succeeded", 0.0, rng.uniform(0.5, 8.0)), "sleep"
+                )
+                scheduler._refresh_speeds()
+            elif change < 0.8:  # as ``_refresh_live`` does
+                scheduler.live, scheduler.loaded = inventory(), {}
+            workers, free = scheduler._loaded_workers()
+            fresh = [
+                live.with_running(scheduler.book.running(name)).with_speeds(live.speeds)
+                for name, live in scheduler.live.items()
+                if name not in scheduler.drained
+            ]
+            assert [(w.name, w.running, w.slots, w.speeds) for w in workers] == [
+                (w.name, w.running, w.slots, w.speeds) for w in fresh
+            ]
+            assert free == sum(w.free for w in fresh)
     finally:
         scheduler.ledger.close()
 
