@@ -61,6 +61,13 @@ class TaskClass:
     def oldest(self, k: int) -> tuple[list[str], list[str]]:
         """The ids of the k oldest tasks, oldest first (ties by id), and the ids of the rest."""
         ids, members, submitted = self.ids, self.members, self.submitted
+        if len(members) <= FEW and (k == 0 or k >= len(members)):  # all or none, in Python
+            order = members.tolist()
+            if k == 0:
+                return [], [ids[i] for i in order]
+            stamp = dict(zip(order, submitted.tolist(), strict=True))
+            order.sort(key=lambda i: (stamp[i], ids[i]))
+            return [ids[i] for i in order], []
         if k >= len(members):
             chosen, rest = members, members[:0]
         elif k == 0:

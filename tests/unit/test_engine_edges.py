@@ -7,8 +7,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from matchmaker import plan
+from matchmaker.engine import classes
 from matchmaker.models import Plan, Policy, Reason, Task, Worker
 
 
@@ -362,3 +365,27 @@ def test_a_worker_with_more_places_equals_one_made_afresh() -> None:
     assert (w.with_slots(6).profile, w.with_slots(6).timed) == (w.profile, True)
     with pytest.raises(ValueError, match="slots must be a non-negative integer"):
         w.with_slots(-1)
+
+
+# ---------------------------------------------------------------- a class's oldest tasks
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # reset per example
+@given(
+    stamps=st.lists(st.sampled_from([0.0, 1.0, 2.5, 7.0]), min_size=1, max_size=20),
+    ids=st.permutations([f"t{i:02d}" for i in range(20)]),
+    k=st.integers(0, 22),
+)
+def test_oldest_in_python_matches_oldest_in_numpy(
+    stamps: list[float], ids: list[str], k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small class hands out all or none of its tasks in Python: the same ids, in the
+    same order, as the vectorised way (oldest first, ties by id)."""
+    tasks = [Task(i, "sleep", submitted_at=s) for i, s in zip(ids, stamps, strict=False)]
+    (small,) = classes.task_classes(tasks, Policy())
+    got = small.oldest(k)
+    with monkeypatch.context() as patch:
+        patch.setattr(classes, "FEW", 0)
+        assert got == small.oldest(k)
+    ranked = sorted(tasks, key=lambda t: (t.submitted_at, t.id))
+    assert got[0] == [t.id for t in ranked[:k]]
