@@ -13,13 +13,13 @@ Cost: O(placed tasks + arcs), whatever the size of the groups.
 from __future__ import annotations
 
 from matchmaker.engine.classes import TaskClass, WorkerGroup
-from matchmaker.engine.network import IntArray, Network
+from matchmaker.engine.network import Network
 
 
-def taking(arcs: list[tuple[int, int]], flows: IntArray, spread: bool) -> list[tuple[int, int]]:
+def taking(arcs: list[tuple[int, int]], flows: list[int], spread: bool) -> list[tuple[int, int]]:
     """(worker index, tasks) for the workers of a group that take tasks, in worker order:
     as many as the group places, not as many as it has."""
-    amounts = [int(flows[arc]) for arc, _ in arcs]
+    amounts = [flows[arc] for arc, _ in arcs]
     if spread:
         return [(i, sum(f > i for f in amounts)) for i in range(max(amounts, default=0))]
     quotas: dict[int, int] = {}
@@ -33,7 +33,7 @@ def disaggregate(
     classes: list[TaskClass],
     groups: list[WorkerGroup],
     network: Network,
-    flows: IntArray,
+    flows: list[int],
     spread: bool,
 ) -> tuple[dict[str, str], list[list[str]]]:
     """Assignments (task id -> worker name) and, per class, the ids it left waiting."""
@@ -41,7 +41,7 @@ def disaggregate(
     used = [False] * len(groups)
     for arc, i, j in network.placement_arcs:
         if flows[arc]:
-            flow_of[i] += int(flows[arc])
+            flow_of[i] += flows[arc]
             used[j] = True
 
     pools: list[list[str]] = []
@@ -57,7 +57,7 @@ def disaggregate(
     handed = [0] * len(classes)
     taken = [0] * len(groups)
     for arc, i, j in network.placement_arcs:
-        amount = int(flows[arc])
+        amount = flows[arc]
         if amount:
             ids = chosen[i][0][handed[i] : handed[i] + amount]
             assignments.update(zip(ids, pools[j][taken[j] : taken[j] + amount], strict=True))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from itertools import repeat
 
 from matchmaker.engine.classes import TaskClass, WorkerGroup
-from matchmaker.engine.network import IntArray, Network
+from matchmaker.engine.network import Network
 from matchmaker.models import Reason, Unplaced
 
 
@@ -77,7 +77,7 @@ def explain(
     groups: list[WorkerGroup],
     eligibility: list[list[int]],
     network: Network,
-    flows: IntArray,
+    flows: list[int],
     waiting: list[list[str]],
 ) -> dict[str, Unplaced]:
     """Task id -> reason, for every task its class did not place."""

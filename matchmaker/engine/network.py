@@ -46,27 +46,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 from matchmaker.engine.classes import TaskClass, WorkerGroup
 from matchmaker.engine.feasibility import preference_matches
 from matchmaker.engine.speed import group_speed, tier
 from matchmaker.models import Policy
 
-IntArray = npt.NDArray[np.int64]
-
 
 @dataclass
 class Network:
-    """The arrays handed to the solver, and what each arc means."""
+    """The arcs and supplies handed to the solver, and what each arc means."""
 
     num_nodes: int
-    tails: IntArray
-    heads: IntArray
-    capacities: IntArray
-    costs: IntArray
-    supplies: IntArray
+    tails: list[int]
+    heads: list[int]
+    capacities: list[int]
+    costs: list[int]
+    supplies: list[int]
     placement_arcs: list[tuple[int, int, int]]  # (arc, class index, group index)
     slot_arcs: list[list[tuple[int, int]]]  # per group: (arc, level or worker index)
 
@@ -144,15 +139,14 @@ def build(
         arc(i, unscheduled, c.size, waiting + step * c.band)
     arc(unscheduled, sink, total, 0)
 
-    supplies = np.zeros(num_classes + num_groups + 2, dtype=np.int64)
-    supplies[:num_classes] = [c.size for c in classes]
+    supplies = [c.size for c in classes] + [0] * (num_groups + 2)
     supplies[sink] = -total
     return Network(
         num_nodes=num_classes + num_groups + 2,
-        tails=np.asarray(tails, dtype=np.int64),
-        heads=np.asarray(heads, dtype=np.int64),
-        capacities=np.asarray(caps, dtype=np.int64),
-        costs=np.asarray(costs, dtype=np.int64),
+        tails=tails,
+        heads=heads,
+        capacities=caps,
+        costs=costs,
         supplies=supplies,
         placement_arcs=placement_arcs,
         slot_arcs=slot_arcs,
