@@ -4,7 +4,9 @@ The network is handed over and read back with the vectorised calls
 (``add_arcs_with_capacity_and_unit_cost``, ``set_nodes_supplies``,
 ``flows``), its lists made arrays once, so Python never loops over arcs.
 OR-Tools' cost-scaling push-relabel runs in O(n^2 m log(nC)) for n nodes, m
-arcs and largest cost C; the class-aggregated network keeps n and m small.
+arcs and largest cost C; the class-aggregated network keeps n and m small. The
+smallest rounds of one class, when their optimum is unique, are settled by
+``engine.one_source`` instead: the same flow, without OR-Tools' fixed cost.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from ortools.graph.python import min_cost_flow
 
 from matchmaker.engine.network import Network
+from matchmaker.engine.one_source import one_source_flow
 
 
 class SolverError(RuntimeError):
@@ -23,6 +26,9 @@ def solve(network: Network) -> tuple[list[int], int]:
     """The flow on every arc, and the optimal total cost."""
     if len(network.tails) == 0:
         return [], 0
+    settled = one_source_flow(network)
+    if settled is not None:
+        return settled
     flow = min_cost_flow.SimpleMinCostFlow()
     arcs = flow.add_arcs_with_capacity_and_unit_cost(
         np.asarray(network.tails, dtype=np.int64),
