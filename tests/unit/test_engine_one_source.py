@@ -7,6 +7,7 @@ Then whole plans of small random rounds, with the fill and without it.
 
 from __future__ import annotations
 
+import importlib
 import random
 from typing import Any
 
@@ -19,7 +20,7 @@ from matchmaker.engine import one_source
 from matchmaker.engine.one_source import fill
 from matchmaker.models import Policy, Task, Worker
 
-solve_module = __import__("matchmaker.engine.solve", fromlist=["solve"])
+solve_module = importlib.import_module("matchmaker.engine.solve")  # the name is shadowed
 
 
 def or_tools(
