@@ -68,8 +68,6 @@ def fill(
             if sink >= 0:
                 return None
             sink = node
-    if source < 0 and sink < 0:
-        return flows
     if source < 0 or sink < 0 or supplies[source] + supplies[sink] != 0:
         return None
     if min(capacities, default=0) < 0:

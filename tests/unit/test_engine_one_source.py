@@ -91,6 +91,7 @@ def test_the_fill_answers_a_unique_optimum() -> None:
         ([0, 1, 1], [1, 2, 2], [1, 1, 1], [0, 1, 1], [1, 0, -1]),  # a tie at the margin
         ([0, 2], [1, 2], [1, 1], [0, 0], [1, 0, -1]),  # an arc between middles
         ([0, 1], [1, 2], [1, 1], [0, 0], [1, 1, -2]),  # two supplies
+        ([0, 1, 2], [1, 2, 0], [1, 1, 1], [-1, 0, 0], [0, 0, 0]),  # none (a cycle may pay)
         ([0, 1], [1, 2], [2, 1], [0, 0], [2, 0, -2]),  # too little capacity
         ([0, 1], [1, 2], [1, 3], [0, 0], [2, 0, -2]),  # a binding in-arc
     ],
