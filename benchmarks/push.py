@@ -79,14 +79,14 @@ from matchmaker.scheduler.clock import BATCH, Window
 
 ARRIVE, ROUND, START, COMPLETE, RESULT, FAIL, DETECT = range(7)
 
-# The loop's costs in seconds, the medians of three fits (python -m benchmarks.roundcost).
-PLAN_BASE = 260e-6
-PLAN_PER_WORKER = 1.4e-6
-PLAN_PER_LOG = 72e-6
-TURN_BASE = 770e-6
-TURN_PER_WORKER = 0.5e-6
-BARE_TURN = 570e-6
-INTAKE = 42e-6
+# The loop's costs in seconds, the medians of eight fits (python -m benchmarks.roundcost).
+PLAN_BASE = 77e-6
+PLAN_PER_WORKER = 0.39e-6
+PLAN_PER_LOG = 39e-6
+TURN_BASE = 467e-6
+TURN_PER_WORKER = 0.0  # the turn remakes only the views of workers whose load moved
+BARE_TURN = 321e-6
+INTAKE = 28e-6
 DISPATCH = 0.0  # a request's intake and dispatch together cost no more than a result's intake
 BROKER_DETECTION = 2 * 0.0003 + 0.0001  # a consumer event's leg: hop, broker, hop
 ROUND_POLICIES = ("event", "clock")
