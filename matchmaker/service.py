@@ -170,6 +170,8 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         self.metrics = Metrics(config.metrics_port, config.metrics_bind)
         self.changes: queue.Queue[Change] = queue.Queue()
         self.inventory: Members | None = None
+        # Replaced whole when the inventory changes (Rounds.views tells by identity); in
+        # place only for learned speeds, which mark their views stale.
         self.live: dict[str, Worker] = {}
         self.in_pool: set[str] = set()
         self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
