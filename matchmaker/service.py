@@ -174,7 +174,6 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         # place only for learned speeds, which mark their views stale.
         self.live: dict[str, Worker] = {}
         self.in_pool: set[str] = set()
-        self.loaded: dict[str, Worker] = {}  # live workers with their last in-flight counts
         self.rates = ServiceRates()  # learned speeds per (worker, type), perf as the prior
         self.timed: set[str] = set()  # workers whose learned speeds moved since a round
         self.drained = self.ledger.drained()

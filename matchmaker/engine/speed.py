@@ -34,15 +34,10 @@ _LOG_STEP = math.log(STEP)
 _timed = attrgetter("timed")
 
 
+@lru_cache(maxsize=4096)  # a round asks it of every timed worker, and speeds repeat
 def level(speed: float) -> int:
     """A speed's place on the grid: ``speed`` is about ``STEP ** level(speed)``."""
     return round(math.log(speed) / _LOG_STEP)
-
-
-@lru_cache(maxsize=4096)
-def _level(speed: float) -> int:
-    """``level``, remembered: a round asks it of every timed worker, and speeds repeat."""
-    return level(speed)
 
 
 def group_speed(group: WorkerGroup, task_type: str) -> float:
@@ -76,8 +71,8 @@ def _grid_keys(workers: list[Worker], types: list[str]) -> list[tuple[int, ...]]
     generator per worker."""
     if len(types) == 1:
         t = types[0]
-        return [(_level(w.speeds.get(t, w.perf)),) for w in workers]
-    return [tuple(_level(w.speeds.get(t, w.perf)) for t in types) for w in workers]
+        return [(level(w.speed(t)),) for w in workers]
+    return [tuple(level(w.speed(t)) for t in types) for w in workers]
 
 
 def tier(speed: float, fastest: float) -> int:

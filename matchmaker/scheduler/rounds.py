@@ -55,7 +55,6 @@ class Rounds(Core):
             live = self.live.get(name)
             if live is not None:
                 self.live[name] = live.with_speeds(self.rates.speeds(name))
-                self.loaded.pop(name, None)
                 if self.views is not None:
                     self.views.stale.add(name)
         self.timed.clear()
@@ -69,7 +68,7 @@ class Rounds(Core):
         self.in_pool = set(advertised)
         if self.liveness is not None:  # only those consuming their queue get dispatches
             advertised = self.liveness.present(advertised)
-        self.live, self.loaded = {}, {}
+        self.live = {}
         for name, worker in advertised.items():
             self.rates.advertise(name, worker.perf)
             speeds = self.rates.speeds(name)
@@ -197,8 +196,6 @@ class Rounds(Core):
         return Views(self.live, frozenset(self.drained), loads, workers, at, free)
 
     def _view(self, name: str, running: int) -> Worker:
-        """The live worker with ``running`` tasks: the last view when its count is the same."""
-        view = self.loaded.get(name)
-        if view is None or view.running != running:
-            view = self.loaded[name] = self.live[name].with_running(running)
-        return view
+        """The live worker with ``running`` tasks (itself when idle: no copy)."""
+        live = self.live[name]
+        return live if live.running == running else live.with_running(running)

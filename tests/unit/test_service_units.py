@@ -64,7 +64,7 @@ def test_round_workers_kept_by_difference_match_workers_made_afresh(tmp_path: Pa
                 )
                 scheduler._refresh_speeds()
             elif change < 0.8:  # as ``_refresh_live`` does
-                scheduler.live, scheduler.loaded = inventory(), {}
+                scheduler.live = inventory()
             workers, free = scheduler._loaded_workers()
             fresh = [
                 live.with_running(scheduler.book.running(name)).with_speeds(live.speeds)
