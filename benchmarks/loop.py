@@ -93,11 +93,18 @@ class Paced:
             put = True
         return put
 
-    def poll(self, timeout: float) -> Polled:
-        now = time.monotonic()
+    def _flushed(self, now: float) -> None:
         for task_id in self.unflushed:
             self.flushed[task_id] = now
         self.unflushed = []
+
+    def flush(self) -> None:
+        self._flushed(time.monotonic())
+        self.inner.flush()
+
+    def poll(self, timeout: float) -> Polled:
+        now = time.monotonic()
+        self._flushed(now)
         if not self._inject(now):
             until = min(now + timeout, self._next_event())
             if until > now:
