@@ -6,8 +6,8 @@ the in-memory transport (``matchmaker.scheduler.memory``) in real time: requests
 arrive paced at ``--rate`` per second, each dispatched task succeeds
 ``--run`` seconds later (its result arrives then), so slots free up as they
 would. Arrival = when the request is put on the queue (the loop's poll returns at
-once); sent = the next poll after the round that dispatched it (where the RabbitMQ
-transport writes the frames to the socket). What it leaves out is the broker and
+once); sent = the first flush or poll after the round that dispatched it (where the
+RabbitMQ transport writes the frames to the socket). What it leaves out is the broker and
 the network: this is the scheduler's share of the submit -> worker latency.
 """
 
