@@ -46,6 +46,7 @@ from benchmarks.fault_env import (
     send_signal,
 )
 from benchmarks.fuzz import Fuzz, Fuzzer, Target, markers_in
+from benchmarks.rabbit_node import RabbitNodeError
 from matchmaker.ledger import Ledger, LedgerError
 from matchmaker.messages import TaskRequest, encode
 from matchmaker.wire import broker
@@ -453,7 +454,7 @@ def settle(system: System, timeout: float) -> bool:
     ids = set(system.real)
     while time.monotonic() < deadline:
         if len(ids) - finished_count(system, ids) == 0:
-            with suppress(FaultEnvError):
+            with suppress(RabbitNodeError):
                 depths = system.broker.queue_depths()
                 if depths.get(broker.REQUESTS, 0) == 0 and depths.get(broker.RESULTS, 0) == 0:
                     return True
@@ -947,7 +948,7 @@ def main(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
         report = run(config)
-    except FaultEnvError as error:
+    except (FaultEnvError, RabbitNodeError) as error:
         print(f"fault: {error}", file=sys.stderr)
         return 2
     print(table(report))

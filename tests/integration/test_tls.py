@@ -8,22 +8,19 @@ CA that ``matchmaker.tls`` makes, and stops it at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
-import signal
 import ssl
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from benchmarks.rabbit_node import RabbitNode, RabbitNodeError
 from matchmaker.client import Client
 from matchmaker.config import load
 from matchmaker.devtools.cluster import LocalCluster
@@ -37,29 +34,15 @@ from tests.workers_support import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
-# The distribution's own scripts: the /usr/sbin wrappers switch to the rabbitmq user, who
-# cannot read the test's temporary directory.
-RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 START_TIMEOUT = 40.0
-
-
-def _tool(name: str) -> str:
-    own = RABBITMQ_BIN / name
-    found = str(own) if own.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed; these tests start a RabbitMQ node of their own")
-    return found
 
 
 @dataclass
 class TLSBroker:
-    node: str
+    node: RabbitNode
     port: int
     password: str
     pki: Path
-    env: dict[str, str]
-    server: subprocess.Popen[bytes]
-    log: Path
 
     def url(self, vhost: str = "mm", host: str = "127.0.0.1", scheme: str = "amqps") -> str:
         return f"{scheme}://mm:{self.password}@{host}:{self.port}/{vhost}"
@@ -77,22 +60,9 @@ class TLSBroker:
         t = self.tls
         return ["--broker-ca", t.ca, "--broker-cert", t.cert, "--broker-key", t.key]
 
-    def ctl(self, *args: str, stdin: str | None = None, timeout: float = 30) -> str:
-        done = subprocess.run(
-            [_tool("rabbitmqctl"), "-q", "-n", self.node, *args],
-            input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout,
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {args[0]}: {done.stderr.strip()[-500:]}")
-        return done.stdout
 
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-def _config(directory: Path, pki: Path, port: int) -> Path:
-    lines = [
+def _config(pki: Path, port: int) -> tuple[str, ...]:
+    return (
         "listeners.tcp = none",
         f"listeners.ssl.1 = 127.0.0.1:{port}",
         f"listeners.ssl.2 = 127.0.0.2:{port}",
@@ -102,34 +72,7 @@ def _config(directory: Path, pki: Path, port: int) -> Path:
         "ssl_options.verify = verify_peer",
         "ssl_options.fail_if_no_peer_cert = true",
         "loopback_users = none",
-    ]
-    path = directory / "rabbitmq.conf"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _await_startup(node: TLSBroker) -> None:
-    """Until the node answers (``await_startup`` fails at once while it is not registered)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if node.server.poll() is not None:
-            pytest.fail(f"the test's RabbitMQ node exited at start:\n{node.tail()}")
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            node.ctl("await_startup", "--timeout", "20", timeout=25)
-            return
-        time.sleep(0.3)
-    pytest.fail(f"the test's RabbitMQ node did not start in {START_TIMEOUT:g}s:\n{node.tail()}")
-
-
-def _stop(node: TLSBroker) -> None:
-    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-        node.ctl("stop", timeout=30)
-    try:
-        node.server.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.server.pid, signal.SIGKILL)  # its own session: the script and beam
-        node.server.wait()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,39 +81,22 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSBroker]:
     pki = base / "pki"
     make_all(pki, clients=["mm"])
     port, name = free_port(), f"mm-tls-{secrets.token_hex(4)}@localhost"
-    (base / "enabled_plugins").write_text("[].\n")
-    (base / "rabbitmq-env.conf").write_text("")
-    env = {
-        **os.environ,
-        "HOME": str(base),  # the node's and rabbitmqctl's Erlang cookie
-        "RABBITMQ_NODENAME": name,
-        "RABBITMQ_DIST_PORT": str(free_port()),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_CONFIG_FILE": str(_config(base, pki, port)),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        "RABBITMQ_PLUGINS_EXPAND_DIR": str(base / "plugins-expand"),
-        "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),
-    }
-    log = base / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [_tool("rabbitmq-server")],
-            cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    node = TLSBroker(name, port, secrets.token_hex(12), pki, env, server, log)
+    # no AMQP port from the environment: the config's TLS listeners are the only ones
+    node = RabbitNode(name, base, port=None, conf=_config(pki, port))
+    tls = TLSBroker(node, port, secrets.token_hex(12), pki)
     try:
-        _await_startup(node)
-        node.ctl("add_user", "mm", stdin=node.password + "\n")
+        try:
+            node.launch()
+            node.wait(START_TIMEOUT)
+        except RabbitNodeError as error:
+            pytest.fail(f"the test's RabbitMQ node did not start: {error}")
+        node.ctl("add_user", "mm", stdin=tls.password + "\n")
         for vhost in ("mm", "pull"):
             node.ctl("add_vhost", vhost)
             node.ctl("set_permissions", "-p", vhost, "mm", ".*", ".*", ".*")
-        yield node
+        yield tls
     finally:
-        _stop(node)
+        node.stop()
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -215,7 +141,7 @@ def test_submit_scheduler_worker_result_over_amqps(tls_broker: TLSBroker, tmp_pa
         ) as client:
             handle = client.submit("sleep", {"seconds": 0}, id="client-over-tls")
             assert handle.wait(timeout=45) == {"slept": 0}
-            connections = tls_broker.ctl("list_connections", "client_properties", "ssl")
+            connections = tls_broker.node.ctl("list_connections", "client_properties", "ssl")
         for name in ("matchmaker-scheduler", "worker tls-w1", "client over tls"):
             mine = [line for line in connections.splitlines() if name in line]
             assert mine and all(line.endswith("\ttrue") for line in mine), connections
