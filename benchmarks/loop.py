@@ -6,8 +6,8 @@ the in-memory transport (``matchmaker.scheduler.memory``) in real time: requests
 arrive paced at ``--rate`` per second, each dispatched task succeeds
 ``--run`` seconds later (its result arrives then), so slots free up as they
 would. Arrival = when the request is put on the queue (the loop's poll returns at
-once); sent = the first flush or poll after the round that dispatched it (where the
-RabbitMQ transport writes the frames to the socket). What it leaves out is the broker and
+once); sent = the next poll after the round that dispatched it (where the RabbitMQ
+transport writes the frames to the socket). What it leaves out is the broker and
 the network: this is the scheduler's share of the submit -> worker latency.
 """
 
@@ -93,18 +93,11 @@ class Paced:
             put = True
         return put
 
-    def _flushed(self, now: float) -> None:
+    def poll(self, timeout: float) -> Polled:
+        now = time.monotonic()
         for task_id in self.unflushed:
             self.flushed[task_id] = now
         self.unflushed = []
-
-    def flush(self) -> None:
-        self._flushed(time.monotonic())
-        self.inner.flush()
-
-    def poll(self, timeout: float) -> Polled:
-        now = time.monotonic()
-        self._flushed(now)
         if not self._inject(now):
             until = min(now + timeout, self._next_event())
             if until > now:

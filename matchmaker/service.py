@@ -22,13 +22,12 @@ What is due when is decided by ``scheduler.clock.TurnClock``. Each step:
    publisher confirms, ``message_id`` = the letter's key; confirmed ones are
    marked sent with a later commit, unsent ones are published again by the
    next connection) and queues the acks of what it recorded;
-5. in a full turn, when work is pending, something changed and the round
+5. at most every ``EVENT_INTERVAL``, publishes the events of the state changes;
+6. in a full turn, when work is pending, something changed and the round
    window has passed, runs a round on the committed state: ``plan()`` over
    the whole backlog, then the dispatches are published, one message per
-   worker, under publisher confirms. What the round writes itself (reasons a
-   task waits) is committed with the next turn;
-6. at most every ``EVENT_INTERVAL``, publishes the events of the committed
-   state changes, after the round's dispatches are sent.
+   worker, under publisher confirms; the next poll sends them. What the round
+   writes itself (reasons a task waits) is committed with the next turn.
 
 Rounds are event-driven (a task that arrives while a slot is free is placed
 in the turn that receives it; a result that frees a slot starts a turn),
@@ -36,8 +35,7 @@ with batching only when work comes faster than turns complete (``clock``).
 
 Nothing is acked, and no dispatch leaves, before the ledger holds it; nothing
 waits on the broker: acks, dispatches and events are queued and the next
-poll sends them, so a busy turn costs one commit and one socket write (two
-when events follow a round's dispatches, which go first). The
+poll sends them, so a busy turn costs one socket write and one commit. The
 ack invariant: a ``multiple`` ack of tag T is sent only after a commit, and
 only when every delivery up to T on that channel is recorded in the ledger
 or in its dead-letter outbox (``frames.AckWindow``).
@@ -392,14 +390,12 @@ class Scheduler(Intake, Results, Letters, Rounds, Events):
         # Events of committed changes only: taken now, published after the round's
         # dispatches, which go out first.
         events = self.book.take_events() if committed and turns.events_due(clock) else None
-        placed = 0
-        if full and turns.round_due(clock, self._round_wanted()):
+        ran_round = full and turns.round_due(clock, self._round_wanted())
+        if ran_round:  # on committed state: what it writes itself (reasons) can wait
             started = self.clock.monotonic()
-            placed = self._round()  # on committed state: what it writes (reasons) can wait
+            self._round()
             turns.rounded(started, self.clock.monotonic(), arrived)
         if events is not None:
-            if placed:
-                self.transport.flush()  # the dispatches go before the events are made
             self._publish_events(events)
         if full:
             turns.turned(clock, self.clock.monotonic(), arrived)

@@ -66,7 +66,6 @@ class MemoryBroker:
     notices: list[tuple[str, bytes]] = field(default_factory=list)  # (owner, body)
     cancels: list[tuple[str, str]] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
-    flushes: list[tuple[int, int]] = field(default_factory=list)  # (dispatches, events) by then
     acked: dict[str, int] = field(default_factory=lambda: {REQUESTS: 0, RESULTS: 0})
     declared: set[str] = field(default_factory=set)
     leader: MemoryTransport | None = None
@@ -172,11 +171,6 @@ class MemoryTransport:
             else:
                 clock.now = deadline
         return polled
-
-    def flush(self) -> None:
-        self._alive()
-        batches = sum(map(len, self.broker.dispatches.values()))
-        self.broker.flushes.append((batches, len(self.broker.events)))
 
     def dispatch(self, worker: str, task_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
         self._alive()

@@ -98,10 +98,6 @@ class PikaTransport:
             polled.dispatched, polled.undispatched = self.dispatcher.confirmed()
         return polled
 
-    def flush(self) -> None:
-        with _translated():  # deliveries read meanwhile stay in ``polled``, for ``poll``
-            self.connection.process_data_events(time_limit=0)
-
     def dispatch(self, worker: str, task_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
         with _translated():
             self.dispatcher.publish(worker, list(task_ids), list(bodies))

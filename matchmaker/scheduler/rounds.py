@@ -116,10 +116,9 @@ class Rounds(Core):
         c = self.config
         return Policy(c.strategy, c.priority_weight, c.aging_interval, c.preference_bonus, now)
 
-    def _round(self) -> int:
+    def _round(self) -> None:
         """``plan()`` over the backlog (the oldest tasks of each group, as many as there are
-        free slots, ``Book.due``) and the live workers; what it places is published (queued
-        on the transport). How many tasks it placed."""
+        free slots, ``Book.due``) and the live workers; what it places is published."""
         assert self.transport is not None
         started = self.clock.time()
         self.dirty = False
@@ -160,7 +159,6 @@ class Rounds(Core):
                 1000 * (planned - started),
                 1000 * (published - planned),
             )
-        return len(placed)
 
     def _loaded_workers(self) -> tuple[list[Worker], int]:
         """The live workers not drained, with their in-flight counts, and their free slots

@@ -9,8 +9,6 @@ objects are declared and it consumes ``mm.requests`` and ``mm.results``):
   for something to arrive; it returns as soon as a delivery did, with every
   delivery and publisher confirm received since the last poll. It does no
   domain work: deciding, decoding and writing happen in the loop.
-- ``flush()`` sends what was queued, now, without waiting (a round's
-  dispatches, before the turn's events are made).
 - ``dispatch``, ``letter``, ``event``, ``notice`` and ``cancel`` queue a publish; a
   dispatch and a letter are confirmed (or refused) in a later ``poll``.
 - ``ack(source, tag)`` queues a ``multiple`` ack of every delivery of that
@@ -78,9 +76,6 @@ class Transport(Protocol):
     """One connection of the leading scheduler to the broker."""
 
     def poll(self, timeout: float) -> Polled: ...
-
-    def flush(self) -> None:
-        """Send what is queued now; what arrives meanwhile waits for the next ``poll``."""
 
     def dispatch(self, worker: str, task_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
         """Queue the encoded dispatches of ``task_ids`` (in order) to ``worker``'s queue."""

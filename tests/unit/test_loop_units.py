@@ -116,18 +116,6 @@ def test_a_task_that_arrives_while_a_slot_is_free_is_dispatched_in_that_step(
     steps_until(scheduler, lambda: state(scheduler, "t1") == "assigned")
 
 
-def test_a_round_s_dispatches_are_sent_before_the_turn_s_events_are_made(
-    make: Callable[..., Scheduler], broker: MemoryBroker
-) -> None:
-    scheduler = make(Worker("w1", ["sleep"], 2))
-    steps_until(scheduler, lambda: transport(scheduler).polls > 3)  # settled and idle
-    events = len(broker.events)
-    submit(broker, TaskRequest("t1", "sleep"), at=broker.clock.now + 0.5)
-    steps_until(scheduler, lambda: broker.dispatched() != [])
-    assert broker.flushes == [(1, events)]  # sent with its dispatch, before any event of it
-    assert [key for key, _ in broker.events[events:]] == ["task.pending"]
-
-
 def test_a_result_that_frees_a_slot_places_the_next_task_at_once(
     make: Callable[..., Scheduler], broker: MemoryBroker
 ) -> None:
