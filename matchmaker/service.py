@@ -22,12 +22,13 @@ What is due when is decided by ``scheduler.clock.TurnClock``. Each step:
    publisher confirms, ``message_id`` = the letter's key; confirmed ones are
    marked sent with a later commit, unsent ones are published again by the
    next connection) and queues the acks of what it recorded;
-5. at most every ``EVENT_INTERVAL``, publishes the events of the state changes;
-6. in a full turn, when work is pending, something changed and the round
+5. in a full turn, when work is pending, something changed and the round
    window has passed, runs a round on the committed state: ``plan()`` over
    the whole backlog, then the dispatches are published, one message per
    worker, under publisher confirms; the next poll sends them. What the round
-   writes itself (reasons a task waits) is committed with the next turn.
+   writes itself (reasons a task waits) is committed with the next turn;
+6. at most every ``EVENT_INTERVAL``, publishes the events of the committed
+   state changes, queued after the round's dispatches.
 
 Rounds are event-driven (a task that arrives while a slot is free is placed
 in the turn that receives it; a result that frees a slot starts a turn),
