@@ -2,8 +2,8 @@
 
 Exit status: 0 after a clean drain (SIGTERM/SIGINT), 1 if results could not be
 delivered before stopping, 2 for bad arguments, missing Serf keys (without
-``--insecure``), an unreachable broker, or a Serf agent that cannot start or
-that died and could not be restarted.
+``--insecure``), a broker still unreachable after ``--broker-wait`` seconds, or a
+Serf agent that cannot start or that died and could not be restarted.
 """
 
 from __future__ import annotations
@@ -94,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         help="file with the password of the URL's user (default: $MM_BROKER_PASSWORD_FILE)",
     )
     p.add_argument("--grace", type=float, default=30.0, help="drain grace period in seconds")
+    p.add_argument(
+        "--broker-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="at start-up, keep trying an unreachable broker this long (default 60; 0: once)",
+    )
     p.add_argument(
         "--perf",
         type=float,
@@ -198,6 +205,7 @@ def config_from(args: argparse.Namespace) -> WorkerConfig:
         serf=serf,
         aurora_url=args.aurora_url,
         grace=args.grace,
+        broker_wait=args.broker_wait,
         perf=args.perf,
         stage_roots=tuple(root.absolute() for root in args.stage_root),
         allow_net=tuple(parse_network(net) for net in args.allow_net),

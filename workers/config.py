@@ -37,6 +37,7 @@ from workers.tasks.base import Network
 
 MODES = ("push", "pull")
 MAX_SLOTS = 1024
+MAX_BROKER_WAIT = 86_400.0  # a day: longer is a broker that is not coming back
 _ATTR_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
 RESERVED_ATTRS = frozenset({"role", "q", "caps", "slots", "name", "mode"})
 
@@ -71,6 +72,7 @@ class WorkerConfig:
     sandbox: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mm-sandbox")
     aurora_url: str = "http://127.0.0.1:8081"
     grace: float = 30.0
+    broker_wait: float = 60.0  # at start-up, seconds to keep trying an unreachable broker
     perf: float = 1.0  # advertised relative speed, the scheduler's prior
     requeue_delay: float = 0.05
     stage_roots: tuple[Path, ...] = ()
@@ -102,6 +104,8 @@ class WorkerConfig:
             raise ValueError(f"perf must be a number from 1/64 to 64 (got {self.perf})")
         if not self.grace >= 0:
             raise ValueError("grace must be a number of seconds >= 0")
+        if not 0 <= self.broker_wait <= MAX_BROKER_WAIT:
+            raise ValueError(f"broker wait must be from 0 to {MAX_BROKER_WAIT:g} seconds")
         for root in self.stage_roots:
             if not root.is_absolute() or not root.is_dir():
                 raise ValueError(f"stage root {str(root)!r} must be an existing absolute directory")

@@ -117,15 +117,24 @@ class Worker:
     def run(self) -> int:
         """Serve until stopped: 0 after a clean drain, 1 if results could not be delivered.
 
-        Raises ``BrokerError`` if the broker cannot be reached or refuses the
-        topology at start-up.
+        Raises ``BrokerError`` if the broker cannot be reached in ``broker_wait`` seconds
+        (a restart of it, or of the host, rides through) or refuses the credentials or the
+        topology at start-up; stopped while waiting for it, 0.
         """
-        conn = connect(
-            self.config.broker_url,
-            attempts=1,
-            name=f"worker {self.config.name}",
-            tls=TLSFiles.of(self.config),
-        )
+        try:
+            conn = connect(
+                self.config.broker_url,
+                attempts=None,
+                within=self.config.broker_wait,
+                stopping=self._stopping.is_set,
+                name=f"worker {self.config.name}",
+                tls=TLSFiles.of(self.config),
+            )
+        except BrokerError:
+            if not self._stopping.is_set():
+                raise
+            log.info("stopped before the broker could be reached")
+            return 0
         status = 1
         try:
             if self.presence is not None:

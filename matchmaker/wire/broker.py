@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import ssl
@@ -356,13 +357,17 @@ def connect(
     url: str,
     *,
     attempts: int | None = 1,
+    within: float | None = None,
     name: str = "matchmaker",
     stopping: Callable[[], bool] | None = None,
     tls: TLSFiles | None = None,
 ) -> pika.BlockingConnection:
     """A blocking connection; retries with backoff (capped at ``MAX_BACKOFF`` seconds, one
-    log line per attempt) ``attempts`` times, or for ever with None, then BrokerError.
-    A ``stopping`` that turns true ends the retries at once, with BrokerError.
+    log line per attempt) ``attempts`` times, or for ever with None, then BrokerError;
+    with ``within``, no retry begins more than that many seconds after the first attempt.
+    A ``stopping`` that turns true ends the retries at once, with BrokerError. Only an
+    unreachable broker is retried: refused credentials, vhost or TLS are a BrokerError at
+    once.
 
     ``url`` may list the nodes of a cluster (``split_urls``): an attempt tries each in
     turn (``_first_reachable``), beginning after the node this process reached last, so
@@ -377,14 +382,20 @@ def connect(
     urls = check_urls(url)
     delay = 0.2
     attempt = 0
+    deadline = None if within is None else time.monotonic() + within
     while True:
         attempt += 1
         try:
             return _first_reachable(urls, name, tls)
         except _Unreachable as error:
             why = str(error)
-            if attempts is not None and attempt >= attempts:
-                raise BrokerError(f"cannot reach the broker at {describe(url)}: {why}") from None
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if (attempts is not None and attempt >= attempts) or left <= 0:
+                tried = f" (tried for {within:g}s)" if within else ""
+                raise BrokerError(
+                    f"cannot reach the broker at {describe(url)}{tried}: {why}"
+                ) from None
+            delay = min(delay, left)
             log.warning(
                 "broker %s unreachable (%s); retrying in %.1fs (attempt %d)",
                 describe(url),

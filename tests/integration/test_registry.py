@@ -282,6 +282,7 @@ def test_a_config_file_names_task_modules(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     argv = [sys.executable, "-m", "workers", "--name", "w1", "--caps", "cfg_ok", "--no-serf"]
     argv += ["--config", str(config), "--broker-url", "amqp://u:p@127.0.0.1:1/none"]
+    argv += ["--broker-wait", "0"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2
     assert "cannot reach the broker" in done.stderr  # the caps were accepted: it got that far

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from benchmarks.rabbit_node import RabbitNode
 from matchmaker.messages import Cancel, TaskDispatch, TaskResult, decode_dispatches, encode
 from matchmaker.wire import amqp
 from matchmaker.wire.broker import CONTROL, PERSISTENT, RESULTS, declare_worker, route, worker_queue
@@ -178,11 +181,48 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_unreachable_broker_is_one_sentence_and_exit_2() -> None:
     url = f"amqp://matchmaker:matchmaker@127.0.0.1:{free_port()}/matchmaker"
-    done = _cli("--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url)
+    args = ("--name", "w1", "--caps", "sleep", "--no-serf", "--broker-url", url)
+    done = _cli(*args, "--broker-wait", "0")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "cannot reach the broker at 127.0.0.1" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    done = _cli(*args, "--broker-wait", "1")  # retried, then the same sentence with its bound
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "(tried for 1s)" in lines[-1] and "cannot reach the broker" in lines[-1]
+    assert any("retrying" in line for line in lines[:-1])
+
+
+def test_a_worker_started_before_its_broker_waits_for_it(tmp_path: Path) -> None:
+    """A host's boot, or a broker restart: the worker keeps trying, then serves."""
+    node = RabbitNode(f"mm-late-{secrets.token_hex(3)}@localhost", tmp_path / "node")
+    url = f"amqp://guest:guest@127.0.0.1:{node.port}/%2F"  # a fresh node's own user
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers", "--name", "late1", "--caps", "sleep", *NO_SERF,
+             "--broker-url", url, "--broker-wait", "300"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "unreachable" in log.read_text(), what="the worker to retry")
+        node.launch()
+        node.wait()
+
+        def consumers() -> int:
+            rows = json.loads(node.ctl("list_queues", "name", "consumers", "--formatter", "json"))
+            return sum(r["consumers"] for r in rows if r["name"] == worker_queue("late1"))
+
+        wait_for(lambda: consumers() == 1, timeout=60, what="the worker to consume its queue")
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        node.stop()
 
 
 @pytest.mark.parametrize(

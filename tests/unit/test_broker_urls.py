@@ -1,8 +1,11 @@
 """Broker URL lists (a cluster's nodes), the queue type in Config, and the worker's
-Serf flags for several hosts: parsing and validation (pure logic)."""
+Serf flags for several hosts: parsing and validation (pure logic); how long ``connect``
+keeps trying a closed loopback port (no broker)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from matchmaker.config import ConfigError, load
 from matchmaker.identity import resolve_url
 from matchmaker.wire import broker
+from membership.agent import free_port
 from workers.__main__ import config_from, parser
 from workers.config import parse_advertise
 
@@ -127,3 +131,31 @@ def test_a_worker_perf_outside_the_speed_range_is_refused(perf: str) -> None:
     args = parser().parse_args(["--name", "w1", "--caps", "sleep", "--no-serf", "--perf", perf])
     with pytest.raises(ValueError, match="perf must be a number from 1/64 to 64"):
         config_from(args)
+
+
+def test_connect_keeps_trying_an_unreachable_broker_within_its_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"amqp://u:p@127.0.0.1:{free_port()}/v"
+    started = time.monotonic()
+    gave_up = r"at 127\.0\.0\.1:\d+/v \(tried for 1s\): "
+    with (
+        caplog.at_level(logging.WARNING, logger=broker.log.name),
+        pytest.raises(broker.BrokerError, match=gave_up),
+    ):
+        broker.connect(url, attempts=None, within=1.0)
+    assert time.monotonic() - started >= 1.0  # it did not give up before its bound
+    assert len([r for r in caplog.records if "retrying" in r.getMessage()]) >= 2
+    with pytest.raises(broker.BrokerError, match=r"cannot reach the broker at [^(]*: "):
+        broker.connect(url, attempts=None, within=0)  # once, and said without a bound
+    with pytest.raises(broker.BrokerError, match="stopped while connecting"):
+        broker.connect(url, attempts=None, stopping=lambda: True)
+
+
+def test_the_worker_s_broker_wait_is_checked() -> None:
+    base = ["--name", "w1", "--caps", "sleep", "--no-serf"]
+    assert config_from(parser().parse_args(base)).broker_wait == 60.0
+    assert config_from(parser().parse_args([*base, "--broker-wait", "0"])).broker_wait == 0.0
+    for bad in ("-1", "nan", "1e9"):
+        with pytest.raises(ValueError, match="broker wait must be from 0 to 86400 seconds"):
+            config_from(parser().parse_args([*base, "--broker-wait", bad]))
