@@ -47,6 +47,7 @@ PORT_ATTEMPTS = 3  # starts of one agent, when a port of its own choosing was ta
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # ports free_port gave in this process
 OWNER_FILE = "owner"
+UNANSWERED = "dial tcp"  # Serf's join error when no agent answered at an address
 
 
 def _below_ephemeral() -> range:
@@ -163,6 +164,7 @@ class SerfAgent:
         die_with_parent: bool = False,
         insecure: bool = False,
         advertise: str | None = None,
+        join_later: bool = False,
     ) -> None:
         if profile not in PROFILES:
             raise AgentError(
@@ -190,6 +192,10 @@ class SerfAgent:
         self.encrypt_key = encrypt_key
         self.rpc_auth = rpc_auth
         self.join = list(join)
+        # join over RPC once running: an unanswered join leaves it running alone (why, in
+        # ``unjoined``; ``join_again``), where Serf's own start-up join makes it exit
+        self.join_later = join_later
+        self.unjoined: str | None = None
         self.log_level = log_level
         self.serf_bin = serf_bin
         self.start_timeout = start_timeout
@@ -232,7 +238,7 @@ class SerfAgent:
         }
         if self.advertise:
             config["advertise"] = self.advertise
-        if self.join:
+        if self.join and not self.join_later:
             config["start_join"] = self.join
         if self.encrypt_key:
             config["encrypt_key"] = self.encrypt_key
@@ -291,9 +297,31 @@ class SerfAgent:
             owner.write_text(f"{os.getpid()} {self.process.pid}\n")
         try:
             self._wait_until_ready()
+            if self.join and self.join_later:
+                self.join_again()
         except BaseException:
             self.kill()
             raise
+
+    def join_again(self) -> str | None:
+        """Join the ``join`` addresses over RPC: None once joined, else why no address
+        answered (worth another try later). AgentError when one answered and refused
+        (another gossip key, for one), which no retry fixes."""
+        try:
+            with SerfRPC(self.rpc_addr, self.rpc_auth, timeout=10.0) as rpc:
+                rpc.join(self.join)
+        except SerfAuthError:
+            raise
+        except SerfError as error:
+            failures = [line.strip(" \t*") for line in str(error).splitlines()]
+            failures = [line for line in failures if line.startswith("Failed to join")]
+            if failures and all(UNANSWERED in line for line in failures):
+                self.unjoined = "; ".join(failures)
+                return self.unjoined
+            why = "; ".join(failures) or " ".join(str(error).split())
+            raise AgentError(f"serf agent {self.node!r} could not join: {why}") from None
+        self.unjoined = None
+        return None
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout

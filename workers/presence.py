@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 RPC_TIMEOUT = 5.0
 AGENT_DIR = ".serf-agents"
 WATCH_INTERVAL = 0.5
+JOIN_RETRY = 2.0  # seconds between joins while no peer answered
+JOIN_TELL = 30.0  # seconds between warnings that it still has none
 RESTARTS = 3  # agent restarts allowed within RESTART_WINDOW before the worker stops
 RESTART_WINDOW = 60.0
 LEFT_MARK = "left"  # the last agent left gracefully: any free port will do
@@ -116,6 +118,7 @@ class OwnAgent:
         self._watcher: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._restarts: list[float] = []
+        self._told_unjoined = self._tried_join = 0.0
         try:
             self.agent = SerfAgent(
                 config.name,
@@ -133,6 +136,7 @@ class OwnAgent:
                 rpc_host=rpc_host,
                 die_with_parent=True,
                 insecure=serf.insecure,
+                join_later=True,  # no peer up yet (a host booting first): retried, no exit
             )
         except MembershipError as error:
             raise PresenceError(str(error)) from None
@@ -153,6 +157,14 @@ class OwnAgent:
             ",".join(self.agent.join) or "-",
             self.workdir,
         )
+        if self.agent.unjoined:
+            self._told_unjoined = time.monotonic()
+            log.warning(
+                "serf agent joined no peer yet (%s); retrying every %g s, unseen by the "
+                "scheduler until then",
+                self.agent.unjoined,
+                JOIN_RETRY,
+            )
         with contextlib.suppress(OSError):
             (self.workdir / LEFT_MARK).unlink(missing_ok=True)
         self._stopping.clear()
@@ -228,14 +240,33 @@ class OwnAgent:
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_INTERVAL):
             if self.agent.running:
-                continue
-            why = self._revive()
+                why = self._join() if self.agent.unjoined else None
+            else:
+                why = self._revive()
             if why is None:
                 continue
             log.error("serf agent lost: %s", why)
             if self.on_lost is not None:
                 self.on_lost(why)
             return
+
+    def _join(self) -> str | None:
+        """Try the join addresses again, every ``JOIN_RETRY`` seconds; why the worker must
+        stop (an address answered and refused), or None."""
+        now = time.monotonic()
+        if now - self._tried_join < JOIN_RETRY:
+            return None
+        self._tried_join = now
+        try:
+            unanswered = self.agent.join_again()
+        except MembershipError as error:
+            return str(error).splitlines()[0]
+        if unanswered is None:
+            log.info("serf agent joined node=%s via %s", self.agent.node, ",".join(self.agent.join))
+        elif now - self._told_unjoined >= JOIN_TELL:
+            self._told_unjoined = now
+            log.warning("serf agent still joined no peer (%s); retrying", unanswered)
+        return None
 
     def _revive(self) -> str | None:
         """Restart the dead agent on its old ports; the reason it cannot be, or None."""

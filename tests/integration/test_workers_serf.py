@@ -99,6 +99,56 @@ def test_encrypted_pool_with_rpc_auth_and_an_agent_that_dies_with_its_worker(
         watcher.stop()
 
 
+def test_a_worker_started_before_any_peer_joins_once_one_answers(
+    spawn,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A host that boots its workers first: no exit, a warning, and a join later."""
+    port = free_port()
+    worker = spawn("--name", "early", "--caps", "sleep", "--serf-join", f"127.0.0.1:{port}")
+    wait_for(lambda: "joined no peer yet" in worker.text(), what="the worker to say it is alone")
+    peer = SerfAgent(
+        "late-peer", bind_port=port, workdir=tmp_path / "peer", insecure=True, log_level="warn"
+    )
+    try:
+        peer.start()
+
+        def status() -> str | None:
+            with peer.rpc() as rpc:
+                return next((m.status for m in rpc.members() if m.name == "early"), None)
+
+        wait_for(lambda: status() == "alive", timeout=30, what="the worker to join the late peer")
+        assert worker.process.poll() is None
+        assert "serf agent joined node=early" in worker.text()
+    finally:
+        peer.kill()
+
+
+def test_a_later_join_waits_for_no_answer_and_refuses_another_key(tmp_path: Path) -> None:
+    alone = SerfAgent(
+        "alone", join=[f"127.0.0.1:{free_port()}"], join_later=True,
+        workdir=tmp_path / "alone", insecure=True,
+    )  # fmt: skip
+    try:
+        alone.start()
+        assert alone.running and alone.unjoined and "dial tcp" in alone.unjoined
+    finally:
+        alone.kill()
+    encrypt_file, auth_file = keygen(tmp_path / "keys")
+    encrypt, auth = (p.read_text().strip() for p in (encrypt_file, auth_file))
+    watcher = Observer("watcher", tmp_path / "watcher", encrypt_key=encrypt, rpc_auth=auth)
+    outsider = SerfAgent(
+        "outsider", join=[watcher.bind], join_later=True, workdir=tmp_path / "o", insecure=True
+    )
+    try:
+        with pytest.raises(AgentError, match=r"could not join: Failed to join .*encrypted"):
+            outsider.start()  # an answer that refuses is not retried
+        assert not outsider.running
+        assert "outsider" not in watcher.members()
+    finally:
+        watcher.stop()
+
+
 def test_a_worker_without_serf_keys_refuses_to_start(spawn, tmp_path: Path) -> None:  # noqa: F811
     worker = spawn(
         "--name", "w5", "--caps", "sleep", "--serf-join", "127.0.0.1:1",
