@@ -37,7 +37,13 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from membership.errors import AgentError, KeyFileError, SerfAuthError, SerfError
+from membership.errors import (
+    AgentError,
+    KeyFileError,
+    SerfAuthError,
+    SerfConnectionError,
+    SerfError,
+)
 from membership.keys import INSECURE_HINT, check_auth_key, check_encrypt_key, write_secret
 from membership.rpc import SerfRPC
 
@@ -48,6 +54,7 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # ports free_port gave in this process
 OWNER_FILE = "owner"
 UNANSWERED = "dial tcp"  # Serf's join error when no agent answered at an address
+JOIN_TIMEOUT = 30.0
 
 
 def _below_ephemeral() -> range:
@@ -308,10 +315,11 @@ class SerfAgent:
         answered (worth another try later). AgentError when one answered and refused
         (another gossip key, for one), which no retry fixes."""
         try:
-            with SerfRPC(self.rpc_addr, self.rpc_auth, timeout=10.0) as rpc:
+            # longer than the agent's own dial timeout (10 s under ``lan``) to a silent host
+            with SerfRPC(self.rpc_addr, self.rpc_auth, timeout=JOIN_TIMEOUT) as rpc:
                 rpc.join(self.join)
-        except SerfAuthError:
-            raise
+        except (SerfAuthError, SerfConnectionError):
+            raise  # not the join's answer: the agent itself (its key, or it is gone)
         except SerfError as error:
             failures = [line.strip(" \t*") for line in str(error).splitlines()]
             failures = [line for line in failures if line.startswith("Failed to join")]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from matchmaker.wire.broker import worker_queue
 from membership.agent import LOOPBACK, SerfAgent
-from membership.errors import MembershipError
+from membership.errors import MembershipError, SerfConnectionError
 from membership.rpc import SerfRPC, split_addr
 from membership.tags import SLOTS, encode_worker_tags
 from workers.config import WorkerConfig
@@ -259,6 +259,8 @@ class OwnAgent:
         self._tried_join = now
         try:
             unanswered = self.agent.join_again()
+        except SerfConnectionError:
+            return None  # the agent is gone: the next look revives it
         except MembershipError as error:
             return str(error).splitlines()[0]
         if unanswered is None:
