@@ -4,8 +4,9 @@ Everything the agent needs goes into one JSON config file (``-config-file``):
 node name, gossip bind and RPC addresses, the address other members should
 reach it at (``advertise``: a host behind NAT, or bound to 0.0.0.0), tags,
 timing profile (``lan`` between hosts, ``local`` on loopback), join
-addresses, the gossip encryption key and the RPC auth key (the agent has no
-flag for the latter, and a file keeps both keys out of ``ps``).
+addresses (unless joined later, over RPC), the gossip encryption key and the
+RPC auth key (the agent has no flag for the latter, and a file keeps both
+keys out of ``ps``).
 
 An agent refuses to start without both keys unless it is made ``insecure``
 (``membership.keys``). Its working directory is either given (a worker
@@ -148,6 +149,12 @@ class SerfAgent:
     when the process that started it dies (a worker killed outright must not
     keep looking alive). Without both ``encrypt_key`` and ``rpc_auth`` it is
     refused unless ``insecure``.
+
+    ``join`` addresses are joined as the agent starts (Serf's ``start_join``: it
+    exits when none answers), or with ``join_later`` over RPC once it runs: then
+    when none answers it runs alone, ``unjoined`` says why and ``join_again()``
+    tries again; an address that answers and refuses (another gossip key) is an
+    ``AgentError`` either way.
     """
 
     def __init__(
