@@ -50,11 +50,13 @@ class Rounds(Core):
     views: Views | None = None
 
     def _refresh_speeds(self) -> None:
-        """The workers whose learned speeds moved get views with them before the round."""
+        """The workers whose learned speeds moved get views with them before the round
+        (speeds are on the tier grid, so most results move none)."""
         for name in self.timed:
             live = self.live.get(name)
-            if live is not None:
-                self.live[name] = live.with_speeds(self.rates.speeds(name))
+            speeds = self.rates.speeds(name)
+            if live is not None and speeds != live.speeds:
+                self.live[name] = live.with_speeds(speeds)
                 if self.views is not None:
                     self.views.stale.add(name)
         self.timed.clear()

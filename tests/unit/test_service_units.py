@@ -171,5 +171,10 @@ def test_run_times_teach_the_round_each_worker_s_speed(tmp_path: Path) -> None:
         views = {w.name: w for w in scheduler._loaded_workers()[0]}
         assert views["fast"].speed("sleep") > views["slow"].speed("sleep")
         assert not scheduler.timed
+        fast = scheduler.live["fast"]
+        scheduler.timed.add("fast")  # a result that left its grid speeds where they were
+        scheduler._refresh_speeds()
+        assert scheduler.live["fast"] is fast  # no copy, and its view stays
+        assert scheduler.views is not None and "fast" not in scheduler.views.stale
     finally:
         scheduler.ledger.close()
