@@ -150,7 +150,7 @@ def _record(
 
 
 def _push(env: Env, scenario: Scenario, bodies: list[bytes]) -> tuple[RunRecord, dict[str, Any]]:
-    cluster = env.cluster("compare-push")
+    cluster = env.cluster("compare-push", round_log=False)  # as deployed, like pull
     cluster.start_scheduler()
     _start_workers(cluster, scenario, "push")
     assert cluster.scheduler is not None

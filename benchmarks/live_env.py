@@ -113,8 +113,11 @@ class Env:
         broker.connect(url, attempts=1, name="live-probe").close()  # BrokerError: says why
         return url
 
-    def cluster(self, label: str) -> LocalCluster:
-        """A LocalCluster on its own vhost (rounds every ``round_interval``), stopped on close."""
+    def cluster(self, label: str, round_log: bool = True) -> LocalCluster:
+        """A LocalCluster on its own vhost (rounds every ``round_interval``), stopped on close.
+        ``round_log``: its scheduler logs a line per round (``ROUND_LOG``, for ``rounds``);
+        without it the scheduler logs as deployed, with nothing written between a round and
+        its dispatches leaving."""
         url = self.vhost(label)
         workdir = self.workdir / f"{label}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ class Env:
             broker_url=url,
             workdir=workdir,
             round_interval=self.round_interval,
-            scheduler_args=ROUND_LOG,
+            scheduler_args=ROUND_LOG if round_log else (),
             ledger_url=self.fresh_ledger(label),
         )
         self.stack.callback(cluster.stop)

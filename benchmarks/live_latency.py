@@ -60,10 +60,15 @@ CDF_POINTS = 200
 
 
 def run(
-    env: Env, rate: float, duration: float, slots: int = 1024, name: str = "latency"
+    env: Env,
+    rate: float,
+    duration: float,
+    slots: int = 1024,
+    name: str = "latency",
+    round_log: bool = True,
 ) -> dict[str, Any]:
     count = max(1, round(rate * duration))
-    cluster = env.cluster(name)
+    cluster = env.cluster(name, round_log)
     cluster.start_scheduler()
     for name in ("lat-a", "lat-b"):
         cluster.start_worker(name, ["sleep"], slots)

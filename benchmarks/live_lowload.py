@@ -5,7 +5,9 @@ what a task waits for) and the same paced no-op ``sleep`` tasks, ``rate`` per
 second for ``duration`` seconds, each carrying its send time:
 
 - push: ``live_latency.run`` (the scheduler, two push workers, the tasks sent
-  to ``mm.requests``); submit -> start is read from the ledger;
+  to ``mm.requests``); submit -> start is read from the ledger. The scheduler
+  logs as deployed: the other scenarios' debug line per round would be written
+  between a round and its dispatch leaving, a cost pull does not pay;
 - pull: two ``--mode pull`` workers and no scheduler, the tasks sent to
   ``mm.pull.sleep``; submit -> start from the results on ``mm.results``.
 
@@ -37,7 +39,7 @@ WORKERS = ("low-a", "low-b")
 
 
 def run(env: Env, rate: float, duration: float, slots: int = 1024) -> dict[str, Any]:
-    push = live_latency.run(env, rate, duration, slots, name="lowload")
+    push = live_latency.run(env, rate, duration, slots, name="lowload", round_log=False)
     pull = _pull(env, rate, duration, slots)
     gap = push["start"]["p50"] - pull["start"]["p50"]
     return {

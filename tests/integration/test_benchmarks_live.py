@@ -96,6 +96,7 @@ def test_latency_counts_the_measured_tasks_after_a_warm_up(tmp_path: Path) -> No
     assert latency["warm_up_tasks"] >= 100 and latency["warm_up_tasks"] % 100 == 0
     assert latency["tasks"] == latency["sent"] == 100  # the warm-up's are not counted
     assert 0 < latency["latency"]["p50"] <= latency["latency"]["p99"] < 5
+    assert latency["round_time"]["placed"] >= 100  # its scheduler logs a line per round
     assert isinstance(latency["targets"]["p99"]["met"], bool)
 
 
@@ -113,6 +114,7 @@ def test_lowload_measures_push_and_pull_on_the_same_paced_work(tmp_path: Path) -
         assert start["count"] == 40 and 0 < start["p50"] <= start["p99"] < 5
     gap = lowload["push"]["start"]["p50"] - lowload["pull"]["start"]["p50"]
     assert lowload["start_p50_gap"] == pytest.approx(gap)
+    assert lowload["push"]["round_time"]["rounds"] == 0  # its scheduler logs as deployed
     assert isinstance(lowload["targets"]["start_p50"]["met"], bool)
 
 
