@@ -6,8 +6,7 @@ second for ``duration`` seconds, each carrying its send time:
 
 - push: ``live_latency.run`` (the scheduler, two push workers, the tasks sent
   to ``mm.requests``); submit -> start is read from the ledger. The scheduler
-  logs as deployed: the other scenarios' debug line per round would be written
-  between a round and its dispatch leaving, a cost pull does not pay;
+  logs as deployed (``Env.cluster``'s ``round_log``);
 - pull: two ``--mode pull`` workers and no scheduler, the tasks sent to
   ``mm.pull.sleep``; submit -> start from the results on ``mm.results``.
 
