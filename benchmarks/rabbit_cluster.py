@@ -62,7 +62,7 @@ class RabbitCluster:
         return cls(nodes)
 
     def url_of(self, node: RabbitNode) -> str:
-        return f"amqp://{self.user}:{self.password}@{node.amqp_host}:{node.port}/{self.vhost}"
+        return f"amqp://{self.user}:{self.password}@{node.host}:{node.port}/{self.vhost}"
 
     @property
     def urls(self) -> list[str]:

@@ -69,10 +69,6 @@ class RabbitNode:
     def pid_file(self) -> Path:
         return self.workdir / "rabbit.pid"
 
-    @property
-    def amqp_host(self) -> str:
-        return self.host
-
     def env(self) -> dict[str, str]:
         base = self.workdir
         env = {
